@@ -1,0 +1,1 @@
+"""HTTP routers, one per resource: authentication, parsing and status codes; the logic is in services."""

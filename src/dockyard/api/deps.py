@@ -1,0 +1,64 @@
+"""Typed dependency aliases shared by every router (the FastAPI full-stack template's pattern)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dockyard.context import ServerContext
+from dockyard.errors import Forbidden, Unauthorized
+from dockyard.services.keys import Principal, authenticate
+
+
+def get_context(request: Request) -> ServerContext:
+    context: ServerContext = request.app.state.context
+    return context
+
+
+ContextDep = Annotated[ServerContext, Depends(get_context)]
+
+
+async def get_read_session(context: ContextDep) -> AsyncIterator[AsyncSession]:
+    async with context.db.read_session() as session:
+        yield session
+
+
+async def get_write_session(context: ContextDep) -> AsyncIterator[AsyncSession]:
+    """A session whose first statement takes the write lock (SQLite); services commit it themselves."""
+    async with context.db.write_session() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
+WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session)]
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <api key>'")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        # PPIO's SDKs send the bare key; accept it as they do.
+        token = authorization if " " not in authorization.strip() else ""
+    if not token.strip():
+        raise Unauthorized("malformed Authorization header; send 'Authorization: Bearer <api key>'")
+    return token.strip()
+
+
+async def get_principal(context: ContextDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return await authenticate(context, _bearer(authorization))
+
+
+async def get_admin(context: ContextDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    token = _bearer(authorization)
+    principal = await authenticate(context, token, allow_admin_token=True)
+    if not principal.is_admin:
+        raise Forbidden("this route is for the operator: use an admin key or DOCKYARD_ADMIN_TOKEN")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+AdminDep = Annotated[Principal, Depends(get_admin)]

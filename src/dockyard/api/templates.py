@@ -1,0 +1,58 @@
+"""GMI `/api/v1/templates`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from dockyard.api.deps import ContextDep, PrincipalDep, ReadSessionDep, WriteSessionDep
+from dockyard.schemas.common import ERROR_RESPONSES, IdResponse, Page
+from dockyard.schemas.templates import CreateTemplateRequest, Template, UpdateTemplateRequest
+from dockyard.services import templates as service
+
+router = APIRouter(prefix="/api/v1/templates", tags=["templates"], responses=ERROR_RESPONSES)
+
+TemplateId = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+@router.post("", response_model=IdResponse, status_code=200, summary="Create a template")
+async def create_template(
+    body: CreateTemplateRequest, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
+) -> IdResponse:
+    return IdResponse(id=await service.create(session, context.box, principal, body))
+
+
+@router.get("", response_model=Page[Template], summary="List templates")
+async def list_templates(
+    context: ContextDep,
+    principal: PrincipalDep,
+    session: ReadSessionDep,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    page_size: Annotated[int, Query(alias="pageSize", ge=1, le=1000)] = 50,
+) -> Page[Template]:
+    return await service.list_page(session, context.box, principal, page, page_size)
+
+
+@router.get("/{template_id}", response_model=Template, summary="Get a template")
+async def get_template(
+    template_id: TemplateId, context: ContextDep, principal: PrincipalDep, session: ReadSessionDep
+) -> Template:
+    return await service.get(session, context.box, principal, template_id)
+
+
+@router.put("/{template_id}", response_model=Template, summary="Replace a template")
+async def update_template(
+    template_id: TemplateId,
+    body: UpdateTemplateRequest,
+    context: ContextDep,
+    principal: PrincipalDep,
+    session: WriteSessionDep,
+) -> Template:
+    return await service.update(session, context.box, principal, template_id, body)
+
+
+@router.delete("/{template_id}", response_model=dict[str, str], summary="Delete a template")
+async def delete_template(template_id: TemplateId, principal: PrincipalDep, session: WriteSessionDep) -> dict[str, str]:
+    await service.delete(session, principal, template_id)
+    return {}

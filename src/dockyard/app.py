@@ -1,0 +1,120 @@
+"""The FastAPI application: routers, error handlers, middleware, and the lifespan that migrates the
+database, connects the runtimes and runs the reconcilers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+
+from dockyard import __version__
+from dockyard.api import admin, health, templates
+from dockyard.config import Settings, load_settings
+from dockyard.context import ServerContext
+from dockyard.db.migrate import migrate
+from dockyard.db.models import IdcModel
+from dockyard.db.session import Database
+from dockyard.errors import error_response, install_error_handlers
+from dockyard.logs import configure_logging
+from dockyard.middleware import BodyLimitMiddleware, MetricsMiddleware
+from dockyard.reconcilers.supervisor import Loop, Supervisor
+from dockyard.runtimes.base import Runtime
+from dockyard.runtimes.factory import build_runtime
+from dockyard.secrets import SecretBox
+from dockyard.services.bootstrap import bootstrap
+
+log = logging.getLogger(__name__)
+
+RuntimeFactory = Callable[[IdcModel, ServerContext], Runtime]
+
+DESCRIPTION = """
+Dockyard serves two API families on one server, each wire-compatible with the platform it comes from:
+
+* **Serverless endpoints** (`/gpus/v2`): PPIO's GPU API v2, snake_case, unix-second timestamps.
+* **GPU containers** (`/api/v1`): GMI Cloud's Cluster Engine API, camelCase, RFC 3339 timestamps.
+* **Operator** (`/admin/v1`): organizations, keys, IDCs, products, nodes and GPUs.
+
+Authenticate with `Authorization: Bearer <api key>`. Every error has the body
+`{"code", "reason", "message", "details"}`; validation errors name the field.
+"""
+
+
+def build_loops(context: ServerContext) -> list[Loop]:
+    """The reconcile loops this server runs while it holds the lease."""
+    return []
+
+
+async def _on_stale(_: object, exc: Exception) -> object:
+    return error_response(
+        409,
+        "the object changed while this request was updating it; read it again and retry",
+        reason="CONFLICT",
+    )
+
+
+async def _on_integrity(_: object, exc: Exception) -> object:
+    return error_response(409, "this would conflict with an existing object", reason="CONFLICT")
+
+
+def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFactory | None = None) -> FastAPI:
+    """Build the application. `runtime_factory` replaces the real runtimes (tests give an in-memory one)."""
+    settings = settings or load_settings()
+    db = Database(settings.resolved_database_url)
+    context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key))
+    make_runtime = runtime_factory or (lambda idc, ctx: build_runtime(idc, ctx.settings, ctx.installation_id))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_id = ""
+
+        async def _bootstrap() -> None:
+            nonlocal install_id
+            install_id = await bootstrap(db, settings)
+
+        await migrate(db.url, after=_bootstrap)
+        context.installation_id = install_id
+        async with db.read() as session:
+            for idc in await session.scalars(select(IdcModel)):
+                context.runtimes[idc.id] = make_runtime(idc, context)
+        supervisor = Supervisor(db, build_loops(context), context.registry)
+        app.state.supervisor = supervisor
+        if settings.run_reconcilers:
+            await supervisor.start()
+        log.info("dockyard %s serving on %s (installation %s)", __version__, db.url.split("://")[0], install_id)
+        try:
+            yield
+        finally:
+            await supervisor.stop()
+            for runtime in context.runtimes.values():
+                await runtime.close()
+            await db.dispose()
+
+    app = FastAPI(
+        title="Dockyard",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url="/redoc",
+    )
+    app.state.context = context
+    install_error_handlers(app)
+    app.add_exception_handler(StaleDataError, _on_stale)  # type: ignore[arg-type]
+    app.add_exception_handler(IntegrityError, _on_integrity)  # type: ignore[arg-type]
+    for router in (health.router, admin.router, templates.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, registry=context.registry)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn's factory entry point: settings from the environment and the config file."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -1,0 +1,146 @@
+"""Server configuration: `DOCKYARD_*` variables, then an optional YAML file, then defaults.
+
+The precedence (environment over file over default) is the twelve-factor one every deployment tool expects:
+a container orchestrator sets variables, an operator on a single machine edits a file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dockyard"
+
+
+def default_engine_url() -> str:
+    """The engine socket: `DOCKER_HOST` when set, else Docker's, else Podman's standard socket."""
+    if host := os.environ.get("DOCKER_HOST"):
+        return host
+    candidates = [Path("/var/run/docker.sock"), Path("/run/podman/podman.sock")]
+    if runtime_dir := os.environ.get("XDG_RUNTIME_DIR"):
+        candidates.append(Path(runtime_dir) / "podman" / "podman.sock")
+    for path in candidates:
+        if path.exists():
+            return f"unix://{path}"
+    return "unix:///var/run/docker.sock"
+
+
+def default_public_address() -> str:
+    """The host's outward address, found by asking the kernel which source address it would route from.
+
+    No packet is sent: connecting a UDP socket only selects a route.
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed, so nothing leaves the host
+            address: str = probe.getsockname()[0]
+            return address
+    except OSError:
+        return "127.0.0.1"
+
+
+class Settings(BaseSettings):
+    """Everything the server reads at start; one instance per process, built by `load_settings()`."""
+
+    model_config = SettingsConfigDict(env_prefix="DOCKYARD_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""
+    engine_url: str = Field(default_factory=default_engine_url)
+    engine_network_mode: str = ""
+    public_address: str = Field(default_factory=default_public_address)
+    public_url: str = ""
+    gateway_url: str = ""
+    secret_key: str = ""
+    admin_token: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+    log_format: str = "console"
+    max_body_bytes: int = 10 * 1024 * 1024
+    reconcile_interval: float = 2.0
+    missing_debounce_seconds: float = 10.0
+    zombie_grace_seconds: float = 60.0
+    stop_timeout_seconds: int = 10
+    simulated_gpus: str = ""
+    simulated_driver_version: str = "550.54.15"
+    simulated_cuda_version: str = "12.4"
+    run_reconcilers: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file := os.environ.get("DOCKYARD_CONFIG"):
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in ("console", "json"):
+            raise ValueError("log_format must be 'console' or 'json'")
+        return value
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'dockyard.db'}"
+
+    @cached_property
+    def resolved_public_url(self) -> str:
+        return (self.public_url or f"http://{self.public_address}:{self.port}").rstrip("/")
+
+    @cached_property
+    def resolved_gateway_url(self) -> str:
+        return (self.gateway_url or self.resolved_public_url).rstrip("/")
+
+    @cached_property
+    def resolved_secret_key(self) -> str:
+        """The Fernet key for secrets at rest; generated once into the data directory when not given."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret.key"
+        if path.exists():
+            return path.read_text().strip()
+        from cryptography.fernet import Fernet
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = Fernet.generate_key().decode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another server starting beside this one wrote it first
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as out:
+            out.write(key)
+        return key
+
+
+def load_settings(**overrides: Any) -> Settings:
+    settings = Settings(**overrides)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def new_token(nbytes: int = 24) -> str:
+    return secrets.token_urlsafe(nbytes)

@@ -1,0 +1,25 @@
+"""The server's long-lived parts, built once at start and handed to routers, services and reconcilers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from dockyard.config import Settings
+from dockyard.db.session import Database
+from dockyard.runtimes.base import Runtime
+from dockyard.secrets import SecretBox
+
+
+@dataclass
+class ServerContext:
+    settings: Settings
+    db: Database
+    box: SecretBox
+    installation_id: str = ""
+    runtimes: dict[str, Runtime] = field(default_factory=dict)  # by IDC id
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def runtime_for(self, idc_id: str) -> Runtime | None:
+        return self.runtimes.get(idc_id)

@@ -1,0 +1,63 @@
+"""Strict enums for every status, desired state and reason kind.
+
+A status alone never explains itself: each is stored beside a `reason` sentence a user can act on.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ContainerStatus(StrEnum):
+    """GMI Cloud's container statuses, with the meanings Dockyard gives them on a real runtime."""
+
+    UNKNOWN = "unknown"  # the runtime cannot be reached right now
+    CREATING = "creating"  # wanted, not yet running (pulling, creating, starting, recreating)
+    RUNNING = "running"
+    TERMINATING = "terminating"  # deletion asked for; teardown in progress
+    STOPPED = "stopped"  # stopped on request
+    ERROR = "error"  # failed to start, exited on its own, or disappeared
+    ZOMBIE = "zombie"  # the runtime still runs it, Dockyard no longer wants it; removed after a grace
+
+
+class DesiredState(StrEnum):
+    """What the user asked for; reconcilers converge the runtime towards it."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+class IdcStatus(StrEnum):
+    AVAILABLE = "available"
+    FULL = "full"
+    MAINTENANCE = "maintenance"
+
+
+class RuntimeKind(StrEnum):
+    ENGINE = "engine"  # Docker or Podman through the Docker Engine API
+    KUBERNETES = "kubernetes"
+
+
+class GpuSource(StrEnum):
+    """Where a node's GPU inventory comes from; `simulated` is shown wherever the inventory is."""
+
+    NVML = "nvml"
+    SIMULATED = "simulated"
+    NONE = "none"
+
+
+class ProductCategory(StrEnum):
+    INSTANCE = "instance"
+    SERVERLESS = "serverless"
+
+
+class IPStatus(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    NONE = "none"
+
+
+class Protocol(StrEnum):
+    TCP = "TCP"
+    UDP = "UDP"

@@ -1,0 +1,77 @@
+"""Schema migrations at server start: run once, even when several servers start together.
+
+PostgreSQL serialises starters with an advisory lock held on the migrating connection; SQLite (one host
+by nature) with an exclusive `flock` on a file beside the database. The loser of the race waits, then
+finds the schema at head and does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from dockyard.db.session import is_sqlite
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_PG_LOCK_KEY = 0x646F636B  # "dock"
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def _upgrade_async(url: str) -> None:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            if not is_sqlite(url):
+                await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
+            await conn.run_sync(_upgrade)
+            await conn.commit()
+            if not is_sqlite(url):
+                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
+                await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+async def migrate(url: str, after: Callable[[], Awaitable[object]] | None = None) -> None:
+    """Bring the schema to head, then run `after` (idempotent bootstrap) under the same exclusion."""
+    if not is_sqlite(url):
+        await _upgrade_async(url)
+        if after:
+            await after()
+        return
+    database = make_url(url).database
+    lock_path = Path(f"{database}.migrate.lock") if database and database != ":memory:" else None
+    if lock_path is None:
+        await _upgrade_async(url)
+        if after:
+            await after()
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock_file:
+        await asyncio.to_thread(fcntl.flock, lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            await _upgrade_async(url)
+            if after:
+                await after()
+        finally:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,227 @@
+"""The tables. One class per entity, named `<Entity>Model`; wire models live in `dockyard.schemas`.
+
+JSON columns hold value objects that are always read and written whole (a workload spec, a port list);
+anything that is queried or joined on is a column of its own.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from dockyard.core.status import (
+    ContainerStatus,
+    DesiredState,
+    GpuSource,
+    IdcStatus,
+    ProductCategory,
+    RuntimeKind,
+)
+from dockyard.db.base import Base, Versioned, new_id, utcnow
+
+
+def _enum(enum_cls: type[Any]) -> Enum:
+    # Stored as VARCHAR with the enum's values: portable across SQLite and PostgreSQL, no ALTER TYPE to add one.
+    return Enum(enum_cls, native_enum=False, values_callable=lambda e: [m.value for m in e], length=32)
+
+
+class OrganizationModel(Versioned, Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+
+
+class MemberModel(Versioned, Base):
+    __tablename__ = "members"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+
+
+class ApiKeyModel(Versioned, Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    member_id: Mapped[str] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255), default="")
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class IdcModel(Versioned, Base):
+    """A region: GMI calls it an IDC, PPIO a region. Each is bound to exactly one runtime."""
+
+    __tablename__ = "idcs"
+
+    id: Mapped[str] = mapped_column(String(50), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    country: Mapped[str] = mapped_column(String(64), default="")
+    country_subdivision: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[IdcStatus] = mapped_column(_enum(IdcStatus), default=IdcStatus.AVAILABLE)
+    runtime_kind: Mapped[RuntimeKind] = mapped_column(_enum(RuntimeKind), default=RuntimeKind.ENGINE)
+    runtime_url: Mapped[str] = mapped_column(String(512), default="")
+
+
+class ProductModel(Versioned, Base):
+    __tablename__ = "products"
+
+    id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    idc_id: Mapped[str] = mapped_column(ForeignKey("idcs.id", ondelete="CASCADE"), index=True)
+    category: Mapped[ProductCategory] = mapped_column(_enum(ProductCategory), default=ProductCategory.INSTANCE)
+    product_line: Mapped[str] = mapped_column(String(64), default="")
+    gpu_model: Mapped[str] = mapped_column(String(128), default="")
+    gpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+    cpu: Mapped[float] = mapped_column(Float, default=1.0)
+    memory_mb: Mapped[int] = mapped_column(Integer, default=1024)
+    pids_limit: Mapped[int] = mapped_column(Integer, default=4096)
+    disk_gb: Mapped[int] = mapped_column(Integer, default=20)
+    price_per_hour: Mapped[float] = mapped_column(Float, default=0.0)
+    valid: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class NodeModel(Versioned, Base):
+    """A host of an IDC's runtime and its discovered (or declared simulated) GPU inventory."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    idc_id: Mapped[str] = mapped_column(ForeignKey("idcs.id", ondelete="CASCADE"), index=True)
+    gpu_source: Mapped[GpuSource] = mapped_column(_enum(GpuSource), default=GpuSource.NONE)
+    driver_version: Mapped[str] = mapped_column(String(32), default="")
+    cuda_version: Mapped[str] = mapped_column(String(32), default="")
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GpuModel(Base):
+    __tablename__ = "gpus"
+
+    uuid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(128))
+    memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+    minor_number: Mapped[int] = mapped_column(Integer, default=-1)
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class TemplateModel(Versioned, Base):
+    __tablename__ = "templates"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    member_id: Mapped[str] = mapped_column(String(36), default="")
+    name: Mapped[str] = mapped_column(String(255))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class SshKeyModel(Versioned, Base):
+    __tablename__ = "ssh_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    public_key: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(128), default="")
+
+
+class NetworkStorageModel(Versioned, Base):
+    """A named volume on the IDC's runtime, shared by containers' `storages` and endpoints' `volumes`."""
+
+    __tablename__ = "network_storages"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    idc_id: Mapped[str] = mapped_column(ForeignKey("idcs.id"))
+    size_gb: Mapped[int] = mapped_column(Integer)
+
+
+class ContainerModel(Versioned, Base):
+    """A GPU container: desired state (spec, `desired`, `generation`) and observed state (status onwards).
+
+    `generation` counts spec changes (an update recreates the container); `restart_generation` counts
+    restart requests. The reconciler records what it has acted on in the `observed_*` columns.
+    """
+
+    __tablename__ = "containers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    member_id: Mapped[str] = mapped_column(String(36), default="")
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    idc_id: Mapped[str] = mapped_column(String(50))
+    product_id: Mapped[str] = mapped_column(String(256))
+    template_id: Mapped[str] = mapped_column(String(36))
+    command: Mapped[str] = mapped_column(Text, default="")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    ssh_key_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    desired: Mapped[DesiredState] = mapped_column(_enum(DesiredState), default=DesiredState.RUNNING, index=True)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    restart_generation: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[ContainerStatus] = mapped_column(_enum(ContainerStatus), default=ContainerStatus.CREATING)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    node_id: Mapped[str] = mapped_column(String(255), default="")
+    gpu_uuids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    runtime_id: Mapped[str] = mapped_column(String(128), default="")
+    published_ports: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    observed_generation: Mapped[int] = mapped_column(Integer, default=0)
+    observed_restart_generation: Mapped[int] = mapped_column(Integer, default=0)
+    missing_since: Mapped[datetime | None] = mapped_column(default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class EventModel(Base):
+    """An append-only record of what a reconciler or autoscaler decided, and why."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(String(36), index=True)
+    object_kind: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[str] = mapped_column(String(64), index=True)
+    type: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class IdempotencyKeyModel(Base):
+    """A write answered once per (organization, key); replays get the stored answer for 24 hours."""
+
+    __tablename__ = "idempotency_keys"
+
+    org_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[Any] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class SettingModel(Base):
+    """Installation-wide values (the installation id that labels every runtime object)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class LeaseModel(Base):
+    """A named lease; the server holding `reconcilers` runs the reconcile loops (one leader per database)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column()

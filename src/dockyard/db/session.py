@@ -1,0 +1,78 @@
+"""Engines and sessions for SQLite and PostgreSQL.
+
+SQLite is tuned for a server: WAL (readers never block the writer), a busy timeout, foreign keys on, and
+write transactions that start with `BEGIN IMMEDIATE`. A deferred transaction that reads and then writes
+can fail with SQLITE_BUSY at its first write, whatever the busy timeout, because SQLite cannot upgrade a
+reader past a concurrent writer; taking the write lock at BEGIN makes writers queue instead. Reads keep
+plain deferred transactions so they never wait on a writer. On PostgreSQL both kinds are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+_IMMEDIATE = "dockyard_begin_immediate"
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so that BEGIN is ours to emit (see module docstring).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Database:
+    """Owns the engine; hands out read sessions and write sessions (see module docstring)."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"echo": echo}
+        if not is_sqlite(url):
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine = create_async_engine(url, **kwargs)
+        if is_sqlite(url):
+            _configure_sqlite(self.engine)
+        self._read = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write = async_sessionmaker(self.engine.execution_options(**{_IMMEDIATE: True}), expire_on_commit=False)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self._read() as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A session whose transaction takes the write lock at once; commits on success, rolls back on error."""
+        async with self._write() as session, session.begin():
+            yield session
+
+    def write_session(self) -> AsyncSession:
+        """An unstarted write session for callers that manage commit themselves (request dependencies)."""
+        return self._write()
+
+    def read_session(self) -> AsyncSession:
+        return self._read()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

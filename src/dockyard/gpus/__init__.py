@@ -1,0 +1,1 @@
+"""GPU inventory (NVML, or a declared simulation) and allocation by UUID."""

@@ -1,0 +1,101 @@
+"""Discover a host's GPUs through NVML, or build the simulated inventory an operator declared.
+
+NVML is the source `nvidia-smi` itself reads; UUIDs are what we allocate by, because indices change with
+`CUDA_VISIBLE_DEVICES` and across reboots while UUIDs do not. A simulated inventory is for machines with no
+GPU (tests, demos): it is marked `simulated` in every answer that shows it, and its GPUs are never
+attached to containers as devices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+from dockyard.core.status import GpuSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    uuid: str
+    index: int
+    model: str
+    memory_mb: int
+    minor_number: int = -1
+    simulated: bool = False
+
+
+@dataclass(frozen=True)
+class Inventory:
+    source: GpuSource
+    driver_version: str = ""
+    cuda_version: str = ""
+    gpus: list[GpuInfo] = field(default_factory=list)
+
+
+def _cuda_version(value: int) -> str:
+    # NVML encodes CUDA 12.4 as 12040.
+    return f"{value // 1000}.{(value % 1000) // 10}"
+
+
+def discover_nvml() -> Inventory | None:
+    """The local GPUs through NVML, or None where there is no driver (a CPU machine)."""
+    try:
+        import pynvml
+    except ImportError:  # pragma: no cover - nvidia-ml-py is a dependency
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        log.info("no NVIDIA driver found (%s): this node has no GPUs", exc)
+        return None
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        cuda = _cuda_version(pynvml.nvmlSystemGetCudaDriverVersion_v2())
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            gpus.append(
+                GpuInfo(
+                    uuid=str(pynvml.nvmlDeviceGetUUID(handle)),
+                    index=index,
+                    model=str(pynvml.nvmlDeviceGetName(handle)),
+                    memory_mb=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total // (1024 * 1024)),
+                    minor_number=int(pynvml.nvmlDeviceGetMinorNumber(handle)),
+                )
+            )
+        return Inventory(GpuSource.NVML, str(driver), cuda, gpus)
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def parse_simulated(declaration: str) -> list[tuple[str, int, int]]:
+    """`"NVIDIA H100 80GB HBM3:8:81559,NVIDIA L4:2"` -> [(model, count, memory_mb), ...]."""
+    result = []
+    for part in filter(None, (p.strip() for p in declaration.split(","))):
+        pieces = part.split(":")
+        if len(pieces) not in (2, 3) or not pieces[0].strip():
+            raise ValueError(f"simulated GPUs: expected MODEL:COUNT[:MEMORY_MB], got {part!r}")
+        try:
+            count = int(pieces[1])
+            memory_mb = int(pieces[2]) if len(pieces) == 3 else 81559
+        except ValueError as exc:
+            raise ValueError(f"simulated GPUs: COUNT and MEMORY_MB must be integers in {part!r}") from exc
+        if not 0 < count <= 64:
+            raise ValueError(f"simulated GPUs: COUNT must be 1-64 in {part!r}")
+        result.append((pieces[0].strip(), count, memory_mb))
+    return result
+
+
+def simulated_inventory(node_id: str, declaration: str, driver_version: str, cuda_version: str) -> Inventory:
+    """Deterministic UUIDs per node and slot, so a restart finds the same GPUs its labels name."""
+    gpus: list[GpuInfo] = []
+    for model, count, memory_mb in parse_simulated(declaration):
+        for _ in range(count):
+            index = len(gpus)
+            digest = hashlib.sha256(f"{node_id}/{index}".encode()).hexdigest()
+            uuid = f"GPU-sim-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:28]}"
+            gpus.append(GpuInfo(uuid, index, model, memory_mb, simulated=True))
+    return Inventory(GpuSource.SIMULATED, driver_version, cuda_version, gpus)

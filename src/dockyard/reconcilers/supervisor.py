@@ -1,0 +1,147 @@
+"""Runs the reconcile loops, one task each, while this server holds the `reconcilers` lease.
+
+Each loop is an object with a `name`, an `interval` and an `async reconcile_once()`; the supervisor calls it
+every `interval` seconds (sooner when `wake(name)` is called), logs and counts a pass that raises, backs
+off, and carries on: one bad pass must never kill a loop (kopf's and controller-runtime's rule).
+
+Only one server per database reconciles at a time. The lease is a row (`leases.reconcilers`) whose holder
+renews it every few seconds; a server that dies loses it after `LEASE_SECONDS` and another takes over. The
+guarded writes in every reconciler make a brief overlap of two holders harmless anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from datetime import timedelta
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from dockyard.db.base import new_id, utcnow
+from dockyard.db.models import LeaseModel
+from dockyard.db.session import Database
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "reconcilers"
+LEASE_SECONDS = 15.0
+
+
+class Loop(Protocol):
+    name: str
+    interval: float
+
+    async def reconcile_once(self) -> None: ...
+
+
+class Supervisor:
+    def __init__(self, db: Database, loops: list[Loop], registry: CollectorRegistry) -> None:
+        self.db = db
+        self.loops = {loop.name: loop for loop in loops}
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        self._wakeups = {name: asyncio.Event() for name in self.loops}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._leader = asyncio.Event()
+        self.passes = Counter("dockyard_reconcile_passes", "Reconcile passes", ["loop", "result"], registry=registry)
+        self.duration = Histogram("dockyard_reconcile_seconds", "Reconcile pass duration", ["loop"], registry=registry)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader.is_set()
+
+    def wake(self, name: str) -> None:
+        """Run loop `name` now instead of at its next tick (after an API write, say)."""
+        if event := self._wakeups.get(name):
+            event.set()
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._hold_lease(), name="lease"))
+        for name in self.loops:
+            self._tasks.append(asyncio.create_task(self._run(name), name=f"loop:{name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._leader.is_set():
+            with contextlib.suppress(Exception):
+                async with self.db.write() as session:
+                    await session.execute(
+                        update(LeaseModel)
+                        .where(LeaseModel.name == LEASE_NAME, LeaseModel.holder == self.holder)
+                        .values(expires_at=utcnow())
+                    )
+
+    async def try_acquire(self) -> bool:
+        """Take or renew the lease; True while this server holds it."""
+        now = utcnow()
+        expires = now + timedelta(seconds=LEASE_SECONDS)
+        async with self.db.write() as session:
+            result = await session.execute(
+                update(LeaseModel)
+                .where(
+                    LeaseModel.name == LEASE_NAME,
+                    or_(LeaseModel.holder == self.holder, LeaseModel.expires_at < now),
+                )
+                .values(holder=self.holder, expires_at=expires)
+            )
+            if getattr(result, "rowcount", 0) == 1:
+                return True
+            exists = await session.scalar(select(LeaseModel.name).where(LeaseModel.name == LEASE_NAME))
+            if exists:
+                return False
+        try:
+            async with self.db.write() as session:
+                session.add(LeaseModel(name=LEASE_NAME, holder=self.holder, expires_at=expires))
+        except IntegrityError:
+            return False  # another server inserted it first
+        return True
+
+    async def _hold_lease(self) -> None:
+        while True:
+            try:
+                held = await self.try_acquire()
+            except Exception:
+                log.exception("lease renewal failed")
+                held = False
+            if held and not self._leader.is_set():
+                log.info("reconcilers lease taken by %s", self.holder)
+                self._leader.set()
+                for event in self._wakeups.values():
+                    event.set()
+            elif not held and self._leader.is_set():
+                log.warning("reconcilers lease lost by %s", self.holder)
+                self._leader.clear()
+            await asyncio.sleep(LEASE_SECONDS / 3)
+
+    async def _run(self, name: str) -> None:
+        loop = self.loops[name]
+        wakeup = self._wakeups[name]
+        failures = 0
+        while True:
+            await self._leader.wait()
+            wakeup.clear()
+            with self.duration.labels(name).time():
+                try:
+                    await loop.reconcile_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    failures += 1
+                    self.passes.labels(name, "error").inc()
+                    log.exception("reconcile pass of %s failed (%d in a row)", name, failures)
+                else:
+                    failures = 0
+                    self.passes.labels(name, "ok").inc()
+            delay = loop.interval * min(2**failures, 16)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), timeout=delay)

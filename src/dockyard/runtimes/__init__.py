@@ -1,0 +1,1 @@
+"""Runtimes: where workloads really run, behind one small contract (`base.Runtime`)."""

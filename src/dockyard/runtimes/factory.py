@@ -1,0 +1,20 @@
+"""Builds the runtime an IDC is bound to."""
+
+from __future__ import annotations
+
+from dockyard.config import Settings
+from dockyard.core.status import RuntimeKind
+from dockyard.db.models import IdcModel
+from dockyard.runtimes.base import Runtime
+
+
+def build_runtime(idc: IdcModel, settings: Settings, installation_id: str) -> Runtime:
+    if idc.runtime_kind == RuntimeKind.ENGINE:
+        from dockyard.runtimes.engine import EngineRuntime
+
+        return EngineRuntime(
+            idc.runtime_url or settings.engine_url,
+            installation_id=installation_id,
+            network_mode=settings.engine_network_mode,
+        )
+    raise ValueError(f"IDC {idc.id}: runtime kind {idc.runtime_kind} is not available in this build")
