@@ -23,6 +23,8 @@ from dockyard.services import keys
 from tests.fakes import FakeRuntime
 from tests.pg import PostgresServer, postgres_available
 
+pytest_plugins = ["tests.engine"]
+
 ADMIN_TOKEN = "test-admin-token"
 
 

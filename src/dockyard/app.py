@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from dockyard import __version__
-from dockyard.api import admin, health, templates
+from dockyard.api import admin, containers, health, idcs, network_storages, products, ssh_keys, templates
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
 from dockyard.db.migrate import migrate
@@ -106,7 +106,17 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     install_error_handlers(app)
     app.add_exception_handler(StaleDataError, _on_stale)  # type: ignore[arg-type]
     app.add_exception_handler(IntegrityError, _on_integrity)  # type: ignore[arg-type]
-    for router in (health.router, admin.router, templates.router):
+    # products before containers: `/api/v1/containers/products` must not be taken for a container id.
+    for router in (
+        health.router,
+        admin.router,
+        templates.router,
+        products.router,
+        containers.router,
+        ssh_keys.router,
+        idcs.router,
+        network_storages.router,
+    ):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, registry=context.registry)

@@ -1,0 +1,76 @@
+"""Fixtures for tests against a real container engine: a private Podman API service for the session
+and the locally built test images (scripts/build-test-images makes them; no registry is reachable).
+
+A test that needs the engine takes `engine_url`; where Podman is missing it is skipped with that reason,
+and runs wherever Podman is installed (CI installs it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUSYBOX_IMAGE = "localhost/dockyard-busybox:latest"
+PYTHON_IMAGE = "localhost/dockyard-python:latest"
+
+
+def _image_exists(name: str) -> bool:
+    return subprocess.run(["podman", "image", "exists", name], capture_output=True).returncode == 0
+
+
+def _ensure_image(name: str) -> None:
+    if not _image_exists(name):
+        subprocess.run([str(ROOT / "scripts" / "build-test-images")], check=True)
+    if not _image_exists(name):
+        pytest.fail(f"test image {name} is missing and scripts/build-test-images did not make it")
+
+
+@pytest.fixture(scope="session")
+def engine_url() -> Iterator[str]:
+    """`unix://...` of a Podman API service started for this test session."""
+    if shutil.which("podman") is None:
+        pytest.skip("needs Podman (apt-get install podman runc; scripts/install-deps does it)")
+    directory = Path(tempfile.mkdtemp(prefix="dockyard-engine-"))
+    socket_path = directory / "podman.sock"
+    url = f"unix://{socket_path}"
+    process = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", url],
+        stdout=subprocess.DEVNULL,
+        stderr=open(directory / "service.log", "wb"),  # noqa: SIM115 - lives as long as the service
+    )
+    deadline = time.monotonic() + 30
+    while not socket_path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"podman system service did not start: {(directory / 'service.log').read_text()}")
+        time.sleep(0.05)
+    os.environ.setdefault("DOCKYARD_TEST_ENGINE_URL", url)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def busybox_image(engine_url: str) -> str:
+    """A 2 MB image of Debian's busybox-static: sh, httpd, sleep, nc."""
+    _ensure_image(BUSYBOX_IMAGE)
+    return BUSYBOX_IMAGE
+
+
+@pytest.fixture(scope="session")
+def python_image(engine_url: str) -> str:
+    """A Debian minbase root with python3 (debootstrap, built once per machine)."""
+    _ensure_image(PYTHON_IMAGE)
+    return PYTHON_IMAGE
