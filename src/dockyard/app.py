@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
                 context.runtimes[idc.id] = make_runtime(idc, context)
         supervisor = Supervisor(db, build_loops(context), context.registry)
         app.state.supervisor = supervisor
+        context.waker = supervisor.wake
         if settings.run_reconcilers:
             await supervisor.start()
         log.info("dockyard %s serving on %s (installation %s)", __version__, db.url.split("://")[0], install_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
@@ -20,6 +21,11 @@ class ServerContext:
     installation_id: str = ""
     runtimes: dict[str, Runtime] = field(default_factory=dict)  # by IDC id
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    waker: Callable[[str], None] = lambda _loop: None
+
+    def wake(self, loop: str) -> None:
+        """Ask reconcile loop `loop` to run now rather than at its next tick (after an API write)."""
+        self.waker(loop)
 
     def runtime_for(self, idc_id: str) -> Runtime | None:
         return self.runtimes.get(idc_id)
