@@ -40,8 +40,11 @@ def engine_url() -> Iterator[str]:
     directory = Path(tempfile.mkdtemp(prefix="dockyard-engine-"))
     socket_path = directory / "podman.sock"
     url = f"unix://{socket_path}"
+    # conmon inherits the service's working directory and, on cgroup v1, drops an `oom` marker file there
+    # when a container is OOM-killed: keep it in the session's directory, not the project.
     process = subprocess.Popen(
         ["podman", "system", "service", "--time=0", url],
+        cwd=directory,
         stdout=subprocess.DEVNULL,
         stderr=open(directory / "service.log", "wb"),  # noqa: SIM115 - lives as long as the service
     )

@@ -22,6 +22,8 @@ from dockyard.db.session import Database
 from dockyard.errors import error_response, install_error_handlers
 from dockyard.logs import configure_logging
 from dockyard.middleware import BodyLimitMiddleware, MetricsMiddleware
+from dockyard.reconcilers.containers import ContainerReconciler
+from dockyard.reconcilers.network_storages import NetworkStorageReconciler
 from dockyard.reconcilers.supervisor import Loop, Supervisor
 from dockyard.runtimes.base import Runtime
 from dockyard.runtimes.factory import build_runtime
@@ -46,7 +48,7 @@ Authenticate with `Authorization: Bearer <api key>`. Every error has the body
 
 def build_loops(context: ServerContext) -> list[Loop]:
     """The reconcile loops this server runs while it holds the lease."""
-    return []
+    return [ContainerReconciler(context), NetworkStorageReconciler(context)]
 
 
 async def _on_stale(_: object, exc: Exception) -> object:

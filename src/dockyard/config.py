@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -52,6 +52,10 @@ def default_public_address() -> str:
             return address
     except OSError:
         return "127.0.0.1"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the setting and says where it comes from."""
 
 
 class Settings(BaseSettings):
@@ -93,6 +97,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if config_file := os.environ.get("DOCKYARD_CONFIG"):
+            # The YAML source reads a missing file as empty: an operator's typo would silently run on defaults.
+            if not Path(config_file).is_file():
+                raise ConfigError(f"DOCKYARD_CONFIG names {config_file}, which is not a file; fix the path or unset it")
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
 
@@ -137,7 +144,20 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    settings = Settings(**overrides)
+    """The settings from overrides, `DOCKYARD_*` variables, the YAML file and defaults, in that order.
+
+    Raises `ConfigError` naming every bad setting.
+    """
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'config'}: {error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid configuration ({problems}); fix the DOCKYARD_* variable or the DOCKYARD_CONFIG file that sets it"
+        ) from exc
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return settings
 

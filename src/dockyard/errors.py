@@ -142,6 +142,13 @@ def _field_name(loc: Sequence[Any]) -> str:
 def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
     details = []
     for error in errors:
+        if error.get("type") == "json_invalid":
+            # FastAPI puts the character offset where a field name goes; the field is the body itself.
+            offset = error.get("loc", ("body", 0))[-1]
+            problem = (error.get("ctx") or {}).get("error", "malformed")
+            message = f"not valid JSON ({problem} at character {offset}); send a JSON object"
+            details.append({"field": "body", "message": message})
+            continue
         message = str(error.get("msg", "invalid value"))
         message = message.removeprefix("Value error, ")
         details.append({"field": _field_name(error.get("loc", ())), "message": message})
@@ -160,9 +167,17 @@ async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, message, details, "INVALID_ARGUMENT")
 
 
-async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return error_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+    message = str(exc.detail)
+    # Starlette's routing raises these with only the status phrase ("Not Found"); say what to do instead.
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route {request.method} {request.url.path}; the API reference is at /docs"
+    elif exc.status_code == 405 and message == "Method Not Allowed":
+        message = f"{request.method} is not allowed on {request.url.path}; the API reference is at /docs"
+    elif exc.status_code == 400 and message == "There was an error parsing the body":
+        message = "the request body could not be read; send a JSON object encoded as UTF-8"
+    return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dockyard.errors import error_body
@@ -62,7 +63,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _TooLarge
+                    raise _TooLarge(too_large)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -78,8 +79,15 @@ class BodyLimitMiddleware:
                 await _send_error(send, 413, too_large)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from `receive` when the streamed body passes the limit.
+
+    An `HTTPException` because FastAPI turns any other exception raised while it reads a body into a 400
+    ("There was an error parsing the body"); this one it re-raises, and the error handlers answer 413.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
 
 
 class MetricsMiddleware:

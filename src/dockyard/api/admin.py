@@ -1,4 +1,4 @@
-"""The operator's API, `/admin/v1` (ours): organizations and their keys."""
+"""The operator's API, `/admin/v1` (ours): organizations and their keys, IDCs, products, nodes and GPUs."""
 
 from __future__ import annotations
 
@@ -10,17 +10,28 @@ from dockyard.api.deps import AdminDep, ReadSessionDep, WriteSessionDep
 from dockyard.schemas.admin import (
     ApiKey,
     CreatedApiKey,
+    CreateIdcRequest,
     CreateKeyRequest,
     CreateOrganizationRequest,
+    CreateProductRequest,
+    Idc,
+    Node,
     Organization,
+    Product,
+    SimulatedGpusRequest,
+    UpdateIdcRequest,
+    UpdateProductRequest,
 )
 from dockyard.schemas.common import ERROR_RESPONSES
-from dockyard.services import keys
+from dockyard.services import catalog, inventory, keys
 from dockyard.services import organizations as service
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"], responses=ERROR_RESPONSES)
 
 OrgId = Annotated[str, Path(min_length=1, max_length=64)]
+IdcId = Annotated[str, Path(min_length=1, max_length=50)]
+ProductId = Annotated[str, Path(min_length=1, max_length=256)]
+NodeId = Annotated[str, Path(min_length=1, max_length=255)]
 
 
 @router.post("/organizations", response_model=Organization, summary="Create an organization")
@@ -49,3 +60,62 @@ async def revoke_api_key(
 ) -> dict[str, str]:
     await keys.revoke_key(session, key_id)
     return {}
+
+
+@router.get("/idcs", response_model=list[Idc], summary="List IDCs")
+async def list_idcs(_: AdminDep, session: ReadSessionDep) -> list[Idc]:
+    return await catalog.list_idcs(session)
+
+
+@router.post("/idcs", response_model=Idc, summary="Create an IDC bound to a runtime")
+async def create_idc(body: CreateIdcRequest, _: AdminDep, session: WriteSessionDep) -> Idc:
+    return await catalog.create_idc(session, body)
+
+
+@router.patch("/idcs/{idc_id}", response_model=Idc, summary="Rename an IDC or put it in maintenance")
+async def update_idc(idc_id: IdcId, body: UpdateIdcRequest, _: AdminDep, session: WriteSessionDep) -> Idc:
+    return await catalog.update_idc(session, idc_id, body)
+
+
+@router.get("/products", response_model=list[Product], summary="List products")
+async def list_products(_: AdminDep, session: ReadSessionDep) -> list[Product]:
+    return await catalog.list_products(session)
+
+
+@router.post("/products", response_model=Product, summary="Create a product")
+async def create_product(body: CreateProductRequest, _: AdminDep, session: WriteSessionDep) -> Product:
+    return await catalog.create_product(session, body)
+
+
+@router.get("/products/{product_id}", response_model=Product, summary="Get a product")
+async def get_product(product_id: ProductId, _: AdminDep, session: ReadSessionDep) -> Product:
+    return await catalog.get_product(session, product_id)
+
+
+@router.put("/products/{product_id}", response_model=Product, summary="Replace a product")
+async def update_product(
+    product_id: ProductId, body: UpdateProductRequest, _: AdminDep, session: WriteSessionDep
+) -> Product:
+    return await catalog.update_product(session, product_id, body)
+
+
+@router.delete("/products/{product_id}", response_model=dict[str, str], summary="Delete a product")
+async def delete_product(product_id: ProductId, _: AdminDep, session: WriteSessionDep) -> dict[str, str]:
+    await catalog.delete_product(session, product_id)
+    return {}
+
+
+@router.get("/nodes", response_model=list[Node], summary="List nodes and their GPUs")
+async def list_nodes(_: AdminDep, session: ReadSessionDep) -> list[Node]:
+    return await inventory.list_nodes(session)
+
+
+@router.put(
+    "/nodes/{node_id}/simulated-gpus",
+    response_model=Node,
+    summary="Declare (or with count 0 clear) a simulated GPU inventory on a node without GPUs",
+)
+async def set_simulated_gpus(
+    node_id: NodeId, body: SimulatedGpusRequest, _: AdminDep, session: WriteSessionDep
+) -> Node:
+    return await inventory.set_simulated_gpus(session, node_id, body)

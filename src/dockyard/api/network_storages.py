@@ -2,8 +2,58 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
+from fastapi import APIRouter, Path
+
+from dockyard.api.deps import ContextDep, PrincipalDep, ReadSessionDep, WriteSessionDep
+from dockyard.reconcilers.network_storages import NetworkStorageReconciler
 from dockyard.schemas.common import ERROR_RESPONSES
+from dockyard.schemas.network_storages import (
+    CreateNetworkStorageRequest,
+    NetworkStorage,
+    NetworkStorageId,
+    NetworkStorageList,
+    UpdateNetworkStorageRequest,
+)
+from dockyard.services import network_storages as service
 
 router = APIRouter(prefix="/gpus/v2/network-storages", tags=["network-storages"], responses=ERROR_RESPONSES)
+
+StorageId = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+@router.post("", response_model=NetworkStorageId, summary="Create a network storage")
+async def create_network_storage(
+    body: CreateNetworkStorageRequest, principal: PrincipalDep, session: WriteSessionDep
+) -> NetworkStorageId:
+    return NetworkStorageId(id=await service.create(session, principal, body))
+
+
+@router.get("", response_model=NetworkStorageList, summary="List network storages")
+async def list_network_storages(principal: PrincipalDep, session: ReadSessionDep) -> NetworkStorageList:
+    return NetworkStorageList(data=await service.list_all(session, principal))
+
+
+@router.get("/{storage_id}", response_model=NetworkStorage, summary="Get a network storage")
+async def get_network_storage(
+    storage_id: StorageId, principal: PrincipalDep, session: ReadSessionDep
+) -> NetworkStorage:
+    return await service.get(session, principal, storage_id)
+
+
+@router.put("/{storage_id}", response_model=dict[str, str], summary="Grow a network storage")
+async def resize_network_storage(
+    storage_id: StorageId, body: UpdateNetworkStorageRequest, principal: PrincipalDep, session: WriteSessionDep
+) -> dict[str, str]:
+    await service.resize(session, principal, storage_id, body)
+    return {}
+
+
+@router.delete("/{storage_id}", response_model=dict[str, str], summary="Delete a network storage (not while mounted)")
+async def delete_network_storage(
+    storage_id: StorageId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
+) -> dict[str, str]:
+    await service.delete(session, principal, storage_id)
+    context.wake(NetworkStorageReconciler.name)
+    return {}

@@ -2,8 +2,36 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from dockyard.schemas.common import ERROR_RESPONSES
+from fastapi import APIRouter, Path
+
+from dockyard.api.deps import PrincipalDep, ReadSessionDep, WriteSessionDep
+from dockyard.schemas.common import ERROR_RESPONSES, IdResponse
+from dockyard.schemas.ssh_keys import CreateSshKeyRequest, SshKey
+from dockyard.services import ssh_keys as service
 
 router = APIRouter(prefix="/api/v1/ssh-keys", tags=["ssh-keys"], responses=ERROR_RESPONSES)
+
+SshKeyId = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+@router.post("", response_model=IdResponse, summary="Add an SSH public key")
+async def create_ssh_key(body: CreateSshKeyRequest, principal: PrincipalDep, session: WriteSessionDep) -> IdResponse:
+    return IdResponse(id=await service.create(session, principal, body))
+
+
+@router.get("", response_model=list[SshKey], summary="List SSH keys")
+async def list_ssh_keys(principal: PrincipalDep, session: ReadSessionDep) -> list[SshKey]:
+    return await service.list_all(session, principal)
+
+
+@router.get("/{key_id}", response_model=SshKey, summary="Get an SSH key")
+async def get_ssh_key(key_id: SshKeyId, principal: PrincipalDep, session: ReadSessionDep) -> SshKey:
+    return await service.get(session, principal, key_id)
+
+
+@router.delete("/{key_id}", response_model=dict[str, str], summary="Delete an SSH key")
+async def delete_ssh_key(key_id: SshKeyId, principal: PrincipalDep, session: WriteSessionDep) -> dict[str, str]:
+    await service.delete(session, principal, key_id)
+    return {}

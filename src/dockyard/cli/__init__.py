@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from dockyard.cli import admin, server
+from dockyard.cli import admin, catalog, config, containers, server, ssh_keys, templates
 
 app = typer.Typer(
     name="dockyard",
@@ -12,7 +14,35 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def connect(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            envvar="DOCKYARD_URL",
+            help="the server (default: the one saved by `login`, else http://127.0.0.1:8080)",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="DOCKYARD_API_KEY", help="your API key (default: the one saved by `login`)"),
+    ] = None,
+) -> None:
+    """Dockyard: GPU containers and serverless GPU endpoints on your own machines."""
+    ctx.obj = config.Target(url=url, api_key=api_key)
+
+
 app.command("server", help="Run the API server (and the gateway and reconcilers) in the foreground.")(server.serve)
+app.command("login")(config.login)
+app.command("idcs")(catalog.idcs)
+app.command("products")(catalog.products)
+app.add_typer(containers.app, name="containers")
+app.add_typer(templates.app, name="templates")
+app.add_typer(ssh_keys.app, name="ssh-keys")
 app.add_typer(admin.app, name="admin")
 
 

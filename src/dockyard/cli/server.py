@@ -9,9 +9,9 @@ import typer
 
 
 def serve(
-    host: Annotated[str | None, typer.Option(help="address to listen on [env DOCKYARD_HOST]")] = None,
-    port: Annotated[int | None, typer.Option(help="port to listen on [env DOCKYARD_PORT]")] = None,
-    config: Annotated[str | None, typer.Option(help="a YAML config file [env DOCKYARD_CONFIG]")] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on (env DOCKYARD_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on (env DOCKYARD_PORT)")] = None,
+    config: Annotated[str | None, typer.Option(help="a YAML config file (env DOCKYARD_CONFIG)")] = None,
 ) -> None:
     import uvicorn
 

@@ -47,6 +47,11 @@ class GpuSource(StrEnum):
     NONE = "none"
 
 
+class NetworkStorageStatus(StrEnum):
+    AVAILABLE = "available"
+    DELETING = "deleting"  # deletion asked for; the volume is removed, then the row
+
+
 class ProductCategory(StrEnum):
     INSTANCE = "instance"
     SERVERLESS = "serverless"

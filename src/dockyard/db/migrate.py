@@ -37,41 +37,39 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-async def _upgrade_async(url: str) -> None:
+async def _upgrade_async(url: str, after: Callable[[], Awaitable[object]] | None) -> None:
     engine = create_async_engine(url, poolclass=NullPool)
     try:
         async with engine.connect() as conn:
             if not is_sqlite(url):
+                # A session-level lock: it outlives the commits below and is held until the explicit unlock,
+                # so `after` runs under it too (two servers bootstrapping at once would both insert defaults).
                 await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
-            await conn.run_sync(_upgrade)
-            await conn.commit()
-            if not is_sqlite(url):
-                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
+            try:
+                await conn.run_sync(_upgrade)
                 await conn.commit()
+                if after:
+                    await after()
+            finally:
+                if not is_sqlite(url):
+                    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
+                    await conn.commit()
     finally:
         await engine.dispose()
 
 
 async def migrate(url: str, after: Callable[[], Awaitable[object]] | None = None) -> None:
     """Bring the schema to head, then run `after` (idempotent bootstrap) under the same exclusion."""
-    if not is_sqlite(url):
-        await _upgrade_async(url)
-        if after:
-            await after()
+    database = make_url(url).database if is_sqlite(url) else None
+    if not database or database == ":memory:":  # PostgreSQL's advisory lock, or a private in-memory database
+        await _upgrade_async(url, after)
         return
-    database = make_url(url).database
-    lock_path = Path(f"{database}.migrate.lock") if database and database != ":memory:" else None
-    if lock_path is None:
-        await _upgrade_async(url)
-        if after:
-            await after()
-        return
+    lock_path = Path(f"{database}.migrate.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as lock_file:
+    lock_file = await asyncio.to_thread(lock_path.open, "a")
+    with lock_file:
         await asyncio.to_thread(fcntl.flock, lock_file.fileno(), fcntl.LOCK_EX)
         try:
-            await _upgrade_async(url)
-            if after:
-                await after()
+            await _upgrade_async(url, after)
         finally:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dockyard.core.status import (
@@ -17,6 +17,7 @@ from dockyard.core.status import (
     DesiredState,
     GpuSource,
     IdcStatus,
+    NetworkStorageStatus,
     ProductCategory,
     RuntimeKind,
 )
@@ -144,6 +145,9 @@ class NetworkStorageModel(Versioned, Base):
     name: Mapped[str] = mapped_column(String(255))
     idc_id: Mapped[str] = mapped_column(ForeignKey("idcs.id"))
     size_gb: Mapped[int] = mapped_column(Integer)
+    status: Mapped[NetworkStorageStatus] = mapped_column(
+        _enum(NetworkStorageStatus), default=NetworkStorageStatus.AVAILABLE, index=True
+    )
 
 
 class ContainerModel(Versioned, Base):
@@ -154,6 +158,8 @@ class ContainerModel(Versioned, Base):
     """
 
     __tablename__ = "containers"
+    # The GMI list is one organization's rows newest first; this index answers it without a sort.
+    __table_args__ = (Index("ix_containers_org_id_created_at", "org_id", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)

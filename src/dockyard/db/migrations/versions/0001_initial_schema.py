@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 10:56:19.983519
+Create Date: 2026-11-23 11:08:44.277842
 """
 
 from collections.abc import Sequence
@@ -141,10 +141,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("modified_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["org_id"],
-            ["organizations.id"],
-            name=op.f("fk_containers_org_id_organizations"),
-            ondelete="CASCADE",
+            ["org_id"], ["organizations.id"], name=op.f("fk_containers_org_id_organizations"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_containers")),
     )
@@ -152,6 +149,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_containers_desired"), ["desired"], unique=False)
         batch_op.create_index(batch_op.f("ix_containers_name"), ["name"], unique=False)
         batch_op.create_index(batch_op.f("ix_containers_org_id"), ["org_id"], unique=False)
+        batch_op.create_index("ix_containers_org_id_created_at", ["org_id", "created_at"], unique=False)
 
     op.create_table(
         "members",
@@ -177,20 +175,23 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=255), nullable=False),
         sa.Column("idc_id", sa.String(length=50), nullable=False),
         sa.Column("size_gb", sa.Integer(), nullable=False),
+        sa.Column(
+            "status",
+            sa.Enum("available", "deleting", name="networkstoragestatus", native_enum=False, length=32),
+            nullable=False,
+        ),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("modified_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["idc_id"], ["idcs.id"], name=op.f("fk_network_storages_idc_id_idcs")),
         sa.ForeignKeyConstraint(
-            ["org_id"],
-            ["organizations.id"],
-            name=op.f("fk_network_storages_org_id_organizations"),
-            ondelete="CASCADE",
+            ["org_id"], ["organizations.id"], name=op.f("fk_network_storages_org_id_organizations"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_network_storages")),
     )
     with op.batch_alter_table("network_storages", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_network_storages_org_id"), ["org_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_network_storages_status"), ["status"], unique=False)
 
     op.create_table(
         "nodes",
@@ -252,10 +253,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("modified_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["org_id"],
-            ["organizations.id"],
-            name=op.f("fk_ssh_keys_org_id_organizations"),
-            ondelete="CASCADE",
+            ["org_id"], ["organizations.id"], name=op.f("fk_ssh_keys_org_id_organizations"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ssh_keys")),
     )
@@ -273,10 +271,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("modified_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["org_id"],
-            ["organizations.id"],
-            name=op.f("fk_templates_org_id_organizations"),
-            ondelete="CASCADE",
+            ["org_id"], ["organizations.id"], name=op.f("fk_templates_org_id_organizations"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_templates")),
     )
@@ -300,10 +295,7 @@ def upgrade() -> None:
             ["member_id"], ["members.id"], name=op.f("fk_api_keys_member_id_members"), ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
-            ["org_id"],
-            ["organizations.id"],
-            name=op.f("fk_api_keys_org_id_organizations"),
-            ondelete="CASCADE",
+            ["org_id"], ["organizations.id"], name=op.f("fk_api_keys_org_id_organizations"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
         sa.UniqueConstraint("key_hash", name=op.f("uq_api_keys_key_hash")),
@@ -356,6 +348,7 @@ def downgrade() -> None:
 
     op.drop_table("nodes")
     with op.batch_alter_table("network_storages", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_network_storages_status"))
         batch_op.drop_index(batch_op.f("ix_network_storages_org_id"))
 
     op.drop_table("network_storages")
@@ -364,6 +357,7 @@ def downgrade() -> None:
 
     op.drop_table("members")
     with op.batch_alter_table("containers", schema=None) as batch_op:
+        batch_op.drop_index("ix_containers_org_id_created_at")
         batch_op.drop_index(batch_op.f("ix_containers_org_id"))
         batch_op.drop_index(batch_op.f("ix_containers_name"))
         batch_op.drop_index(batch_op.f("ix_containers_desired"))

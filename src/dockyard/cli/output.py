@@ -1,0 +1,134 @@
+"""How the CLI speaks: tables for people, raw JSON for scripts (`--json`), errors on stderr with exit 1, and a
+live progress table while waiting for containers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from dockyard.client import GONE, Client, DockyardError, Json
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PIPE_WIDTH = 250
+
+STATUS_STYLES = {
+    "running": "green",
+    "creating": "yellow",
+    "terminating": "yellow",
+    "stopped": "dim",
+    GONE: "dim",
+    "error": "red",
+    "zombie": "red",
+    "unknown": "magenta",
+}
+
+
+def stdout() -> Console:
+    """Built per call, since the streams may be swapped between calls (as a test runner does)."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        # Piped into grep or awk: lines as wide as the content, never ids folded at 80 columns.
+        console.width = max(console.width, PIPE_WIDTH)
+    return console
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str) -> NoReturn:
+    """Print `error: message` on stderr and exit 1; `message` must say what to do."""
+    stderr().print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(1)
+
+
+def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn the SDK's errors into `error: <message>` and exit status 1 instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except DockyardError as exc:
+            fail(exc.message)
+
+    return wrapper
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def status_text(status: str) -> str:
+    return f"[{STATUS_STYLES.get(status, 'default')}]{escape(status)}[/]"
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, empty: str) -> None:
+    """A table of already-formatted cells (rich markup allowed); `empty` is said instead of an empty table."""
+    if not rows:
+        stderr().print(empty)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for index, column in enumerate(columns):
+        # The first column is the id or name a user copies into the next command: never wrapped.
+        table.add_column(column, no_wrap=index == 0, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    stdout().print(table)
+
+
+class WaitProgress:
+    """The live table's content: each container's name, status, reason and time since the wait began.
+
+    rich re-renders it several times a second, so the elapsed column moves even while nothing changes.
+    """
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.started = time.monotonic()
+        self.states: dict[str, Json | None] = dict.fromkeys(ids)
+        self.names = {container_id: container_id for container_id in ids}  # kept after a container is gone
+        self.seen: set[str] = set()
+
+    def update(self, states: dict[str, Json | None]) -> None:
+        self.states.update(states)
+        self.seen.update(states)
+        for container_id, state in states.items():
+            if state is not None and state.get("name"):
+                self.names[container_id] = str(state["name"])
+
+    def __rich__(self) -> Table:
+        elapsed = f"{time.monotonic() - self.started:.0f}s"
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("NAME", "STATUS", "REASON", "ELAPSED"):
+            table.add_column(column)
+        for container_id, state in self.states.items():
+            name = escape(self.names[container_id])
+            if container_id not in self.seen:
+                table.add_row(name, "…", "", elapsed)
+            elif state is None:
+                table.add_row(name, status_text(GONE), "", elapsed)
+            else:
+                table.add_row(name, status_text(str(state["status"])), escape(str(state.get("reason", ""))), elapsed)
+        return table
+
+
+def wait_with_progress(client: Client, ids: Sequence[str], until: set[str], timeout: float) -> dict[str, Json | None]:
+    """Wait for `ids` to reach `until`, showing the live table on stderr (stdout stays for `--json`)."""
+    progress = WaitProgress(ids)
+    try:
+        with Live(progress, console=stderr(), refresh_per_second=4, transient=False):
+            return client.wait_for_containers(ids, until=until, timeout=timeout, on_change=progress.update)
+    except KeyboardInterrupt:
+        stderr().print("Stopped waiting; the change goes on without you. Follow it with `dockyard containers list`.")
+        raise typer.Exit(130) from None

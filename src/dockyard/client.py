@@ -1,0 +1,314 @@
+"""The Python SDK for Dockyard's GPU containers API (`/api/v1`, GMI Cloud's shapes).
+
+One method per route, each returning the decoded JSON answer. Request bodies are the wire shapes of the API
+(camelCase; the server's `/docs` shows every field). Every failure raises a `DockyardError` whose `message`
+says what to do: `ApiError` for an error answer, `ServerUnreachable` when no answer came at all.
+
+    with Client("http://127.0.0.1:8080", api_key) as client:
+        ids = [c["id"] for c in client.create_containers({...})]
+        client.wait_for_containers(ids)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Any, cast
+
+import httpx
+
+from dockyard import __version__
+
+GONE = "gone"
+"""The pseudo-status `wait_for_containers` reports for a container the server no longer has (404)."""
+
+Json = dict[str, Any]
+ChangeCallback = Callable[[dict[str, Json | None]], None]
+
+
+class DockyardError(Exception):
+    """Anything that went wrong talking to Dockyard; `message` is a sentence that says what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ApiError(DockyardError):
+    """The server answered with an error body `{"code", "reason", "message", "details"}`."""
+
+    def __init__(self, code: int, reason: str, message: str, details: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.details = [dict(detail) for detail in details]
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.reason}: {self.message}"
+
+
+class ServerUnreachable(DockyardError):
+    """No answer: the server is not running, not at that address, or too slow."""
+
+
+class ContainerFailed(DockyardError):
+    """A container being waited for went to `error`; `container` is its last observed state."""
+
+    def __init__(self, container: Json) -> None:
+        name, container_id = container.get("name", ""), container.get("id", "")
+        label = f"{name} ({container_id})" if name and name != container_id else container_id
+        reason = container.get("reason") or "no reason recorded"
+        super().__init__(f"container {label} failed: {reason}")
+        self.container = container
+
+
+class WaitTimeout(DockyardError):
+    """The wanted statuses were not all reached in time; `containers` holds the last observed states."""
+
+    def __init__(self, message: str, containers: dict[str, Json | None]) -> None:
+        super().__init__(message)
+        self.containers = containers
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    """Decode the error body; an answer that is not ours (a proxy's HTML page) still gives a usable error."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        details = body.get("details")
+        return ApiError(
+            int(body.get("code") or response.status_code),
+            str(body.get("reason") or "ERROR"),
+            body["message"],
+            [d for d in details if isinstance(d, dict)] if isinstance(details, list) else [],
+        )
+    text = response.text.strip()[:200] or response.reason_phrase
+    return ApiError(
+        response.status_code,
+        f"HTTP_{response.status_code}",
+        f"the server at {response.request.url.copy_with(path='/', query=None)} answered "
+        f"{response.status_code} ({text}); check that the URL points at a Dockyard server",
+    )
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+class Client:
+    """A synchronous client; one `httpx.Client` (and its connection pool) per instance. Thread-safe as
+    httpx's client is. Close it, or use it as a context manager."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": f"dockyard-client/{__version__}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _unreachable(self, exc: httpx.TransportError) -> ServerUnreachable:
+        if isinstance(exc, httpx.TimeoutException):
+            return ServerUnreachable(
+                f"the Dockyard server at {self.base_url} did not answer in time; check its log, or retry"
+            )
+        return ServerUnreachable(f"cannot reach the Dockyard server at {self.base_url}; is `dockyard server` running?")
+
+    def _request(
+        self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None
+    ) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, json=json, params=params)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if response.is_error:
+            raise _api_error(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise DockyardError(
+                f"{self.base_url} answered {method} {path} with something other than JSON; "
+                "check that the URL points at a Dockyard server"
+            ) from None
+
+    def _object(self, method: str, path: str, **kwargs: Any) -> Json:
+        return cast(Json, self._json(method, path, **kwargs))
+
+    def _list(self, method: str, path: str, **kwargs: Any) -> list[Json]:
+        return cast(list[Json], self._json(method, path, **kwargs))
+
+    # Containers.
+
+    def create_containers(self, request: Mapping[str, Any]) -> list[Json]:
+        """POST /api/v1/containers: `count` containers from one request; answers `[{"id": ...}, ...]`."""
+        return self._list("POST", "/api/v1/containers", json=dict(request))
+
+    def list_containers(
+        self, *, page: int = 1, page_size: int = 50, status: str | None = None, name: str | None = None
+    ) -> Json:
+        """One page: `{"items": [...], "total", "page", "pageSize"}`."""
+        params = _params(page=page, pageSize=page_size, status=status, name=name)
+        return self._object("GET", "/api/v1/containers", params=params)
+
+    def get_container(self, container_id: str) -> Json:
+        return self._object("GET", f"/api/v1/containers/{container_id}")
+
+    def update_container(self, container_id: str, request: Mapping[str, Any]) -> Json:
+        """PUT: reconfigures by recreating the container (its local data is lost; storages survive)."""
+        return self._object("PUT", f"/api/v1/containers/{container_id}", json=dict(request))
+
+    def delete_container(self, container_id: str) -> Json:
+        """Marks the container `terminating`; it is gone once the server has torn it down."""
+        return self._object("DELETE", f"/api/v1/containers/{container_id}")
+
+    def restart_container(self, container_id: str) -> Json:
+        return self._object("POST", f"/api/v1/containers/{container_id}/restart")
+
+    def stop_container(self, container_id: str) -> Json:
+        return self._object("POST", f"/api/v1/containers/{container_id}/stop")
+
+    def start_container(self, container_id: str) -> Json:
+        return self._object("POST", f"/api/v1/containers/{container_id}/start")
+
+    def container_logs(self, container_id: str, *, tail: int | None = None, since: str | None = None) -> str:
+        """The container's output so far (stdout and stderr interleaved)."""
+        params = _params(tail=tail, since=since)
+        return self._request("GET", f"/api/v1/containers/{container_id}/logs", params=params).text
+
+    def follow_container_logs(
+        self, container_id: str, *, tail: int | None = None, since: str | None = None
+    ) -> Iterator[str]:
+        """The output as it comes, in text chunks, until the container stops or the caller stops iterating."""
+        params = _params(tail=tail, since=since, follow="true")
+        path = f"/api/v1/containers/{container_id}/logs"
+        try:
+            # A follow has no natural end: only connecting is bounded, never the wait for more output.
+            timeout = httpx.Timeout(self._http.timeout.connect, read=None)
+            with self._http.stream("GET", path, params=params, timeout=timeout) as response:
+                if response.is_error:
+                    response.read()
+                    raise _api_error(response)
+                yield from response.iter_text()
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
+    def wait_for_containers(
+        self,
+        ids: Sequence[str],
+        *,
+        until: Collection[str] = frozenset({"running"}),
+        timeout: float = 300.0,
+        on_change: ChangeCallback | None = None,
+        interval: float = 0.25,
+        max_interval: float = 2.0,
+    ) -> dict[str, Json | None]:
+        """Poll every container until each one's status is in `until`, and return their last states.
+
+        A container the server no longer has (404) is `None` and counts as status `GONE`, the goal of a wait
+        after a delete. One that reaches `error` (unless `error` is wanted) stops the wait at once with
+        `ContainerFailed`; `WaitTimeout` after `timeout` seconds. `on_change` is called with every
+        container's state whenever any status or reason changes. Polling backs off from `interval` to
+        `max_interval`, and starts over after each change.
+        """
+        states: dict[str, Json | None] = {}
+        seen: dict[str, tuple[str, str]] = {}
+        deadline = time.monotonic() + timeout
+        delay = interval
+        while True:
+            changed = False
+            for container_id in ids:
+                state = self._poll(container_id)
+                states[container_id] = state
+                key = (state["status"], state.get("reason", "")) if state else (GONE, "")
+                changed |= seen.get(container_id) != key
+                seen[container_id] = key
+            if changed:
+                delay = interval
+                if on_change is not None:
+                    on_change(dict(states))
+            statuses = {container_id: key[0] for container_id, key in seen.items()}
+            if "error" not in until:
+                for state in states.values():
+                    if state is not None and state["status"] == "error":
+                        raise ContainerFailed(state)
+            if all(status in until for status in statuses.values()):
+                return states
+            if time.monotonic() >= deadline:
+                waiting = ", ".join(
+                    f"{(states[i] or {}).get('name', i)} is {s}" for i, s in statuses.items() if s not in until
+                )
+                raise WaitTimeout(
+                    f"gave up after {timeout:g} s waiting for {' or '.join(sorted(until))}: {waiting}; "
+                    "the reason field and the container's logs say what it is doing",
+                    states,
+                )
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, max_interval)
+
+    def _poll(self, container_id: str) -> Json | None:
+        try:
+            return self.get_container(container_id)
+        except ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    # Templates.
+
+    def create_template(self, request: Mapping[str, Any]) -> Json:
+        """POST /api/v1/templates `{name, path (the image), credential?, command?, args?, envs?, ports?}`."""
+        return self._object("POST", "/api/v1/templates", json=dict(request))
+
+    def list_templates(self, *, page: int = 1, page_size: int = 50) -> Json:
+        return self._object("GET", "/api/v1/templates", params={"page": page, "pageSize": page_size})
+
+    def get_template(self, template_id: str) -> Json:
+        return self._object("GET", f"/api/v1/templates/{template_id}")
+
+    def update_template(self, template_id: str, request: Mapping[str, Any]) -> Json:
+        return self._object("PUT", f"/api/v1/templates/{template_id}", json=dict(request))
+
+    def delete_template(self, template_id: str) -> Json:
+        return self._object("DELETE", f"/api/v1/templates/{template_id}")
+
+    # SSH keys.
+
+    def create_ssh_key(self, name: str, public_key: str) -> Json:
+        return self._object("POST", "/api/v1/ssh-keys", json={"name": name, "publicKey": public_key})
+
+    def list_ssh_keys(self) -> list[Json]:
+        return self._list("GET", "/api/v1/ssh-keys")
+
+    def delete_ssh_key(self, key_id: str) -> Json:
+        return self._object("DELETE", f"/api/v1/ssh-keys/{key_id}")
+
+    # Catalog.
+
+    def list_idcs(self) -> list[Json]:
+        return self._list("GET", "/api/v1/idcs")
+
+    def list_products(self, *, idc: str | None = None) -> list[Json]:
+        return self._list("GET", "/api/v1/containers/products", params=_params(idc=idc))

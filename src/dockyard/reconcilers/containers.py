@@ -1,0 +1,270 @@
+"""The containers reconciler: converges what each IDC's runtime runs to the container rows' desired state.
+
+The database holds what users want (`desired`, `generation`, `restart_generation`, the spec) and what was
+last observed (`status`, `reason`, `observed_*`, `runtime_id`, `gpu_uuids`); the runtime is the truth about
+what exists. The loop is level-triggered: every pass looks at the whole picture afresh, so a missed wake-up,
+a crash or a stale write costs at most one pass, never a wrong state.
+
+One pass:
+
+1. **Load** every container row, the products, the organizations, the nodes with their GPUs and the SSH keys
+   the rows name, in one read transaction.
+2. **Observe**: ask each IDC's runtime once for its managed objects (`list_managed`) and index those of kind
+   `container` by their `dockyard.id` label. An IDC whose runtime cannot be reached is marked unreachable.
+3. **Rebuild the GPU allocations** from the rows' `gpu_uuids` and the objects' `dockyard.gpus` labels (a
+   zombie still holds its GPUs). Nothing from an earlier pass is trusted, so a restarted server sees exactly
+   the allocations in force.
+4. **Act, row by row, concurrently** (at most eight rows at once), outside any transaction; each row's
+   outcome is written with a guarded write (`WHERE id = ? AND version = ?`) in a short transaction with the
+   event that explains it. A row changed by the API meanwhile is not overwritten; the next pass redoes it.
+   A failure on one row is logged and never stops the others. Teardowns run before everything else, so the
+   GPUs they free can be handed out in the same pass.
+   - *unreachable IDC*: running and stopped rows become `unknown`; nothing else changes (no GPU released,
+     no row deleted) until a pass reaches the runtime again and recomputes.
+   - *desired deleted*: remove every object of the row (all generations), then delete the row. After three
+     failed passes the row shows `zombie` with the runtime's reason and removal is retried every pass.
+   - *desired running, no object of the current generation* (new, updated or restarted): objects of older
+     generations are removed first; GPUs are allocated and recorded on the row before anything is created,
+     so a crash can never hand one GPU out twice; then create, start, read back the published ports and
+     record `running`. A `RuntimeFailure` (image not found, port taken) gives `error` with the runtime's
+     reason, removes the half-made object and releases the GPUs; no free GPU gives `error` saying so.
+   - *object running*: `running` (the published ports are refreshed). *Object exited while desired
+     running*: `error` "exited with code N" (or out of memory); the object is kept so its logs stay readable
+     and its GPUs stay held until the container is restarted or deleted.
+   - *desired stopped*: stop the object, `stopped`. Desired running again: start it.
+   - *restart requested* (`restart_generation` ahead of `observed_restart_generation`): restart the object
+     (or create it when there is none, as after an error), then record the generation seen.
+   - *object missing* where the row says it exists: `missing_since` is set on the first pass; only after
+     `missing_debounce_seconds` does the row become `error` "container disappeared" and release its GPUs.
+     An object that reappears clears `missing_since`.
+5. **Orphans**: a managed container object whose id has no row is a zombie. A row with status `zombie` is
+   inserted for it (when its organization still exists) so users and operators see it; once older than
+   `zombie_grace_seconds` it is removed like any deleted container. Objects without Dockyard's labels are
+   never listed, so never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import defaultdict
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Gauge
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from dockyard.context import ServerContext
+from dockyard.core.status import ContainerStatus, DesiredState
+from dockyard.db.base import utcnow
+from dockyard.db.models import ContainerModel, OrganizationModel, ProductModel
+from dockyard.gpus.allocation import GpuAllocator, NodeInventory, load_inventory
+from dockyard.reconcilers.containers_rows import PassState, RowResult, RowTask
+from dockyard.runtimes.base import LABEL_KIND, LABEL_NODE, LABEL_ORG, RuntimeObject, RuntimeUnavailable
+from dockyard.services import events
+from dockyard.services.runspec import KIND_CONTAINER, load_ssh_keys
+
+log = logging.getLogger(__name__)
+
+CONCURRENCY = 8
+
+
+@dataclass
+class _Metrics:
+    containers: Gauge
+    gpus_allocated: Gauge
+    gpus_total: Gauge
+
+
+_metrics: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+
+
+def _metrics_for(registry: CollectorRegistry) -> _Metrics:
+    """One set of gauges per registry, shared by every reconciler built on it (a restarted loop included)."""
+    if registry not in _metrics:
+        _metrics[registry] = _Metrics(
+            Gauge("dockyard_containers", "Containers by status", ["status"], registry=registry),
+            Gauge("dockyard_gpus_allocated", "GPUs held by containers", registry=registry),
+            Gauge("dockyard_gpus_total", "GPUs known on all nodes", registry=registry),
+        )
+    return _metrics[registry]
+
+
+@dataclass
+class _Loaded:
+    rows: list[ContainerModel]
+    products: dict[str, ProductModel]
+    org_ids: set[str]
+    inventory: list[NodeInventory]
+    ssh_keys: dict[tuple[str, str], str]
+
+
+class ContainerReconciler:
+    """The `containers` loop; see the module docstring for the algorithm."""
+
+    name = "containers"
+
+    def __init__(self, context: ServerContext) -> None:
+        self.context = context
+        self.interval = context.settings.reconcile_interval
+        self._remove_failures: dict[str, int] = {}
+        # Orphans whose organization is gone get no row; their first sighting is remembered here instead.
+        self._orphans_seen: dict[str, float] = {}
+        self._idc_by_object: dict[str, str] = {}  # runtime object id -> the IDC that listed it, this pass
+        self._metrics = _metrics_for(context.registry)
+
+    async def reconcile_once(self) -> None:
+        loaded = await self._load()
+        objects, unreachable = await self._observe(loaded.rows)
+        allocator = GpuAllocator(loaded.inventory)
+        for row in loaded.rows:
+            allocator.hold(row.id, row.gpu_uuids or [])
+        for resource_id, objs in objects.items():
+            for obj in objs:
+                allocator.hold(resource_id, obj.gpu_uuids)
+        state = PassState(
+            db=self.context.db,
+            settings=self.context.settings,
+            box=self.context.box,
+            now=utcnow(),
+            runtimes=self.context.runtimes,
+            products=loaded.products,
+            ssh_keys=loaded.ssh_keys,
+            allocator=allocator,
+            objects=objects,
+            unreachable=unreachable,
+            remove_failures=self._remove_failures,
+        )
+        limit = asyncio.Semaphore(CONCURRENCY)
+        row_ids = {row.id for row in loaded.rows}
+        # Teardowns go first: the GPUs they free are then free for this pass's creates and restarts.
+        leaving = [row for row in loaded.rows if row.desired == DesiredState.DELETED]
+        staying = [row for row in loaded.rows if row.desired != DesiredState.DELETED]
+        results = await asyncio.gather(*(self._row(limit, state, row) for row in leaving))
+        for row, result in zip(leaving, results, strict=True):
+            if result is None:
+                allocator.release(row.id)
+        results += await asyncio.gather(*(self._row(limit, state, row) for row in staying))
+        await self._orphans(state, loaded.org_ids, {rid: objs for rid, objs in objects.items() if rid not in row_ids})
+        self._export(state, [result for result in results if result is not None], objects)
+
+    async def _load(self) -> _Loaded:
+        async with self.context.db.read() as session:
+            rows = list(await session.scalars(select(ContainerModel).order_by(ContainerModel.created_at)))
+            products = {p.id: p for p in await session.scalars(select(ProductModel))}
+            org_ids = set(await session.scalars(select(OrganizationModel.id)))
+            inventory = await load_inventory(session)
+            ssh_keys = await load_ssh_keys(session, [row for row in rows if row.desired == DesiredState.RUNNING])
+        return _Loaded(rows, products, org_ids, inventory, ssh_keys)
+
+    async def _observe(self, rows: list[ContainerModel]) -> tuple[dict[str, list[RuntimeObject]], dict[str, str]]:
+        """Managed container objects by container id, and the IDCs whose runtime could not be listed."""
+        objects: dict[str, list[RuntimeObject]] = defaultdict(list)
+        unreachable: dict[str, str] = {}
+        idcs = list(self.context.runtimes)
+        self._idc_by_object = {}
+
+        async def listing(idc_id: str) -> list[RuntimeObject]:
+            try:
+                return await self.context.runtimes[idc_id].list_managed()
+            except RuntimeUnavailable as exc:
+                unreachable[idc_id] = str(exc) or type(exc).__name__
+                return []
+
+        for idc_id, listed in zip(idcs, await asyncio.gather(*(listing(idc_id) for idc_id in idcs)), strict=True):
+            for obj in listed:
+                if obj.labels.get(LABEL_KIND) == KIND_CONTAINER and obj.resource_id:
+                    objects[obj.resource_id].append(obj)
+                    self._idc_by_object[obj.id] = idc_id
+        for row in rows:
+            if row.idc_id not in self.context.runtimes:
+                unreachable.setdefault(row.idc_id, f"no runtime is configured for IDC {row.idc_id}")
+        return dict(objects), unreachable
+
+    async def _row(self, limit: asyncio.Semaphore, state: PassState, row: ContainerModel) -> RowResult | None:
+        async with limit:
+            task = RowTask(state, row)
+            try:
+                return await task.run()
+            except Exception:
+                log.exception("reconciling container %s failed; the next pass retries", row.id)
+                return task.result
+
+    async def _orphans(self, state: PassState, org_ids: set[str], orphans: dict[str, list[RuntimeObject]]) -> None:
+        """Give each orphan a `zombie` row (the terminate path removes it after the grace), or, when its
+        organization is gone, remove it once it has been seen for longer than the grace."""
+        grace = state.settings.zombie_grace_seconds
+        for resource_id in list(self._orphans_seen):
+            if resource_id not in orphans:
+                del self._orphans_seen[resource_id]
+        for resource_id, objs in orphans.items():
+            org_id = objs[0].labels.get(LABEL_ORG, "")
+            idc_id = self._idc_by_object[objs[0].id]
+            try:
+                if org_id in org_ids:
+                    await self._insert_zombie(resource_id, org_id, idc_id, objs, grace)
+                    continue
+                first_seen = self._orphans_seen.setdefault(resource_id, time.monotonic())
+                if time.monotonic() - first_seen >= grace:
+                    runtime = self.context.runtimes[idc_id]
+                    for obj in objs:
+                        await runtime.remove(obj.id)
+                    del self._orphans_seen[resource_id]
+            except Exception:
+                log.exception("handling orphan container %s failed; the next pass retries", resource_id)
+
+    async def _insert_zombie(
+        self, resource_id: str, org_id: str, idc_id: str, objs: list[RuntimeObject], grace: float
+    ) -> None:
+        first = objs[0]
+        reason = (
+            "the runtime still runs this container but Dockyard has no record of it; "
+            f"it will be removed after {grace:g} s"
+        )
+        try:
+            async with self.context.db.write() as session:
+                session.add(
+                    ContainerModel(
+                        id=resource_id,
+                        org_id=org_id,
+                        name=first.name,
+                        idc_id=idc_id,
+                        product_id="",
+                        template_id="",
+                        spec={"image": ""},
+                        desired=DesiredState.DELETED,
+                        generation=first.generation,
+                        observed_generation=first.generation,
+                        status=ContainerStatus.ZOMBIE,
+                        reason=reason,
+                        node_id=first.labels.get(LABEL_NODE, ""),
+                        gpu_uuids=sorted({uuid for obj in objs for uuid in obj.gpu_uuids}),
+                        runtime_id=first.id,
+                    )
+                )
+                events.record(
+                    session,
+                    org_id=org_id,
+                    object_kind=KIND_CONTAINER,
+                    object_id=resource_id,
+                    type="Zombie",
+                    message=reason,
+                )
+        except IntegrityError:
+            log.info("orphan %s got a row meanwhile; the next pass reconciles it", resource_id)
+
+    def _export(self, state: PassState, results: list[RowResult], objects: dict[str, list[RuntimeObject]]) -> None:
+        counts: dict[str, int] = dict.fromkeys((status.value for status in ContainerStatus), 0)
+        held: set[str] = set()
+        for result in results:
+            counts[result.status.value] += 1
+            held.update(result.gpu_uuids)
+        for objs in objects.values():
+            for obj in objs:
+                held.update(obj.gpu_uuids)
+        for status, count in counts.items():
+            self._metrics.containers.labels(status).set(count)
+        self._metrics.gpus_allocated.set(sum(1 for uuid in held if state.allocator.gpu(uuid) is not None))
+        self._metrics.gpus_total.set(state.allocator.total)

@@ -1,0 +1,384 @@
+"""One container row's share of a reconcile pass: decide from the loaded row and the observed runtime
+objects, act on the runtime, then apply the outcome with a guarded write (see `reconcilers.containers`
+for the algorithm as a whole).
+
+Each `RowTask` handles exactly one row. Its writes go through `apply`/`delete_row`, short transactions of
+their own guarded by the version the task loaded (and bumped by its own earlier writes), so a row changed by
+the API meanwhile is never overwritten: the write changes nothing and the next pass starts from fresh state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete
+
+from dockyard.config import Settings
+from dockyard.core.status import ContainerStatus, DesiredState
+from dockyard.core.workload import WorkloadSpec
+from dockyard.db.base import guarded_update
+from dockyard.db.models import ContainerModel, ProductModel
+from dockyard.db.session import Database
+from dockyard.gpus.allocation import GpuAllocator, NoFreeGpu
+from dockyard.gpus.inventory import GpuInfo
+from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
+from dockyard.secrets import SecretBox
+from dockyard.services import events
+from dockyard.services.runspec import (
+    KIND_CONTAINER,
+    build_run_spec,
+    object_name,
+    public_keys_for,
+    remove_authorized_keys,
+    write_authorized_keys,
+)
+
+log = logging.getLogger(__name__)
+
+REMOVE_ATTEMPTS_BEFORE_ZOMBIE = 3
+# Statuses whose runtime object should exist; when it does not, the row is "missing" (debounced).
+_OBJECT_EXPECTED = {
+    ContainerStatus.RUNNING,
+    ContainerStatus.STOPPED,
+    ContainerStatus.ERROR,
+    ContainerStatus.UNKNOWN,
+}
+
+
+@dataclass
+class PassState:
+    """What one pass loaded and observed; shared read-only by its row tasks (the allocator excepted)."""
+
+    db: Database
+    settings: Settings
+    box: SecretBox
+    now: datetime
+    runtimes: dict[str, Runtime]
+    products: dict[str, ProductModel]
+    ssh_keys: dict[tuple[str, str], str]
+    allocator: GpuAllocator
+    objects: dict[str, list[RuntimeObject]]  # by container id
+    unreachable: dict[str, str]  # IDC id -> why its runtime cannot be reached
+    # container id -> failed removal passes in a row; the reconciler keeps it across passes
+    remove_failures: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """Where a row ended this pass, for the gauges; None from a task means the row is gone."""
+
+    status: ContainerStatus
+    gpu_uuids: tuple[str, ...]
+
+
+def published(obj: RuntimeObject) -> list[dict[str, Any]]:
+    """The host ports the runtime chose, as stored in `published_ports` (GMI's port shape)."""
+    return [{"containerPort": p.container_port, "port": p.host_port, "protocol": p.protocol.upper()} for p in obj.ports]
+
+
+def exit_reason(obj: RuntimeObject, product: ProductModel | None) -> str:
+    """Why a container ended, in words: the exit code, the signal behind codes over 128, and the memory
+    limit when memory is the likely cause. Podman before 5.0 never reports OOMKilled, so a SIGKILL that
+    Dockyard did not send is named as the usual suspect rather than asserted."""
+    code = obj.exit_code if obj.exit_code is not None else -1
+    limit = f"; the product allows {product.memory_mb} MiB" if product is not None else ""
+    if obj.oom_killed:
+        return f"exited with code {code} (killed: out of memory{limit})"
+    if code == 128 + signal.SIGKILL:
+        return f"exited with code {code} (killed by SIGKILL: most often out of memory{limit})"
+    if code > 128:
+        try:
+            return f"exited with code {code} (killed by {signal.Signals(code - 128).name})"
+        except ValueError:
+            pass
+    return f"exited with code {code}"
+
+
+class RowTask:
+    """One row's work in one pass. Owns no state beyond the pass: everything it needs is in the row, the
+    observed objects and `PassState`."""
+
+    def __init__(self, state: PassState, row: ContainerModel) -> None:
+        self.state = state
+        self.row = row
+        self.version = row.version
+        self.status = row.status
+        self.gpu_uuids: tuple[str, ...] = tuple(row.gpu_uuids or ())
+        self.objects = state.objects.get(row.id, [])
+        self.runtime = state.runtimes.get(row.idc_id)
+
+    @property
+    def result(self) -> RowResult:
+        return RowResult(self.status, self.gpu_uuids)
+
+    async def run(self) -> RowResult | None:
+        """Converge the row one step; returns where it ended, or None when the row was deleted."""
+        row = self.row
+        if row.idc_id in self.state.unreachable or self.runtime is None:
+            await self._unreachable()
+            return self.result
+        if row.desired == DesiredState.DELETED:
+            return await self._terminate(self.runtime)
+        try:
+            await self._converge(self.runtime)
+        except RuntimeUnavailable as exc:  # the engine went away mid-pass; the next pass marks it unknown
+            log.info("container %s: runtime unavailable mid-pass: %s", row.id, exc)
+        return self.result
+
+    # -- writes -------------------------------------------------------------------------------------------
+
+    async def apply(self, event: tuple[str, str] | None = None, **values: Any) -> bool:
+        """Write the values that differ from the loaded row, guarded by version; plus `event`, atomically."""
+        changed = {key: value for key, value in values.items() if getattr(self.row, key) != value}
+        if not changed:
+            return True
+        async with self.state.db.write() as session:
+            written = await guarded_update(session, ContainerModel, self.row.id, self.version, **changed)
+            if written and event is not None:
+                events.record(
+                    session,
+                    org_id=self.row.org_id,
+                    object_kind=KIND_CONTAINER,
+                    object_id=self.row.id,
+                    type=event[0],
+                    message=event[1],
+                )
+        if written:
+            self.version += 1
+            for key, value in changed.items():
+                setattr(self.row, key, value)
+            self.status = self.row.status
+            self.gpu_uuids = tuple(self.row.gpu_uuids or ())
+        else:
+            log.info("container %s changed during the pass; the next pass redoes it", self.row.id)
+        return written
+
+    async def set_status(self, status: ContainerStatus, reason: str, event_type: str, **values: Any) -> bool:
+        event = (event_type, reason or status.value) if status != self.row.status else None
+        return await self.apply(event, status=status, reason=reason, **values)
+
+    async def delete_row(self) -> bool:
+        async with self.state.db.write() as session:
+            result = await session.execute(
+                delete(ContainerModel).where(ContainerModel.id == self.row.id, ContainerModel.version == self.version)
+            )
+            deleted = bool(getattr(result, "rowcount", 0) == 1)
+            if deleted:
+                events.record(
+                    session,
+                    org_id=self.row.org_id,
+                    object_kind=KIND_CONTAINER,
+                    object_id=self.row.id,
+                    type="Deleted",
+                    message="its runtime objects are removed and its GPUs released",
+                )
+        return deleted
+
+    # -- states -------------------------------------------------------------------------------------------
+
+    async def _unreachable(self) -> None:
+        """Nothing is known about the IDC's objects: say so on rows that claim a live object, change nothing
+        else (no GPU released, no row deleted) until a pass reaches the runtime again."""
+        if self.row.status in (ContainerStatus.RUNNING, ContainerStatus.STOPPED):
+            why = self.state.unreachable.get(self.row.idc_id, f"no runtime is configured for IDC {self.row.idc_id}")
+            reason = f"cannot reach the container engine: {why}; status will refresh when it is back"
+            await self.set_status(ContainerStatus.UNKNOWN, reason, "Unreachable")
+
+    async def _terminate(self, runtime: Runtime) -> RowResult | None:
+        row = self.row
+        grace = timedelta(seconds=self.state.settings.zombie_grace_seconds)
+        retrying = row.id in self.state.remove_failures
+        if row.status == ContainerStatus.ZOMBIE and not retrying and self.state.now < row.created_at + grace:
+            return self.result  # an orphan's zombie row waits out the grace before its first removal
+        failure = ""
+        for obj in self.objects:
+            try:
+                await runtime.remove(obj.id)
+            except RuntimeFailure as exc:
+                failure = exc.reason
+        if failure:
+            attempts = self.state.remove_failures.get(row.id, 0) + 1
+            self.state.remove_failures[row.id] = attempts
+            if attempts >= REMOVE_ATTEMPTS_BEFORE_ZOMBIE:
+                reason = f"removing it failed {attempts} times ({failure}); Dockyard keeps retrying"
+                await self.set_status(ContainerStatus.ZOMBIE, reason, "Zombie")
+            return self.result
+        self.state.remove_failures.pop(row.id, None)
+        remove_authorized_keys(self.state.settings.data_dir, row.id)
+        if await self.delete_row():
+            return None
+        return self.result
+
+    async def _converge(self, runtime: Runtime) -> None:
+        row = self.row
+        current = [obj for obj in self.objects if obj.generation == row.generation]
+        previous = [obj for obj in self.objects if obj.generation != row.generation]
+        for obj in previous:  # an update recreates: the old generation goes first
+            try:
+                await runtime.remove(obj.id)
+            except RuntimeFailure as exc:
+                await self.set_status(
+                    ContainerStatus.ERROR, f"cannot remove the previous version: {exc.reason}", "Failed"
+                )
+                return
+        if current:
+            await self._with_object(runtime, current[0])
+        else:
+            await self._without_object(runtime)
+
+    async def _with_object(self, runtime: Runtime, obj: RuntimeObject) -> None:
+        row = self.row
+        timeout = self.state.settings.stop_timeout_seconds
+        if row.desired == DesiredState.STOPPED:
+            if obj.state == ObjectState.RUNNING:
+                await runtime.stop(obj.id, timeout)
+            await self.set_status(
+                ContainerStatus.STOPPED,
+                "stopped on request",
+                "Stopped",
+                runtime_id=obj.id,
+                published_ports=[],
+                missing_since=None,
+            )
+            return
+        try:
+            if row.restart_generation > row.observed_restart_generation:
+                obj = await runtime.restart(obj.id, timeout)
+            elif obj.state == ObjectState.CREATED or (
+                obj.state == ObjectState.EXITED and row.status in (ContainerStatus.CREATING, ContainerStatus.STOPPED)
+            ):
+                obj = await runtime.start(obj.id)
+        except RuntimeFailure as exc:
+            await self.set_status(
+                ContainerStatus.ERROR,
+                exc.reason,
+                "Failed",
+                observed_restart_generation=row.restart_generation,
+                missing_since=None,
+            )
+            return
+        await self._observed(obj)
+
+    async def _observed(self, obj: RuntimeObject) -> None:
+        """Record a running object as running and an exited one as the error its exit explains."""
+        row = self.row
+        common: dict[str, Any] = {
+            "runtime_id": obj.id,
+            "observed_generation": row.generation,
+            "observed_restart_generation": row.restart_generation,
+            "missing_since": None,
+        }
+        if obj.state == ObjectState.RUNNING:
+            if row.status != ContainerStatus.RUNNING:
+                common.update(started_at=obj.started_at or self.state.now, exit_code=None)
+            await self.set_status(ContainerStatus.RUNNING, "", "Started", published_ports=published(obj), **common)
+        elif obj.state == ObjectState.EXITED and row.status != ContainerStatus.ERROR:
+            # The object is kept so its logs stay readable, and so are its GPUs until a restart or delete.
+            reason = exit_reason(obj, self.state.products.get(row.product_id))
+            await self.set_status(
+                ContainerStatus.ERROR, reason, "Exited", exit_code=obj.exit_code, published_ports=[], **common
+            )
+        else:  # already an error (its reason stays), or a state in passing (paused)
+            await self.apply(**common)
+
+    async def _without_object(self, runtime: Runtime) -> None:
+        row = self.row
+        new_generation = row.generation > row.observed_generation
+        restart = row.restart_generation > row.observed_restart_generation
+        never_created = not row.runtime_id or new_generation
+        if row.desired == DesiredState.RUNNING and (
+            (never_created and row.status != ContainerStatus.ERROR) or new_generation or restart
+        ):
+            await self._create(runtime)
+        elif row.desired == DesiredState.STOPPED and never_created:
+            await self.set_status(ContainerStatus.STOPPED, "stopped on request", "Stopped")
+        elif row.runtime_id and row.status in _OBJECT_EXPECTED:
+            await self._missing()
+
+    async def _missing(self) -> None:
+        """Debounced: one pass that does not see the object (an engine restarting, a list racing a create)
+        is not yet a disappearance."""
+        row = self.row
+        if row.missing_since is None:
+            await self.apply(missing_since=self.state.now)
+            return
+        if self.state.now - row.missing_since < timedelta(seconds=self.state.settings.missing_debounce_seconds):
+            return
+        await self.set_status(
+            ContainerStatus.ERROR,
+            "container disappeared: its runtime object was removed outside Dockyard",
+            "Disappeared",
+            runtime_id="",
+            published_ports=[],
+            gpu_uuids=[],
+            node_id="",
+            missing_since=None,
+        )
+
+    async def _fail_create(self, reason: str, event_type: str = "Failed") -> None:
+        await self.set_status(
+            ContainerStatus.ERROR,
+            reason,
+            event_type,
+            gpu_uuids=[],
+            node_id="",
+            runtime_id="",
+            published_ports=[],
+            observed_generation=self.row.generation,
+            observed_restart_generation=self.row.restart_generation,
+        )
+
+    async def _allocate(self, product: ProductModel, spec: WorkloadSpec) -> tuple[str, list[GpuInfo]] | None:
+        """The row's node and GPUs, recorded on the row before anything is created so that a crash can never
+        hand the same GPU out twice. None when nothing may be created this pass."""
+        row, allocator = self.row, self.state.allocator
+        known = [gpu for uuid in row.gpu_uuids or [] if (gpu := allocator.gpu(uuid)) is not None]
+        if product.gpu_count == 0:
+            in_idc = [node.node_id for node in allocator.nodes if node.idc_id == row.idc_id]
+            return (row.node_id or (in_idc[0] if in_idc else "")), []
+        if row.node_id and len(known) == product.gpu_count == len(row.gpu_uuids):
+            return row.node_id, known
+        try:
+            allocation = allocator.allocate(
+                row.id, row.idc_id, product.gpu_model, product.gpu_count, spec.min_cuda_version
+            )
+        except NoFreeGpu as exc:
+            await self._fail_create(exc.reason, "Unschedulable")
+            return None
+        message = f"GPUs {', '.join(allocation.uuids)} on node {allocation.node_id}"
+        if not await self.apply(("Scheduled", message), gpu_uuids=allocation.uuids, node_id=allocation.node_id):
+            return None
+        return allocation.node_id, list(allocation.gpus)
+
+    async def _create(self, runtime: Runtime) -> None:
+        row = self.row
+        product = self.state.products.get(row.product_id)
+        if product is None:
+            await self._fail_create(f"product {row.product_id} no longer exists; recreate the container")
+            return
+        spec = WorkloadSpec.model_validate(row.spec)
+        placed = await self._allocate(product, spec)
+        if placed is None:
+            return
+        node_id, gpus = placed
+        data_dir = self.state.settings.data_dir
+        keys = public_keys_for(row, self.state.ssh_keys)
+        if keys:
+            write_authorized_keys(data_dir, row.id, keys)
+        run_spec = build_run_spec(
+            row, product=product, box=self.state.box, data_dir=data_dir, public_keys=keys, gpus=gpus, node_id=node_id
+        )
+        try:
+            obj = await runtime.create(run_spec)
+            obj = await runtime.start(obj.id)
+        except RuntimeFailure as exc:
+            with contextlib.suppress(RuntimeFailure, RuntimeUnavailable):
+                await runtime.remove(object_name(row.id, row.generation))
+            await self._fail_create(exc.reason)
+            return
+        await self._observed(obj)

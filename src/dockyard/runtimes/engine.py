@@ -1,0 +1,433 @@
+"""The local container engine runtime: Docker or Podman through the Docker Engine API (`docker` SDK).
+
+The SDK blocks, so every call runs in a worker thread. The engine is probed lazily on first use (which
+engine, the host's CPU count) and the answer cached: the server builds runtimes at start even when the
+engine is down, and construction does no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import DeviceRequest
+from docker.types import Mount as DockerMount
+from docker.utils import parse_repository_tag
+
+from dockyard.runtimes.base import (
+    LABEL_INSTALLATION,
+    LABEL_MANAGED,
+    ExecResult,
+    GpuDevice,
+    RegistryAuth,
+    RunSpec,
+    RuntimeFailure,
+    RuntimeObject,
+    RuntimeUnavailable,
+)
+from dockyard.runtimes.engine_objects import (
+    is_name_conflict,
+    is_storage_opt_unsupported,
+    object_from_inspect,
+    object_from_listing,
+    start_failure_reason,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Device nodes every CUDA process needs besides its GPUs' /dev/nvidiaN; attached where the host has them.
+NVIDIA_CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the engine said about itself when first reached."""
+
+    kind: str  # "podman" or "docker"
+    version: str
+    cpus: int
+
+    @property
+    def description(self) -> str:
+        return f"{self.kind} {self.version}"
+
+
+def engine_facts(version: dict[str, Any], info: dict[str, Any]) -> EngineFacts:
+    """Which engine answers, from the components `GET /version` lists (never from version numbers)."""
+    for component in version.get("Components") or []:
+        name = str(component.get("Name") or "")
+        if name.lower().startswith("podman"):
+            return EngineFacts("podman", str(component.get("Version") or ""), int(info.get("NCPU") or 0))
+    return EngineFacts("docker", str(version.get("Version") or ""), int(info.get("NCPU") or 0))
+
+
+def gpu_options(gpus: list[GpuDevice], engine_kind: str) -> dict[str, Any]:
+    """`containers.create` arguments attaching `gpus`. Docker takes a device request by UUID. Podman 4's
+    compatible API drops device requests silently, so it gets the device nodes themselves. Simulated GPUs
+    attach nothing (the caller sets `NVIDIA_VISIBLE_DEVICES` for every GPU)."""
+    real = [gpu for gpu in gpus if not gpu.simulated]
+    if not real:
+        return {}
+    if engine_kind == "docker":
+        request = DeviceRequest(driver="nvidia", device_ids=[gpu.uuid for gpu in real], capabilities=[["gpu"]])
+        return {"device_requests": [request]}
+    missing = [gpu.uuid for gpu in real if gpu.minor < 0]
+    if missing:
+        raise RuntimeFailure(
+            f"GPU {', '.join(missing)} has no device minor number: rediscover the node's GPUs so each has one"
+        )
+    nodes = [f"/dev/nvidia{gpu.minor}" for gpu in real]
+    nodes += [node for node in NVIDIA_CONTROL_DEVICES if os.path.exists(node)]
+    return {"devices": [f"{node}:{node}:rwm" for node in nodes]}
+
+
+class EngineRuntime:
+    """`Runtime` over Docker or Podman. `network_mode` is handed to every container when set ("slirp4netns"
+    where the host has no iptables); it may never be "host", since containers run unprivileged."""
+
+    def __init__(self, url: str, *, installation_id: str, network_mode: str = "") -> None:
+        if network_mode == "host":
+            raise ValueError(
+                "engine_network_mode 'host' would give containers the host's network: "
+                "leave it empty, or use 'bridge' or 'slirp4netns'"
+            )
+        self.url = url
+        self.installation_id = installation_id
+        self.network_mode = network_mode
+        self._client: docker.DockerClient | None = None
+        self._facts: EngineFacts | None = None
+        self._probe_lock = asyncio.Lock()
+        self._storage_opt_supported = True  # until the engine refuses it once
+        # The last inspect of each managed object, for what the list endpoint lacks (OOM, error, start and
+        # finish times); it holds while the object stays in the state it was inspected in.
+        self._details: dict[str, RuntimeObject] = {}
+
+    # -- plumbing -------------------------------------------------------------------------------------------
+
+    def _unavailable(self, error: Exception) -> RuntimeUnavailable:
+        return RuntimeUnavailable(
+            f"cannot reach the container engine at {self.url}: {error}; is `podman system service` running?"
+        )
+
+    async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one blocking SDK call in a thread; connection trouble becomes `RuntimeUnavailable`."""
+        try:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
+            raise self._unavailable(error) from error
+
+    async def _connect(self) -> tuple[docker.DockerClient, EngineFacts]:
+        client = await self._call(docker.DockerClient, base_url=self.url, version="auto")
+        try:
+            version, info = await asyncio.gather(self._call(client.version), self._call(client.info))
+        except BaseException:
+            client.close()
+            raise
+        return client, engine_facts(version, info)
+
+    async def _ready(self) -> tuple[docker.DockerClient, EngineFacts]:
+        """The client and the engine's facts, probing once; a failed probe is retried on the next call."""
+        if self._client is not None and self._facts is not None:
+            return self._client, self._facts
+        async with self._probe_lock:
+            if self._client is not None and self._facts is not None:  # probed while this call waited
+                return self._client, self._facts
+            try:
+                client, facts = await self._connect()
+            except DockerException as error:  # the SDK's "Error while fetching server API version"
+                raise self._unavailable(error) from error
+            log.info("container engine at %s is %s with %d CPUs", self.url, facts.description, facts.cpus)
+            self._client, self._facts = client, facts
+            return client, facts
+
+    async def _inspect_attrs(self, object_id: str) -> dict[str, Any] | None:
+        client, _ = await self._ready()
+        try:
+            attrs: dict[str, Any] = await self._call(client.api.inspect_container, object_id)
+        except NotFound:
+            return None
+        except APIError as error:
+            raise self._unavailable(error) from error
+        return attrs
+
+    # -- the contract ---------------------------------------------------------------------------------------
+
+    async def probe(self) -> str:
+        _, facts = await self._ready()
+        return facts.description
+
+    async def create(self, spec: RunSpec) -> RuntimeObject:
+        client, facts = await self._ready()
+        if existing := await self.inspect(spec.name):
+            return existing
+        await self._ensure_image(client, spec.image, spec.registry_auth)
+        for mount in spec.mounts:
+            if mount.volume:
+                await self.ensure_volume(mount.volume, self._own_labels())
+        options = self._create_options(spec, facts)
+        try:
+            container_id = await self._create_container(client, options)
+        except APIError as error:
+            message = str(error.explanation or error)
+            if is_name_conflict(error.status_code, message) and (existing := await self.inspect(spec.name)):
+                return existing  # made by a concurrent create of the same object
+            raise RuntimeFailure(f"the container engine refused to create {spec.name}: {message}") from error
+        created = await self.inspect(container_id)
+        if created is None:
+            raise RuntimeFailure(f"{spec.name} vanished right after it was created: check the engine's log")
+        return created
+
+    async def _create_container(self, client: docker.DockerClient, options: dict[str, Any]) -> str:
+        """Create it, dropping the root filesystem size limit where the engine's storage cannot enforce one."""
+        try:
+            container = await self._call(client.containers.create, **options)
+        except APIError as error:
+            if "storage_opt" not in options or not is_storage_opt_unsupported(str(error.explanation or error)):
+                raise
+            self._storage_opt_supported = False
+            log.debug("the engine cannot limit root filesystem size (%s); creating without it", error.explanation)
+            options = {key: value for key, value in options.items() if key != "storage_opt"}
+            container = await self._call(client.containers.create, **options)
+        return str(container.id)
+
+    def _own_labels(self) -> dict[str, str]:
+        return {LABEL_MANAGED: "true", LABEL_INSTALLATION: self.installation_id}
+
+    def _create_options(self, spec: RunSpec, facts: EngineFacts) -> dict[str, Any]:
+        """Keyword arguments for `containers.create`: unprivileged, limited, labelled."""
+        environment = dict(spec.env)
+        options: dict[str, Any] = {
+            "image": spec.image,
+            "name": spec.name,
+            "labels": {**spec.labels, **self._own_labels()},
+            "detach": True,
+            "privileged": False,
+            "security_opt": ["no-new-privileges"],
+            "ports": {f"{port.container_port}/{port.protocol}": port.host_port for port in spec.ports},
+            "mounts": [
+                DockerMount(
+                    target=mount.target,
+                    source=mount.volume or mount.host_path,
+                    type="volume" if mount.volume else "bind",
+                    read_only=mount.read_only,
+                )
+                for mount in spec.mounts
+            ],
+        }
+        if spec.entrypoint is not None:
+            options["entrypoint"] = spec.entrypoint
+        if spec.command is not None:
+            options["command"] = spec.command
+        if self.network_mode:
+            options["network_mode"] = self.network_mode
+        if spec.cpu > 0:
+            cpu = spec.cpu
+            if facts.cpus and cpu > facts.cpus:
+                log.info("%s asks for %s CPUs; the host has %d, so it gets %d", spec.name, cpu, facts.cpus, facts.cpus)
+                cpu = facts.cpus
+            options["nano_cpus"] = int(cpu * 1_000_000_000)
+        if spec.memory_mb > 0:
+            # Memory+swap equal to memory: left unset, Docker grants as much swap again and the limit leaks.
+            options["mem_limit"] = options["memswap_limit"] = spec.memory_mb * 1024 * 1024
+        if spec.pids_limit > 0:
+            options["pids_limit"] = spec.pids_limit
+        if spec.rootfs_size_gb:
+            if self._storage_opt_supported:
+                options["storage_opt"] = {"size": f"{spec.rootfs_size_gb}G"}
+            else:
+                log.debug("root filesystem size of %s not limited: the engine's storage cannot", spec.name)
+        if spec.gpus:
+            environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu.uuid for gpu in spec.gpus)
+            options.update(gpu_options(spec.gpus, facts.kind))
+        options["environment"] = environment
+        return options
+
+    async def _ensure_image(self, client: docker.DockerClient, image: str, auth: RegistryAuth | None) -> None:
+        try:
+            await self._call(client.images.get, image)
+            return
+        except ImageNotFound:
+            pass
+        auth_config = {"username": auth.username, "password": auth.password} if auth else None
+        why = await self._call(self._pull, client, image, auth_config)
+        try:
+            await self._call(client.images.get, image)
+        except ImageNotFound as error:
+            detail = f" ({why})" if why else ""
+            raise RuntimeFailure(
+                f"image {image} not found{detail}: build or push it, or fix the template's image"
+            ) from error
+
+    @staticmethod
+    def _pull(client: docker.DockerClient, image: str, auth_config: dict[str, str] | None) -> str:
+        """Pull it; returns the engine's error, if any. Errors arrive inside the progress stream, not as a status."""
+        repository, tag = parse_repository_tag(image)
+        try:
+            for event in client.api.pull(
+                repository, tag=tag or "latest", stream=True, decode=True, auth_config=auth_config
+            ):
+                if isinstance(event, dict) and event.get("error"):
+                    return str(event["error"])
+        except APIError as error:
+            return str(error.explanation or error)
+        return ""
+
+    async def start(self, object_id: str) -> RuntimeObject:
+        client, _ = await self._ready()
+        self._details.pop(object_id, None)
+        try:
+            await self._call(client.api.start, object_id)
+        except NotFound as error:
+            raise RuntimeFailure(f"container {object_id} not found: create it first") from error
+        except APIError as error:
+            raise RuntimeFailure(start_failure_reason(str(error.explanation or error))) from error
+        started = await self.inspect(object_id)
+        if started is None:
+            raise RuntimeFailure(f"container {object_id} vanished right after it started: check the engine's log")
+        self._details.pop(started.id, None)
+        return started
+
+    async def stop(self, object_id: str, timeout: int = 10) -> None:
+        client, _ = await self._ready()
+        try:
+            await self._call(client.api.stop, object_id, timeout=timeout)
+        except NotFound:
+            return
+        except APIError as error:
+            raise RuntimeFailure(f"could not stop {object_id}: {error.explanation or error}") from error
+
+    async def restart(self, object_id: str, timeout: int = 10) -> RuntimeObject:
+        await self.stop(object_id, timeout)
+        return await self.start(object_id)
+
+    async def remove(self, object_id: str) -> None:
+        """Force-removes it with its anonymous volumes (`v`); named volumes are never removed here."""
+        client, _ = await self._ready()
+        try:
+            await self._call(client.api.remove_container, object_id, v=True, force=True)
+        except NotFound:
+            return
+        except APIError as error:
+            if "already in progress" in str(error.explanation or "").lower():
+                return
+            raise RuntimeFailure(f"could not remove {object_id}: {error.explanation or error}") from error
+        finally:
+            self._details.pop(object_id, None)
+
+    async def inspect(self, object_id: str) -> RuntimeObject | None:
+        attrs = await self._inspect_attrs(object_id)
+        return object_from_inspect(attrs) if attrs is not None else None
+
+    async def list_managed(self) -> list[RuntimeObject]:
+        """One list call for every object of this installation (it runs every reconcile pass).
+
+        The list lacks OOM, error and the start and finish times, so an object is inspected when it is first
+        seen and again whenever its listed state differs from the state it was inspected in; otherwise the
+        cached inspect is returned. `start` drops the cache entry, since it changes the start time but maybe
+        not the state. Trade-off: an object restarted behind Dockyard's back that is back in the same state
+        by the next pass keeps its earlier details."""
+        client, _ = await self._ready()
+        label = f"{LABEL_INSTALLATION}={self.installation_id}"
+        try:
+            entries: list[dict[str, Any]] = await self._call(
+                client.api.containers, all=True, filters={"label": [label]}
+            )
+        except APIError as error:
+            raise self._unavailable(error) from error
+        listed = [object_from_listing(entry) for entry in entries]
+        # Only labelled objects: a filter some engine version ignored must not hand out unlabelled ones.
+        listed = [obj for obj in listed if obj.labels.get(LABEL_INSTALLATION) == self.installation_id]
+        for gone in set(self._details) - {obj.id for obj in listed}:
+            del self._details[gone]
+        changed = [obj.id for obj in listed if (known := self._details.get(obj.id)) is None or known.state != obj.state]
+        for object_id, details in zip(changed, await asyncio.gather(*(self.inspect(i) for i in changed)), strict=True):
+            if details is None:  # removed between the list and the inspect
+                self._details.pop(object_id, None)
+            else:
+                self._details[object_id] = details
+        return [self._details[obj.id] for obj in listed if obj.id in self._details]
+
+    async def logs(
+        self, object_id: str, *, tail: int | None = None, follow: bool = False, since: datetime | None = None
+    ) -> AsyncIterator[bytes]:
+        client, _ = await self._ready()
+        try:
+            stream = await self._call(
+                client.api.logs,
+                object_id,
+                stdout=True,
+                stderr=True,
+                stream=True,
+                follow=follow,
+                tail=tail if tail is not None else "all",
+                since=since.timestamp() if since else None,
+            )
+        except NotFound as error:
+            raise RuntimeFailure(f"container {object_id} not found: it may have been removed") from error
+        try:
+            while True:
+                chunk: bytes | None = await self._call(next, stream, None)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            # Closing the socket ends a read blocked in the worker thread, so an abandoned follow frees it.
+            stream.close()
+
+    async def exec(self, object_id: str, command: list[str]) -> ExecResult:
+        client, _ = await self._ready()
+        try:
+            container = await self._call(client.containers.get, object_id)
+            exit_code, output = await self._call(container.exec_run, command)
+        except NotFound as error:
+            raise RuntimeFailure(f"container {object_id} not found: it may have been removed") from error
+        except APIError as error:
+            raise RuntimeFailure(
+                f"cannot run a command in {object_id}: {error.explanation or error}; start it first"
+            ) from error
+        data = output if isinstance(output, bytes) else b"".join(output or [])
+        return ExecResult(int(exit_code or 0), data.decode(errors="replace"))
+
+    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        client, _ = await self._ready()
+        try:
+            await self._call(client.volumes.get, name)
+            return
+        except NotFound:
+            pass
+        try:
+            await self._call(client.volumes.create, name, labels={**labels, **self._own_labels()})
+        except APIError as error:
+            if error.status_code == 409 or "already exists" in str(error.explanation or "").lower():
+                return  # created concurrently
+            raise RuntimeFailure(f"could not create volume {name}: {error.explanation or error}") from error
+
+    async def remove_volume(self, name: str) -> None:
+        client, _ = await self._ready()
+        try:
+            await self._call(client.api.remove_volume, name)
+        except NotFound:
+            return
+        except APIError as error:
+            if error.status_code == 409 or "in use" in str(error.explanation or "").lower():
+                raise RuntimeFailure(
+                    f"volume {name} is in use by a container: remove that container first, then the volume"
+                ) from error
+            raise RuntimeFailure(f"could not remove volume {name}: {error.explanation or error}") from error
+
+    async def close(self) -> None:
+        async with self._probe_lock:
+            if self._client is not None:
+                await asyncio.to_thread(self._client.close)
+            self._client = None
+            self._facts = None

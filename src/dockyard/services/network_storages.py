@@ -1,0 +1,114 @@
+"""Network storages: named volumes on an IDC's runtime, mounted by containers (`storages[].id`) and endpoint
+workers (`volumes[].id`). Deletion is a state: DELETE marks the row `deleting` and the reconciler removes
+the volume, then the row."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dockyard.core.status import DesiredState, NetworkStorageStatus
+from dockyard.db.models import ContainerModel, IdcModel, NetworkStorageModel
+from dockyard.errors import Conflict, InvalidField, NotFound
+from dockyard.schemas.network_storages import (
+    CreateNetworkStorageRequest,
+    NetworkStorage,
+    UpdateNetworkStorageRequest,
+)
+from dockyard.services.keys import Principal
+
+
+async def mounts(session: AsyncSession, org_id: str, storage_ids: Iterable[str]) -> dict[str, list[str]]:
+    """Storage id -> ids of the organization's containers (not being deleted) whose spec mounts it."""
+    wanted = set(storage_ids)
+    result: dict[str, list[str]] = {storage_id: [] for storage_id in wanted}
+    rows = await session.execute(
+        select(ContainerModel.id, ContainerModel.spec)
+        .where(ContainerModel.org_id == org_id, ContainerModel.desired != DesiredState.DELETED)
+        .order_by(ContainerModel.id)
+    )
+    for container_id, spec in rows:
+        for volume in (spec or {}).get("volumes") or ():
+            storage_id = volume.get("storage_id")
+            if storage_id in wanted and container_id not in result[storage_id]:
+                result[storage_id].append(container_id)
+    return result
+
+
+def _wire(row: NetworkStorageModel, mounted_by: list[str]) -> NetworkStorage:
+    return NetworkStorage(
+        id=row.id,
+        name=row.name,
+        region_id=row.idc_id,
+        size_gb=row.size_gb,
+        status=row.status,
+        mounted_by=mounted_by,
+        created_at=row.created_at,
+    )
+
+
+async def get_row(session: AsyncSession, principal: Principal, storage_id: str) -> NetworkStorageModel:
+    """The storage if it is this organization's; another organization's is as missing as a wrong id."""
+    row = await session.get(NetworkStorageModel, storage_id)
+    if row is None or row.org_id != principal.org_id:
+        raise NotFound(f"network storage {storage_id} not found")
+    return row
+
+
+async def create(session: AsyncSession, principal: Principal, request: CreateNetworkStorageRequest) -> str:
+    if await session.get(IdcModel, request.region_id) is None:
+        raise InvalidField("region_id", f"no region {request.region_id}; GET /gpus/v2/regions lists them")
+    row = NetworkStorageModel(
+        org_id=principal.org_id, name=request.name, idc_id=request.region_id, size_gb=request.size_gb
+    )
+    session.add(row)
+    await session.commit()
+    return row.id
+
+
+async def get(session: AsyncSession, principal: Principal, storage_id: str) -> NetworkStorage:
+    row = await get_row(session, principal, storage_id)
+    return _wire(row, (await mounts(session, principal.org_id, [row.id]))[row.id])
+
+
+async def list_all(session: AsyncSession, principal: Principal) -> list[NetworkStorage]:
+    rows = list(
+        await session.scalars(
+            select(NetworkStorageModel)
+            .where(NetworkStorageModel.org_id == principal.org_id)
+            .order_by(NetworkStorageModel.created_at.desc(), NetworkStorageModel.id)
+        )
+    )
+    mounted = await mounts(session, principal.org_id, [row.id for row in rows])
+    return [_wire(row, mounted[row.id]) for row in rows]
+
+
+async def resize(
+    session: AsyncSession, principal: Principal, storage_id: str, request: UpdateNetworkStorageRequest
+) -> None:
+    row = await get_row(session, principal, storage_id)
+    if row.status == NetworkStorageStatus.DELETING:
+        raise Conflict(f"network storage {storage_id} is being deleted; create a new one")
+    if request.size_gb < row.size_gb:
+        raise InvalidField(
+            "size_gb", f"storages only grow: {request.size_gb} is below the current {row.size_gb}; send at least that"
+        )
+    row.size_gb = request.size_gb
+    await session.commit()
+
+
+async def delete(session: AsyncSession, principal: Principal, storage_id: str) -> None:
+    """Mark it `deleting` (the reconciler removes the volume, then the row); refused while mounted."""
+    row = await get_row(session, principal, storage_id)
+    users = (await mounts(session, principal.org_id, [row.id]))[row.id]
+    if users:
+        raise Conflict(
+            f"network storage {storage_id} is mounted by containers {', '.join(users)}; "
+            "delete them or remove the storage from them first",
+            details=[{"field": "id", "message": f"mounted by {container}"} for container in users],
+        )
+    if row.status != NetworkStorageStatus.DELETING:
+        row.status = NetworkStorageStatus.DELETING
+        await session.commit()

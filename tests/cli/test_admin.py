@@ -1,0 +1,49 @@
+"""`dockyard admin create-key`, run as the operator runs it: a process of its own against the server's
+database (named by DOCKYARD_DATA_DIR or DOCKYARD_DATABASE_URL)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def create_key(env: dict[str, str], org: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "dockyard", "admin", "create-key", "--org", org],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"dy_[A-Za-z0-9_\-]{20,}\n", done.stdout), f"stdout is not the key alone: {done.stdout!r}"
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("variable", ["DOCKYARD_DATA_DIR", "DOCKYARD_DATABASE_URL"])
+def test_create_key_prints_only_the_key_and_creates_the_org_once(tmp_path: Path, variable: str) -> None:
+    database = tmp_path / "dockyard.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+    env["DOCKYARD_ENGINE_URL"] = "unix:///nonexistent.sock"
+    if variable == "DOCKYARD_DATA_DIR":
+        env["DOCKYARD_DATA_DIR"] = str(tmp_path)
+    else:
+        env["DOCKYARD_DATA_DIR"] = str(tmp_path / "elsewhere")
+        env["DOCKYARD_DATABASE_URL"] = f"sqlite+aiosqlite:///{database}"
+
+    first = create_key(env, "acme")
+    second = create_key(env, "acme")
+    assert first != second
+
+    with sqlite3.connect(database) as conn:
+        orgs = conn.execute("SELECT id FROM organizations WHERE name = 'acme'").fetchall()
+        assert len(orgs) == 1
+        hashes = {row[0] for row in conn.execute("SELECT key_hash FROM api_keys WHERE org_id = ?", orgs[0])}
+    assert hashes == {hashlib.sha256(key.encode()).hexdigest() for key in (first, second)}

@@ -1,0 +1,218 @@
+"""The containers reconciler against real Podman: a container reaches running and its published port
+answers; exit codes, a missing image, stop/start, restart, delete, a container removed behind Dockyard's back
+and an orphan are all seen as they happen on a real engine.
+
+Each test's objects carry the fresh installation id of its own database, and are removed at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import docker
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dockyard.core.status import ContainerStatus
+from dockyard.reconcilers.containers import ContainerReconciler
+from dockyard.runtimes.engine import EngineRuntime
+from tests.conftest import Harness
+from tests.reconcilers.conftest import make_containers, make_template, must_row, row_of
+
+pytestmark = pytest.mark.engine
+
+DEADLINE = 30.0
+
+
+@pytest.fixture
+def database_url(tmp_path: Any) -> str:
+    # Runtime behaviour does not depend on the backend, which the in-memory runtime tests cover on both.
+    return f"sqlite+aiosqlite:///{tmp_path / 'dockyard.db'}"
+
+
+@pytest.fixture
+def docker_client(engine_url: str) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=engine_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def fake_runtime(engine_url: str, docker_client: docker.DockerClient) -> AsyncIterator[EngineRuntime]:
+    """Replaces the harness's in-memory runtime with the real engine (the harness sets the installation id)."""
+    runtime = EngineRuntime(engine_url, installation_id="")
+    yield runtime
+    if runtime.installation_id:
+        for container in docker_client.containers.list(
+            all=True, filters={"label": f"dockyard.installation={runtime.installation_id}"}
+        ):
+            container.remove(force=True)
+
+
+@pytest.fixture
+def engine_reconciler(harness: Harness) -> ContainerReconciler:
+    harness.context.settings.missing_debounce_seconds = 0.5
+    harness.context.settings.zombie_grace_seconds = 0.5
+    harness.context.settings.stop_timeout_seconds = 1
+    return ContainerReconciler(harness.context)
+
+
+async def until(
+    reconciler: ContainerReconciler, check: Callable[[], Awaitable[bool]], what: str, deadline: float = DEADLINE
+) -> None:
+    """Reconcile until `check` holds, within a bounded deadline."""
+    end = time.monotonic() + deadline
+    while True:
+        await reconciler.reconcile_once()
+        if await check():
+            return
+        if time.monotonic() > end:
+            pytest.fail(f"not converged within {deadline} s: {what}")
+        await asyncio.sleep(0.2)
+
+
+async def status_is(harness: Harness, container_id: str, status: ContainerStatus) -> bool:
+    row = await row_of(harness, container_id)
+    return row is not None and row.status == status
+
+
+async def answers(port: int) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            await client.get(f"http://127.0.0.1:{port}/")
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def objects_of(client: docker.DockerClient, container_id: str) -> list[Any]:
+    return list(client.containers.list(all=True, filters={"label": f"dockyard.id={container_id}"}))
+
+
+async def test_lifecycle_on_podman(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    reconciler = engine_reconciler
+    key = Ed25519PrivateKey.generate().public_key()
+    public_key = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    ssh_key = await harness.client.post("/api/v1/ssh-keys", json={"name": "laptop", "publicKey": public_key})
+    assert ssh_key.status_code == 200, ssh_key.text
+    template_id = await make_template(harness.client, image=busybox_image)
+    (container_id,) = await make_containers(harness.client, template_id, sshKeyIdList=[ssh_key.json()["id"]])
+
+    await until(reconciler, lambda: status_is(harness, container_id, ContainerStatus.RUNNING), "running")
+    row = await must_row(harness, container_id)
+    (published,) = row.published_ports
+    assert published["containerPort"] == 8080
+    end = time.monotonic() + DEADLINE
+    while not await answers(published["port"]):
+        assert time.monotonic() < end, f"port {published['port']} never answered"
+        await asyncio.sleep(0.2)
+    (obj,) = objects_of(docker_client, container_id)
+    assert obj.name == f"dy-{container_id[:12]}-g1"
+    assert obj.labels["dockyard.generation"] == "1"
+    code, output = obj.exec_run(["sh", "-c", 'cat /root/.ssh/authorized_keys; echo "$SSH_KEY"'])
+    assert (code, output.decode()) == (0, f"{public_key}\n{public_key}\n")
+
+    await harness.client.post(f"/api/v1/containers/{container_id}/stop")
+    await until(reconciler, lambda: status_is(harness, container_id, ContainerStatus.STOPPED), "stopped")
+    obj.reload()
+    assert obj.status == "exited"
+
+    await harness.client.post(f"/api/v1/containers/{container_id}/start")
+    await until(reconciler, lambda: status_is(harness, container_id, ContainerStatus.RUNNING), "started again")
+
+    obj.reload()
+    started = obj.attrs["State"]["StartedAt"]
+    await harness.client.post(f"/api/v1/containers/{container_id}/restart")
+
+    async def restarted() -> bool:
+        row = await must_row(harness, container_id)
+        return row.observed_restart_generation == 1 and row.status == ContainerStatus.RUNNING
+
+    await until(reconciler, restarted, "restarted")
+    obj.reload()
+    assert obj.status == "running"
+    assert obj.attrs["State"]["StartedAt"] != started
+
+    await harness.client.delete(f"/api/v1/containers/{container_id}")
+    await until(reconciler, lambda: _gone(harness, container_id), "deleted")
+    assert objects_of(docker_client, container_id) == []
+
+
+async def _gone(harness: Harness, container_id: str) -> bool:
+    return await row_of(harness, container_id) is None
+
+
+async def test_exit_code_and_missing_image_on_podman(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    exits = await make_template(harness.client, image=busybox_image, command="sh -c 'exit 3'", ports=[])
+    missing = await make_template(harness.client, image="localhost/dockyard-no-such-image:1", ports=[])
+    (exited_id,) = await make_containers(harness.client, exits)
+    (missing_id,) = await make_containers(harness.client, missing)
+
+    await until(engine_reconciler, lambda: status_is(harness, exited_id, ContainerStatus.ERROR), "exited")
+    await until(engine_reconciler, lambda: status_is(harness, missing_id, ContainerStatus.ERROR), "image missing")
+
+    row = await must_row(harness, exited_id)
+    assert (row.reason, row.exit_code) == ("exited with code 3", 3)
+    assert len(objects_of(docker_client, exited_id)) == 1  # kept, so its logs stay readable
+    row = await must_row(harness, missing_id)
+    assert "localhost/dockyard-no-such-image:1" in row.reason
+    assert objects_of(docker_client, missing_id) == []
+
+
+async def test_removed_behind_dockyards_back_becomes_an_error_after_the_debounce(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    (container_id,) = await make_containers(harness.client, await make_template(harness.client, image=busybox_image))
+    await until(engine_reconciler, lambda: status_is(harness, container_id, ContainerStatus.RUNNING), "running")
+
+    for obj in objects_of(docker_client, container_id):
+        obj.remove(force=True)
+    await engine_reconciler.reconcile_once()
+    row = await must_row(harness, container_id)
+    assert (row.status, row.missing_since is not None) == (ContainerStatus.RUNNING, True)
+
+    await until(engine_reconciler, lambda: status_is(harness, container_id, ContainerStatus.ERROR), "disappeared")
+    row = await must_row(harness, container_id)
+    assert row.reason == "container disappeared: its runtime object was removed outside Dockyard"
+
+
+async def test_orphan_is_a_zombie_then_removed_and_unlabelled_containers_are_untouched(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    runtime = harness.context.runtimes["local"]
+    (known,) = await make_containers(harness.client, await make_template(harness.client, image=busybox_image))
+    await until(engine_reconciler, lambda: status_is(harness, known, ContainerStatus.RUNNING), "running")
+    org_id = (await must_row(harness, known)).org_id
+    orphan = str(uuid.uuid4())
+    labels = {
+        "dockyard.managed": "true",
+        "dockyard.installation": runtime.installation_id,
+        "dockyard.kind": "container",
+        "dockyard.id": orphan,
+        "dockyard.org": org_id,
+    }
+    docker_client.containers.run(
+        busybox_image, ["sleep", "300"], name=f"dy-orphan-{orphan[:8]}", labels=labels, detach=True
+    )
+    stranger = docker_client.containers.run(busybox_image, ["sleep", "300"], name=f"stranger-{orphan[:8]}", detach=True)
+    try:
+        await engine_reconciler.reconcile_once()
+        row = await must_row(harness, orphan)
+        assert row.status == ContainerStatus.ZOMBIE
+
+        await until(engine_reconciler, lambda: _gone(harness, orphan), "zombie removed")
+        assert objects_of(docker_client, orphan) == []
+        stranger.reload()
+        assert stranger.status == "running"
+        assert (await must_row(harness, known)).status == ContainerStatus.RUNNING
+    finally:
+        stranger.remove(force=True)

@@ -1,0 +1,92 @@
+"""Configuration precedence (environment over the YAML file over defaults) and clear errors for bad values."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dockyard.config import ConfigError, Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("DOCKYARD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DOCKYARD_DATA_DIR", str(tmp_path / "data"))
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "dockyard.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file_or_environment() -> None:
+    settings = load_settings()
+    assert (settings.host, settings.port, settings.log_format) == ("127.0.0.1", 8080, "console")
+    assert settings.max_body_bytes == 10 * 1024 * 1024
+    assert settings.resolved_database_url.endswith("/data/dockyard.db")
+
+
+def test_environment_beats_file_beats_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = write_config(tmp_path, "port: 9000\nlog_level: debug\nmax_body_bytes: 2048\n")
+    monkeypatch.setenv("DOCKYARD_CONFIG", str(config))
+    from_file = load_settings()
+    assert (from_file.port, from_file.log_level, from_file.max_body_bytes) == (9000, "debug", 2048)
+    assert from_file.host == "127.0.0.1"  # in neither: the default
+
+    monkeypatch.setenv("DOCKYARD_PORT", "9100")
+    monkeypatch.setenv("DOCKYARD_HOST", "0.0.0.0")
+    both = load_settings()
+    assert (both.port, both.host) == (9100, "0.0.0.0")
+    assert both.log_level == "debug"  # the file still wins over the default where the environment is silent
+
+
+def test_explicit_arguments_beat_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKYARD_PORT", "9100")
+    assert load_settings(port=7000).port == 7000
+
+
+@pytest.mark.parametrize("source", ["environment", "file"])
+def test_bad_log_format_names_the_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str) -> None:
+    if source == "environment":
+        monkeypatch.setenv("DOCKYARD_LOG_FORMAT", "xml")
+    else:
+        monkeypatch.setenv("DOCKYARD_CONFIG", str(write_config(tmp_path, "log_format: xml\n")))
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "log_format: log_format must be 'console' or 'json'" in message
+    assert "DOCKYARD_CONFIG" in message
+
+
+def test_bad_number_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKYARD_PORT", "eighty")
+    with pytest.raises(ConfigError, match="port: "):
+        load_settings()
+
+
+def test_missing_config_file_is_an_error_not_silent_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKYARD_CONFIG", str(tmp_path / "typo.yaml"))
+    with pytest.raises(ConfigError, match=r"typo\.yaml, which is not a file"):
+        Settings()
+
+
+def test_server_command_refuses_a_bad_value(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+    env |= {"DOCKYARD_DATA_DIR": str(tmp_path), "DOCKYARD_LOG_FORMAT": "xml"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dockyard", "server", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "log_format must be 'console' or 'json'" in done.stderr
+    assert done.stdout == ""
