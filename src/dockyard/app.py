@@ -68,7 +68,9 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     settings = settings or load_settings()
     db = Database(settings.resolved_database_url)
     context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key))
-    make_runtime = runtime_factory or (lambda idc, ctx: build_runtime(idc, ctx.settings, ctx.installation_id))
+    context.runtime_factory = runtime_factory or (
+        lambda idc, ctx: build_runtime(idc, ctx.settings, ctx.installation_id)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,7 +84,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         context.installation_id = install_id
         async with db.read() as session:
             for idc in await session.scalars(select(IdcModel)):
-                context.runtimes[idc.id] = make_runtime(idc, context)
+                context.attach_runtime(idc)
         supervisor = Supervisor(db, build_loops(context), context.registry)
         app.state.supervisor = supervisor
         context.waker = supervisor.wake

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from dockyard.config import Settings
+from dockyard.db.models import IdcModel
 from dockyard.db.session import Database
 from dockyard.runtimes.base import Runtime
 from dockyard.secrets import SecretBox
@@ -22,6 +23,7 @@ class ServerContext:
     runtimes: dict[str, Runtime] = field(default_factory=dict)  # by IDC id
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     waker: Callable[[str], None] = lambda _loop: None
+    runtime_factory: Callable[[IdcModel, ServerContext], Runtime] | None = None
 
     def wake(self, loop: str) -> None:
         """Ask reconcile loop `loop` to run now rather than at its next tick (after an API write)."""
@@ -29,3 +31,9 @@ class ServerContext:
 
     def runtime_for(self, idc_id: str) -> Runtime | None:
         return self.runtimes.get(idc_id)
+
+    def attach_runtime(self, idc: IdcModel) -> None:
+        """Build the runtime of an IDC that has none in this process yet (idempotent; no I/O: runtimes
+        connect on first use). Called at start for every IDC and when an operator declares a new one."""
+        if idc.id not in self.runtimes and self.runtime_factory is not None:
+            self.runtimes[idc.id] = self.runtime_factory(idc, self)

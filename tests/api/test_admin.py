@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 
 from dockyard.core.status import DesiredState, GpuSource
 from dockyard.db.models import ContainerModel, NodeModel, OrganizationModel
-from dockyard.services.bootstrap import local_node_id
+from dockyard.services.bootstrap import bootstrap, local_node_id
 from tests.conftest import Harness
 
 IDC = {"id": "us-west-1", "name": "US West 1", "country": "US", "country_subdivision": "CA"}
@@ -118,6 +118,8 @@ async def test_idc_create_list_patch(harness: Harness) -> None:
     assert body["status"] == "available"
     assert body["runtime_kind"] == "engine"
     assert body["created_at"].endswith("Z")
+    # The new IDC's runtime is usable at once, without a server restart.
+    assert harness.context.runtime_for("us-west-1") is not None
 
     assert_error(await admin.post("/admin/v1/idcs", json=IDC), 409)
     assert [idc["id"] for idc in (await admin.get("/admin/v1/idcs")).json()] == ["local", "us-west-1"]
@@ -252,3 +254,16 @@ async def test_simulated_gpus_are_refused_on_real_gpus_and_validated(harness: Ha
         await session.execute(update(NodeModel).values(gpu_source=GpuSource.NVML))
     body = assert_error(await admin.put(url, json={"count": 1}), 409)
     assert "NVML" in body["message"]
+
+
+async def test_simulated_gpus_declared_through_the_api_survive_a_restart(harness: Harness) -> None:
+    node_id = local_node_id()
+    declared = await harness.admin.put(f"/admin/v1/nodes/{node_id}/simulated-gpus", json={"count": 2})
+    assert declared.status_code == 200, declared.text
+    before = sorted(gpu["uuid"] for gpu in declared.json()["gpus"])
+
+    await bootstrap(harness.context.db, harness.context.settings)  # what a server start runs
+
+    node = next(n for n in (await harness.admin.get("/admin/v1/nodes")).json() if n["id"] == node_id)
+    assert node["gpu_source"] == "simulated"
+    assert sorted(gpu["uuid"] for gpu in node["gpus"]) == before

@@ -47,3 +47,20 @@ def test_create_key_prints_only_the_key_and_creates_the_org_once(tmp_path: Path,
         assert len(orgs) == 1
         hashes = {row[0] for row in conn.execute("SELECT key_hash FROM api_keys WHERE org_id = ?", orgs[0])}
     assert hashes == {hashlib.sha256(key.encode()).hexdigest() for key in (first, second)}
+
+
+def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+    env.update(DOCKYARD_DATA_DIR=str(tmp_path), DOCKYARD_LOG_FORMAT="xml")
+    done = subprocess.run(
+        [sys.executable, "-m", "dockyard", "admin", "create-key", "--org", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: invalid configuration (log_format:")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "dockyard.db").exists()

@@ -7,9 +7,13 @@ Each test's objects carry the fresh installation id of its own database, and are
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -104,6 +108,8 @@ async def test_lifecycle_on_podman(
     assert ssh_key.status_code == 200, ssh_key.text
     template_id = await make_template(harness.client, image=busybox_image)
     (container_id,) = await make_containers(harness.client, template_id, sshKeyIdList=[ssh_key.json()["id"]])
+    row = await must_row(harness, container_id)
+    assert (row.status, row.reason) == (ContainerStatus.CREATING, "accepted; waiting to be placed and started")
 
     await until(reconciler, lambda: status_is(harness, container_id, ContainerStatus.RUNNING), "running")
     row = await must_row(harness, container_id)
@@ -141,6 +147,11 @@ async def test_lifecycle_on_podman(
     assert obj.attrs["State"]["StartedAt"] != started
 
     await harness.client.delete(f"/api/v1/containers/{container_id}")
+    row = await must_row(harness, container_id)
+    assert (row.status, row.reason) == (
+        ContainerStatus.TERMINATING,
+        "deletion requested; stopping and removing the container",
+    )
     await until(reconciler, lambda: _gone(harness, container_id), "deleted")
     assert objects_of(docker_client, container_id) == []
 
@@ -216,3 +227,54 @@ async def test_orphan_is_a_zombie_then_removed_and_unlabelled_containers_are_unt
         assert (await must_row(harness, known)).status == ContainerStatus.RUNNING
     finally:
         stranger.remove(force=True)
+
+
+async def test_unreachable_engine_is_unknown_then_recovers(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    """The engine's API service dies while the container keeps running (conmon holds it): the row is
+    `unknown` with a reason, nothing is released or deleted, and it is `running` again once the API is back."""
+    directory = Path(tempfile.mkdtemp(prefix="dockyard-engine-"))
+    url = f"unix://{directory / 'podman.sock'}"
+
+    def serve() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            ["podman", "system", "service", "--time=0", url],
+            cwd=directory,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        end = time.monotonic() + DEADLINE
+        while not (directory / "podman.sock").exists():
+            assert time.monotonic() < end, "podman system service did not start"
+            time.sleep(0.05)
+        return process
+
+    service = serve()
+    original = harness.context.runtimes["local"]
+    private = EngineRuntime(url, installation_id=original.installation_id)
+    harness.context.runtimes["local"] = private
+    try:
+        (container_id,) = await make_containers(
+            harness.client, await make_template(harness.client, image=busybox_image)
+        )
+        await until(engine_reconciler, lambda: status_is(harness, container_id, ContainerStatus.RUNNING), "running")
+
+        service.terminate()
+        service.wait(timeout=30)
+        (directory / "podman.sock").unlink(missing_ok=True)
+        await until(engine_reconciler, lambda: status_is(harness, container_id, ContainerStatus.UNKNOWN), "unknown")
+        row = await must_row(harness, container_id)
+        assert row.reason.startswith("cannot reach the container engine")
+        (obj,) = objects_of(docker_client, container_id)
+        assert obj.status == "running"  # nothing was torn down while the engine could not be seen
+
+        service = serve()
+        await until(engine_reconciler, lambda: status_is(harness, container_id, ContainerStatus.RUNNING), "recovered")
+        assert (await must_row(harness, container_id)).reason == ""
+    finally:
+        harness.context.runtimes["local"] = original
+        await private.close()
+        service.terminate()
+        service.wait(timeout=30)
+        shutil.rmtree(directory, ignore_errors=True)

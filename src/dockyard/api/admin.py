@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from dockyard.api.deps import AdminDep, ReadSessionDep, WriteSessionDep
+from dockyard.api.deps import AdminDep, ContextDep, ReadSessionDep, WriteSessionDep
 from dockyard.schemas.admin import (
     ApiKey,
     CreatedApiKey,
@@ -68,8 +68,8 @@ async def list_idcs(_: AdminDep, session: ReadSessionDep) -> list[Idc]:
 
 
 @router.post("/idcs", response_model=Idc, summary="Create an IDC bound to a runtime")
-async def create_idc(body: CreateIdcRequest, _: AdminDep, session: WriteSessionDep) -> Idc:
-    return await catalog.create_idc(session, body)
+async def create_idc(body: CreateIdcRequest, context: ContextDep, _: AdminDep, session: WriteSessionDep) -> Idc:
+    return await catalog.create_idc(session, context, body)
 
 
 @router.patch("/idcs/{idc_id}", response_model=Idc, summary="Rename an IDC or put it in maintenance")

@@ -47,4 +47,10 @@ app.add_typer(admin.app, name="admin")
 
 
 def main() -> None:
-    app()
+    from dockyard.config import ConfigError
+
+    try:
+        app()
+    except ConfigError as exc:  # the server's or the operator's commands read the configuration
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None

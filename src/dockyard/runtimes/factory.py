@@ -7,6 +7,9 @@ from dockyard.core.status import RuntimeKind
 from dockyard.db.models import IdcModel
 from dockyard.runtimes.base import Runtime
 
+IMPLEMENTED_KINDS: tuple[RuntimeKind, ...] = (RuntimeKind.ENGINE,)
+"""The runtime kinds this build can drive; an IDC of another kind is refused when it is declared."""
+
 
 def build_runtime(idc: IdcModel, settings: Settings, installation_id: str) -> Runtime:
     if idc.runtime_kind == RuntimeKind.ENGINE:

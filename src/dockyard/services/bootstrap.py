@@ -116,5 +116,9 @@ async def bootstrap(db: Database, settings: Settings) -> str:
             node = NodeModel(id=node_id, idc_id=LOCAL_IDC)
             session.add(node)
             await session.flush()
-        await record_inventory(session, node, discover_inventory(settings, node_id))
+        inventory = discover_inventory(settings, node_id)
+        # A simulated inventory declared through the operator's API outlives restarts: finding no GPU here is
+        # what made it necessary. NVML or DOCKYARD_SIMULATED_GPUS replace it; count 0 through the API clears it.
+        if not (inventory.source == GpuSource.NONE and node.gpu_source == GpuSource.SIMULATED):
+            await record_inventory(session, node, inventory)
     return install_id

@@ -5,9 +5,11 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dockyard.core.status import DesiredState, IdcStatus, RuntimeKind
+from dockyard.context import ServerContext
+from dockyard.core.status import DesiredState, IdcStatus
 from dockyard.db.models import ContainerModel, IdcModel, ProductModel
 from dockyard.errors import Conflict, InvalidField, NotFound
+from dockyard.runtimes.factory import IMPLEMENTED_KINDS
 from dockyard.schemas.admin import (
     CreateIdcRequest,
     CreateProductRequest,
@@ -20,7 +22,6 @@ from dockyard.schemas.admin import (
 
 # The kinds `dockyard.runtimes.factory.build_runtime` can build in this build; an IDC bound to any other
 # could never run anything, so it is refused when it is declared rather than when a container lands on it.
-IMPLEMENTED_RUNTIME_KINDS: tuple[RuntimeKind, ...] = (RuntimeKind.ENGINE,)
 
 # `full` is observed from capacity, never set by hand.
 SETTABLE_IDC_STATUSES: tuple[IdcStatus, ...] = (IdcStatus.AVAILABLE, IdcStatus.MAINTENANCE)
@@ -70,9 +71,9 @@ async def list_idcs(session: AsyncSession) -> list[Idc]:
     return [idc_wire(row) for row in await session.scalars(select(IdcModel).order_by(IdcModel.id))]
 
 
-async def create_idc(session: AsyncSession, request: CreateIdcRequest) -> Idc:
-    if request.runtime_kind not in IMPLEMENTED_RUNTIME_KINDS:
-        available = ", ".join(kind.value for kind in IMPLEMENTED_RUNTIME_KINDS)
+async def create_idc(session: AsyncSession, context: ServerContext, request: CreateIdcRequest) -> Idc:
+    if request.runtime_kind not in IMPLEMENTED_KINDS:
+        available = ", ".join(kind.value for kind in IMPLEMENTED_KINDS)
         raise InvalidField(
             "runtime_kind",
             f"{request.runtime_kind.value} runtimes are not available in this build; use one of: {available}",
@@ -89,6 +90,7 @@ async def create_idc(session: AsyncSession, request: CreateIdcRequest) -> Idc:
     )
     session.add(row)
     await session.commit()
+    context.attach_runtime(row)
     return idc_wire(row)
 
 
