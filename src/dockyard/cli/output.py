@@ -70,6 +70,14 @@ def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2))
 
 
+def print_created(created: dict[str, Any], as_json: bool) -> None:
+    """A create's answer: the new id alone (for `$(...)` in scripts), or the whole JSON with `--json`."""
+    if as_json:
+        print_json(created)
+    else:
+        typer.echo(created["id"])
+
+
 def status_text(status: str) -> str:
     return f"[{STATUS_STYLES.get(status, 'default')}]{escape(status)}[/]"
 

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from dockyard.cli.config import target
 from dockyard.cli.options import JsonOption
-from dockyard.cli.output import fail, handle_errors, print_json, print_table
+from dockyard.cli.output import fail, handle_errors, print_created, print_json, print_table
 
 app = typer.Typer(help="SSH public keys to install into containers.", no_args_is_help=True)
 
@@ -37,10 +37,7 @@ def add(
     assert public_key is not None
     with target(ctx).client() as client:
         created = client.create_ssh_key(name, public_key)
-    if as_json:
-        print_json(created)
-    else:
-        typer.echo(created["id"])
+    print_created(created, as_json)
 
 
 @app.command("list")

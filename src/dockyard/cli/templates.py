@@ -11,7 +11,7 @@ from rich.markup import escape
 from dockyard.cli.config import target
 from dockyard.cli.containers import format_ports
 from dockyard.cli.options import ArgOption, CommandOption, EnvOption, JsonOption, PortOption, parse_envs, parse_ports
-from dockyard.cli.output import fail, handle_errors, print_json, print_table
+from dockyard.cli.output import fail, handle_errors, print_created, print_json, print_table
 
 app = typer.Typer(
     help="Templates: an image with its command, env and ports, to create containers from.", no_args_is_help=True
@@ -55,10 +55,7 @@ def create(
         request["credential"] = {"username": username, "secret": secret}
     with target(ctx).client() as client:
         created = client.create_template(request)
-    if as_json:
-        print_json(created)
-    else:
-        typer.echo(created["id"])
+    print_created(created, as_json)
 
 
 @app.command("list")
