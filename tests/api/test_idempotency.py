@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import httpx
+import pytest
 from sqlalchemy import func, select, update
 
 from dockyard.db.base import utcnow
@@ -101,3 +102,31 @@ async def test_key_length_is_checked(client: httpx.AsyncClient) -> None:
     answer = await client.post("/api/v1/containers", json=body, headers={"Idempotency-Key": "k" * 256})
     assert answer.status_code == 422
     assert answer.json()["details"][0]["field"] == "Idempotency-Key"
+
+
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGjSFBWWv9dI/i9RRd0VKh4rpe6tU5rOhw5h1o2b4uMh laptop"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "items_key"),
+    [
+        ("/api/v1/templates", {"name": "t", "path": "localhost/busybox:latest"}, "items"),
+        ("/api/v1/ssh-keys", {"name": "k", "publicKey": PUBLIC_KEY}, None),  # a bare list
+        ("/gpus/v2/network-storages", {"name": "s", "region_id": "local", "size_gb": 1}, "data"),
+    ],
+)
+async def test_every_create_honours_the_key(
+    client: httpx.AsyncClient, path: str, body: dict[str, object], items_key: str | None
+) -> None:
+    headers = {"Idempotency-Key": "create-once"}
+    concurrent = await asyncio.gather(*(client.post(path, json=body, headers=headers) for _ in range(5)))
+    assert {answer.status_code for answer in concurrent} == {200}
+    assert len({answer.json()["id"] for answer in concurrent}) == 1
+    assert sum(answer.headers.get("Idempotent-Replayed") == "true" for answer in concurrent) == 4
+
+    listed = (await client.get(path)).json()
+    assert len(listed[items_key] if items_key else listed) == 1
+
+    changed = await client.post(path, json={**body, "name": "other"}, headers=headers)
+    assert changed.status_code == 422
+    assert changed.json()["details"][0]["field"] == "Idempotency-Key"

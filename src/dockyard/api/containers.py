@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
-from dockyard.api.deps import ContextDep, PrincipalDep, ReadSessionDep, WriteSessionDep
+from dockyard.api.deps import ContextDep, IdempotencyKeyDep, PrincipalDep, ReadSessionDep, WriteSessionDep, answered
 from dockyard.core.status import ContainerStatus
 from dockyard.schemas.common import ERROR_RESPONSES, IdResponse, Page
 from dockyard.schemas.containers import Container, ContainerAction, CreateContainerRequest, UpdateContainerRequest
@@ -17,15 +17,6 @@ from dockyard.services import containers as service
 router = APIRouter(prefix="/api/v1/containers", tags=["containers"], responses=ERROR_RESPONSES)
 
 ContainerId = Annotated[str, Path(min_length=1, max_length=64)]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="replaying the same body with the same key within 24 h answers the first answer again",
-    ),
-]
 IfMatch = Annotated[
     str | None,
     Header(alias="If-Match", max_length=64, description="the ETag of a GET; a newer version answers 409"),
@@ -43,11 +34,9 @@ async def create_containers(
     context: ContextDep,
     principal: PrincipalDep,
     session: WriteSessionDep,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> Response:
-    answer = await service.create(context, session, principal, body, idempotency_key)
-    headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
-    return JSONResponse(answer.body, status_code=answer.status_code, headers=headers)
+    return answered(await service.create(context, session, principal, body, idempotency_key))
 
 
 @router.get("", response_model=Page[Container], summary="List containers")

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
 from dockyard.errors import Forbidden, Unauthorized
+from dockyard.services.idempotency import Answer
 from dockyard.services.keys import Principal, authenticate
 
 
@@ -62,3 +64,20 @@ async def get_admin(context: ContextDep, authorization: Annotated[str | None, He
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 AdminDep = Annotated[Principal, Depends(get_admin)]
+
+
+IdempotencyKeyDep = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="replaying the same body with the same key within 24 h answers the first answer again",
+    ),
+]
+
+
+def answered(answer: Answer) -> JSONResponse:
+    """A write's answer on the wire; a replay of a stored one says so in `Idempotent-Replayed`."""
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+    return JSONResponse(answer.body, status_code=answer.status_code, headers=headers)

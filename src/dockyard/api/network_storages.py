@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 
-from dockyard.api.deps import ContextDep, PrincipalDep, ReadSessionDep, WriteSessionDep
+from dockyard.api.deps import ContextDep, IdempotencyKeyDep, PrincipalDep, ReadSessionDep, WriteSessionDep, answered
 from dockyard.reconcilers.network_storages import NetworkStorageReconciler
 from dockyard.schemas.common import ERROR_RESPONSES
 from dockyard.schemas.network_storages import (
@@ -25,9 +25,12 @@ StorageId = Annotated[str, Path(min_length=1, max_length=64)]
 
 @router.post("", response_model=NetworkStorageId, summary="Create a network storage")
 async def create_network_storage(
-    body: CreateNetworkStorageRequest, principal: PrincipalDep, session: WriteSessionDep
-) -> NetworkStorageId:
-    return NetworkStorageId(id=await service.create(session, principal, body))
+    body: CreateNetworkStorageRequest,
+    principal: PrincipalDep,
+    session: WriteSessionDep,
+    idempotency_key: IdempotencyKeyDep = None,
+) -> Response:
+    return answered(await service.create(session, principal, body, idempotency_key))
 
 
 @router.get("", response_model=NetworkStorageList, summary="List network storages")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 
-from dockyard.api.deps import PrincipalDep, ReadSessionDep, WriteSessionDep
+from dockyard.api.deps import IdempotencyKeyDep, PrincipalDep, ReadSessionDep, WriteSessionDep, answered
 from dockyard.schemas.common import ERROR_RESPONSES, IdResponse
 from dockyard.schemas.ssh_keys import CreateSshKeyRequest, SshKey
 from dockyard.services import ssh_keys as service
@@ -17,8 +17,13 @@ SshKeyId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 @router.post("", response_model=IdResponse, summary="Add an SSH public key")
-async def create_ssh_key(body: CreateSshKeyRequest, principal: PrincipalDep, session: WriteSessionDep) -> IdResponse:
-    return IdResponse(id=await service.create(session, principal, body))
+async def create_ssh_key(
+    body: CreateSshKeyRequest,
+    principal: PrincipalDep,
+    session: WriteSessionDep,
+    idempotency_key: IdempotencyKeyDep = None,
+) -> Response:
+    return answered(await service.create(session, principal, body, idempotency_key))
 
 
 @router.get("", response_model=list[SshKey], summary="List SSH keys")

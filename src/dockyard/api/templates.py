@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 
-from dockyard.api.deps import ContextDep, PrincipalDep, ReadSessionDep, WriteSessionDep
+from dockyard.api.deps import ContextDep, IdempotencyKeyDep, PrincipalDep, ReadSessionDep, WriteSessionDep, answered
 from dockyard.schemas.common import ERROR_RESPONSES, IdResponse, Page
 from dockyard.schemas.templates import CreateTemplateRequest, Template, UpdateTemplateRequest
 from dockyard.services import templates as service
@@ -18,9 +18,13 @@ TemplateId = Annotated[str, Path(min_length=1, max_length=64)]
 
 @router.post("", response_model=IdResponse, status_code=200, summary="Create a template")
 async def create_template(
-    body: CreateTemplateRequest, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
-) -> IdResponse:
-    return IdResponse(id=await service.create(session, context.box, principal, body))
+    body: CreateTemplateRequest,
+    context: ContextDep,
+    principal: PrincipalDep,
+    session: WriteSessionDep,
+    idempotency_key: IdempotencyKeyDep = None,
+) -> Response:
+    return answered(await service.create(session, context.box, principal, body, idempotency_key))
 
 
 @router.get("", response_model=Page[Template], summary="List templates")

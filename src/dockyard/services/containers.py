@@ -221,19 +221,10 @@ def _overlay(
     )
 
 
-async def create(
-    context: ServerContext,
-    session: AsyncSession,
-    principal: Principal,
-    request: CreateContainerRequest,
-    idempotency_key: str | None = None,
-) -> idempotency.Answer:
-    """Validate against the database, record `count` rows (`creating`, desired `running`), answer their ids."""
-    body = request.model_dump(mode="json", by_alias=True)
-    if idempotency_key is not None:
-        digest = idempotency.fingerprint(CREATE_OPERATION, body)
-        if stored := await idempotency.claim(session, principal.org_id, idempotency_key, digest):
-            return stored
+async def _add_rows(
+    context: ServerContext, session: AsyncSession, principal: Principal, request: CreateContainerRequest
+) -> list[dict[str, str]]:
+    """Validate against the database and add `count` rows (flushed, not committed); answer their ids."""
     suffix = f"-{request.count}" if request.count > 1 else ""
     if len(request.name) + len(suffix) > 255:
         raise InvalidField("name", f"with count {request.count} the name must leave room for the suffix {suffix}")
@@ -274,9 +265,27 @@ async def create(
                 reason=CREATING_REASON,
             )
         )
-    answer = idempotency.Answer(200, [{"id": container_id} for container_id in ids])
-    if idempotency_key is not None:
-        await idempotency.record(session, principal.org_id, idempotency_key, answer)
+    await session.flush()
+    return [{"id": container_id} for container_id in ids]
+
+
+async def create(
+    context: ServerContext,
+    session: AsyncSession,
+    principal: Principal,
+    request: CreateContainerRequest,
+    idempotency_key: str | None = None,
+) -> idempotency.Answer:
+    """Record `count` rows (`creating`, desired `running`) and answer their ids; once per Idempotency-Key."""
+    body = request.model_dump(mode="json", by_alias=True)
+    answer = await idempotency.once(
+        session,
+        principal.org_id,
+        idempotency_key,
+        CREATE_OPERATION,
+        body,
+        lambda: _add_rows(context, session, principal, request),
+    )
     await session.commit()
     context.wake(LOOP)
     return answer

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -85,3 +86,26 @@ async def record(session: AsyncSession, org_id: str, key: str, answer: Answer) -
     row.status_code = answer.status_code
     row.response = answer.body
     await session.flush()
+
+
+async def once(
+    session: AsyncSession,
+    org_id: str,
+    key: str | None,
+    operation: str,
+    body: Any,
+    work: Callable[[], Awaitable[Any]],
+) -> Answer:
+    """Run `work` once per key: without a key it simply runs; with one, a repeat gets the stored answer.
+
+    `work` adds and flushes rows but does not commit, and returns the answer's body; the caller commits, so
+    the rows and the stored answer become visible together (or not at all).
+    """
+    if key is None:
+        return Answer(200, await work())
+    digest = fingerprint(operation, body)
+    if stored := await claim(session, org_id, key, digest):
+        return stored
+    answer = Answer(200, await work())
+    await record(session, org_id, key, answer)
+    return answer

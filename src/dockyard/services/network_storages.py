@@ -17,6 +17,7 @@ from dockyard.schemas.network_storages import (
     NetworkStorage,
     UpdateNetworkStorageRequest,
 )
+from dockyard.services import idempotency
 from dockyard.services.keys import Principal
 
 
@@ -57,15 +58,30 @@ async def get_row(session: AsyncSession, principal: Principal, storage_id: str) 
     return row
 
 
-async def create(session: AsyncSession, principal: Principal, request: CreateNetworkStorageRequest) -> str:
-    if await session.get(IdcModel, request.region_id) is None:
-        raise InvalidField("region_id", f"no region {request.region_id}; GET /gpus/v2/regions lists them")
-    row = NetworkStorageModel(
-        org_id=principal.org_id, name=request.name, idc_id=request.region_id, size_gb=request.size_gb
-    )
-    session.add(row)
+async def create(
+    session: AsyncSession,
+    principal: Principal,
+    request: CreateNetworkStorageRequest,
+    idempotency_key: str | None = None,
+) -> idempotency.Answer:
+    """Record the storage (its volume is made when a container first mounts it) and answer `{"id"}`; once per
+    Idempotency-Key."""
+
+    async def add() -> dict[str, str]:
+        if await session.get(IdcModel, request.region_id) is None:
+            raise InvalidField("region_id", f"no region {request.region_id}; GET /gpus/v2/regions lists them")
+        row = NetworkStorageModel(
+            org_id=principal.org_id, name=request.name, idc_id=request.region_id, size_gb=request.size_gb
+        )
+        session.add(row)
+        await session.flush()
+        return {"id": row.id}
+
+    body = request.model_dump(mode="json")
+    operation = "POST /gpus/v2/network-storages"
+    answer = await idempotency.once(session, principal.org_id, idempotency_key, operation, body, add)
     await session.commit()
-    return row.id
+    return answer
 
 
 async def get(session: AsyncSession, principal: Principal, storage_id: str) -> NetworkStorage:

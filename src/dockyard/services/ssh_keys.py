@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dockyard.db.models import SshKeyModel
 from dockyard.errors import InvalidField, NotFound
 from dockyard.schemas.ssh_keys import CreateSshKeyRequest, SshKey
+from dockyard.services import idempotency
 from dockyard.services.keys import Principal
 
 KEY_TYPES = (
@@ -71,12 +72,22 @@ async def get_row(session: AsyncSession, principal: Principal, key_id: str) -> S
     return row
 
 
-async def create(session: AsyncSession, principal: Principal, request: CreateSshKeyRequest) -> str:
-    public_key, fingerprint = parse_public_key(request.public_key)
-    row = SshKeyModel(org_id=principal.org_id, name=request.name, public_key=public_key, fingerprint=fingerprint)
-    session.add(row)
+async def create(
+    session: AsyncSession, principal: Principal, request: CreateSshKeyRequest, idempotency_key: str | None = None
+) -> idempotency.Answer:
+    """Record the key and answer `{"id"}`; once per Idempotency-Key."""
+
+    async def add() -> dict[str, str]:
+        public_key, fingerprint = parse_public_key(request.public_key)
+        row = SshKeyModel(org_id=principal.org_id, name=request.name, public_key=public_key, fingerprint=fingerprint)
+        session.add(row)
+        await session.flush()
+        return {"id": row.id}
+
+    body = request.model_dump(mode="json", by_alias=True)
+    answer = await idempotency.once(session, principal.org_id, idempotency_key, "POST /api/v1/ssh-keys", body, add)
     await session.commit()
-    return row.id
+    return answer
 
 
 async def get(session: AsyncSession, principal: Principal, key_id: str) -> SshKey:

@@ -14,6 +14,7 @@ from dockyard.errors import NotFound
 from dockyard.schemas.common import Page
 from dockyard.schemas.templates import CreateTemplateRequest, Template, TemplateCredential
 from dockyard.secrets import SecretBox, mask
+from dockyard.services import idempotency
 from dockyard.services.keys import Principal
 from dockyard.services.workloads import (
     encrypt_credential,
@@ -75,16 +76,30 @@ async def get_row(session: AsyncSession, principal: Principal, template_id: str)
     return row
 
 
-async def create(session: AsyncSession, box: SecretBox, principal: Principal, request: CreateTemplateRequest) -> str:
-    row = TemplateModel(
-        org_id=principal.org_id,
-        member_id=principal.member_id,
-        name=request.name,
-        spec=_spec(box, request, None).model_dump(mode="json"),
-    )
-    session.add(row)
+async def create(
+    session: AsyncSession,
+    box: SecretBox,
+    principal: Principal,
+    request: CreateTemplateRequest,
+    idempotency_key: str | None = None,
+) -> idempotency.Answer:
+    """Record the template and answer `{"id"}`; once per Idempotency-Key."""
+
+    async def add() -> dict[str, str]:
+        row = TemplateModel(
+            org_id=principal.org_id,
+            member_id=principal.member_id,
+            name=request.name,
+            spec=_spec(box, request, None).model_dump(mode="json"),
+        )
+        session.add(row)
+        await session.flush()
+        return {"id": row.id}
+
+    body = request.model_dump(mode="json", by_alias=True)
+    answer = await idempotency.once(session, principal.org_id, idempotency_key, "POST /api/v1/templates", body, add)
     await session.commit()
-    return row.id
+    return answer
 
 
 async def update(
