@@ -13,7 +13,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from dockyard import __version__
-from dockyard.api import admin, containers, health, idcs, network_storages, products, ssh_keys, templates
+from dockyard.api import (
+    admin,
+    containers,
+    health,
+    idcs,
+    network_storages,
+    products,
+    regions,
+    registry_auths,
+    ssh_keys,
+    templates,
+)
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
 from dockyard.db.migrate import migrate
@@ -121,6 +132,8 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         ssh_keys.router,
         idcs.router,
         network_storages.router,
+        registry_auths.router,
+        regions.router,
     ):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

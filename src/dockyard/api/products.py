@@ -1,4 +1,4 @@
-"""GMI `/api/v1/containers/products`."""
+"""GMI `/api/v1/containers/products` and PPIO `/gpus/v2/products`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from dockyard.api.deps import PrincipalDep, ReadSessionDep
+from dockyard.core.status import ProductCategory
 from dockyard.schemas.common import ERROR_RESPONSES
 from dockyard.schemas.containers import ID_PATTERN
-from dockyard.schemas.products import ProductInfo
+from dockyard.schemas.products import PpioProductList, ProductInfo
 from dockyard.services import products as service
 
 router = APIRouter(tags=["products"], responses=ERROR_RESPONSES)
@@ -24,3 +25,15 @@ async def list_products(
     ] = None,
 ) -> list[ProductInfo]:
     return await service.list_products(session, idc)
+
+
+@router.get("/gpus/v2/products", response_model=PpioProductList, summary="List products (PPIO)")
+async def list_ppio_products(
+    _: PrincipalDep,
+    session: ReadSessionDep,
+    category: Annotated[ProductCategory | None, Query(description="only this category's")] = None,
+    region_ids: Annotated[
+        str | None, Query(max_length=1024, description="comma-separated region ids: only these regions'")
+    ] = None,
+) -> PpioProductList:
+    return PpioProductList(data=await service.list_ppio_products(session, category, region_ids))

@@ -150,6 +150,19 @@ class NetworkStorageModel(Versioned, Base):
     )
 
 
+class RegistryAuthModel(Versioned, Base):
+    """Credentials for a private image registry, named by endpoints' `registry_auth_id`; the password is stored
+    encrypted and never answered."""
+
+    __tablename__ = "registry_auths"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    username: Mapped[str] = mapped_column(String(255))
+    password: Mapped[str] = mapped_column(Text)
+
+
 class ContainerModel(Versioned, Base):
     """A GPU container: desired state (spec, `desired`, `generation`) and observed state (status onwards).
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 11:08:44.277842
+Create Date: 2026-11-23 12:35:09.254909
 """
 
 from collections.abc import Sequence
@@ -243,6 +243,24 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_products_idc_id"), ["idc_id"], unique=False)
 
     op.create_table(
+        "registry_auths",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("org_id", sa.String(length=36), nullable=False),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("username", sa.String(length=255), nullable=False),
+        sa.Column("password", sa.Text(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("modified_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["org_id"], ["organizations.id"], name=op.f("fk_registry_auths_org_id_organizations"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_registry_auths")),
+    )
+    with op.batch_alter_table("registry_auths", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_registry_auths_org_id"), ["org_id"], unique=False)
+
+    op.create_table(
         "ssh_keys",
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("org_id", sa.String(length=36), nullable=False),
@@ -339,6 +357,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_ssh_keys_org_id"))
 
     op.drop_table("ssh_keys")
+    with op.batch_alter_table("registry_auths", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_registry_auths_org_id"))
+
+    op.drop_table("registry_auths")
     with op.batch_alter_table("products", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_products_idc_id"))
 
