@@ -36,6 +36,7 @@ from dockyard.services import idempotency, network_storages, ssh_keys, templates
 from dockyard.services.idcs import get_usable, gpus_by_idc
 from dockyard.services.keys import Principal
 from dockyard.services.products import matching_gpus
+from dockyard.services.tenancy import owned_row
 from dockyard.services.workloads import encrypt_envs, gmi_envs_in, gmi_envs_out, gmi_ports_in, split_command
 
 LOOP = "containers"
@@ -69,10 +70,7 @@ def _refuse_terminating(row: ContainerModel, action: str) -> None:
 
 async def get_row(session: AsyncSession, principal: Principal, container_id: str) -> ContainerModel:
     """The container if it is this organization's; another organization's is as missing as a wrong id."""
-    row = await session.get(ContainerModel, container_id)
-    if row is None or row.org_id != principal.org_id:
-        raise NotFound(f"container {container_id} not found; GET /api/v1/containers lists yours")
-    return row
+    return await owned_row(session, ContainerModel, principal, container_id, "container", "GET /api/v1/containers")
 
 
 async def _template_spec(session: AsyncSession, principal: Principal, template_id: str) -> WorkloadSpec:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.core.status import DesiredState, NetworkStorageStatus
 from dockyard.db.models import ContainerModel, IdcModel, NetworkStorageModel
-from dockyard.errors import Conflict, InvalidField, NotFound
+from dockyard.errors import Conflict, InvalidField
 from dockyard.schemas.network_storages import (
     CreateNetworkStorageRequest,
     NetworkStorage,
@@ -19,6 +19,7 @@ from dockyard.schemas.network_storages import (
 )
 from dockyard.services import idempotency
 from dockyard.services.keys import Principal
+from dockyard.services.tenancy import owned_row
 
 
 async def mounts(session: AsyncSession, org_id: str, storage_ids: Iterable[str]) -> dict[str, list[str]]:
@@ -52,10 +53,9 @@ def _wire(row: NetworkStorageModel, mounted_by: list[str]) -> NetworkStorage:
 
 async def get_row(session: AsyncSession, principal: Principal, storage_id: str) -> NetworkStorageModel:
     """The storage if it is this organization's; another organization's is as missing as a wrong id."""
-    row = await session.get(NetworkStorageModel, storage_id)
-    if row is None or row.org_id != principal.org_id:
-        raise NotFound(f"network storage {storage_id} not found")
-    return row
+    return await owned_row(
+        session, NetworkStorageModel, principal, storage_id, "network storage", "GET /gpus/v2/network-storages"
+    )
 
 
 async def create(

@@ -7,12 +7,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.db.models import RegistryAuthModel
-from dockyard.errors import NotFound
 from dockyard.runtimes import base as runtime
 from dockyard.schemas.registry_auths import CreateRegistryAuthRequest, RegistryAuth
 from dockyard.secrets import SecretBox
 from dockyard.services import idempotency
 from dockyard.services.keys import Principal
+from dockyard.services.tenancy import owned_row
 
 
 def _wire(row: RegistryAuthModel) -> RegistryAuth:
@@ -21,10 +21,9 @@ def _wire(row: RegistryAuthModel) -> RegistryAuth:
 
 async def get_row(session: AsyncSession, principal: Principal, auth_id: str) -> RegistryAuthModel:
     """The registry auth if it is this organization's; another organization's is as missing as a wrong id."""
-    row = await session.get(RegistryAuthModel, auth_id)
-    if row is None or row.org_id != principal.org_id:
-        raise NotFound(f"registry auth {auth_id} not found")
-    return row
+    return await owned_row(
+        session, RegistryAuthModel, principal, auth_id, "registry auth", "GET /gpus/v2/registry-auths"
+    )
 
 
 async def create(

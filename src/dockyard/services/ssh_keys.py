@@ -12,10 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.db.models import SshKeyModel
-from dockyard.errors import InvalidField, NotFound
+from dockyard.errors import InvalidField
 from dockyard.schemas.ssh_keys import CreateSshKeyRequest, SshKey
 from dockyard.services import idempotency
 from dockyard.services.keys import Principal
+from dockyard.services.tenancy import owned_row
 
 KEY_TYPES = (
     "ssh-ed25519",
@@ -66,10 +67,7 @@ def to_wire(row: SshKeyModel) -> SshKey:
 
 async def get_row(session: AsyncSession, principal: Principal, key_id: str) -> SshKeyModel:
     """The key if it is this organization's; another organization's is as missing as a wrong id."""
-    row = await session.get(SshKeyModel, key_id)
-    if row is None or row.org_id != principal.org_id:
-        raise NotFound(f"SSH key {key_id} not found; GET /api/v1/ssh-keys lists yours")
-    return row
+    return await owned_row(session, SshKeyModel, principal, key_id, "SSH key", "GET /api/v1/ssh-keys")
 
 
 async def create(

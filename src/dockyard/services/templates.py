@@ -10,12 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.models import TemplateModel
-from dockyard.errors import NotFound
 from dockyard.schemas.common import Page
 from dockyard.schemas.templates import CreateTemplateRequest, Template, TemplateCredential
 from dockyard.secrets import SecretBox, mask
 from dockyard.services import idempotency
 from dockyard.services.keys import Principal
+from dockyard.services.tenancy import owned_row
 from dockyard.services.workloads import (
     encrypt_credential,
     encrypt_envs,
@@ -70,10 +70,7 @@ def to_wire(box: SecretBox, row: TemplateModel) -> Template:
 
 async def get_row(session: AsyncSession, principal: Principal, template_id: str) -> TemplateModel:
     """The template if it is this organization's; another organization's is as missing as a wrong id."""
-    row = await session.get(TemplateModel, template_id)
-    if row is None or row.org_id != principal.org_id:
-        raise NotFound(f"template {template_id} not found")
-    return row
+    return await owned_row(session, TemplateModel, principal, template_id, "template", "GET /api/v1/templates")
 
 
 async def create(
