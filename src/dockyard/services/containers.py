@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
-from dockyard.core.status import ContainerStatus, DesiredState, IPStatus, NetworkStorageStatus, ProductCategory
+from dockyard.core.status import ContainerStatus, DesiredState, IPStatus, ProductCategory
 from dockyard.core.workload import EnvVar, PortSpec, VolumeSpec, WorkloadSpec
 from dockyard.db.base import new_id
 from dockyard.db.models import ContainerModel, IdcModel, ProductModel
@@ -126,28 +126,10 @@ async def _product(session: AsyncSession, idc: IdcModel, product_id: str) -> Pro
 async def _volumes(
     session: AsyncSession, principal: Principal, idc_id: str, storages: Sequence[Storage]
 ) -> list[VolumeSpec]:
-    volumes: list[VolumeSpec] = []
-    paths: set[str] = set()
-    for index, storage in enumerate(storages):
-        field = f"storages[{index}]"
-        try:
-            row = await network_storages.get_row(session, principal, storage.id)
-        except NotFound:
-            raise InvalidField(
-                f"{field}.id", f"network storage {storage.id} not found; POST /gpus/v2/network-storages creates one"
-            ) from None
-        if row.idc_id != idc_id:
-            raise InvalidField(
-                f"{field}.id", f"network storage {storage.id} is in IDC {row.idc_id}, not {idc_id}; use one of {idc_id}"
-            )
-        if row.status == NetworkStorageStatus.DELETING:
-            raise InvalidField(f"{field}.id", f"network storage {storage.id} is being deleted; use another one")
-        path = storage.container_path.rstrip("/") or "/"
-        if path in paths:
-            raise InvalidField(f"{field}.containerPath", f"{path} is mounted twice; give each storage its own path")
-        paths.add(path)
-        volumes.append(VolumeSpec(storage_id=storage.id, mount_path=path))
-    return volumes
+    requested = [(storage.id, storage.container_path) for storage in storages]
+    return await network_storages.volume_specs(
+        session, principal, idc_id, requested, field="storages", path_field="containerPath", place="IDC"
+    )
 
 
 async def _check_host_ports(

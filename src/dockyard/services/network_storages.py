@@ -4,14 +4,15 @@ the volume, then the row."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.core.status import DesiredState, NetworkStorageStatus
+from dockyard.core.workload import VolumeSpec
 from dockyard.db.models import ContainerModel, IdcModel, NetworkStorageModel
-from dockyard.errors import Conflict, InvalidField
+from dockyard.errors import Conflict, InvalidField, NotFound
 from dockyard.schemas.network_storages import (
     CreateNetworkStorageRequest,
     NetworkStorage,
@@ -128,3 +129,40 @@ async def delete(session: AsyncSession, principal: Principal, storage_id: str) -
     if row.status != NetworkStorageStatus.DELETING:
         row.status = NetworkStorageStatus.DELETING
         await session.commit()
+
+
+async def volume_specs(
+    session: AsyncSession,
+    principal: Principal,
+    idc_id: str,
+    requested: Sequence[tuple[str, str]],
+    *,
+    field: str,
+    path_field: str,
+    place: str,
+) -> list[VolumeSpec]:
+    """The `(storage id, mount path)` pairs a workload asks for, as volumes: each storage the caller's, in
+    `idc_id`, not being deleted, and each path used once. Errors name `field[i].id` or `field[i].<path_field>`;
+    `place` is what the API family calls an IDC ("IDC", "region")."""
+    volumes: list[VolumeSpec] = []
+    paths: set[str] = set()
+    for index, (storage_id, mount_path) in enumerate(requested):
+        item = f"{field}[{index}]"
+        try:
+            row = await get_row(session, principal, storage_id)
+        except NotFound:
+            raise InvalidField(
+                f"{item}.id", f"network storage {storage_id} not found; POST /gpus/v2/network-storages creates one"
+            ) from None
+        if row.idc_id != idc_id:
+            raise InvalidField(
+                f"{item}.id", f"network storage {storage_id} is in {place} {row.idc_id}, not {idc_id}; use one there"
+            )
+        if row.status == NetworkStorageStatus.DELETING:
+            raise InvalidField(f"{item}.id", f"network storage {storage_id} is being deleted; use another one")
+        path = mount_path.rstrip("/") or "/"
+        if path in paths:
+            raise InvalidField(f"{item}.{path_field}", f"{path} is mounted twice; give each storage its own path")
+        paths.add(path)
+        volumes.append(VolumeSpec(storage_id=storage_id, mount_path=path))
+    return volumes
