@@ -16,6 +16,7 @@ from dockyard import __version__
 from dockyard.api import (
     admin,
     containers,
+    endpoints,
     health,
     idcs,
     network_storages,
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         network_storages.router,
         registry_auths.router,
         regions.router,
+        endpoints.router,
     ):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

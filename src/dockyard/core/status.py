@@ -28,6 +28,38 @@ class DesiredState(StrEnum):
     DELETED = "deleted"
 
 
+class EndpointType(StrEnum):
+    SYNC = "sync"  # requests proxied to a worker through the gateway
+    ASYNC = "async"  # jobs queued and taken by workers over the webhook protocol
+
+
+class EndpointStatus(StrEnum):
+    """PPIO endpoint statuses (ours, documented in API.md §1)."""
+
+    DEPLOYING = "deploying"  # created; its first workers are being placed
+    RUNNING = "running"
+    UPDATING = "updating"  # the worker template changed; workers are being rolled
+    FAILED = "failed"
+    DELETING = "deleting"  # deletion asked for; workers are drained, then removed
+
+
+class WorkerStatus(StrEnum):
+    """An endpoint worker's lifecycle: pending -> starting -> ready -> draining -> stopping -> gone."""
+
+    PENDING = "pending"  # wanted, not yet placed on a node
+    STARTING = "starting"  # created on the runtime, not yet answering its health check
+    READY = "ready"
+    DRAINING = "draining"  # takes no new requests; finishes those in flight
+    STOPPING = "stopping"
+    FAILED = "failed"
+    EXITED = "exited"
+
+
+class PolicyType(StrEnum):
+    QUEUE = "queue"  # scale up when a request has waited longer than `value` seconds
+    CONCURRENCY = "concurrency"  # about `value` queued-or-in-flight requests per worker
+
+
 class IdcStatus(StrEnum):
     AVAILABLE = "available"
     FULL = "full"

@@ -15,11 +15,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 from dockyard.core.status import (
     ContainerStatus,
     DesiredState,
+    EndpointStatus,
+    EndpointType,
     GpuSource,
     IdcStatus,
     NetworkStorageStatus,
     ProductCategory,
     RuntimeKind,
+    WorkerStatus,
 )
 from dockyard.db.base import Base, Versioned, new_id, utcnow
 
@@ -198,6 +201,56 @@ class ContainerModel(Versioned, Base):
     observed_restart_generation: Mapped[int] = mapped_column(Integer, default=0)
     missing_since: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class EndpointModel(Versioned, Base):
+    """A serverless endpoint: desired state (spec, worker_config, policy, `desired`, `desired_replicas`,
+    `generation`) and its observed status.
+
+    `spec` is the worker template, a `WorkloadSpec` (envs encrypted). `generation` counts changes to what a
+    worker runs (the spec, the product, the region); a change to scaling bounds or policy does not bump it.
+    `desired_replicas` is the autoscaler's figure, kept within the worker_config's min and max.
+    """
+
+    __tablename__ = "endpoints"
+    # The PPIO list is one organization's rows newest first, paged by (created_at, id); this index answers it.
+    __table_args__ = (Index("ix_endpoints_org_id_created_at", "org_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    member_id: Mapped[str] = mapped_column(String(36), default="")
+    type: Mapped[EndpointType] = mapped_column(_enum(EndpointType))
+    name: Mapped[str] = mapped_column(String(255))
+    app_name: Mapped[str] = mapped_column(String(255), default="")
+    product_id: Mapped[str] = mapped_column(String(256))
+    idc_id: Mapped[str] = mapped_column(String(50))  # PPIO's region_id
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    worker_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    desired: Mapped[DesiredState] = mapped_column(_enum(DesiredState), default=DesiredState.RUNNING, index=True)
+    desired_replicas: Mapped[int] = mapped_column(Integer, default=0)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[EndpointStatus] = mapped_column(_enum(EndpointStatus), default=EndpointStatus.DEPLOYING)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class WorkerModel(Versioned, Base):
+    """One worker container of an endpoint, at the endpoint `generation` it was created for."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[str] = mapped_column(String(36), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    status: Mapped[WorkerStatus] = mapped_column(_enum(WorkerStatus), default=WorkerStatus.PENDING)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    health: Mapped[bool] = mapped_column(Boolean, default=False)  # the last health check's result
+    drain: Mapped[bool] = mapped_column(Boolean, default=False)  # takes no new requests
+    runtime_id: Mapped[str] = mapped_column(String(128), default="")
+    node_id: Mapped[str] = mapped_column(String(255), default="")
+    gpu_uuids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    published_ports: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
 
 class EventModel(Base):

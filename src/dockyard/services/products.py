@@ -74,6 +74,12 @@ async def _offers(session: AsyncSession, query: Select[ProductModel], idc_id: st
     return result
 
 
+async def offer(session: AsyncSession, product_id: str) -> Offer | None:
+    """The one product as offered in its IDC now, judged as the product lists judge it; None when unknown."""
+    offers = await _offers(session, select(ProductModel).where(ProductModel.id == product_id), None)
+    return offers[0] if offers else None
+
+
 async def list_products(session: AsyncSession, idc_id: str | None) -> list[ProductInfo]:
     query = select(ProductModel).order_by(ProductModel.idc_id, ProductModel.id)
     if idc_id is not None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 12:35:09.254909
+Create Date: 2026-11-23 12:46:27.135288
 """
 
 from collections.abc import Sequence
@@ -150,6 +150,54 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_containers_name"), ["name"], unique=False)
         batch_op.create_index(batch_op.f("ix_containers_org_id"), ["org_id"], unique=False)
         batch_op.create_index("ix_containers_org_id_created_at", ["org_id", "created_at"], unique=False)
+
+    op.create_table(
+        "endpoints",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("org_id", sa.String(length=36), nullable=False),
+        sa.Column("member_id", sa.String(length=36), nullable=False),
+        sa.Column("type", sa.Enum("sync", "async", name="endpointtype", native_enum=False, length=32), nullable=False),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("app_name", sa.String(length=255), nullable=False),
+        sa.Column("product_id", sa.String(length=256), nullable=False),
+        sa.Column("idc_id", sa.String(length=50), nullable=False),
+        sa.Column("spec", sa.JSON(), nullable=False),
+        sa.Column("worker_config", sa.JSON(), nullable=False),
+        sa.Column("policy", sa.JSON(), nullable=False),
+        sa.Column(
+            "desired",
+            sa.Enum("running", "stopped", "deleted", name="desiredstate", native_enum=False, length=32),
+            nullable=False,
+        ),
+        sa.Column("desired_replicas", sa.Integer(), nullable=False),
+        sa.Column("generation", sa.Integer(), nullable=False),
+        sa.Column(
+            "status",
+            sa.Enum(
+                "deploying",
+                "running",
+                "updating",
+                "failed",
+                "deleting",
+                name="endpointstatus",
+                native_enum=False,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("modified_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["org_id"], ["organizations.id"], name=op.f("fk_endpoints_org_id_organizations"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_endpoints")),
+    )
+    with op.batch_alter_table("endpoints", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_endpoints_desired"), ["desired"], unique=False)
+        batch_op.create_index(batch_op.f("ix_endpoints_org_id"), ["org_id"], unique=False)
+        batch_op.create_index("ix_endpoints_org_id_created_at", ["org_id", "created_at"], unique=False)
 
     op.create_table(
         "members",
@@ -336,11 +384,57 @@ def upgrade() -> None:
     with op.batch_alter_table("gpus", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_gpus_node_id"), ["node_id"], unique=False)
 
+    op.create_table(
+        "workers",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("endpoint_id", sa.String(length=36), nullable=False),
+        sa.Column("org_id", sa.String(length=36), nullable=False),
+        sa.Column("generation", sa.Integer(), nullable=False),
+        sa.Column(
+            "status",
+            sa.Enum(
+                "pending",
+                "starting",
+                "ready",
+                "draining",
+                "stopping",
+                "failed",
+                "exited",
+                name="workerstatus",
+                native_enum=False,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("health", sa.Boolean(), nullable=False),
+        sa.Column("drain", sa.Boolean(), nullable=False),
+        sa.Column("runtime_id", sa.String(length=128), nullable=False),
+        sa.Column("node_id", sa.String(length=255), nullable=False),
+        sa.Column("gpu_uuids", sa.JSON(), nullable=False),
+        sa.Column("published_ports", sa.JSON(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("modified_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["endpoint_id"], ["endpoints.id"], name=op.f("fk_workers_endpoint_id_endpoints"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_workers")),
+    )
+    with op.batch_alter_table("workers", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_workers_endpoint_id"), ["endpoint_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_workers_org_id"), ["org_id"], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("workers", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_workers_org_id"))
+        batch_op.drop_index(batch_op.f("ix_workers_endpoint_id"))
+
+    op.drop_table("workers")
     with op.batch_alter_table("gpus", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_gpus_node_id"))
 
@@ -378,6 +472,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_members_org_id"))
 
     op.drop_table("members")
+    with op.batch_alter_table("endpoints", schema=None) as batch_op:
+        batch_op.drop_index("ix_endpoints_org_id_created_at")
+        batch_op.drop_index(batch_op.f("ix_endpoints_org_id"))
+        batch_op.drop_index(batch_op.f("ix_endpoints_desired"))
+
+    op.drop_table("endpoints")
     with op.batch_alter_table("containers", schema=None) as batch_op:
         batch_op.drop_index("ix_containers_org_id_created_at")
         batch_op.drop_index(batch_op.f("ix_containers_org_id"))

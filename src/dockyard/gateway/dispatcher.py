@@ -1,0 +1,270 @@
+"""Which ready worker serves the next request of one endpoint: a bounded FIFO queue and least-loaded dispatch.
+
+One `EndpointDispatcher` per endpoint, living on one event loop; it knows nothing of HTTP or the database.
+
+Contract:
+- `async with dispatcher.acquire(deadline) as worker_id:` hands out the ready worker with the fewest requests in
+  flight among those with a free slot (in flight < `max_concurrent_per_worker`); ties go to the worker that has
+  been ready longest. The slot is held for the body and released in `__aexit__`, whatever ends the body (an
+  exception, or the task cancelled because the client went away).
+- With no free slot the request waits in a FIFO queue: a freed slot goes to the oldest waiter. When
+  `queue_limit` requests already wait, `acquire` raises `QueueFull` at once, before any waiting. When
+  `deadline` (on the running loop's clock, `loop.time()`, counted by the caller from the request's arrival)
+  passes first, it raises `DispatchTimeout`. A waiter cancelled while queued leaves the queue; one cancelled in
+  the same tick as it was handed a slot gives that slot back.
+- Readiness is pushed: `set_workers`, `worker_ready`, `worker_draining` and `worker_gone` change the ready set
+  and, within the same call, hand every slot they free to the waiters, which resume on the loop's next turn.
+  Nothing here polls or sleeps. A worker that is draining or gone gets no new request; the requests it already
+  holds keep their slots until their holders release them.
+- `on_demand()` is called synchronously when a request arrives and no worker is ready at all, so that the
+  first request to an endpoint scaled to zero starts a worker without waiting for the autoscaler's next tick.
+  It must be cheap and must not block; an exception from it is logged and the request is still served.
+- The autoscaler's figures are O(1): `queued`, `in_flight`, `oldest_wait()` and `in_flight_by_worker` (a live
+  read-only view holding every ready worker and every other worker with a request still in flight).
+
+Everything runs synchronously between awaits on one loop, so no lock is needed and none is ever held while user
+code runs. The fast path (a free slot, nobody waiting) allocates only the `Lease`; a queued request adds one
+future, one timer handle and one queue node. Choosing a worker scans the ready workers: an endpoint runs at most
+`max_replicas` (≤ 1000, usually a handful), and a scan keeps release and readiness changes O(1) where a heap
+would need re-keying on every release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType, TracebackType
+
+log = logging.getLogger(__name__)
+
+
+class DispatchError(Exception):
+    """A request that could not be given a worker."""
+
+
+class QueueFull(DispatchError):
+    """The endpoint's queue is at its bound; the client should come back after `retry_after` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"queue full, retry after {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
+class DispatchTimeout(DispatchError):
+    """The request's deadline passed before a worker had a free slot for it."""
+
+
+class Lease:
+    """One request's claim on a worker slot; made by `EndpointDispatcher.acquire`, entered once."""
+
+    __slots__ = ("_deadline", "_dispatcher", "_worker")
+
+    def __init__(self, dispatcher: EndpointDispatcher, deadline: float) -> None:
+        self._dispatcher = dispatcher
+        self._deadline = deadline
+        self._worker = ""
+
+    async def __aenter__(self) -> str:
+        dispatcher = self._dispatcher
+        worker = dispatcher._take_free()
+        if worker is None:
+            worker = await dispatcher._wait(self._deadline)
+        self._worker = worker
+        return worker
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._dispatcher._release(self._worker)
+
+
+class EndpointDispatcher:
+    """The queue and the ready workers of one endpoint; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        *,
+        queue_limit: int,
+        max_concurrent_per_worker: int,
+        on_demand: Callable[[], None] | None = None,
+        min_retry_after: float = 1.0,
+    ) -> None:
+        if queue_limit < 0:
+            raise ValueError("queue_limit must be 0 or more")
+        if max_concurrent_per_worker < 1:
+            raise ValueError("max_concurrent_per_worker must be 1 or more")
+        self.queue_limit = queue_limit
+        self.max_concurrent_per_worker = max_concurrent_per_worker
+        self.on_demand = on_demand
+        self.min_retry_after = min_retry_after
+        # A dict rather than a set: its insertion order makes ties go to the longest-ready worker, the same way
+        # on every run.
+        self._ready: dict[str, None] = {}
+        self._load: dict[str, int] = {}
+        self._load_view = MappingProxyType(self._load)
+        self._in_flight = 0
+        # Waiter future -> loop time it was queued. OrderedDict pops its head and deletes from its middle in
+        # O(1); a plain dict's pop-first degrades as deleted slots pile up at its front.
+        self._waiters: OrderedDict[asyncio.Future[str], float] = OrderedDict()
+
+    # Figures for the autoscaler and /metrics.
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot."""
+        return len(self._waiters)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding a slot, on any worker."""
+        return self._in_flight
+
+    @property
+    def in_flight_by_worker(self) -> Mapping[str, int]:
+        """Live read-only view: ready workers (0 when idle) and any other worker still holding requests."""
+        return self._load_view
+
+    @property
+    def ready_workers(self) -> int:
+        """Workers that take new requests."""
+        return len(self._ready)
+
+    def oldest_wait(self) -> float:
+        """Seconds the oldest queued request has waited; 0 when none waits. Call it on the dispatcher's loop."""
+        if not self._waiters:
+            return 0.0
+        queued_at = next(iter(self._waiters.values()))
+        return asyncio.get_running_loop().time() - queued_at
+
+    # Readiness, pushed by the health prober, worker pings and the reconciler.
+
+    def set_workers(self, worker_ids: Iterable[str]) -> None:
+        """Make exactly `worker_ids` the ready workers (after a restart or a full resync); the rest drain."""
+        wanted = dict.fromkeys(worker_ids)
+        for worker in [w for w in self._ready if w not in wanted]:
+            self._retire(worker)
+        for worker in wanted:
+            if worker not in self._ready:
+                self._ready[worker] = None
+                self._load.setdefault(worker, 0)
+        self._dispatch()
+
+    def worker_ready(self, worker_id: str) -> None:
+        """`worker_id` takes requests from now on; waiters are handed its slots before this returns."""
+        if worker_id in self._ready:
+            return
+        self._ready[worker_id] = None
+        self._load.setdefault(worker_id, 0)
+        self._dispatch()
+
+    def worker_draining(self, worker_id: str) -> None:
+        """`worker_id` gets no new request; the ones it holds finish and release their slots as usual."""
+        self._retire(worker_id)
+
+    def worker_gone(self, worker_id: str) -> None:
+        """`worker_id` no longer exists. Its holders see their upstream call fail and release as usual, so the
+        bookkeeping is the same as for a drain; this name says what the caller observed."""
+        self._retire(worker_id)
+
+    # Dispatch.
+
+    def acquire(self, deadline: float) -> Lease:
+        """A slot on a ready worker, held for the `async with` body; see the module docstring."""
+        return Lease(self, deadline)
+
+    def _take_free(self) -> str | None:
+        """A slot at once, when one is free. While requests wait no slot is free (each freed slot goes to them
+        in the call that frees it), so the scan is skipped."""
+        if self._waiters:
+            return None
+        worker = self._pick()
+        if worker is not None:
+            self._load[worker] += 1
+            self._in_flight += 1
+        return worker
+
+    async def _wait(self, deadline: float) -> str:
+        if not self._ready and self.on_demand is not None:
+            try:
+                self.on_demand()
+            except Exception:
+                log.exception("on_demand hook failed; the request waits for the autoscaler")
+        if len(self._waiters) >= self.queue_limit:
+            raise QueueFull(self._retry_after())
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if deadline <= now:
+            raise DispatchTimeout()
+        future: asyncio.Future[str] = loop.create_future()
+        self._waiters[future] = now
+        timer = loop.call_at(deadline, self._expire, future)
+        try:
+            return await future
+        except BaseException:
+            self._waiters.pop(future, None)
+            # Cancelled in the same tick as it was handed a slot: the future holds a worker that the body will
+            # never release, so give the slot to the next waiter now. exception() also marks a timeout that
+            # raced with the cancellation as retrieved, so asyncio does not log it as lost.
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._release(future.result())
+            raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, future: asyncio.Future[str]) -> None:
+        if not future.done():
+            del self._waiters[future]
+            future.set_exception(DispatchTimeout())
+
+    def _pick(self) -> str | None:
+        """The least-loaded ready worker with a free slot."""
+        best: str | None = None
+        best_load = self.max_concurrent_per_worker
+        load = self._load
+        for worker in self._ready:
+            current = load[worker]
+            if current < best_load:
+                if current == 0:
+                    return worker
+                best, best_load = worker, current
+        return best
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiters, oldest first, until either runs out."""
+        waiters = self._waiters
+        while waiters:
+            worker = self._pick()
+            if worker is None:
+                return
+            future, _ = waiters.popitem(last=False)
+            # A cancelled waiter's future is done before its task runs its cleanup; skip it.
+            if future.done():
+                continue
+            self._load[worker] += 1
+            self._in_flight += 1
+            future.set_result(worker)
+
+    def _release(self, worker: str) -> None:
+        remaining = self._load[worker] - 1
+        self._in_flight -= 1
+        if worker in self._ready:
+            self._load[worker] = remaining
+            if self._waiters:
+                self._dispatch()
+        elif remaining:
+            self._load[worker] = remaining
+        else:
+            del self._load[worker]
+
+    def _retire(self, worker: str) -> None:
+        if worker in self._ready:
+            del self._ready[worker]
+            if not self._load[worker]:
+                del self._load[worker]
+
+    def _retry_after(self) -> float:
+        """The oldest waiter has already waited this long and is still not served, so the queue turns over no
+        faster than that; a client told to come back sooner would most likely be refused again."""
+        return max(self.min_retry_after, self.oldest_wait())
