@@ -77,3 +77,33 @@ def python_image(engine_url: str) -> str:
     """A Debian minbase root with python3 (debootstrap, built once per machine)."""
     _ensure_image(PYTHON_IMAGE)
     return PYTHON_IMAGE
+
+
+WORKER_IMAGE = "localhost/dockyard-worker"
+
+
+@pytest.fixture(scope="session")
+def worker_images(python_image: str) -> dict[str, str]:
+    """The example endpoint worker (examples/worker) as two images that differ only in the version they
+    report: {"1": "localhost/dockyard-worker:1", "2": "...:2"}. Rebuilt every session (a build of one COPY takes
+    under a second), so a change to worker.py is always in the image."""
+    images = {}
+    for version in ("1", "2"):
+        image = f"{WORKER_IMAGE}:{version}"
+        subprocess.run(
+            [
+                "podman",
+                "build",
+                "-q",
+                "--no-cache",
+                "--build-arg",
+                f"VERSION={version}",
+                "-t",
+                image,
+                str(ROOT / "examples/worker"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        images[version] = image
+    return images

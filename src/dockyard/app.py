@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from sqlalchemy import select
@@ -16,6 +17,7 @@ from dockyard import __version__
 from dockyard.api import (
     admin,
     containers,
+    endpoint_workers,
     endpoints,
     health,
     idcs,
@@ -32,14 +34,20 @@ from dockyard.db.migrate import migrate
 from dockyard.db.models import IdcModel
 from dockyard.db.session import Database
 from dockyard.errors import error_response, install_error_handlers
+from dockyard.gateway import metrics as gateway_metrics
+from dockyard.gateway.autoscaler import Autoscaler
+from dockyard.gateway.front import Front
+from dockyard.gateway.proxy import GatewayApp
 from dockyard.logs import configure_logging
 from dockyard.middleware import BodyLimitMiddleware, MetricsMiddleware
 from dockyard.reconcilers.containers import ContainerReconciler
+from dockyard.reconcilers.endpoints import EndpointReconciler
 from dockyard.reconcilers.network_storages import NetworkStorageReconciler
 from dockyard.reconcilers.supervisor import Loop, Supervisor
 from dockyard.runtimes.base import Runtime
 from dockyard.runtimes.factory import build_runtime
 from dockyard.secrets import SecretBox
+from dockyard.services import keys
 from dockyard.services.bootstrap import bootstrap
 
 log = logging.getLogger(__name__)
@@ -59,8 +67,13 @@ Authenticate with `Authorization: Bearer <api key>`. Every error has the body
 
 
 def build_loops(context: ServerContext) -> list[Loop]:
-    """The reconcile loops this server runs while it holds the lease."""
-    return [ContainerReconciler(context), NetworkStorageReconciler(context)]
+    """The reconcile loops this server runs while it holds the lease. The autoscaler is told at once when a
+    request reaches an endpoint with no ready worker (the gateway's on-demand hook)."""
+    autoscaler = Autoscaler(context)
+    context.routes.on_demand = autoscaler.on_demand
+    endpoints = EndpointReconciler(context)
+    context.routes.on_worker_error = endpoints.prober.recheck  # a worker the proxy could not reach: probe it now
+    return [ContainerReconciler(context), NetworkStorageReconciler(context), endpoints, autoscaler]
 
 
 async def _on_stale(_: object, exc: Exception) -> object:
@@ -120,6 +133,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         redoc_url="/redoc",
     )
     app.state.context = context
+    gateway_metrics.register(context.registry, context.routes)
     install_error_handlers(app)
     app.add_exception_handler(StaleDataError, _on_stale)  # type: ignore[arg-type]
     app.add_exception_handler(IntegrityError, _on_integrity)  # type: ignore[arg-type]
@@ -136,10 +150,19 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         registry_auths.router,
         regions.router,
         endpoints.router,
+        endpoint_workers.router,
     ):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, registry=context.registry)
+    # Outermost: endpoint traffic goes to the gateway before any API middleware sees it (gateway/front.py).
+    gateway = GatewayApp(
+        context.routes,
+        partial(keys.org_of, context),
+        context.registry,
+        on_worker_error=context.routes.worker_error,
+    )
+    app.add_middleware(Front, gateway=gateway, routes=context.routes)
     return app
 
 

@@ -1,18 +1,24 @@
-"""The Python SDK for Dockyard's GPU containers API (`/api/v1`, GMI Cloud's shapes).
+"""The Python SDK for Dockyard: GPU containers (`/api/v1`, GMI Cloud's shapes) and serverless endpoints
+(`/gpus/v2/endpoints`, PPIO's shapes).
 
 One method per route, each returning the decoded JSON answer. Request bodies are the wire shapes of the API
-(camelCase; the server's `/docs` shows every field). Every failure raises a `DockyardError` whose `message`
-says what to do: `ApiError` for an error answer, `ServerUnreachable` when no answer came at all.
+(camelCase for containers, snake_case for endpoints; the server's `/docs` shows every field). Every failure
+raises a `DockyardError` whose `message` says what to do: `ApiError` for an error answer, `ServerUnreachable`
+when no answer came at all. Invoking an endpoint is the exception: its answer is the worker's, returned as is.
 
     with Client("http://127.0.0.1:8080", api_key) as client:
         ids = [c["id"] for c in client.create_containers({...})]
         client.wait_for_containers(ids)
+        endpoint_id = client.create_endpoint({...})["id"]
+        client.wait_for_endpoint(endpoint_id)
+        print(client.invoke_endpoint(endpoint_id, "v1/chat/completions", json={...}).json())
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 import httpx
@@ -21,6 +27,10 @@ from dockyard import __version__
 
 GONE = "gone"
 """The pseudo-status `wait_for_containers` reports for a container the server no longer has (404)."""
+
+INVOKE_TIMEOUT = 3600.0 + 30.0
+"""Seconds an invocation waits for more bytes by default: past the longest `request_timeout`, so that the gateway's
+own deadline (its 504 and message) comes first."""
 
 Json = dict[str, Any]
 ChangeCallback = Callable[[dict[str, Json | None]], None]
@@ -62,6 +72,16 @@ class ContainerFailed(DockyardError):
         self.container = container
 
 
+class EndpointFailed(DockyardError):
+    """An endpoint being waited for went to `failed` (or is being deleted); `endpoint` is its last state."""
+
+    def __init__(self, endpoint: Json) -> None:
+        status = endpoint.get("status") or {}
+        reason = status.get("error") or status.get("message") or "no reason recorded"
+        super().__init__(f"endpoint {endpoint_label(endpoint)} is {status.get('status', 'failed')}: {reason}")
+        self.endpoint = endpoint
+
+
 class WaitTimeout(DockyardError):
     """The wanted statuses were not all reached in time; `containers` holds the last observed states."""
 
@@ -93,6 +113,22 @@ def _api_error(response: httpx.Response) -> ApiError:
     )
 
 
+def endpoint_label(endpoint: Json) -> str:
+    """`name (id)` for messages; the id alone when the name says nothing more."""
+    name, endpoint_id = endpoint.get("name", ""), endpoint.get("id", "")
+    return f"{name} ({endpoint_id})" if name and name != endpoint_id else str(endpoint_id)
+
+
+def ready_workers(endpoint: Json) -> int:
+    return sum(1 for worker in endpoint.get("workers") or [] if (worker.get("status") or {}).get("status") == "ready")
+
+
+def endpoint_is_up(endpoint: Json) -> bool:
+    """`running` with at least `min_replicas` ready workers: what `wait_for_endpoint` waits for."""
+    wanted = int((endpoint.get("worker_config") or {}).get("min_replicas", 0))
+    return (endpoint.get("status") or {}).get("status") == "running" and ready_workers(endpoint) >= wanted
+
+
 def _params(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
@@ -116,6 +152,7 @@ class Client:
             timeout=timeout,
             transport=transport,
         )
+        self._endpoint_urls: dict[str, str] = {}
 
     def close(self) -> None:
         self._http.close()
@@ -202,8 +239,9 @@ class Client:
         self, container_id: str, *, tail: int | None = None, since: str | None = None
     ) -> Iterator[str]:
         """The output as it comes, in text chunks, until the container stops or the caller stops iterating."""
-        params = _params(tail=tail, since=since, follow="true")
-        path = f"/api/v1/containers/{container_id}/logs"
+        return self._follow(f"/api/v1/containers/{container_id}/logs", _params(tail=tail, since=since, follow="true"))
+
+    def _follow(self, path: str, params: Mapping[str, Any]) -> Iterator[str]:
         try:
             # A follow has no natural end: only connecting is bounded, never the wait for more output.
             timeout = httpx.Timeout(self._http.timeout.connect, read=None)
@@ -312,3 +350,159 @@ class Client:
 
     def list_products(self, *, idc: str | None = None) -> list[Json]:
         return self._list("GET", "/api/v1/containers/products", params=_params(idc=idc))
+
+    # Serverless endpoints.
+
+    def create_endpoint(self, request: Mapping[str, Any]) -> Json:
+        """POST /gpus/v2/endpoints `{type, name, product_id, image, worker_config{max_replicas, ...}, ...}`;
+        answers `{"id": ...}` at once (status `deploying`)."""
+        return self._object("POST", "/gpus/v2/endpoints", json=dict(request))
+
+    def list_endpoints(
+        self, *, keyword: str | None = None, member_ids: str | None = None, page_size: int = 100
+    ) -> Iterator[Json]:
+        """Every endpoint, newest first, fetching the cursor pages `page_size` at a time as iteration needs them."""
+        params = _params(limit=page_size, keyword=keyword, member_ids=member_ids)
+        while True:
+            page = self._object("GET", "/gpus/v2/endpoints", params=params)
+            yield from page.get("data", [])
+            if not page.get("has_more") or not page.get("next_cursor"):
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def get_endpoint(self, endpoint_id: str) -> Json:
+        return self._object("GET", f"/gpus/v2/endpoints/{endpoint_id}")
+
+    def update_endpoint(self, endpoint_id: str, request: Mapping[str, Any]) -> Json:
+        """PUT: the sent fields replace the current ones (a sent `worker_config` whole); a change to what a
+        worker runs rolls the workers (status `updating`)."""
+        return self._object("PUT", f"/gpus/v2/endpoints/{endpoint_id}", json=dict(request))
+
+    def delete_endpoint(self, endpoint_id: str) -> Json:
+        """Marks the endpoint `deleting`; its workers are drained, then removed."""
+        return self._object("DELETE", f"/gpus/v2/endpoints/{endpoint_id}")
+
+    def endpoint_workers(self, endpoint_id: str) -> list[Json]:
+        """Every worker, oldest first: `{id, status{status,error,message}, log, health, drain, generation, ...}`."""
+        return cast(list[Json], self._object("GET", f"/gpus/v2/endpoints/{endpoint_id}/workers")["data"])
+
+    def worker_logs(
+        self, endpoint_id: str, worker_id: str, *, tail: int | None = None, since: str | None = None
+    ) -> str:
+        """The worker's output so far (stdout and stderr interleaved)."""
+        path = f"/gpus/v2/endpoints/{endpoint_id}/workers/{worker_id}/logs"
+        return self._request("GET", path, params=_params(tail=tail, since=since)).text
+
+    def follow_worker_logs(
+        self, endpoint_id: str, worker_id: str, *, tail: int | None = None, since: str | None = None
+    ) -> Iterator[str]:
+        """The worker's output as it comes, in text chunks, until it stops or the caller stops iterating."""
+        path = f"/gpus/v2/endpoints/{endpoint_id}/workers/{worker_id}/logs"
+        return self._follow(path, _params(tail=tail, since=since, follow="true"))
+
+    def endpoint_events(self, endpoint_id: str, *, limit: int = 50) -> list[Json]:
+        """The latest `limit` decisions about the endpoint, newest first: `[{type, message, created_at}]`."""
+        path = f"/gpus/v2/endpoints/{endpoint_id}/events"
+        return cast(list[Json], self._object("GET", path, params={"limit": limit})["data"])
+
+    def wait_for_endpoint(
+        self,
+        endpoint_id: str,
+        *,
+        timeout: float = 600.0,
+        on_change: Callable[[Json], None] | None = None,
+        interval: float = 0.5,
+    ) -> Json:
+        """Poll the endpoint every `interval` seconds until it is `running` with at least `min_replicas` ready
+        workers, and return its last state. `failed` or `deleting` stops the wait with `EndpointFailed`;
+        `WaitTimeout` after `timeout` seconds. `on_change` gets the state whenever its status or a worker's
+        changes."""
+        deadline = time.monotonic() + timeout
+        seen: object = None
+        while True:
+            endpoint = self.get_endpoint(endpoint_id)
+            key = (endpoint.get("status"), [(w.get("id"), w.get("status")) for w in endpoint.get("workers") or []])
+            if key != seen and on_change is not None:
+                on_change(endpoint)
+            seen = key
+            status = (endpoint.get("status") or {}).get("status")
+            if endpoint_is_up(endpoint):
+                return endpoint
+            if status in ("failed", "deleting"):
+                raise EndpointFailed(endpoint)
+            if time.monotonic() >= deadline:
+                wanted = (endpoint.get("worker_config") or {}).get("min_replicas", 0)
+                message = (endpoint.get("status") or {}).get("message") or "no reason recorded"
+                raise WaitTimeout(
+                    f"gave up after {timeout:g} s waiting for endpoint {endpoint_label(endpoint)} to be running "
+                    f"with {wanted} ready worker(s): it is {status} ({message}) with {ready_workers(endpoint)} ready; "
+                    f"its events and workers say why (`dockyard endpoints events {endpoint_id}`, "
+                    f"`dockyard endpoints workers {endpoint_id}`)",
+                    {endpoint_id: endpoint},
+                )
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+    def _endpoint_url(self, endpoint_id: str) -> str:
+        """The endpoint's `url`, asked once per client: it names the gateway and the id, neither of which changes."""
+        if endpoint_id not in self._endpoint_urls:
+            self._endpoint_urls[endpoint_id] = str(self.get_endpoint(endpoint_id)["url"]).rstrip("/")
+        return self._endpoint_urls[endpoint_id]
+
+    def _unreachable_gateway(self, request: httpx.Request, exc: httpx.TransportError) -> ServerUnreachable:
+        if isinstance(exc, httpx.TimeoutException):
+            return ServerUnreachable(f"the endpoint at {request.url} did not answer in time; retry, or pass a timeout")
+        gateway = request.url.copy_with(path="/", query=None)
+        return ServerUnreachable(
+            f"cannot reach the gateway at {gateway}; the server's gateway_url setting must be an address you can reach"
+        )
+
+    @contextmanager
+    def stream_endpoint(
+        self,
+        endpoint_id: str,
+        path: str = "",
+        *,
+        method: str = "POST",
+        content: bytes | Iterator[bytes] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[httpx.Response]:
+        """One request to the endpoint, `method` on its `url` + `/path` (a query string included) with this
+        client's API key, its body left for the caller to iterate (`response.iter_bytes()`) as the worker writes
+        it. The answer, the worker's or the gateway's, is given as is, error statuses included; only an unknown
+        endpoint raises `ApiError`. `timeout` bounds each wait for bytes (default `INVOKE_TIMEOUT`).
+
+            with client.stream_endpoint(endpoint_id, "generate", json={...}) as response:
+                for chunk in response.iter_bytes(): ...
+        """
+        url = f"{self._endpoint_url(endpoint_id)}/{path.lstrip('/')}"
+        read = timeout or INVOKE_TIMEOUT
+        timeouts = httpx.Timeout(self._http.timeout.connect, read=read)
+        request = self._http.build_request(method, url, content=content, json=json, headers=headers, timeout=timeouts)
+        try:
+            response = self._http.send(request, stream=True)
+            try:
+                yield response
+            finally:
+                response.close()
+        except httpx.TransportError as exc:
+            raise self._unreachable_gateway(request, exc) from exc
+
+    def invoke_endpoint(
+        self,
+        endpoint_id: str,
+        path: str = "",
+        *,
+        method: str = "POST",
+        content: bytes | Iterator[bytes] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """`stream_endpoint` with the whole body read: `.json()`, `.text` and `.content` are ready."""
+        with self.stream_endpoint(
+            endpoint_id, path, method=method, content=content, json=json, headers=headers, timeout=timeout
+        ) as response:
+            response.read()
+            return response

@@ -85,6 +85,19 @@ class Settings(BaseSettings):
     simulated_driver_version: str = "550.54.15"
     simulated_cuda_version: str = "12.4"
     run_reconcilers: bool = True
+    # Serverless endpoints. The queue bound is per endpoint and per gateway process: beyond it a request is
+    # refused with 429 at once rather than held, so a burst cannot exhaust the gateway's memory.
+    gateway_queue_limit: int = Field(default=1000, ge=0)
+    autoscale_interval: float = Field(default=0.5, gt=0)
+    gateway_report_interval: float = Field(default=0.5, gt=0)  # how often a stand-alone gateway reports its load
+    gateway_sync_interval: float = Field(default=1.0, gt=0)  # how often a stand-alone gateway re-reads endpoints
+    # A starting worker is probed this often, so readiness is seen within this much of the worker answering.
+    worker_probe_interval: float = Field(default=0.05, gt=0)
+    health_check_interval: float = Field(default=5.0, gt=0)  # a ready worker is probed this often
+    health_check_timeout: float = Field(default=2.0, gt=0)
+    health_check_failures: int = Field(default=3, ge=1)  # failed probes in a row before a ready worker is replaced
+    worker_startup_timeout: float = Field(default=600.0, gt=0)  # created -> ready, image pull included
+    worker_drain_timeout: float = Field(default=300.0, ge=0)  # a draining worker is removed after this, busy or not
 
     @classmethod
     def settings_customise_sources(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from dockyard.config import Settings
 from dockyard.db.models import IdcModel
 from dockyard.db.session import Database
+from dockyard.gateway.routes import RouteTable
 from dockyard.runtimes.base import Runtime
 from dockyard.secrets import SecretBox
 
@@ -24,6 +26,11 @@ class ServerContext:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     waker: Callable[[str], None] = lambda _loop: None
     runtime_factory: Callable[[IdcModel, ServerContext], Runtime] | None = None
+    # The in-process gateway's routing table: the endpoint reconciler and prober push into it, the proxy and
+    # the autoscaler read it (gateway/routes.py).
+    routes: RouteTable = field(default_factory=RouteTable)
+    # Held while GPUs are chosen and recorded on a row: containers and endpoint workers draw from one pool.
+    gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def wake(self, loop: str) -> None:
         """Ask reconcile loop `loop` to run now rather than at its next tick (after an API write)."""

@@ -101,6 +101,7 @@ _REASONS = {
     422: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
+    502: "UNAVAILABLE",  # the gateway could not reach a worker
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }

@@ -429,3 +429,24 @@ def test_rejects_settings_that_could_never_serve() -> None:
         EndpointDispatcher(queue_limit=1, max_concurrent_per_worker=0)
     with pytest.raises(ValueError, match="queue_limit"):
         EndpointDispatcher(queue_limit=-1, max_concurrent_per_worker=1)
+
+
+async def test_idle_for_counts_from_readiness_and_from_the_last_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [50.0]
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: now[0])
+    dispatcher = EndpointDispatcher(queue_limit=4, max_concurrent_per_worker=2)
+    assert dispatcher.idle_for("a") == 0.0  # unknown
+    dispatcher.worker_ready("a")
+    now[0] = 60.0
+    assert dispatcher.idle_for("a") == 10.0
+    release = asyncio.Event()
+    task = asyncio.create_task(hold(dispatcher, release, []))
+    await settle()
+    now[0] = 90.0
+    assert dispatcher.idle_for("a") == 0.0  # busy
+    release.set()
+    await task
+    now[0] = 95.0
+    assert dispatcher.idle_for("a") == 5.0
+    dispatcher.worker_gone("a")
+    assert dispatcher.idle_for("a") == 0.0

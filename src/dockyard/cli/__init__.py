@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dockyard.cli import admin, catalog, config, containers, server, ssh_keys, templates
+from dockyard.cli import admin, catalog, config, containers, endpoints, server, ssh_keys, templates
 
 app = typer.Typer(
     name="dockyard",
@@ -37,10 +37,14 @@ def connect(
 
 
 app.command("server", help="Run the API server (and the gateway and reconcilers) in the foreground.")(server.serve)
+app.command("gateway", help="Run a stand-alone sync gateway (the server runs one itself) on the same database.")(
+    server.gateway
+)
 app.command("login")(config.login)
 app.command("idcs")(catalog.idcs)
 app.command("products")(catalog.products)
 app.add_typer(containers.app, name="containers")
+app.add_typer(endpoints.app, name="endpoints")
 app.add_typer(templates.app, name="templates")
 app.add_typer(ssh_keys.app, name="ssh-keys")
 app.add_typer(admin.app, name="admin")

@@ -19,7 +19,15 @@ from dockyard.cli.options import (
     parse_ports,
     parse_storages,
 )
-from dockyard.cli.output import handle_errors, print_json, print_table, status_text, stderr, wait_with_progress
+from dockyard.cli.output import (
+    handle_errors,
+    print_json,
+    print_stream,
+    print_table,
+    status_text,
+    stderr,
+    wait_with_progress,
+)
 from dockyard.client import GONE, Client, Json
 
 app = typer.Typer(help="GPU containers: create, list, inspect, read logs, stop, start, delete.", no_args_is_help=True)
@@ -178,11 +186,7 @@ def logs(
         if not follow:
             typer.echo(client.container_logs(container_id, tail=tail), nl=False)
             return
-        try:
-            for chunk in client.follow_container_logs(container_id, tail=tail):
-                typer.echo(chunk, nl=False)
-        except KeyboardInterrupt:
-            raise typer.Exit(0) from None
+        print_stream(client.follow_container_logs(container_id, tail=tail))
 
 
 def _act(

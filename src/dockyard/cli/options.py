@@ -1,11 +1,16 @@
-"""Parsing of the repeatable options shared by several commands (`--env`, `--port`, `--storage`, `--json`)
-into the API's wire shapes."""
+"""Parsing of the options shared by several commands (`--env`, `--port`, `--storage`, `--json`, `--policy`,
+`--header`, `--data`, `--file`) into the API's wire shapes."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
+
+from dockyard.cli.output import fail
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print the raw JSON answer (for scripts)")]
 EnvOption = Annotated[list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE; repeat for more")]
@@ -71,3 +76,64 @@ def parse_storages(values: list[str] | None) -> list[dict[str, str]]:
             )
         storages.append({"id": storage_id, "containerPath": path})
     return storages
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The options that were given: those not left at None."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def parse_policy(value: str) -> dict[str, Any]:
+    """`queue:5` -> `{"type": "queue", "value": 5}`; likewise `concurrency:N`."""
+    kind, _, number = value.partition(":")
+    if kind not in ("queue", "concurrency") or not number.isdigit() or int(number) < 1:
+        raise typer.BadParameter(
+            f"{value!r} is not queue:SECONDS or concurrency:REQUESTS (for example queue:5)", param_hint="--policy"
+        )
+    return {"type": kind, "value": int(number)}
+
+
+def read_json_body(path: Path | None) -> dict[str, Any]:
+    """`--file`: a request body as a JSON object; none given is empty."""
+    if path is None:
+        return {}
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        fail(f"cannot read {path} as JSON ({exc}); give the request body as a JSON object")
+    if not isinstance(loaded, dict):
+        fail(f"{path} holds JSON but not an object; give the request body as a JSON object")
+    return loaded
+
+
+def read_data(value: str | None) -> bytes | None:
+    """`--data`: `@FILE` for a file's bytes, `-` for stdin's, anything else as given."""
+    if value is None:
+        return None
+    if value == "-":
+        return click.get_binary_stream("stdin").read()
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_bytes()
+        except OSError as exc:
+            fail(f"cannot read {value[1:]} for --data ({exc.strerror}); give an existing file after the @")
+    return value.encode()
+
+
+def parse_headers(values: list[str] | None, data: bytes | None) -> dict[str, str]:
+    """`--header 'Name: value'`s; with a body and no Content-Type, JSON is sent as such, anything else as bytes."""
+    headers = {}
+    for value in values or []:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            raise typer.BadParameter(
+                f"{value!r} is not 'Name: value' (for example -H 'Accept: text/event-stream')", param_hint="--header"
+            )
+        headers[name.strip()] = content.strip()
+    if data is not None and not any(name.lower() == "content-type" for name in headers):
+        try:
+            json.loads(data)
+            headers["Content-Type"] = "application/json"
+        except ValueError:
+            headers["Content-Type"] = "application/octet-stream"
+    return headers

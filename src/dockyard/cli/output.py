@@ -1,12 +1,12 @@
-"""How the CLI speaks: tables for people, raw JSON for scripts (`--json`), errors on stderr with exit 1, and a
-live progress table while waiting for containers."""
+"""How the CLI speaks: tables for people, raw JSON for scripts (`--json`), errors on stderr with exit 1, output
+streamed as it comes, and a live progress table while waiting for containers or endpoints."""
 
 from __future__ import annotations
 
 import functools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -31,6 +31,17 @@ STATUS_STYLES = {
     "error": "red",
     "zombie": "red",
     "unknown": "magenta",
+    # Endpoints and their workers.
+    "deploying": "yellow",
+    "updating": "yellow",
+    "deleting": "yellow",
+    "failed": "red",
+    "pending": "yellow",
+    "starting": "yellow",
+    "ready": "green",
+    "draining": "yellow",
+    "stopping": "yellow",
+    "exited": "dim",
 }
 
 
@@ -131,12 +142,36 @@ class WaitProgress:
         return table
 
 
-def wait_with_progress(client: Client, ids: Sequence[str], until: set[str], timeout: float) -> dict[str, Json | None]:
-    """Wait for `ids` to reach `until`, showing the live table on stderr (stdout stays for `--json`)."""
-    progress = WaitProgress(ids)
+def print_stream(chunks: Iterable[str | bytes]) -> None:
+    """Write each chunk to stdout as it arrives (logs, an endpoint's answer); Ctrl-C ends it quietly, exit 0."""
     try:
-        with Live(progress, console=stderr(), refresh_per_second=4, transient=False):
-            return client.wait_for_containers(ids, until=until, timeout=timeout, on_change=progress.update)
+        for chunk in chunks:
+            typer.echo(chunk, nl=False)
     except KeyboardInterrupt:
-        stderr().print("Stopped waiting; the change goes on without you. Follow it with `dockyard containers list`.")
+        raise typer.Exit(0) from None
+
+
+def live_wait(progress: Any, wait: Callable[[], R], watch: str) -> R:
+    """Run `wait` while rich re-renders `progress` on stderr (stdout stays for `--json`); Ctrl-C stops waiting,
+    not the change, and says to follow it with the command `watch`."""
+    console = stderr()
+    try:
+        with Live(progress, console=console, refresh_per_second=4, transient=False):
+            return wait()
+    except KeyboardInterrupt:
+        console.print(f"Stopped waiting; the change goes on without you. Follow it with `{watch}`.")
         raise typer.Exit(130) from None
+    finally:
+        if not console.is_terminal:
+            # rich ends the display with a newline on a terminal only; elsewhere the next line would join its last.
+            console.line()
+
+
+def wait_with_progress(client: Client, ids: Sequence[str], until: set[str], timeout: float) -> dict[str, Json | None]:
+    """Wait for `ids` to reach `until`, showing the live table of the containers."""
+    progress = WaitProgress(ids)
+    return live_wait(
+        progress,
+        lambda: client.wait_for_containers(ids, until=until, timeout=timeout, on_change=progress.update),
+        "dockyard containers list",
+    )

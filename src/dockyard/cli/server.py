@@ -1,4 +1,4 @@
-"""`dockyard server`."""
+"""`dockyard server` and `dockyard gateway`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
+HostOption = Annotated[str | None, typer.Option(help="address to listen on (env DOCKYARD_HOST)")]
+ConfigOption = Annotated[str | None, typer.Option(help="a YAML config file (env DOCKYARD_CONFIG)")]
 
-def serve(
-    host: Annotated[str | None, typer.Option(help="address to listen on (env DOCKYARD_HOST)")] = None,
-    port: Annotated[int | None, typer.Option(help="port to listen on (env DOCKYARD_PORT)")] = None,
-    config: Annotated[str | None, typer.Option(help="a YAML config file (env DOCKYARD_CONFIG)")] = None,
-) -> None:
+
+def _run(factory: str, host: str | None, port: int | None, config: str | None) -> None:
+    """Serve the ASGI app that `factory` builds, with the settings the environment and options give."""
     import uvicorn
 
     if config:
@@ -27,7 +27,7 @@ def serve(
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     uvicorn.run(
-        "dockyard.app:create_app_from_env",
+        factory,
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -37,3 +37,20 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=15,
     )
+
+
+def serve(
+    host: HostOption = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on (env DOCKYARD_PORT)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    _run("dockyard.app:create_app_from_env", host, port, config)
+
+
+def gateway(
+    host: HostOption = None,
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8081,
+    config: ConfigOption = None,
+) -> None:
+    """Run a stand-alone sync gateway beside the server, on the same database; point DOCKYARD_GATEWAY_URL at it."""
+    _run("dockyard.gateway.standalone:create_gateway_app_from_env", host, port, config)

@@ -297,3 +297,21 @@ class LeaseModel(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class GatewayReportModel(Base):
+    """One gateway process's load figures for one endpoint, rewritten every report interval by each
+    stand-alone gateway (`dockyard gateway`), so the autoscaler and the endpoint reconciler see the requests
+    queued and in flight there. A report older than a few intervals is from a gateway that stopped and is
+    ignored. The gateway inside the server process is read directly and never reports here."""
+
+    __tablename__ = "gateway_reports"
+
+    gateway_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    queued: Mapped[int] = mapped_column(Integer, default=0)
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    oldest_wait: Mapped[float] = mapped_column(Float, default=0.0)
+    # worker id -> [requests in flight, seconds idle]
+    workers: Mapped[dict[str, list[float]]] = mapped_column(JSON, default=dict)
+    reported_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -19,8 +19,9 @@ Contract:
 - `on_demand()` is called synchronously when a request arrives and no worker is ready at all, so that the
   first request to an endpoint scaled to zero starts a worker without waiting for the autoscaler's next tick.
   It must be cheap and must not block; an exception from it is logged and the request is still served.
-- The autoscaler's figures are O(1): `queued`, `in_flight`, `oldest_wait()` and `in_flight_by_worker` (a live
-  read-only view holding every ready worker and every other worker with a request still in flight).
+- The autoscaler's figures are O(1): `queued`, `in_flight`, `oldest_wait()`, `in_flight_by_worker` (a live
+  read-only view holding every ready worker and every other worker with a request still in flight) and
+  `idle_for(worker)` (seconds since its last request ended; 0 while it holds one).
 
 Everything runs synchronously between awaits on one loop, so no lock is needed and none is ever held while user
 code runs. The fast path (a free slot, nobody waiting) allocates only the `Lease`; a queued request adds one
@@ -105,9 +106,20 @@ class EndpointDispatcher:
         self._load: dict[str, int] = {}
         self._load_view = MappingProxyType(self._load)
         self._in_flight = 0
+        # worker -> loop time its load last fell to 0; absent while it holds a request.
+        self._idle_since: dict[str, float] = {}
         # Waiter future -> loop time it was queued. OrderedDict pops its head and deletes from its middle in
         # O(1); a plain dict's pop-first degrades as deleted slots pile up at its front.
         self._waiters: OrderedDict[asyncio.Future[str], float] = OrderedDict()
+
+    def reconfigure(self, *, queue_limit: int, max_concurrent_per_worker: int) -> None:
+        """New bounds (an endpoint update). A lower cap takes no slot back: a worker above it gets no new request
+        until it is below; a higher one hands the new slots to waiters at once."""
+        if queue_limit < 0 or max_concurrent_per_worker < 1:
+            raise ValueError("queue_limit must be 0 or more and max_concurrent_per_worker 1 or more")
+        self.queue_limit = queue_limit
+        self.max_concurrent_per_worker = max_concurrent_per_worker
+        self._dispatch()
 
     # Figures for the autoscaler and /metrics.
 
@@ -131,6 +143,16 @@ class EndpointDispatcher:
         """Workers that take new requests."""
         return len(self._ready)
 
+    def is_ready(self, worker_id: str) -> bool:
+        """Whether `worker_id` takes new requests."""
+        return worker_id in self._ready
+
+    def idle_for(self, worker_id: str) -> float:
+        """Seconds `worker_id` has held no request (since it became ready, or its last request ended); 0 while
+        it holds one or when it is unknown. Call it on the dispatcher's loop."""
+        since = self._idle_since.get(worker_id)
+        return 0.0 if since is None else asyncio.get_running_loop().time() - since
+
     def oldest_wait(self) -> float:
         """Seconds the oldest queued request has waited; 0 when none waits. Call it on the dispatcher's loop."""
         if not self._waiters:
@@ -147,16 +169,14 @@ class EndpointDispatcher:
             self._retire(worker)
         for worker in wanted:
             if worker not in self._ready:
-                self._ready[worker] = None
-                self._load.setdefault(worker, 0)
+                self._became_ready(worker)
         self._dispatch()
 
     def worker_ready(self, worker_id: str) -> None:
         """`worker_id` takes requests from now on; waiters are handed its slots before this returns."""
         if worker_id in self._ready:
             return
-        self._ready[worker_id] = None
-        self._load.setdefault(worker_id, 0)
+        self._became_ready(worker_id)
         self._dispatch()
 
     def worker_draining(self, worker_id: str) -> None:
@@ -181,8 +201,7 @@ class EndpointDispatcher:
             return None
         worker = self._pick()
         if worker is not None:
-            self._load[worker] += 1
-            self._in_flight += 1
+            self._claim(worker)
         return worker
 
     async def _wait(self, deadline: float) -> str:
@@ -242,15 +261,22 @@ class EndpointDispatcher:
             # A cancelled waiter's future is done before its task runs its cleanup; skip it.
             if future.done():
                 continue
-            self._load[worker] += 1
-            self._in_flight += 1
+            self._claim(worker)
             future.set_result(worker)
+
+    def _claim(self, worker: str) -> None:
+        if not self._load[worker]:
+            self._idle_since.pop(worker, None)
+        self._load[worker] += 1
+        self._in_flight += 1
 
     def _release(self, worker: str) -> None:
         remaining = self._load[worker] - 1
         self._in_flight -= 1
         if worker in self._ready:
             self._load[worker] = remaining
+            if not remaining:
+                self._idle_since[worker] = asyncio.get_running_loop().time()
             if self._waiters:
                 self._dispatch()
         elif remaining:
@@ -258,11 +284,17 @@ class EndpointDispatcher:
         else:
             del self._load[worker]
 
+    def _became_ready(self, worker: str) -> None:
+        self._ready[worker] = None
+        if not self._load.setdefault(worker, 0):
+            self._idle_since[worker] = asyncio.get_running_loop().time()
+
     def _retire(self, worker: str) -> None:
         if worker in self._ready:
             del self._ready[worker]
             if not self._load[worker]:
                 del self._load[worker]
+                self._idle_since.pop(worker, None)
 
     def _retry_after(self) -> float:
         """The oldest waiter has already waited this long and is still not served, so the queue turns over no

@@ -1,12 +1,14 @@
-"""GPU allocation: which GPUs, by UUID, a container gets, and on which node.
+"""GPU allocation: which GPUs, by UUID, a container or an endpoint worker gets, and on which node.
 
 Nothing about allocations is kept in memory between passes. Each reconcile pass rebuilds who holds what
-from two durable sources: the `gpu_uuids` of every container row that still exists, and the
+from two durable sources: the `gpu_uuids` of every container and worker row that still exists, and the
 `dockyard.gpus` label of every runtime object this installation manages (a zombie holds its GPUs until it
 is removed). After a crash the next pass therefore sees exactly the allocations that were in force.
 
 Within one pass, `GpuAllocator.allocate` marks what it hands out before it returns, and it never awaits,
-so rows reconciled concurrently in the same pass can never be given the same GPU.
+so rows reconciled concurrently in the same pass can never be given the same GPU. Containers and workers
+draw from one pool but are reconciled by two loops, so each choice is made under the server's GPU lock
+after `load_holdings` has refreshed the allocator with what the other loop recorded meanwhile.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dockyard.db.models import GpuModel, NodeModel
+from dockyard.db.models import ContainerModel, GpuModel, NodeModel, WorkerModel
 from dockyard.gpus.inventory import GpuInfo
 
 
@@ -82,6 +84,17 @@ async def load_inventory(session: AsyncSession) -> list[NodeInventory]:
     return [NodeInventory(n.id, n.idc_id, n.cuda_version, tuple(by_node[n.id])) for n in nodes]
 
 
+async def load_holdings(session: AsyncSession) -> dict[str, list[str]]:
+    """Holder id -> the GPU UUIDs recorded on its row, for every container and every endpoint worker that
+    holds any: the pool's allocations as the database has them now."""
+    holdings: dict[str, list[str]] = {}
+    for model in (ContainerModel, WorkerModel):
+        for holder, uuids in await session.execute(select(model.id, model.gpu_uuids)):
+            if uuids:
+                holdings[holder] = list(uuids)
+    return holdings
+
+
 class GpuAllocator:
     """One pass's view of every GPU and its holders (container ids). Holders are added, never guessed."""
 
@@ -94,6 +107,11 @@ class GpuAllocator:
         """Record that `holder` has `uuids` (from a row's `gpu_uuids` or an object's label)."""
         for uuid in uuids:
             self._holders[uuid].add(holder)
+
+    def hold_all(self, holdings: dict[str, list[str]]) -> None:
+        """`hold` each of `holdings` (from `load_holdings`): adds to what is held, never frees."""
+        for holder, uuids in holdings.items():
+            self.hold(holder, uuids)
 
     def release(self, holder: str) -> None:
         """Forget `holder`'s GPUs (its row and objects are gone), so later allocations in the pass may use them."""

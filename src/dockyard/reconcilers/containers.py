@@ -136,6 +136,7 @@ class ContainerReconciler:
             objects=objects,
             unreachable=unreachable,
             remove_failures=self._remove_failures,
+            gpu_lock=self.context.gpu_lock,
         )
         limit = asyncio.Semaphore(CONCURRENCY)
         row_ids = {row.id for row in loaded.rows}

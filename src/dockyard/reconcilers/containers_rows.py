@@ -9,6 +9,7 @@ the API meanwhile is never overwritten: the write changes nothing and the next p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -24,7 +25,7 @@ from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import guarded_update
 from dockyard.db.models import ContainerModel, ProductModel
 from dockyard.db.session import Database
-from dockyard.gpus.allocation import GpuAllocator, NoFreeGpu
+from dockyard.gpus.allocation import GpuAllocator, NoFreeGpu, load_holdings
 from dockyard.gpus.inventory import GpuInfo
 from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
 from dockyard.secrets import SecretBox
@@ -66,6 +67,9 @@ class PassState:
     unreachable: dict[str, str]  # IDC id -> why its runtime cannot be reached
     # container id -> failed removal passes in a row; the reconciler keeps it across passes
     remove_failures: dict[str, int] = field(default_factory=dict)
+    # Held while GPUs are chosen and recorded: the server's `ServerContext.gpu_lock`, which the endpoint
+    # reconciler takes too (containers.py passes it; a lock of its own only serialises this pass's rows).
+    gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass(frozen=True)
@@ -343,17 +347,24 @@ class RowTask:
             return (row.node_id or (in_idc[0] if in_idc else "")), []
         if row.node_id and len(known) == product.gpu_count == len(row.gpu_uuids):
             return row.node_id, known
-        try:
-            allocation = allocator.allocate(
-                row.id, row.idc_id, product.gpu_model, product.gpu_count, spec.min_cuda_version
-            )
-        except NoFreeGpu as exc:
-            await self._fail_create(exc.reason, "Unschedulable")
-            return None
-        message = f"GPUs {', '.join(allocation.uuids)} on node {allocation.node_id}"
-        if not await self.apply(("Scheduled", message), gpu_uuids=allocation.uuids, node_id=allocation.node_id):
-            return None
-        return allocation.node_id, list(allocation.gpus)
+        # Endpoint workers draw from the same pool in another loop: refresh from every row under the shared
+        # lock, and record the choice before the lock is let go, so neither loop hands out what the other took.
+        async with self.state.gpu_lock:
+            async with self.state.db.read() as session:
+                allocator.hold_all(await load_holdings(session))
+            try:
+                allocation = allocator.allocate(
+                    row.id, row.idc_id, product.gpu_model, product.gpu_count, spec.min_cuda_version
+                )
+            except NoFreeGpu as exc:
+                unschedulable = exc.reason
+            else:
+                message = f"GPUs {', '.join(allocation.uuids)} on node {allocation.node_id}"
+                if not await self.apply(("Scheduled", message), gpu_uuids=allocation.uuids, node_id=allocation.node_id):
+                    return None
+                return allocation.node_id, list(allocation.gpus)
+        await self._fail_create(unschedulable, "Unschedulable")
+        return None
 
     async def _create(self, runtime: Runtime) -> None:
         row = self.row

@@ -72,6 +72,11 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        for loop in self.loops.values():
+            # A loop that owns tasks or connections of its own (the endpoint reconciler's prober) has `close()`.
+            if (close := getattr(loop, "close", None)) is not None:
+                with contextlib.suppress(Exception):
+                    await close()
         if self._leader.is_set():
             with contextlib.suppress(Exception):
                 async with self.db.write() as session:

@@ -1,5 +1,5 @@
-"""A container's output, read from its runtime object (the one API path that reaches a runtime: logs are
-not state to record but bytes the runtime holds)."""
+"""The output of a container or an endpoint worker, read from its runtime object (the one API path that
+reaches a runtime: logs are not state to record but bytes the runtime holds)."""
 
 from __future__ import annotations
 
@@ -45,22 +45,38 @@ async def open_logs(
     follow: bool,
     since: datetime | None,
 ) -> AsyncIterator[bytes]:
-    """An iterator over the container's output. The first chunk is read here, so a missing object or an
-    unreachable runtime is an error answer (409, 503) rather than a stream that breaks after its headers."""
+    """An iterator over the container's output; errors as `open_runtime_logs` gives them."""
     row = await get_row(session, principal, container_id)
     if not row.runtime_id:
         raise Conflict("container has not started yet; no logs. Retry once its status is running")
-    runtime = context.runtime_for(row.idc_id)
+    return await open_runtime_logs(
+        context, row.idc_id, row.runtime_id, f"container {container_id}", tail=tail, follow=follow, since=since
+    )
+
+
+async def open_runtime_logs(
+    context: ServerContext,
+    idc_id: str,
+    runtime_id: str,
+    what: str,
+    *,
+    tail: int | None,
+    follow: bool,
+    since: datetime | None,
+) -> AsyncIterator[bytes]:
+    """An iterator over the output of runtime object `runtime_id` of IDC `idc_id` (`what` names it in errors:
+    "container <id>", "worker <id>"). The first chunk is read here, so a missing object (409) or an unreachable
+    runtime (503) is an error answer rather than a stream that breaks after its headers."""
+    runtime = context.runtime_for(idc_id)
     if runtime is None:
-        raise _unavailable(row.idc_id)
-    stream = aiter(runtime.logs(row.runtime_id, tail=tail, follow=follow, since=since))
+        raise _unavailable(idc_id)
+    stream = aiter(runtime.logs(runtime_id, tail=tail, follow=follow, since=since))
     try:
         first = await anext(stream, b"")
     except RuntimeUnavailable:
-        raise _unavailable(row.idc_id) from None
+        raise _unavailable(idc_id) from None
     except RuntimeFailure as exc:
-        raise Conflict(f"no logs for container {container_id}: {exc.reason}") from None
-    idc_id = row.idc_id
+        raise Conflict(f"no logs for {what}: {exc.reason}") from None
 
     async def chunks() -> AsyncIterator[bytes]:
         if first:

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dockyard.config import Settings
 from dockyard.context import ServerContext
 from dockyard.core.status import (
     DesiredState,
@@ -30,6 +31,7 @@ from dockyard.core.status import (
 from dockyard.core.workload import HealthCheck, PortSpec, VolumeSpec, WorkloadSpec
 from dockyard.db.models import EndpointModel, IdcModel, WorkerModel
 from dockyard.errors import Conflict, InvalidField, NotFound
+from dockyard.gateway.routes import EndpointConfig
 from dockyard.schemas.endpoints import (
     CreateEndpointRequest,
     Endpoint,
@@ -59,6 +61,19 @@ DEPLOYING_REASON = "accepted; waiting for its workers to be placed and started"
 UPDATING_REASON = "the worker template changed; rolling the workers"
 DELETING_REASON = "deletion requested; draining, then removing the workers"
 DEFAULT_POLICY = Policy(type=PolicyType.CONCURRENCY, value=1)
+
+
+def route_config(row: EndpointModel, settings: Settings) -> EndpointConfig:
+    """What the gateway needs to serve the endpoint (gateway/routes.py)."""
+    config = row.worker_config
+    return EndpointConfig(
+        endpoint_id=row.id,
+        org_id=row.org_id,
+        type=row.type,
+        request_timeout=float(config["request_timeout"]),
+        max_concurrent_per_worker=int(config["max_concurrent_per_worker"]),
+        queue_limit=settings.gateway_queue_limit,
+    )
 
 
 async def get_row(session: AsyncSession, principal: Principal, endpoint_id: str) -> EndpointModel:
@@ -202,6 +217,8 @@ async def create(
         lambda: _add_row(context, session, principal, request),
     )
     await session.commit()
+    if (row := await session.get(EndpointModel, answer.body["id"])) is not None:
+        context.routes.upsert(route_config(row, context.settings))
     context.wake(LOOP)
     return answer
 
@@ -401,6 +418,7 @@ async def update(
         row.policy = request.policy.model_dump(mode="json")
     row.desired_replicas = min(max(row.desired_replicas, worker_config["min_replicas"]), worker_config["max_replicas"])
     await session.commit()
+    context.routes.upsert(route_config(row, context.settings))
     context.wake(LOOP)
 
 

@@ -1,8 +1,8 @@
 """The operator's view of nodes and their GPUs, and the simulated inventory an operator may declare.
 
-A GPU is allocated to the container whose row names it in `gpu_uuids`. A container keeps its GPUs until
-its teardown is over (the reconciler drops the row, or empties the list, once the runtime object is gone),
-so a container being deleted still holds them: handing them out earlier would let two containers share one.
+A GPU is allocated to the container or endpoint worker whose row names it in `gpu_uuids`. A holder keeps its
+GPUs until its teardown is over (the reconciler drops the row, or empties the list, once the runtime object
+is gone), so one being deleted still holds them: handing them out earlier would let two share one.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.core.status import GpuSource
-from dockyard.db.models import ContainerModel, GpuModel, NodeModel
+from dockyard.db.models import GpuModel, NodeModel
 from dockyard.errors import Conflict, NotFound
+from dockyard.gpus.allocation import load_holdings
 from dockyard.gpus.inventory import Inventory, simulated_inventory
 from dockyard.schemas.admin import Node, NodeGpu, SimulatedGpusRequest
 from dockyard.services.bootstrap import record_inventory
 
 
 async def gpu_holders(session: AsyncSession) -> dict[str, str]:
-    """GPU UUID -> id of the container holding it (UUIDs are unique across nodes, simulated ones too)."""
-    rows = await session.execute(select(ContainerModel.id, ContainerModel.gpu_uuids))
-    return {uuid: container_id for container_id, uuids in rows for uuid in uuids or ()}
+    """GPU UUID -> id of the container or worker holding it (UUIDs are unique across nodes, simulated ones
+    too)."""
+    return {uuid: holder for holder, uuids in (await load_holdings(session)).items() for uuid in uuids}
 
 
 def _node_wire(node: NodeModel, gpus: list[GpuModel], holders: dict[str, str]) -> Node:
@@ -84,7 +85,7 @@ async def set_simulated_gpus(session: AsyncSession, node_id: str, request: Simul
     dropped_held = sorted(uuid for uuid in current if uuid not in kept and uuid in holders)
     if dropped_held:
         raise Conflict(
-            f"GPUs {', '.join(dropped_held)} are allocated to containers; delete those containers first "
+            f"GPUs {', '.join(dropped_held)} are allocated to containers or endpoint workers; delete those first "
             "or declare at least as many GPUs",
             details=[{"field": "count", "message": f"{uuid} is held by {holders[uuid]}"} for uuid in dropped_held],
         )

@@ -67,6 +67,15 @@ async def authenticate(context: ServerContext, token: str, *, allow_admin_token:
     return principal
 
 
+async def org_of(context: ServerContext, token: str) -> str | None:
+    """The organization of an API key, or None when it is not a valid key (the gateway's check: from the
+    cache above, so a request pays a database round trip at most once per key per cache lifetime)."""
+    try:
+        return (await authenticate(context, token)).org_id
+    except Unauthorized:
+        return None
+
+
 async def get_or_create_org(session: AsyncSession, name: str) -> OrganizationModel:
     org = await session.scalar(select(OrganizationModel).where(OrganizationModel.name == name))
     if org is None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 12:46:27.135288
+Create Date: 2026-11-23 13:17:58.510011
 """
 
 from collections.abc import Sequence
@@ -33,6 +33,20 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_events_created_at"), ["created_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_events_object_id"), ["object_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_events_org_id"), ["org_id"], unique=False)
+
+    op.create_table(
+        "gateway_reports",
+        sa.Column("gateway_id", sa.String(length=64), nullable=False),
+        sa.Column("endpoint_id", sa.String(length=36), nullable=False),
+        sa.Column("queued", sa.Integer(), nullable=False),
+        sa.Column("in_flight", sa.Integer(), nullable=False),
+        sa.Column("oldest_wait", sa.Float(), nullable=False),
+        sa.Column("workers", sa.JSON(), nullable=False),
+        sa.Column("reported_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("gateway_id", "endpoint_id", name=op.f("pk_gateway_reports")),
+    )
+    with op.batch_alter_table("gateway_reports", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_gateway_reports_reported_at"), ["reported_at"], unique=False)
 
     op.create_table(
         "idcs",
@@ -493,6 +507,10 @@ def downgrade() -> None:
 
     op.drop_table("idempotency_keys")
     op.drop_table("idcs")
+    with op.batch_alter_table("gateway_reports", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_gateway_reports_reported_at"))
+
+    op.drop_table("gateway_reports")
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_events_org_id"))
         batch_op.drop_index(batch_op.f("ix_events_object_id"))

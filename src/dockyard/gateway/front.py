@@ -1,0 +1,50 @@
+"""The server's outermost ASGI app: endpoint traffic to the sync gateway, everything else to the API.
+
+The gateway shares the server's port, so an endpoint's URL is `{public_url}/{endpoint_id}/...`. `Front` looks
+at the first path segment of each HTTP request: when it names an endpoint in the routing table, the request
+goes to the `GatewayApp` untouched (no API middleware, no FastAPI routing on the hot path); any other path,
+and every websocket and lifespan event, goes to the API app. The two never collide: endpoint ids are UUIDs,
+and the API's paths start with fixed words (`/gpus`, `/api`, `/admin`, `/metrics`, `/healthz`, `/docs`, ...).
+An id that is not in the table (a mistyped or deleted endpoint) falls through to the API, which answers 404
+with the same error body the gateway would.
+
+The lifespan goes to the API app as it is; when the API reports its shutdown complete, `Front` first closes
+the gateway's upstream connections, so the server leaves no pooled sockets behind.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dockyard.gateway.proxy import GatewayApp
+from dockyard.gateway.routes import RouteTable
+
+
+class Front:
+    """Routes each request to the gateway or the API app; see the module docstring."""
+
+    def __init__(self, api: ASGIApp, gateway: GatewayApp, routes: RouteTable) -> None:
+        self.api = api
+        self.gateway = gateway
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            end = path.find("/", 1)
+            if (path[1:] if end < 0 else path[1:end]) in self.routes:
+                await self.gateway(scope, receive, send)
+                return
+        elif kind == "lifespan":
+            await self.api(scope, receive, self._closing(send))
+            return
+        await self.api(scope, receive, send)
+
+    def _closing(self, send: Send) -> Send:
+        async def closing_send(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.gateway.aclose()
+            await send(message)
+
+        return closing_send

@@ -1,0 +1,152 @@
+"""Load figures across gateway processes.
+
+The gateway inside the server process is read directly (`RouteTable.figures()`), as fresh as its last
+request. A stand-alone gateway (`dockyard gateway`, run beside the server to spread the request load) cannot
+be read that way, so it writes its figures to `gateway_reports` every `gateway_report_interval` seconds, and
+at once when a request reaches an endpoint with no ready worker there. The autoscaler and the endpoint
+reconciler read `load_figures()`: this process's table plus every report fresher than
+`REPORT_MAX_AGE_INTERVALS` intervals, summed per endpoint. A gateway that stopped stops reporting and its
+last figures age out; nothing has to clean up after it.
+
+The database carries figures, never requests: a request still never waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dockyard.db.base import utcnow
+from dockyard.db.models import GatewayReportModel
+from dockyard.db.session import Database
+from dockyard.gateway.routes import EndpointFigures, RouteTable, WorkerFigures
+
+log = logging.getLogger(__name__)
+
+REPORT_MAX_AGE_INTERVALS = 4
+
+
+def merge(parts: Iterable[EndpointFigures]) -> dict[str, EndpointFigures]:
+    """Figures of the same endpoint from several gateways, summed: queued and in-flight requests add up, the
+    oldest wait is the longest, a worker is ready if any gateway sends it requests, and it is idle only as
+    long as it has been idle everywhere."""
+    grouped: dict[str, list[EndpointFigures]] = defaultdict(list)
+    for figures in parts:
+        grouped[figures.endpoint_id].append(figures)
+    merged = {}
+    for endpoint_id, group in grouped.items():
+        if len(group) == 1:
+            merged[endpoint_id] = group[0]
+            continue
+        workers: dict[str, WorkerFigures] = {}
+        for figures in group:
+            for worker in figures.workers:
+                seen = workers.get(worker.worker_id)
+                workers[worker.worker_id] = (
+                    worker
+                    if seen is None
+                    else WorkerFigures(
+                        worker.worker_id,
+                        seen.ready or worker.ready,
+                        seen.in_flight + worker.in_flight,
+                        min(seen.idle_for, worker.idle_for),
+                    )
+                )
+        merged[endpoint_id] = EndpointFigures(
+            endpoint_id=endpoint_id,
+            queued=sum(f.queued for f in group),
+            in_flight=sum(f.in_flight for f in group),
+            oldest_wait=max(f.oldest_wait for f in group),
+            workers=tuple(workers.values()),
+        )
+    return merged
+
+
+async def remote_figures(session: AsyncSession, interval: float) -> list[EndpointFigures]:
+    """The stand-alone gateways' reports that are still fresh."""
+    since = utcnow() - timedelta(seconds=interval * REPORT_MAX_AGE_INTERVALS)
+    rows = await session.scalars(select(GatewayReportModel).where(GatewayReportModel.reported_at >= since))
+    return [
+        EndpointFigures(
+            endpoint_id=row.endpoint_id,
+            queued=row.queued,
+            in_flight=row.in_flight,
+            oldest_wait=row.oldest_wait,
+            # A reported worker is one that gateway sends requests to; a draining one reports no idleness.
+            workers=tuple(
+                WorkerFigures(worker_id, True, int(load), float(idle))
+                for worker_id, (load, idle) in row.workers.items()
+            ),
+        )
+        for row in rows
+    ]
+
+
+async def load_figures(session: AsyncSession, routes: RouteTable, interval: float) -> dict[str, EndpointFigures]:
+    """Every endpoint's load now: this process's gateway plus the fresh reports of the stand-alone ones."""
+    return merge([*routes.figures(), *await remote_figures(session, interval)])
+
+
+class Reporter:
+    """A stand-alone gateway's side: writes its figures every `interval` seconds, and soon after `demand()`."""
+
+    def __init__(self, db: Database, routes: RouteTable, gateway_id: str, interval: float) -> None:
+        self.db = db
+        self.routes = routes
+        self.gateway_id = gateway_id
+        self.interval = interval
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def demand(self, endpoint_id: str) -> None:
+        """A request reached an endpoint with no ready worker here: report now, not at the next interval."""
+        self._wake.set()
+
+    async def report_once(self) -> None:
+        rows = [
+            GatewayReportModel(
+                gateway_id=self.gateway_id,
+                endpoint_id=figures.endpoint_id,
+                queued=figures.queued,
+                in_flight=figures.in_flight,
+                oldest_wait=figures.oldest_wait,
+                workers={w.worker_id: [w.in_flight, w.idle_for] for w in figures.workers if w.ready or w.in_flight},
+                reported_at=utcnow(),
+            )
+            for figures in self.routes.figures()
+        ]
+        async with self.db.write() as session:
+            await session.execute(delete(GatewayReportModel).where(GatewayReportModel.gateway_id == self.gateway_id))
+            session.add_all(rows)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.report_once()
+            except Exception:
+                log.exception("gateway report failed; retrying at the next interval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="gateway-reporter")
+
+    async def stop(self) -> None:
+        """Stop reporting and withdraw this gateway's figures, so they do not linger until they age out."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            async with self.db.write() as session:
+                await session.execute(
+                    delete(GatewayReportModel).where(GatewayReportModel.gateway_id == self.gateway_id)
+                )

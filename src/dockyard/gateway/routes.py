@@ -1,0 +1,203 @@
+"""The gateway's routing table: for each endpoint, its settings, its dispatcher and where its workers listen.
+
+This is the boundary between the control plane and the data plane. The endpoint reconciler and the health
+prober write to it (`configure`, `worker_starting`, `worker_ready`, `worker_draining`, `worker_gone`); the
+proxy reads it (`get`) on every request; the autoscaler and `/metrics` read its figures (`figures`). It lives
+on one event loop and holds no lock: every method runs to completion between awaits.
+
+Nothing here touches the database, so a request never waits on one (DESIGN.md principle 6). In the server
+process the reconciler and prober push changes in as they happen; a stand-alone gateway fills the same table
+from its own sync of the database and its own prober.
+
+Contract:
+- `configure(configs)` makes the table hold exactly these endpoints. A new endpoint gets a dispatcher; a
+  changed one keeps its dispatcher, queue and all, with the new bounds; one no longer listed is dropped, and
+  requests still waiting for it time out at their deadline.
+- Worker calls for an endpoint the table does not hold are ignored: the next `configure` decides.
+- `address(endpoint_id, worker_id)` is the base URL (`http://host:port`) requests are proxied to.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from dockyard.core.status import EndpointType
+from dockyard.gateway.dispatcher import EndpointDispatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """What the gateway needs to serve one endpoint; built from its row by the control plane."""
+
+    endpoint_id: str
+    org_id: str
+    type: EndpointType
+    request_timeout: float  # seconds, counted from the request's arrival
+    max_concurrent_per_worker: int
+    queue_limit: int
+
+
+@dataclass
+class EndpointRoute:
+    """One endpoint in the table. `addresses` holds every worker the gateway may have to reach: starting,
+    ready and draining ones (a draining worker still answers the requests it holds)."""
+
+    config: EndpointConfig
+    dispatcher: EndpointDispatcher
+    addresses: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WorkerFigures:
+    worker_id: str
+    ready: bool
+    in_flight: int
+    idle_for: float  # seconds since its last request ended (or it became ready); 0 while busy
+
+
+@dataclass(frozen=True)
+class EndpointFigures:
+    """One endpoint's load, as the autoscaler and `/metrics` read it."""
+
+    endpoint_id: str
+    queued: int
+    in_flight: int
+    oldest_wait: float
+    workers: tuple[WorkerFigures, ...]
+
+
+class RouteTable:
+    """Endpoints by id; see the module docstring for the contract."""
+
+    def __init__(self, *, on_demand: Callable[[str], None] | None = None) -> None:
+        """`on_demand(endpoint_id)` is called when a request arrives for an endpoint with no ready worker (the
+        dispatcher's contract: cheap, never blocking). `on_worker_error(endpoint_id, worker_id, reason)` is
+        called when the proxy could not reach a worker, so that its health is checked again at once; it must
+        not block either. Both are how the data plane tells the control plane what it saw."""
+        self._routes: dict[str, EndpointRoute] = {}
+        self._changes = 0  # counts upserts; see `stamp`
+        self._upserted: dict[str, int] = {}  # endpoint id -> the count at its last upsert
+        self.on_demand = on_demand
+        self.on_worker_error: Callable[[str, str, str], None] | None = None
+
+    def get(self, endpoint_id: str) -> EndpointRoute | None:
+        return self._routes.get(endpoint_id)
+
+    def __contains__(self, endpoint_id: str) -> bool:
+        return endpoint_id in self._routes
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def stamp(self) -> int:
+        """A mark to pass to `configure(..., since=)`: take it before loading the endpoints from the database."""
+        return self._changes
+
+    def configure(self, configs: Iterable[EndpointConfig], *, since: int | None = None) -> None:
+        """Hold exactly these endpoints (a full resync, each reconcile pass). With `since` (a `stamp()` taken
+        before the configs were loaded), an endpoint upserted after that mark is kept although it is not in
+        `configs`: the loader could not have seen it, and dropping it would strand the requests it queues."""
+        wanted = {config.endpoint_id: config for config in configs}
+        for endpoint_id in [e for e in self._routes if e not in wanted]:
+            if since is None or self._upserted.get(endpoint_id, 0) <= since:
+                self.remove(endpoint_id)
+        for config in wanted.values():
+            self.upsert(config)
+
+    def upsert(self, config: EndpointConfig) -> None:
+        """Add or update one endpoint (the API calls it after a create or update commits, so the endpoint is
+        served at once rather than after the next reconcile pass)."""
+        self._changes += 1
+        self._upserted[config.endpoint_id] = self._changes
+        route = self._routes.get(config.endpoint_id)
+        if route is None:
+            self._routes[config.endpoint_id] = EndpointRoute(config, self._dispatcher(config))
+        elif route.config != config:
+            route.config = config
+            route.dispatcher.reconfigure(
+                queue_limit=config.queue_limit, max_concurrent_per_worker=config.max_concurrent_per_worker
+            )
+
+    def remove(self, endpoint_id: str) -> None:
+        """Stop serving the endpoint; requests still queued for it time out at their deadline."""
+        self._routes.pop(endpoint_id, None)
+        self._upserted.pop(endpoint_id, None)
+
+    def _dispatcher(self, config: EndpointConfig) -> EndpointDispatcher:
+        endpoint_id = config.endpoint_id
+
+        def on_demand() -> None:
+            if self.on_demand is not None:
+                self.on_demand(endpoint_id)
+
+        return EndpointDispatcher(
+            queue_limit=config.queue_limit,
+            max_concurrent_per_worker=config.max_concurrent_per_worker,
+            on_demand=on_demand,
+        )
+
+    # Workers, pushed by the reconciler and the prober.
+
+    def worker_starting(self, endpoint_id: str, worker_id: str, address: str) -> None:
+        """Record where a worker that is not ready yet listens, so the prober and later calls can find it."""
+        if route := self._routes.get(endpoint_id):
+            route.addresses[worker_id] = address
+
+    def worker_ready(self, endpoint_id: str, worker_id: str, address: str) -> None:
+        """The worker answers its health check: requests go to it from now on, queued ones first."""
+        if route := self._routes.get(endpoint_id):
+            route.addresses[worker_id] = address
+            route.dispatcher.worker_ready(worker_id)
+
+    def worker_draining(self, endpoint_id: str, worker_id: str) -> None:
+        """No new request goes to the worker; those it holds finish (its address is kept for them)."""
+        if route := self._routes.get(endpoint_id):
+            route.dispatcher.worker_draining(worker_id)
+
+    def worker_gone(self, endpoint_id: str, worker_id: str) -> None:
+        """The worker no longer exists (or failed): no request goes to it and its address is forgotten."""
+        if route := self._routes.get(endpoint_id):
+            route.dispatcher.worker_gone(worker_id)
+            route.addresses.pop(worker_id, None)
+
+    def worker_error(self, endpoint_id: str, worker_id: str, reason: str) -> None:
+        """The proxy could not reach the worker: pass it on to `on_worker_error`."""
+        if self.on_worker_error is not None:
+            self.on_worker_error(endpoint_id, worker_id, reason)
+
+    def in_flight(self, endpoint_id: str, worker_id: str) -> int:
+        """Requests the worker holds now (0 when unknown): the reconciler removes a draining worker at 0."""
+        route = self._routes.get(endpoint_id)
+        return route.dispatcher.in_flight_by_worker.get(worker_id, 0) if route else 0
+
+    # Figures.
+
+    def figures(self) -> list[EndpointFigures]:
+        """Every endpoint's queue and workers now. Call it on the table's loop."""
+        result = []
+        for endpoint_id, route in self._routes.items():
+            dispatcher = route.dispatcher
+            load = dispatcher.in_flight_by_worker
+            workers = tuple(
+                WorkerFigures(
+                    worker_id=worker_id,
+                    ready=dispatcher.is_ready(worker_id),
+                    in_flight=load.get(worker_id, 0),
+                    idle_for=dispatcher.idle_for(worker_id),
+                )
+                for worker_id in route.addresses
+            )
+            result.append(
+                EndpointFigures(
+                    endpoint_id=endpoint_id,
+                    queued=dispatcher.queued,
+                    in_flight=dispatcher.in_flight,
+                    oldest_wait=dispatcher.oldest_wait(),
+                    workers=workers,
+                )
+            )
+        return result

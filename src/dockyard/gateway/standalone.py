@@ -1,0 +1,105 @@
+"""`dockyard gateway`: the sync gateway in a process of its own, beside the server, to spread request load.
+
+It serves the same `GatewayApp` as the server does, at `/{endpoint_id}/...`, plus `/healthz` and `/metrics`.
+It never migrates nor writes desired state: the server owns the schema and every row. What it needs comes
+from the database in the background, never on a request:
+- the endpoints and workers to route to, every `gateway_sync_interval` (`RouteSync`), with its own prober
+  pushing a starting worker ready the moment its health check answers;
+- API keys, through the same short-lived cache the server uses.
+Its load figures go the other way, to `gateway_reports` (`Reporter`), where the server's autoscaler and
+reconciler read them: a request reaching an endpoint at zero workers is reported at once.
+
+Point `DOCKYARD_GATEWAY_URL` at the gateways' address (a load balancer in front of several) so that the
+endpoint URLs the API hands out lead there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from dockyard import __version__
+from dockyard.config import Settings, load_settings
+from dockyard.context import ServerContext
+from dockyard.db.base import new_id
+from dockyard.db.session import Database
+from dockyard.errors import error_body
+from dockyard.gateway import metrics as gateway_metrics
+from dockyard.gateway.front import Front
+from dockyard.gateway.prober import HealthProber
+from dockyard.gateway.proxy import GatewayApp
+from dockyard.gateway.reports import Reporter
+from dockyard.gateway.sync import RouteSync
+from dockyard.logs import configure_logging
+from dockyard.secrets import SecretBox
+from dockyard.services import keys
+
+log = logging.getLogger(__name__)
+
+
+async def _recorded_elsewhere(*_: str) -> None:
+    """The prober's callbacks: the server's reconciler records worker status; this process only routes."""
+
+
+def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
+    settings = settings or load_settings()
+    db = Database(settings.resolved_database_url)
+    context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key))
+    routes = context.routes
+    gateway_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+    reporter = Reporter(db, routes, gateway_id, settings.gateway_report_interval)
+    routes.on_demand = reporter.demand
+    prober = HealthProber(routes, settings, on_ready=_recorded_elsewhere, on_unhealthy=_recorded_elsewhere)
+    sync = RouteSync(db, settings, routes, prober)
+    routes.on_worker_error = prober.recheck
+    gateway = GatewayApp(routes, partial(keys.org_of, context), context.registry, on_worker_error=routes.worker_error)
+    gateway_metrics.register(context.registry, routes)
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__, "gateway": gateway_id, "endpoints": len(routes)})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(context.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def unknown(request: Request) -> JSONResponse:
+        endpoint_id = request.path_params["path"].split("/", 1)[0]
+        message = f"no endpoint {endpoint_id} here; GET /gpus/v2/endpoints on the server lists yours"
+        return JSONResponse(error_body(404, message, reason="NOT_FOUND"), status_code=404)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await sync.sync_once()
+        sync.start()
+        reporter.start()
+        log.info("dockyard gateway %s serving %d endpoint(s)", gateway_id, len(routes))
+        try:
+            yield
+        finally:
+            await sync.stop()
+            await reporter.stop()
+            await prober.close()
+            await db.dispose()
+
+    api = Starlette(
+        routes=[Route("/healthz", healthz), Route("/metrics", metrics), Route("/{path:path}", unknown, methods=None)],
+        lifespan=lifespan,
+    )
+    return Front(api, gateway, routes)
+
+
+def create_gateway_app_from_env() -> ASGIApp:
+    """uvicorn's factory entry point for `dockyard gateway`."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_gateway_app(settings)

@@ -1,0 +1,102 @@
+"""Mirroring worker rows into a gateway's routing table and prober.
+
+`publish_worker` is the one rule, used by the endpoint reconciler in the server (every pass) and by a
+stand-alone gateway's `RouteSync`: a starting or ready worker is located in the table and watched by the
+prober (which pushes it ready the moment its health check answers); a draining one takes no new requests but
+keeps its address for the ones it holds; any other is gone. Every call is idempotent, so callers simply
+repeat it for every row they see.
+
+`RouteSync` is how a stand-alone gateway (`dockyard gateway`) learns what to serve without a database round
+trip on any request: every `gateway_sync_interval` it reads the endpoints and their workers and mirrors them.
+Its prober pushes readiness into its own table as soon as it sees it, so a cold start is served here as fast
+as in the server; it writes nothing, since the server's reconciler owns every row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+
+from sqlalchemy import select
+
+from dockyard.config import Settings
+from dockyard.core.status import WorkerStatus
+from dockyard.db.models import EndpointModel, WorkerModel
+from dockyard.db.session import Database
+from dockyard.gateway.prober import HealthProber
+from dockyard.gateway.routes import RouteTable
+from dockyard.services.endpoints import route_config
+from dockyard.services.worker_runspec import worker_address, worker_health
+
+log = logging.getLogger(__name__)
+
+_SERVING = (WorkerStatus.STARTING, WorkerStatus.READY)
+
+
+def publish_worker(routes: RouteTable, prober: HealthProber, worker: WorkerModel) -> None:
+    """Make the table and the prober agree with one worker row (see the module docstring)."""
+    endpoint_id = worker.endpoint_id
+    if worker.status in _SERVING and not worker.drain:
+        address = worker_address(worker.published_ports)
+        probe = worker_health(worker.published_ports)
+        if address is not None and probe is not None:
+            routes.worker_starting(endpoint_id, worker.id, address)
+            url, check = probe
+            prober.watch(endpoint_id, worker.id, address, url, ready=worker.status == WorkerStatus.READY, check=check)
+        return
+    prober.unwatch(worker.id)
+    if worker.status == WorkerStatus.DRAINING or worker.drain:
+        routes.worker_draining(endpoint_id, worker.id)
+    else:
+        routes.worker_gone(endpoint_id, worker.id)
+
+
+def forget_others(routes: RouteTable, prober: HealthProber, workers: Iterable[WorkerModel]) -> None:
+    """Take out of the table and the prober every worker that no longer has a row."""
+    present = {worker.id for worker in workers}
+    for worker_id in prober.watching() - present:
+        prober.unwatch(worker_id)
+    for figures in routes.figures():
+        for worker in figures.workers:
+            if worker.worker_id not in present:
+                routes.worker_gone(figures.endpoint_id, worker.worker_id)
+
+
+class RouteSync:
+    """A stand-alone gateway's loop; see the module docstring."""
+
+    def __init__(self, db: Database, settings: Settings, routes: RouteTable, prober: HealthProber) -> None:
+        self.db = db
+        self.settings = settings
+        self.routes = routes
+        self.prober = prober
+        self._task: asyncio.Task[None] | None = None
+
+    async def sync_once(self) -> None:
+        stamp = self.routes.stamp()
+        async with self.db.read() as session:
+            endpoints = list(await session.scalars(select(EndpointModel)))
+            workers = list(await session.scalars(select(WorkerModel).order_by(WorkerModel.created_at)))
+        self.routes.configure((route_config(row, self.settings) for row in endpoints), since=stamp)
+        for worker in workers:
+            publish_worker(self.routes, self.prober, worker)
+        forget_others(self.routes, self.prober, workers)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sync_once()
+            except Exception:
+                log.exception("gateway sync failed; serving the last table seen until the next try")
+            await asyncio.sleep(self.settings.gateway_sync_interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="gateway-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,450 @@
+"""The endpoint reconciler: converges each serverless endpoint's worker containers to what its row wants, and
+keeps the gateway's routing table in step with them.
+
+The database holds what users and the autoscaler want (the worker template and its `generation`,
+`desired_replicas` within the worker_config's bounds, `desired`) and one row per worker with what was last
+observed; the runtime is the truth about which containers exist. The loop is level-triggered: every pass looks
+at the whole picture afresh, so a missed wake-up, a crash or a stale write costs at most one pass. Readiness
+is not polled here: the health prober (gateway/prober.py), owned by this reconciler, pushes it into the
+routing table the moment a worker answers and calls back to record it.
+
+One pass:
+
+1. **Load** every endpoint, worker, product and node in one read transaction, and **observe** each IDC
+   runtime once (`list_managed`), indexing objects of kind `worker` by their `dockyard.id` label. An endpoint
+   whose runtime cannot be reached is left exactly as it is (no worker is failed, nothing is removed) until a
+   pass reaches it again.
+2. **Route**: the routing table is made to hold exactly the endpoints that still have a row, and every worker
+   row is pushed into it (`gateway.sync.publish_worker`, the rule a stand-alone gateway follows too):
+   starting and ready workers by address (and to the prober), draining ones as draining, the rest as gone.
+   A restarted server so rebuilds its table from the database. A worker the
+   database says is ready is pushed ready at once rather than after a first probe: the prober's regular
+   probes fail it within `health_check_failures` intervals if it is not, and holding every request until a
+   probe succeeded would stall a whole endpoint after each restart.
+3. **Observe workers**: a starting or ready worker whose container exited is `failed` ("exited with code 3"),
+   one whose container vanished is failed after `missing_debounce_seconds`, one still starting after
+   `worker_startup_timeout` is failed naming its health check. A failed worker's container is stopped and
+   kept for its logs, and its GPUs released; only the three newest failed workers per endpoint are kept.
+4. **Plan and act**, concurrently across workers (at most eight at once), each write guarded:
+   - *Scale*: live workers of the current generation (pending, starting, ready, not draining) are brought to
+     `desired_replicas` clamped to min/max: missing ones are inserted `pending` and started in the same
+     pass; surplus is drained, pending first, then starting, then ready ones holding no request and idle
+     longest.
+   - *Roll* (the template's generation changed): new workers are started up to the wanted count; an old ready
+     worker is drained only once a new one is ready to take its place (old ready >= wanted - new ready), so
+     the endpoint never lacks a ready worker. With none wanted the old ones simply drain.
+   - *Start* (pending): place (node and GPUs, chosen under the server's GPU lock from every container's and
+     worker's recorded holdings, and recorded on the row before anything is created), create and start the
+     container, record `starting` with its published ports, and hand it to the prober. A `RuntimeFailure`
+     (a missing image) fails the worker with the runtime's sentence and removes the half-made container.
+   - *Drain*: `routes.worker_draining` stops new requests; once the worker holds none (or after
+     `worker_drain_timeout`) it goes `stopping`, its container is removed and its row deleted.
+   - *Crash loop*: while workers of the current generation keep failing before they ever become ready, each
+     next start waits (2 s, doubling, at most 5 min; a timer wakes the loop, nothing spins). After three such
+     failures in a row the endpoint is `failed` with the last worker's reason; it leaves `failed` when a
+     worker becomes ready or a PUT bumps the generation.
+   - *Delete* (desired `deleted`): every worker drains and is removed, failed ones too; then the endpoint
+     row is deleted (its workers cascade) and it leaves the routing table.
+5. **Endpoint status**: `deploying` until its first worker is ready (`running` at once when none is wanted:
+   scale to zero is a running endpoint), `updating` while old-generation workers remain, `failed` as above,
+   `running` otherwise, each with a sentence.
+6. **Orphans**: a worker object whose id has no row is removed once seen for `zombie_grace_seconds`;
+   objects without Dockyard's labels are never listed, so never touched.
+
+The prober's callbacks write `ready` (with the cold-start time) and `failed` (after failed health checks),
+each guarded against the row as it is then, and wake the loop. Call `close()` when the loop stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dockyard.context import ServerContext
+from dockyard.core.status import DesiredState, EndpointStatus, WorkerStatus
+from dockyard.db.base import guarded_update, utcnow
+from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
+from dockyard.gateway.prober import HealthProber
+from dockyard.gateway.sync import forget_others, publish_worker
+from dockyard.gpus.allocation import load_inventory
+from dockyard.reconcilers.endpoints_workers import (
+    CRASH_LOOP_FAILURES,
+    KIND_ENDPOINT,
+    CrashLoop,
+    PassState,
+    WorkerTask,
+    plan,
+    to_reap,
+    wanted_replicas,
+)
+from dockyard.runtimes.base import LABEL_KIND, RuntimeObject, RuntimeUnavailable
+from dockyard.services import events
+from dockyard.services.endpoints import LOOP, route_config
+from dockyard.services.worker_runspec import KIND_WORKER
+
+log = logging.getLogger(__name__)
+
+CONCURRENCY = 8
+COLD_START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+@dataclass
+class _Metrics:
+    workers: Gauge
+    cold_start: Histogram
+
+
+_metrics: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+
+
+def _metrics_for(registry: CollectorRegistry) -> _Metrics:
+    """One set per registry, shared by every reconciler built on it (a restarted loop included)."""
+    if registry not in _metrics:
+        _metrics[registry] = _Metrics(
+            Gauge("dockyard_endpoint_workers", "Endpoint workers by status", ["endpoint", "status"], registry=registry),
+            Histogram(
+                "dockyard_worker_cold_start_seconds",
+                "Seconds from a worker being wanted to it answering its health check",
+                ["endpoint"],
+                buckets=COLD_START_BUCKETS,
+                registry=registry,
+            ),
+        )
+    return _metrics[registry]
+
+
+class EndpointReconciler:
+    """The `endpoints` loop; see the module docstring for the algorithm."""
+
+    name = LOOP
+
+    def __init__(self, context: ServerContext) -> None:
+        self.context = context
+        self.interval = context.settings.reconcile_interval
+        self.prober = HealthProber(
+            context.routes, context.settings, on_ready=self.on_worker_ready, on_unhealthy=self.on_worker_unhealthy
+        )
+        self.crash_loops: dict[str, CrashLoop] = {}
+        self._missing_since: dict[str, datetime] = {}
+        self._orphans_seen: dict[str, float] = {}
+        self._metrics = _metrics_for(context.registry)
+
+    async def close(self) -> None:
+        """Stop the prober's probes; the routing table keeps what it holds."""
+        await self.prober.close()
+
+    async def reconcile_once(self) -> None:
+        stamp = self.context.routes.stamp()
+        async with self.context.db.read() as session:
+            endpoints = list(await session.scalars(select(EndpointModel).order_by(EndpointModel.created_at)))
+            workers = list(await session.scalars(select(WorkerModel).order_by(WorkerModel.created_at, WorkerModel.id)))
+            products = {p.id: p for p in await session.scalars(select(ProductModel))}
+            inventory = await load_inventory(session)
+        objects, idc_of, unreachable = await self._observe()
+        by_endpoint: dict[str, list[WorkerModel]] = defaultdict(list)
+        for worker in workers:
+            by_endpoint[worker.endpoint_id].append(worker)
+        settings = self.context.settings
+        self.context.routes.configure((route_config(row, settings) for row in endpoints), since=stamp)
+        state = PassState(
+            db=self.context.db,
+            settings=settings,
+            box=self.context.box,
+            now=utcnow(),
+            routes=self.context.routes,
+            prober=self.prober,
+            products=products,
+            inventory=inventory,
+            gpu_lock=self.context.gpu_lock,
+            objects=objects,
+            orphan_gpus={},
+            crash_loops=self.crash_loops,
+            missing_since=self._missing_since,
+            limit=asyncio.Semaphore(CONCURRENCY),
+            wake=lambda: self.context.wake(LOOP),
+        )
+        row_ids = {worker.id for worker in workers}
+        orphans = {worker_id: obj for worker_id, obj in objects.items() if worker_id not in row_ids}
+        state.orphan_gpus = {worker_id: obj.gpu_uuids for worker_id, obj in orphans.items()}
+        self._push(workers)
+        # The prober saw these ready but recording it lost a race with another write: record it again.
+        unrecorded = [w for w in workers if w.status == WorkerStatus.STARTING and self.prober.is_ready(w.id)]
+        await asyncio.gather(*(self.on_worker_ready(w.endpoint_id, w.id) for w in unrecorded))
+        reachable = [row for row in endpoints if row.idc_id not in unreachable]
+        outcomes = await asyncio.gather(*(self._endpoint(state, row, by_endpoint[row.id]) for row in reachable))
+        after = {row.id: by_endpoint[row.id] for row in endpoints}
+        after.update({row.id: left for row, left in zip(reachable, outcomes, strict=True) if left is not None})
+        gone = {row.id for row, left in zip(reachable, outcomes, strict=True) if left is None}
+        if gone:
+            self._drop_routes(gone)
+        await self._orphans(orphans, idc_of)
+        self._export({endpoint_id: left for endpoint_id, left in after.items() if endpoint_id not in gone})
+
+    async def _observe(self) -> tuple[dict[str, RuntimeObject], dict[str, str], set[str]]:
+        """Worker objects by worker id, the IDC each was listed in, and the IDCs that could not be listed."""
+        objects: dict[str, RuntimeObject] = {}
+        idc_of: dict[str, str] = {}
+        unreachable: set[str] = set()
+        idcs = list(self.context.runtimes)
+
+        async def listing(idc_id: str) -> list[RuntimeObject]:
+            try:
+                return await self.context.runtimes[idc_id].list_managed()
+            except RuntimeUnavailable as exc:
+                log.info("endpoints: the runtime of IDC %s cannot be reached (%s); its endpoints wait", idc_id, exc)
+                unreachable.add(idc_id)
+                return []
+
+        for idc_id, listed in zip(idcs, await asyncio.gather(*(listing(idc_id) for idc_id in idcs)), strict=True):
+            for obj in listed:
+                if obj.labels.get(LABEL_KIND) == KIND_WORKER and obj.resource_id:
+                    objects[obj.resource_id] = obj
+                    idc_of[obj.resource_id] = idc_id
+        return objects, idc_of, unreachable
+
+    def _push(self, workers: list[WorkerModel]) -> None:
+        """Make the routing table and the prober agree with the worker rows (step 2; gateway/sync.py's rule)."""
+        for worker in workers:
+            publish_worker(self.context.routes, self.prober, worker)
+        forget_others(self.context.routes, self.prober, workers)
+
+    async def _endpoint(
+        self, state: PassState, endpoint: EndpointModel, workers: list[WorkerModel]
+    ) -> list[WorkerModel] | None:
+        """One endpoint's pass: its workers as they are after it, or None when its row was deleted."""
+        runtime = self.context.runtimes.get(endpoint.idc_id)
+        if runtime is None:
+            return workers
+        deleted = endpoint.desired == DesiredState.DELETED
+        tasks = {worker.id: WorkerTask(state, endpoint, worker, runtime) for worker in workers}
+        await self._each(state, (task.observe() for task in tasks.values()))
+        wanted = wanted_replicas(endpoint, deleted)
+        decided = plan(endpoint, workers, wanted, deleted, state.routes)
+        for worker in await self._add(endpoint, decided.add):
+            tasks[worker.id] = WorkerTask(state, endpoint, worker, runtime)
+            decided.start.append(worker)
+        await self._each(
+            state,
+            [
+                *(tasks[w.id].drain(why) for w, why in decided.drain),
+                *(tasks[w.id].settle() for w in decided.settle),
+                *(tasks[w.id].start() for w in decided.start),
+            ],
+        )
+        # Reaped last, so a worker that failed to start in this pass counts among the newest kept.
+        removed = "removed with its endpoint" if deleted else "reaped: only the newest failed workers are kept"
+        reaped = to_reap([task.worker for task in tasks.values()], deleted)
+        await self._each(state, (tasks[w.id].retire("WorkerRemoved", removed) for w in reaped))
+        async with self.context.db.read() as session:
+            left = list(await session.scalars(select(WorkerModel).where(WorkerModel.endpoint_id == endpoint.id)))
+        if deleted:
+            return None if not left and await self._delete_endpoint(endpoint) else left
+        await self._status(state, endpoint, left, wanted)
+        return left
+
+    @staticmethod
+    async def _each(state: PassState, steps: Iterable[Awaitable[None]]) -> None:
+        """Run worker steps concurrently, at most `CONCURRENCY` at once; a step that fails is logged and never
+        stops the others (it left the row as it was, so the next pass redoes it)."""
+
+        async def limited(step: Awaitable[None]) -> None:
+            async with state.limit:
+                try:
+                    await step
+                except RuntimeUnavailable as exc:  # the engine went away mid-pass
+                    log.info("an endpoint worker step could not reach its runtime (%s); the next pass retries", exc)
+                except Exception:
+                    log.exception("an endpoint worker step failed; the next pass retries")
+
+        await asyncio.gather(*(limited(step) for step in steps))
+
+    async def _add(self, endpoint: EndpointModel, count: int) -> list[WorkerModel]:
+        """Insert `count` pending workers of the endpoint's current generation."""
+        if count <= 0:
+            return []
+        added = [
+            WorkerModel(
+                endpoint_id=endpoint.id,
+                org_id=endpoint.org_id,
+                generation=endpoint.generation,
+                status=WorkerStatus.PENDING,
+                reason="waiting to be placed and started",
+            )
+            for _ in range(count)
+        ]
+        try:
+            async with self.context.db.write() as session:
+                session.add_all(added)
+                await session.flush()
+        except IntegrityError:
+            log.info("endpoint %s was deleted while workers were added; the next pass sees it", endpoint.id)
+            return []
+        return added
+
+    async def _delete_endpoint(self, endpoint: EndpointModel) -> bool:
+        async with self.context.db.write() as session:
+            result = await session.execute(
+                delete(EndpointModel).where(EndpointModel.id == endpoint.id, EndpointModel.version == endpoint.version)
+            )
+            deleted = bool(getattr(result, "rowcount", 0) == 1)
+            if deleted:
+                self._event(session, endpoint, "Deleted", "its workers are drained and removed")
+        if deleted:
+            self.crash_loops.pop(endpoint.id, None)
+        return deleted
+
+    async def _status(self, state: PassState, endpoint: EndpointModel, workers: list[WorkerModel], wanted: int) -> None:
+        """Write the endpoint's status and reason (step 5) when they changed, with the event that explains it."""
+        current = [w for w in workers if w.generation == endpoint.generation]
+        ready = sum(1 for w in current if w.status == WorkerStatus.READY)
+        old = [w for w in workers if w.generation != endpoint.generation and w.status != WorkerStatus.FAILED]
+        loop = state.crash_loop(endpoint)
+        if ready:
+            loop.failures = 0
+        event: tuple[str, str] | None = None
+        if not ready and wanted and (loop.failures >= CRASH_LOOP_FAILURES or endpoint.status == EndpointStatus.FAILED):
+            # A failed endpoint stays failed across a restart (the crash count is in memory) until a worker
+            # becomes ready or a PUT bumps the generation (the API then marks it updating).
+            status = EndpointStatus.FAILED
+            reason = endpoint.reason
+            if loop.failures >= CRASH_LOOP_FAILURES:
+                reason = f"{loop.failures} workers in a row failed before becoming ready; the last: {loop.reason}"
+            event = ("EndpointFailed", reason)
+        elif old:
+            status = EndpointStatus.UPDATING
+            reason = (
+                f"rolling the workers to the new template: {ready} of {wanted} new workers ready, {len(old)} old left"
+            )
+        elif endpoint.status == EndpointStatus.DEPLOYING and wanted and not ready:
+            status = EndpointStatus.DEPLOYING
+            coming = sum(1 for w in current if w.status in (WorkerStatus.PENDING, WorkerStatus.STARTING))
+            reason = f"waiting for its first worker to become ready ({coming} being placed or started)"
+        else:
+            status = EndpointStatus.RUNNING
+            reason = f"{ready} of {wanted} workers ready" if wanted else "scaled to zero; a request starts a worker"
+            if endpoint.status == EndpointStatus.UPDATING:
+                event = ("Rolled", f"every worker now runs the template of generation {endpoint.generation}")
+        if (status, reason) == (endpoint.status, endpoint.reason):
+            return
+        if status == endpoint.status and event is not None and event[0] == "EndpointFailed":
+            event = None
+        async with self.context.db.write() as session:
+            written = await guarded_update(
+                session, EndpointModel, endpoint.id, endpoint.version, status=status, reason=reason
+            )
+            if written and event is not None:
+                self._event(session, endpoint, *event)
+
+    def _event(self, session: AsyncSession, endpoint: EndpointModel, type: str, message: str) -> None:
+        events.record(
+            session,
+            org_id=endpoint.org_id,
+            object_kind=KIND_ENDPOINT,
+            object_id=endpoint.id,
+            type=type,
+            message=message,
+        )
+
+    def _drop_routes(self, gone: set[str]) -> None:
+        """Take endpoints deleted this pass out of the routing table, keeping every other entry as it is."""
+        for endpoint_id in gone:
+            self.context.routes.remove(endpoint_id)
+
+    async def _orphans(self, orphans: dict[str, RuntimeObject], idc_of: dict[str, str]) -> None:
+        """Remove worker objects that have no row once they have been seen for the zombie grace."""
+        grace = self.context.settings.zombie_grace_seconds
+        for worker_id in [w for w in self._orphans_seen if w not in orphans]:
+            del self._orphans_seen[worker_id]
+        for worker_id, obj in orphans.items():
+            first = self._orphans_seen.setdefault(worker_id, time.monotonic())
+            if time.monotonic() - first < grace:
+                continue
+            try:
+                await self.context.runtimes[idc_of[worker_id]].remove(obj.id)
+            except Exception:
+                log.exception("removing orphan worker object %s failed; the next pass retries", obj.name)
+            else:
+                log.info("removed orphan worker object %s (no worker %s)", obj.name, worker_id)
+                del self._orphans_seen[worker_id]
+
+    def _export(self, workers: dict[str, list[WorkerModel]]) -> None:
+        """Every status of every remaining endpoint, zeros included, so a status that empties reads 0."""
+        gauge = self._metrics.workers
+        gauge.clear()
+        for endpoint_id, rows in workers.items():
+            for status in WorkerStatus:
+                gauge.labels(endpoint_id, status.value).set(sum(1 for row in rows if row.status == status))
+
+    # -- the prober's callbacks -----------------------------------------------------------------------------
+
+    async def on_worker_ready(self, endpoint_id: str, worker_id: str) -> None:
+        """The prober saw the worker answer (and already routes requests to it): record `ready`."""
+        async with self.context.db.write() as session:
+            worker = await session.get(WorkerModel, worker_id)
+            if worker is None or worker.status != WorkerStatus.STARTING:
+                self._undo_ready(endpoint_id, worker)
+                return
+            cold = (utcnow() - worker.created_at).total_seconds()
+            written = await guarded_update(
+                session,
+                WorkerModel,
+                worker_id,
+                worker.version,
+                status=WorkerStatus.READY,
+                health=True,
+                reason=f"ready: answered its health check {cold:.1f} s after it was wanted",
+            )
+            if written:
+                events.record(
+                    session,
+                    org_id=worker.org_id,
+                    object_kind=KIND_ENDPOINT,
+                    object_id=endpoint_id,
+                    type="WorkerReady",
+                    message=f"worker {worker_id}: ready after a cold start of {cold:.1f} s",
+                )
+        if written:
+            self._metrics.cold_start.labels(endpoint_id).observe(cold)
+            self.crash_loops.pop(endpoint_id, None)
+            self.context.wake(LOOP)
+
+    def _undo_ready(self, endpoint_id: str, worker: WorkerModel | None) -> None:
+        """The prober pushed a worker ready that the reconciler has since drained, failed or removed."""
+        if worker is not None and worker.status == WorkerStatus.READY:
+            return
+        if worker is not None and worker.status == WorkerStatus.DRAINING:
+            self.context.routes.worker_draining(endpoint_id, worker.id)
+        elif worker is not None:
+            self.context.routes.worker_gone(endpoint_id, worker.id)
+
+    async def on_worker_unhealthy(self, endpoint_id: str, worker_id: str, reason: str) -> None:
+        """The prober took a ready worker out after failed health checks: record `failed`; it is replaced."""
+        async with self.context.db.write() as session:
+            worker = await session.get(WorkerModel, worker_id)
+            if worker is None or worker.status not in (WorkerStatus.STARTING, WorkerStatus.READY):
+                return
+            written = await guarded_update(
+                session, WorkerModel, worker_id, worker.version, status=WorkerStatus.FAILED, health=False, reason=reason
+            )
+            if written:
+                events.record(
+                    session,
+                    org_id=worker.org_id,
+                    object_kind=KIND_ENDPOINT,
+                    object_id=endpoint_id,
+                    type="WorkerFailed",
+                    message=f"worker {worker_id}: {reason}",
+                )
+        if written:
+            self.context.wake(LOOP)

@@ -1,0 +1,422 @@
+"""One endpoint worker's share of a reconcile pass: each step a worker can take (observe, place and start,
+drain, retire, fail, reap), acting on the runtime and recording the outcome with a guarded write (see
+`reconcilers.endpoints` for the algorithm as a whole).
+
+Each `WorkerTask` handles exactly one worker row. Its writes are short transactions of their own guarded by
+the version the task loaded (and bumped by its own earlier writes), so a row changed meanwhile (by the prober's
+callbacks, or the API deleting the endpoint) is never overwritten: the write changes nothing and the next pass
+starts from fresh state. Events are recorded on the endpoint (`object_kind` "endpoint") and name the worker.
+
+`plan` and `to_reap` are the pure decisions behind the steps: which workers to add, start, drain and settle
+(scaling and the rolling order), and which failed ones to remove.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dockyard.config import Settings
+from dockyard.core.status import WorkerStatus
+from dockyard.core.workload import WorkloadSpec
+from dockyard.db.base import guarded_update, utcnow
+from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
+from dockyard.db.session import Database
+from dockyard.gateway.prober import HealthProber
+from dockyard.gateway.routes import RouteTable
+from dockyard.gateway.sync import publish_worker
+from dockyard.gpus.allocation import GpuAllocator, NodeInventory, NoFreeGpu, load_holdings
+from dockyard.gpus.inventory import GpuInfo
+from dockyard.reconcilers.containers_rows import exit_reason
+from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
+from dockyard.secrets import SecretBox
+from dockyard.services import events, registry_auths
+from dockyard.services.worker_runspec import (
+    build_worker_run_spec,
+    health_check,
+    worker_health,
+    worker_object_name,
+    worker_ports,
+)
+
+log = logging.getLogger(__name__)
+
+KIND_ENDPOINT = "endpoint"
+BACKOFF_FIRST = 2.0  # seconds before the create that follows a worker's failure to become ready
+BACKOFF_MAX = 300.0
+CRASH_LOOP_FAILURES = 3  # failures in a row, none ready, before the endpoint is `failed`
+
+
+@dataclass
+class CrashLoop:
+    """Workers of one endpoint generation failing before they ever became ready: how many in a row, the last
+    reason, and when the next create may run (monotonic seconds). Kept across passes, reset by a ready worker
+    or a new generation."""
+
+    generation: int
+    failures: int = 0
+    reason: str = ""
+    delay: float = 0.0  # the backoff now in force, seconds
+    retry_at: float = 0.0
+    wake_scheduled_for: float = 0.0
+
+    def failed(self, reason: str) -> None:
+        self.failures += 1
+        self.reason = reason
+        self.delay = min(BACKOFF_FIRST * 2 ** (self.failures - 1), BACKOFF_MAX)
+        self.retry_at = time.monotonic() + self.delay
+
+
+@dataclass
+class PassState:
+    """What one pass loaded and observed; shared by its worker tasks."""
+
+    db: Database
+    settings: Settings
+    box: SecretBox
+    now: datetime
+    routes: RouteTable
+    prober: HealthProber
+    products: dict[str, ProductModel]
+    inventory: list[NodeInventory]
+    gpu_lock: asyncio.Lock
+    objects: dict[str, RuntimeObject]  # worker objects by worker id
+    orphan_gpus: dict[str, list[str]]  # GPUs held by worker objects that have no row (zombies hold theirs)
+    crash_loops: dict[str, CrashLoop]  # by endpoint id; the reconciler keeps it across passes
+    missing_since: dict[str, datetime]  # worker id -> first pass its object was not seen; kept across passes
+    limit: asyncio.Semaphore
+    wake: Callable[[], None]  # ask for another pass soon
+
+    def crash_loop(self, endpoint: EndpointModel) -> CrashLoop:
+        loop = self.crash_loops.get(endpoint.id)
+        if loop is None or loop.generation != endpoint.generation:
+            loop = self.crash_loops[endpoint.id] = CrashLoop(endpoint.generation)
+        return loop
+
+
+class WorkerTask:
+    """One worker's steps in one pass; everything it needs is in the rows, the observed object and the state."""
+
+    def __init__(self, state: PassState, endpoint: EndpointModel, worker: WorkerModel, runtime: Runtime) -> None:
+        self.state = state
+        self.endpoint = endpoint
+        self.worker = worker
+        self.version = worker.version
+        self.runtime = runtime
+        self.object = state.objects.get(worker.id)
+
+    # -- writes -------------------------------------------------------------------------------------------
+
+    async def apply(self, event: tuple[str, str] | None = None, **values: Any) -> bool:
+        """Write the values that differ from the loaded row, guarded by version; plus `event`, atomically."""
+        changed = {key: value for key, value in values.items() if getattr(self.worker, key) != value}
+        if not changed:
+            return True
+        # Kept on the loaded row too: the drain and startup timeouts count from the last change.
+        changed["modified_at"] = utcnow()
+        async with self.state.db.write() as session:
+            written = await guarded_update(session, WorkerModel, self.worker.id, self.version, **changed)
+            if written and event is not None:
+                self._event(session, *event)
+        if written:
+            self.version += 1
+            for key, value in changed.items():
+                setattr(self.worker, key, value)
+        else:
+            log.info("worker %s changed during the pass; the next pass redoes it", self.worker.id)
+        return written
+
+    def _event(self, session: AsyncSession, type: str, message: str) -> None:
+        events.record(
+            session,
+            org_id=self.endpoint.org_id,
+            object_kind=KIND_ENDPOINT,
+            object_id=self.endpoint.id,
+            type=type,
+            message=f"worker {self.worker.id}: {message}",
+        )
+
+    async def delete_row(self, event: tuple[str, str]) -> bool:
+        async with self.state.db.write() as session:
+            result = await session.execute(
+                delete(WorkerModel).where(WorkerModel.id == self.worker.id, WorkerModel.version == self.version)
+            )
+            deleted = bool(getattr(result, "rowcount", 0) == 1)
+            if deleted:
+                self._event(session, *event)
+        return deleted
+
+    # -- steps --------------------------------------------------------------------------------------------
+
+    async def observe(self) -> None:
+        """Starting and ready workers: an exited, vanished (debounced) or never-ready (past the startup timeout)
+        container fails the worker. Failed workers: their container is stopped, kept for its logs, and their
+        GPUs are released."""
+        worker, obj, settings = self.worker, self.object, self.state.settings
+        if worker.status == WorkerStatus.FAILED:
+            if obj is not None and obj.state == ObjectState.RUNNING:
+                await self.runtime.stop(obj.id, settings.stop_timeout_seconds)
+            await self.apply(gpu_uuids=[])
+            return
+        if worker.status not in (WorkerStatus.STARTING, WorkerStatus.READY):
+            return
+        if obj is None:
+            first = self.state.missing_since.setdefault(worker.id, self.state.now)
+            if self.state.now - first >= timedelta(seconds=settings.missing_debounce_seconds):
+                await self.fail("its container disappeared: it was removed outside Dockyard")
+            return
+        self.state.missing_since.pop(worker.id, None)
+        if obj.state == ObjectState.EXITED:
+            await self.fail(exit_reason(obj, self.state.products.get(self.endpoint.product_id)))
+        elif (
+            worker.status == WorkerStatus.STARTING
+            and not self.state.prober.is_ready(worker.id)
+            and self.state.now - worker.modified_at > timedelta(seconds=settings.worker_startup_timeout)
+        ):
+            probe = worker_health(worker.published_ports)
+            check = f"health check {probe[1]}" if probe is not None else "health check"
+            await self.fail(
+                f"{check} did not answer 200 within {settings.worker_startup_timeout:g} s of the container starting"
+            )
+
+    async def fail(self, reason: str, *, remove: bool = False) -> None:
+        """Mark the worker failed (it is replaced because fewer live workers than wanted remain). Its container
+        is kept for its logs unless `remove` (a half-made one). A worker that never became ready counts
+        towards its endpoint's crash loop."""
+        never_ready = self.worker.status in (WorkerStatus.PENDING, WorkerStatus.STARTING)
+        values: dict[str, Any] = {"status": WorkerStatus.FAILED, "reason": reason, "health": False, "drain": False}
+        if remove:
+            values.update(gpu_uuids=[], published_ports=[], runtime_id="")
+        if not await self.apply(("WorkerFailed", reason), **values):
+            return
+        self.state.routes.worker_gone(self.endpoint.id, self.worker.id)
+        self.state.prober.unwatch(self.worker.id)
+        self.state.missing_since.pop(self.worker.id, None)
+        if never_ready and self.worker.generation == self.endpoint.generation:
+            self.state.crash_loop(self.endpoint).failed(reason)
+        self.state.wake()
+
+    async def drain(self, why: str) -> None:
+        """No new request goes to the worker from now on; it is retired once it holds none (or after the drain
+        timeout). A worker that never got a container is simply deleted."""
+        worker = self.worker
+        if worker.status == WorkerStatus.PENDING and self.object is None:
+            await self.delete_row(("WorkerRemoved", f"not started: {why}"))
+            return
+        written = await self.apply(
+            ("WorkerDraining", why), status=WorkerStatus.DRAINING, drain=True, reason=f"draining: {why}"
+        )
+        if not written:
+            return
+        self.state.routes.worker_draining(self.endpoint.id, worker.id)
+        self.state.prober.unwatch(worker.id)
+        await self.settle()
+
+    async def settle(self) -> None:
+        """A draining worker is retired when it holds no request, or once it has drained for longer than the
+        drain timeout; a stopping one (a retirement cut short) is retired again."""
+        worker = self.worker
+        if worker.status == WorkerStatus.DRAINING:
+            busy = self.state.routes.in_flight(self.endpoint.id, worker.id)
+            timeout = timedelta(seconds=self.state.settings.worker_drain_timeout)
+            if busy and self.state.now - worker.modified_at < timeout:
+                return
+            reason = "stopping: drained" if not busy else f"stopping: still held {busy} request(s) at the drain timeout"
+            if not await self.apply(status=WorkerStatus.STOPPING, reason=reason):
+                return
+        await self.retire("WorkerRemoved", "drained and removed")
+
+    async def retire(self, event_type: str, message: str) -> None:
+        """Remove the worker's container, then its row; the gateway forgets it."""
+        target = self.object.id if self.object is not None else worker_object_name(self.worker.id)
+        try:
+            await self.runtime.remove(target)
+        except RuntimeFailure as exc:
+            log.warning("removing worker %s failed (%s); the next pass retries", self.worker.id, exc.reason)
+            return
+        if await self.delete_row((event_type, message)):
+            self.state.routes.worker_gone(self.endpoint.id, self.worker.id)
+            self.state.prober.unwatch(self.worker.id)
+            self.state.missing_since.pop(self.worker.id, None)
+
+    async def start(self) -> None:
+        """pending -> starting: wait out the crash-loop backoff, place it (node, GPUs), create and start its
+        container, then hand it to the prober. A runtime refusal fails the worker with the runtime's sentence."""
+        endpoint, worker = self.endpoint, self.worker
+        loop = self.state.crash_loop(endpoint)
+        wait = loop.retry_at - time.monotonic()
+        if loop.failures and wait > 0:
+            # The stated wait is the backoff, not what is left of it, so passes meanwhile rewrite nothing.
+            await self.apply(
+                reason=f"waiting {loop.delay:g} s before starting: {loop.failures} worker(s) in a row failed before "
+                f"becoming ready; the last: {loop.reason}"
+            )
+            if loop.wake_scheduled_for != loop.retry_at:
+                loop.wake_scheduled_for = loop.retry_at
+                asyncio.get_running_loop().call_later(wait, self.state.wake)
+            return
+        product = self.state.products.get(endpoint.product_id)
+        if product is None:
+            await self.fail(f"product {endpoint.product_id} no longer exists; PUT the endpoint with another product")
+            return
+        spec = WorkloadSpec.model_validate(endpoint.spec)
+        placed = await self._place(product, spec)
+        if placed is None:
+            return
+        node_id, gpus = placed
+        registry_auth = None
+        if spec.registry_auth_id:
+            async with self.state.db.read() as session:
+                registry_auth = await registry_auths.resolve(
+                    session, self.state.box, endpoint.org_id, spec.registry_auth_id
+                )
+            if registry_auth is None:
+                await self.fail(
+                    f"registry auth {spec.registry_auth_id} no longer exists; PUT the endpoint with another one",
+                    remove=True,
+                )
+                return
+        run_spec = build_worker_run_spec(
+            endpoint,
+            worker,
+            product=product,
+            box=self.state.box,
+            gpus=gpus,
+            node_id=node_id,
+            registry_auth=registry_auth,
+        )
+        try:
+            obj = await self.runtime.create(run_spec)
+            obj = await self.runtime.start(obj.id)
+        except RuntimeFailure as exc:
+            with contextlib.suppress(RuntimeFailure, RuntimeUnavailable):
+                await self.runtime.remove(run_spec.name)
+            await self.fail(exc.reason, remove=True)
+            return
+        check = health_check(spec)
+        ports = worker_ports(obj, spec)
+        written = await self.apply(
+            ("WorkerCreated", f"container {obj.name} started on node {node_id or 'the local node'}"),
+            status=WorkerStatus.STARTING,
+            reason=f"started; waiting for GET {check.path} on port {check.port} to answer 200",
+            runtime_id=obj.id,
+            node_id=node_id,
+            published_ports=ports,
+        )
+        if written:
+            publish_worker(self.state.routes, self.state.prober, worker)
+
+    async def _place(self, product: ProductModel, spec: WorkloadSpec) -> tuple[str, list[GpuInfo]] | None:
+        """The worker's node and GPUs, recorded on the row before anything is created. The pool is shared with
+        containers (another loop): the choice is made under the server's GPU lock from the holdings every row
+        records now. None when the worker cannot be placed this pass (it stays pending, saying why)."""
+        worker, endpoint = self.worker, self.endpoint
+        nodes = [node for node in self.state.inventory if node.idc_id == endpoint.idc_id]
+        if spec.gpu_count == 0:
+            return (worker.node_id or (nodes[0].node_id if nodes else "")), []
+        async with self.state.gpu_lock:
+            allocator = GpuAllocator(self.state.inventory)
+            allocator.hold_all(self.state.orphan_gpus)
+            async with self.state.db.read() as session:
+                allocator.hold_all(await load_holdings(session))
+            known = [gpu for uuid in worker.gpu_uuids or [] if (gpu := allocator.gpu(uuid)) is not None]
+            if worker.node_id and len(known) == spec.gpu_count == len(worker.gpu_uuids):
+                return worker.node_id, known
+            try:
+                allocation = allocator.allocate(
+                    worker.id, endpoint.idc_id, product.gpu_model, spec.gpu_count, spec.min_cuda_version
+                )
+            except NoFreeGpu as exc:
+                unschedulable = exc.reason
+            else:
+                message = f"GPUs {', '.join(allocation.uuids)} on node {allocation.node_id}"
+                if not await self.apply(
+                    ("WorkerScheduled", message), gpu_uuids=allocation.uuids, node_id=allocation.node_id
+                ):
+                    return None
+                return allocation.node_id, list(allocation.gpus)
+        await self.apply(reason=f"waiting to be placed: {unschedulable}")
+        return None
+
+
+@dataclass
+class Plan:
+    """What one endpoint's workers should do this pass, decided from the rows after observation."""
+
+    drain: list[tuple[WorkerModel, str]] = field(default_factory=list)
+    start: list[WorkerModel] = field(default_factory=list)
+    add: int = 0
+    settle: list[WorkerModel] = field(default_factory=list)
+
+
+LIVE = (WorkerStatus.PENDING, WorkerStatus.STARTING, WorkerStatus.READY)
+KEEP_FAILED = 3  # failed workers kept per endpoint, newest first, so their logs stay readable
+
+
+def is_live(worker: WorkerModel) -> bool:
+    return worker.status in LIVE and not worker.drain
+
+
+def wanted_replicas(endpoint: EndpointModel, deleted: bool) -> int:
+    """`desired_replicas` within the worker_config's bounds; none for an endpoint being deleted."""
+    if deleted:
+        return 0
+    config = endpoint.worker_config
+    low, high = int(config.get("min_replicas", 0)), int(config.get("max_replicas", 0))
+    return max(low, min(endpoint.desired_replicas, high))
+
+
+def plan(endpoint: EndpointModel, workers: list[WorkerModel], wanted: int, deleted: bool, routes: RouteTable) -> Plan:
+    """Scale the current generation to `wanted`; roll older generations out only as new workers become ready
+    (old ready workers kept >= wanted - new ready), so no request finds the endpoint without a ready worker.
+    Surplus goes in the order that loses least: pending, then starting, then ready ones holding the fewest
+    requests and idle longest."""
+    result = Plan()
+    live = [w for w in workers if is_live(w)]
+    if deleted:
+        result.drain = [(w, "endpoint deleted") for w in live]
+    else:
+        current = [w for w in live if w.generation == endpoint.generation]
+        surplus = len(current) - wanted
+        if surplus > 0:
+            result.drain += [(w, "scale down") for w in _least_useful(endpoint.id, current, routes)[:surplus]]
+        result.add = max(0, -surplus)
+        drained = {w.id for w, _ in result.drain}
+        new_ready = sum(1 for w in current if w.status == WorkerStatus.READY and w.id not in drained)
+        old = [w for w in live if w.generation != endpoint.generation]
+        keep = max(0, wanted - new_ready)
+        old_ready = [w for w in old if w.status == WorkerStatus.READY]
+        rolled = [w for w in old if w.status != WorkerStatus.READY]
+        rolled += _least_useful(endpoint.id, old_ready, routes)[: max(0, len(old_ready) - keep)]
+        result.drain += [(w, "rolled to the new template") for w in rolled]
+        result.start = [w for w in current if w.status == WorkerStatus.PENDING and w.id not in drained]
+    result.settle = [w for w in workers if w.status in (WorkerStatus.DRAINING, WorkerStatus.STOPPING)]
+    return result
+
+
+def to_reap(workers: list[WorkerModel], deleted: bool) -> list[WorkerModel]:
+    """Failed workers whose container and row go: all of an endpoint being deleted, else all but the newest
+    `KEEP_FAILED` (kept so their logs stay readable)."""
+    failed = [w for w in workers if w.status in (WorkerStatus.FAILED, WorkerStatus.EXITED)]
+    failed.sort(key=lambda w: w.created_at, reverse=True)
+    return failed if deleted else failed[KEEP_FAILED:]
+
+
+def _least_useful(endpoint_id: str, workers: list[WorkerModel], routes: RouteTable) -> list[WorkerModel]:
+    order = {WorkerStatus.PENDING: 0, WorkerStatus.STARTING: 1, WorkerStatus.READY: 2}
+    idle = {f.worker_id: f.idle_for for e in routes.figures() if e.endpoint_id == endpoint_id for f in e.workers}
+
+    def key(worker: WorkerModel) -> tuple[int, int, float, float]:
+        newest_first = -worker.created_at.timestamp()
+        return order[worker.status], routes.in_flight(endpoint_id, worker.id), -idle.get(worker.id, 0.0), newest_first
+
+    return sorted(workers, key=key)

@@ -1,0 +1,250 @@
+"""Serverless endpoints end to end on real Podman: a real server (uvicorn on a loopback port, SQLite, every
+loop running) runs the example worker image as endpoint workers, and clients call it through the gateway
+over real sockets.
+
+- Scale to zero and back: the first request is held through the cold start; 50 concurrent requests bring
+  three workers; with no load the endpoint returns to zero workers; every request is answered 200.
+- A rolling update: a new image is PUT while a client sends requests without pause; the workers roll to
+  the new version and no request fails.
+- The `openai` client gets a streamed chat completion through the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import openai
+import pytest
+
+from dockyard.app import create_app
+from dockyard.config import Settings
+from dockyard.services import keys
+from tests.conftest import ADMIN_TOKEN
+from tests.live import serving
+
+pytestmark = pytest.mark.engine
+
+
+@dataclass
+class Server:
+    url: str
+    key: str
+    installation_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, engine_url: str, worker_images: dict[str, str]
+) -> Iterator[Server]:
+    data: Path = tmp_path_factory.mktemp("serving")
+    settings = Settings(
+        data_dir=data,
+        database_url=f"sqlite+aiosqlite:///{data / 'dockyard.db'}",
+        admin_token=ADMIN_TOKEN,
+        public_address="127.0.0.1",
+        engine_url=engine_url,
+        run_reconcilers=True,
+        reconcile_interval=0.5,
+        autoscale_interval=0.2,
+        health_check_interval=0.5,
+        stop_timeout_seconds=2,
+    )
+    app = create_app(settings)
+    installation = ""
+    try:
+        with serving(app) as url:
+            installation = app.state.context.installation_id
+            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            with httpx.Client(base_url=url, headers=admin) as client:
+                org = client.post("/admin/v1/organizations", json={"name": "serving"}).json()
+                key = client.post(f"/admin/v1/organizations/{org['id']}/keys", json={}).json()["key"]
+            yield Server(url, key, installation)
+    finally:
+        keys.forget_cached_keys()
+        if installation:
+            engine = docker.DockerClient(base_url=engine_url)
+            for container in engine.containers.list(
+                all=True, filters={"label": f"dockyard.installation={installation}"}
+            ):
+                container.remove(force=True)
+            engine.close()
+
+
+def create_endpoint(server: Server, image: str, **worker_config: Any) -> str:
+    body = {
+        "type": "sync",
+        "name": "serving-test",
+        "product_id": "serverless.cpu",
+        "image": image,
+        "ports": [8080],
+        "health_check": {"path": "/health", "port": 8080},
+        "worker_config": {"min_replicas": 0, "max_replicas": 3, "request_timeout": 60, **worker_config},
+        "policy": {"type": "concurrency", "value": 1},
+    }
+    with server.api() as api:
+        response = api.post("/gpus/v2/endpoints", json=body)
+    assert response.status_code == 200, response.text
+    endpoint_id: str = response.json()["id"]
+    return endpoint_id
+
+
+def get_endpoint(server: Server, endpoint_id: str) -> dict[str, Any]:
+    with server.api() as api:
+        response = api.get(f"/gpus/v2/endpoints/{endpoint_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_for(what: str, check: Any, deadline: float = 60.0) -> Any:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if value := check():
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"not within {deadline} s: {what}")
+
+
+def delete_endpoint(server: Server, endpoint_id: str) -> None:
+    with server.api() as api:
+        assert api.delete(f"/gpus/v2/endpoints/{endpoint_id}").status_code == 200
+    wait_for("the endpoint deleted", lambda: _gone(server, endpoint_id))
+
+
+def _gone(server: Server, endpoint_id: str) -> bool:
+    with server.api() as api:
+        return api.get(f"/gpus/v2/endpoints/{endpoint_id}").status_code == 404
+
+
+def test_scale_from_zero_to_three_workers_and_back_to_zero(server: Server) -> None:
+    endpoint_id = create_endpoint(server, "localhost/dockyard-worker:1", idle_timeout=3, max_concurrent_per_worker=4)
+    assert get_endpoint(server, endpoint_id)["workers"] == []
+    base = f"{server.url}/{endpoint_id}"
+
+    # The first request reaches an endpoint with no worker at all: it is held through the cold start.
+    first = httpx.post(f"{base}/echo", content=b"first", headers=server.headers, timeout=60)
+    assert first.status_code == 200, first.text
+    assert first.json()["body"] == "first"
+
+    seen_workers: set[str] = set()
+    peak = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            ready = [w for w in get_endpoint(server, endpoint_id)["workers"] if w["status"]["status"] == "ready"]
+            peak = max(peak, len(ready))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers=server.headers, timeout=120) as client:
+            return await asyncio.gather(*(client.get(f"{base}/sleep?s=1") for _ in range(50)))
+
+    try:
+        responses = asyncio.run(burst())
+    finally:
+        stop.set()
+        watcher.join()
+    assert [r.status_code for r in responses] == [200] * 50
+    seen_workers = {r.headers["x-dockyard-worker"] for r in responses}
+    assert peak == 3, f"at most {peak} workers were ready under 50 concurrent requests"
+    assert len(seen_workers) == 3
+
+    # No load: after idle_timeout every worker is drained and removed.
+    wait_for("back to zero workers", lambda: get_endpoint(server, endpoint_id)["workers"] == [], deadline=60)
+    with server.api() as api:
+        kinds = [e["type"] for e in api.get(f"/gpus/v2/endpoints/{endpoint_id}/events").json()["data"]]
+    assert "ScaledUp" in kinds
+    assert "ScaledDown" in kinds
+
+    # And back up again from zero.
+    again = httpx.post(f"{base}/echo", content=b"again", headers=server.headers, timeout=60)
+    assert again.status_code == 200
+    delete_endpoint(server, endpoint_id)
+
+
+def test_a_new_image_rolls_the_workers_while_requests_keep_succeeding(server: Server) -> None:
+    endpoint_id = create_endpoint(
+        server, "localhost/dockyard-worker:1", min_replicas=2, max_replicas=2, max_concurrent_per_worker=4
+    )
+    wait_for(
+        "two ready workers",
+        lambda: sum(w["status"]["status"] == "ready" for w in get_endpoint(server, endpoint_id)["workers"]) == 2,
+    )
+    base = f"{server.url}/{endpoint_id}"
+    statuses: list[int] = []
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        with httpx.Client(headers=server.headers, timeout=60) as client:
+            while not stop.is_set():
+                response = client.post(f"{base}/echo", content=b"x")
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    versions.append(response.json()["version"])
+
+    clients = [threading.Thread(target=client_loop) for _ in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        with server.api() as api:
+            assert (
+                api.put(f"/gpus/v2/endpoints/{endpoint_id}", json={"image": "localhost/dockyard-worker:2"}).status_code
+                == 200
+            )
+
+        def rolled() -> bool:
+            endpoint = get_endpoint(server, endpoint_id)
+            return (
+                endpoint["status"]["status"] == "running"
+                and len(endpoint["workers"]) == 2
+                and versions[-20:] == ["2"] * 20
+            )
+
+        wait_for("the workers rolled to version 2", rolled, deadline=90)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join()
+    assert len(statuses) > 100
+    failed = [s for s in statuses if s != 200]
+    assert failed == [], f"{len(failed)} of {len(statuses)} requests failed during the roll: {sorted(set(failed))}"
+    assert versions[0] == "1"
+    assert versions[-1] == "2"
+    delete_endpoint(server, endpoint_id)
+
+
+def test_the_openai_client_streams_a_chat_completion_through_the_gateway(server: Server) -> None:
+    endpoint_id = create_endpoint(server, "localhost/dockyard-worker:1")
+    client = openai.OpenAI(base_url=f"{server.url}/{endpoint_id}/v1", api_key=server.key, timeout=60)
+    stream = client.chat.completions.create(
+        model="dockyard-test", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    parts = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert len(parts) >= 5  # streamed as separate events, not one body
+    assert "".join(parts) == "Hello from worker 1."
+    whole = client.chat.completions.create(model="dockyard-test", messages=[{"role": "user", "content": "hi"}])
+    assert whole.choices[0].message.content == "Hello from worker 1."
+    delete_endpoint(server, endpoint_id)

@@ -1,0 +1,112 @@
+"""`dockyard gateway` on its own, beside a real server on real Podman: it learns endpoints and workers from the
+database, serves an endpoint scaled to zero (its load report makes the server's autoscaler start a worker,
+and its own prober sees the worker ready), and counts in the server's figures while requests are in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from dockyard.app import create_app
+from dockyard.config import Settings
+from dockyard.gateway.standalone import create_gateway_app
+from dockyard.services import keys
+from tests.conftest import ADMIN_TOKEN
+from tests.live import serving
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture
+def settings(tmp_path: Path, engine_url: str, worker_images: dict[str, str]) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'dockyard.db'}",
+        admin_token=ADMIN_TOKEN,
+        public_address="127.0.0.1",
+        engine_url=engine_url,
+        reconcile_interval=0.5,
+        autoscale_interval=0.2,
+        health_check_interval=0.5,
+        gateway_sync_interval=0.2,
+        gateway_report_interval=0.2,
+        stop_timeout_seconds=2,
+    )
+
+
+@pytest.fixture
+def cleanup(engine_url: str) -> Iterator[list[str]]:
+    installations: list[str] = []
+    yield installations
+    keys.forget_cached_keys()
+    engine = docker.DockerClient(base_url=engine_url)
+    for installation in installations:
+        for container in engine.containers.list(all=True, filters={"label": f"dockyard.installation={installation}"}):
+            container.remove(force=True)
+    engine.close()
+
+
+def test_a_standalone_gateway_serves_an_endpoint_from_zero(settings: Settings, cleanup: list[str]) -> None:
+    server_app = create_app(settings)
+    with serving(server_app) as server_url:
+        cleanup.append(server_app.state.context.installation_id)
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        with httpx.Client(base_url=server_url, headers=admin) as client:
+            org = client.post("/admin/v1/organizations", json={"name": "gw"}).json()
+            key = client.post(f"/admin/v1/organizations/{org['id']}/keys", json={}).json()["key"]
+        auth = {"Authorization": f"Bearer {key}"}
+        body = {
+            "type": "sync",
+            "name": "via-gateway",
+            "product_id": "serverless.cpu",
+            "image": "localhost/dockyard-worker:1",
+            "ports": [8080],
+            "worker_config": {"min_replicas": 0, "max_replicas": 1, "idle_timeout": 60, "request_timeout": 60},
+        }
+        api = httpx.Client(base_url=server_url, headers=auth, timeout=30)
+        endpoint_id = api.post("/gpus/v2/endpoints", json=body).json()["id"]
+
+        with serving(create_gateway_app(settings)) as gateway_url:
+            health = httpx.get(f"{gateway_url}/healthz").json()
+            assert health["status"] == "ok"
+            unknown = httpx.get(f"{gateway_url}/not-an-endpoint/x", headers=auth)
+            assert unknown.status_code == 404
+            assert "GET /gpus/v2/endpoints" in unknown.json()["message"]
+
+            async def slow_then_fast() -> tuple[httpx.Response, httpx.Response]:
+                async with (
+                    httpx.AsyncClient(base_url=gateway_url, headers=auth, timeout=60) as client,
+                    httpx.AsyncClient(base_url=server_url, headers=auth, timeout=30) as server_api,
+                ):
+                    slow = asyncio.create_task(client.get(f"/{endpoint_id}/sleep?s=2"))
+                    # The request is held here while the server, told by this gateway's report, starts a worker.
+                    deadline = time.monotonic() + 30
+                    while True:
+                        workers = (await server_api.get(f"/gpus/v2/endpoints/{endpoint_id}")).json()["workers"]
+                        if any(w["status"]["status"] == "ready" for w in workers):
+                            break
+                        assert time.monotonic() < deadline, "no worker became ready for a request held by the gateway"
+                        await asyncio.sleep(0.1)
+                    fast = await client.post(f"/{endpoint_id}/echo", content=b"through the gateway")
+                    return await slow, fast
+
+            slow, fast = asyncio.run(slow_then_fast())
+            assert slow.status_code == 200, slow.text
+            assert fast.status_code == 200, fast.text
+            assert fast.json()["body"] == "through the gateway"
+            assert fast.headers["x-dockyard-worker"] == slow.headers["x-dockyard-worker"]
+            metrics = httpx.get(f"{gateway_url}/metrics").text
+            assert f'dockyard_gateway_requests_total{{code="200",endpoint="{endpoint_id}"}} 2.0' in metrics
+
+        events = api.get(f"/gpus/v2/endpoints/{endpoint_id}/events").json()["data"]
+        scaled = [e["message"] for e in events if e["type"] == "ScaledUp"]
+        assert scaled, events
+        # The server's own gateway saw no request: the queued one it counted is the stand-alone gateway's report.
+        assert "1 queued" in scaled[-1]
+        api.close()
