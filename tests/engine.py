@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,14 @@ def engine_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def docker_client(engine_url: str) -> Iterator[docker.DockerClient]:
+    """A docker SDK client of the session's engine, to look at or tamper with what Dockyard made."""
+    client = docker.DockerClient(base_url=engine_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

@@ -90,3 +90,15 @@ def test_server_command_refuses_a_bad_value(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "log_format must be 'console' or 'json'" in done.stderr
     assert done.stdout == ""
+
+
+def test_the_public_url_of_a_server_on_loopback_is_the_loopback_address() -> None:
+    assert (
+        Settings(host="127.0.0.1", port=9000, public_address="192.0.2.7").resolved_public_url == "http://127.0.0.1:9000"
+    )
+    assert (
+        Settings(host="0.0.0.0", port=9000, public_address="192.0.2.7").resolved_public_url == "http://192.0.2.7:9000"
+    )
+    explicit = Settings(host="127.0.0.1", public_url="https://gpu.example/", gateway_url="https://run.example/")
+    assert explicit.resolved_public_url == "https://gpu.example"
+    assert explicit.resolved_gateway_url == "https://run.example"

@@ -58,6 +58,9 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message names the setting and says where it comes from."""
 
 
+_LOOPBACK = ("127.0.0.1", "localhost")
+
+
 class Settings(BaseSettings):
     """Everything the server reads at start; one instance per process, built by `load_settings()`."""
 
@@ -129,7 +132,12 @@ class Settings(BaseSettings):
 
     @cached_property
     def resolved_public_url(self) -> str:
-        return (self.public_url or f"http://{self.public_address}:{self.port}").rstrip("/")
+        """`public_url`, else this server at its public address; a server listening on loopback only can be
+        reached nowhere else, so its URL is then the loopback address."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        address = self.host if self.host in _LOOPBACK else self.public_address
+        return f"http://{address}:{self.port}"
 
     @cached_property
     def resolved_gateway_url(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import docker
@@ -19,39 +19,14 @@ import pytest
 
 from dockyard.core.status import WorkerStatus
 from dockyard.reconcilers.endpoints import EndpointReconciler
-from dockyard.runtimes.engine import EngineRuntime
 from dockyard.services.worker_runspec import LABEL_ENDPOINT, worker_address
 from tests.conftest import Harness
+from tests.engine_harness import database_url, fake_runtime  # noqa: F401
 from tests.reconcilers.test_endpoints import URL, endpoint_row, make_endpoint, ready_ids, workers_of
 
 pytestmark = pytest.mark.engine
 
 DEADLINE = 60.0
-
-
-@pytest.fixture
-def database_url(tmp_path: Any) -> str:
-    # Runtime behaviour does not depend on the backend, which the in-memory runtime tests cover on both.
-    return f"sqlite+aiosqlite:///{tmp_path / 'dockyard.db'}"
-
-
-@pytest.fixture
-def docker_client(engine_url: str) -> Iterator[docker.DockerClient]:
-    client = docker.DockerClient(base_url=engine_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-async def fake_runtime(engine_url: str, docker_client: docker.DockerClient) -> AsyncIterator[EngineRuntime]:
-    """Replaces the harness's in-memory runtime with the real engine (the harness sets the installation id)."""
-    runtime = EngineRuntime(engine_url, installation_id="")
-    yield runtime
-    if runtime.installation_id:
-        for container in docker_client.containers.list(
-            all=True, filters={"label": f"dockyard.installation={runtime.installation_id}"}
-        ):
-            container.remove(force=True)
 
 
 @pytest.fixture

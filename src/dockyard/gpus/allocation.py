@@ -13,14 +13,16 @@ after `load_holdings` has refreshed the allocator with what the other loop recor
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.db.models import ContainerModel, GpuModel, NodeModel, WorkerModel
+from dockyard.db.session import Database
 from dockyard.gpus.inventory import GpuInfo
 
 
@@ -93,6 +95,36 @@ async def load_holdings(session: AsyncSession) -> dict[str, list[str]]:
             if uuids:
                 holdings[holder] = list(uuids)
     return holdings
+
+
+async def allocate_and_record(
+    lock: asyncio.Lock,
+    db: Database,
+    allocator: GpuAllocator,
+    holder: str,
+    idc_id: str,
+    gpu_model: str,
+    count: int,
+    min_cuda_version: str | None,
+    record: Callable[[Allocation], Awaitable[bool]],
+) -> Allocation | NoFreeGpu | None:
+    """Choose `count` GPUs for `holder` and write the choice with `record` (a guarded write of the holder's row)
+    under `lock`, the one lock of every loop that hands out GPUs, after refreshing `allocator` from every row's
+    holdings. The allocation once recorded; the `NoFreeGpu` (with its reason) when nothing fits; None when the
+    record lost its guarded write (the row changed meanwhile; the next pass tries again)."""
+    async with lock:
+        async with db.read() as session:
+            allocator.hold_all(await load_holdings(session))
+        try:
+            allocation = allocator.allocate(holder, idc_id, gpu_model, count, min_cuda_version)
+        except NoFreeGpu as exc:
+            return exc
+        return allocation if await record(allocation) else None
+
+
+def describe(allocation: Allocation) -> str:
+    """How an event names an allocation."""
+    return f"GPUs {', '.join(allocation.uuids)} on node {allocation.node_id}"
 
 
 class GpuAllocator:

@@ -25,7 +25,7 @@ from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import guarded_update
 from dockyard.db.models import ContainerModel, ProductModel
 from dockyard.db.session import Database
-from dockyard.gpus.allocation import GpuAllocator, NoFreeGpu, load_holdings
+from dockyard.gpus.allocation import GpuAllocator, NoFreeGpu, allocate_and_record, describe
 from dockyard.gpus.inventory import GpuInfo
 from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
 from dockyard.secrets import SecretBox
@@ -347,24 +347,24 @@ class RowTask:
             return (row.node_id or (in_idc[0] if in_idc else "")), []
         if row.node_id and len(known) == product.gpu_count == len(row.gpu_uuids):
             return row.node_id, known
-        # Endpoint workers draw from the same pool in another loop: refresh from every row under the shared
-        # lock, and record the choice before the lock is let go, so neither loop hands out what the other took.
-        async with self.state.gpu_lock:
-            async with self.state.db.read() as session:
-                allocator.hold_all(await load_holdings(session))
-            try:
-                allocation = allocator.allocate(
-                    row.id, row.idc_id, product.gpu_model, product.gpu_count, spec.min_cuda_version
-                )
-            except NoFreeGpu as exc:
-                unschedulable = exc.reason
-            else:
-                message = f"GPUs {', '.join(allocation.uuids)} on node {allocation.node_id}"
-                if not await self.apply(("Scheduled", message), gpu_uuids=allocation.uuids, node_id=allocation.node_id):
-                    return None
-                return allocation.node_id, list(allocation.gpus)
-        await self._fail_create(unschedulable, "Unschedulable")
-        return None
+        # Endpoint workers draw from the same pool in another loop: allocate_and_record refreshes from every row
+        # under the shared lock and records the choice before letting go, so neither loop hands out what the
+        # other took.
+        outcome = await allocate_and_record(
+            self.state.gpu_lock,
+            self.state.db,
+            allocator,
+            row.id,
+            row.idc_id,
+            product.gpu_model,
+            product.gpu_count,
+            spec.min_cuda_version,
+            lambda chosen: self.apply(("Scheduled", describe(chosen)), gpu_uuids=chosen.uuids, node_id=chosen.node_id),
+        )
+        if isinstance(outcome, NoFreeGpu):
+            await self._fail_create(outcome.reason, "Unschedulable")
+            return None
+        return None if outcome is None else (outcome.node_id, list(outcome.gpus))
 
     async def _create(self, runtime: Runtime) -> None:
         row = self.row

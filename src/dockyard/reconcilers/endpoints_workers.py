@@ -34,7 +34,7 @@ from dockyard.db.session import Database
 from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.routes import RouteTable
 from dockyard.gateway.sync import publish_worker
-from dockyard.gpus.allocation import GpuAllocator, NodeInventory, NoFreeGpu, load_holdings
+from dockyard.gpus.allocation import GpuAllocator, NodeInventory, NoFreeGpu, allocate_and_record, describe
 from dockyard.gpus.inventory import GpuInfo
 from dockyard.reconcilers.containers_rows import exit_reason
 from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
@@ -323,29 +323,28 @@ class WorkerTask:
         nodes = [node for node in self.state.inventory if node.idc_id == endpoint.idc_id]
         if spec.gpu_count == 0:
             return (worker.node_id or (nodes[0].node_id if nodes else "")), []
-        async with self.state.gpu_lock:
-            allocator = GpuAllocator(self.state.inventory)
-            allocator.hold_all(self.state.orphan_gpus)
-            async with self.state.db.read() as session:
-                allocator.hold_all(await load_holdings(session))
-            known = [gpu for uuid in worker.gpu_uuids or [] if (gpu := allocator.gpu(uuid)) is not None]
-            if worker.node_id and len(known) == spec.gpu_count == len(worker.gpu_uuids):
-                return worker.node_id, known
-            try:
-                allocation = allocator.allocate(
-                    worker.id, endpoint.idc_id, product.gpu_model, spec.gpu_count, spec.min_cuda_version
-                )
-            except NoFreeGpu as exc:
-                unschedulable = exc.reason
-            else:
-                message = f"GPUs {', '.join(allocation.uuids)} on node {allocation.node_id}"
-                if not await self.apply(
-                    ("WorkerScheduled", message), gpu_uuids=allocation.uuids, node_id=allocation.node_id
-                ):
-                    return None
-                return allocation.node_id, list(allocation.gpus)
-        await self.apply(reason=f"waiting to be placed: {unschedulable}")
-        return None
+        allocator = GpuAllocator(self.state.inventory)
+        allocator.hold_all(self.state.orphan_gpus)
+        known = [gpu for uuid in worker.gpu_uuids or [] if (gpu := allocator.gpu(uuid)) is not None]
+        if worker.node_id and len(known) == spec.gpu_count == len(worker.gpu_uuids):
+            return worker.node_id, known
+        outcome = await allocate_and_record(
+            self.state.gpu_lock,
+            self.state.db,
+            allocator,
+            worker.id,
+            endpoint.idc_id,
+            product.gpu_model,
+            spec.gpu_count,
+            spec.min_cuda_version,
+            lambda chosen: self.apply(
+                ("WorkerScheduled", describe(chosen)), gpu_uuids=chosen.uuids, node_id=chosen.node_id
+            ),
+        )
+        if isinstance(outcome, NoFreeGpu):
+            await self.apply(reason=f"waiting to be placed: {outcome.reason}")
+            return None
+        return None if outcome is None else (outcome.node_id, list(outcome.gpus))
 
 
 @dataclass
