@@ -101,6 +101,16 @@ class Settings(BaseSettings):
     health_check_failures: int = Field(default=3, ge=1)  # failed probes in a row before a ready worker is replaced
     worker_startup_timeout: float = Field(default=600.0, gt=0)  # created -> ready, image pull included
     worker_drain_timeout: float = Field(default=300.0, ge=0)  # a draining worker is removed after this, busy or not
+    # Async jobs. A worker's lease on a job lasts `job_lease_seconds` from its last ping (the SDKs ping every
+    # 10 s), so a dead worker's job is back in the queue within that; after `job_max_attempts` takes it fails.
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
+    job_execution_timeout_seconds: float = Field(default=600.0, gt=0)  # unless the job's policy sets one
+    job_ttl_seconds: float = Field(default=1800.0, gt=0)  # a finished job's result is kept this long, unless set
+    job_max_payload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)  # an input or an output; larger is 413
+    job_take_wait_seconds: float = Field(default=20.0, ge=0)  # how long an empty job-take is held open
+    job_reap_interval: float = Field(default=1.0, gt=0)  # leases, timeouts, TTLs and webhooks are checked this often
+    webhook_max_attempts: int = Field(default=5, ge=1)
 
     @classmethod
     def settings_customise_sources(

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from dockyard.config import Settings
 from dockyard.db.models import IdcModel
 from dockyard.db.session import Database
+from dockyard.gateway.job_signals import JobSignals
 from dockyard.gateway.routes import RouteTable
 from dockyard.runtimes.base import Runtime
 from dockyard.secrets import SecretBox
@@ -31,6 +32,8 @@ class ServerContext:
     routes: RouteTable = field(default_factory=RouteTable)
     # Held while GPUs are chosen and recorded on a row: containers and endpoint workers draw from one pool.
     gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Wake-ups for async jobs (a job queued, finished or streamed), so job-take and runsync need not poll.
+    job_signals: JobSignals = field(default_factory=JobSignals)
 
     def wake(self, loop: str) -> None:
         """Ask reconcile loop `loop` to run now rather than at its next tick (after an API write)."""

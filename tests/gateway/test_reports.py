@@ -10,7 +10,8 @@ from sqlalchemy import update
 from dockyard.core.status import EndpointType
 from dockyard.db.base import utcnow
 from dockyard.db.models import GatewayReportModel
-from dockyard.gateway.reports import Reporter, load_figures, merge
+from dockyard.gateway.load import load_figures
+from dockyard.gateway.reports import Reporter, merge
 from dockyard.gateway.routes import EndpointConfig, EndpointFigures, RouteTable, WorkerFigures
 from tests.conftest import Harness
 

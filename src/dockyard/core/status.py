@@ -98,3 +98,27 @@ class IPStatus(StrEnum):
 class Protocol(StrEnum):
     TCP = "TCP"
     UDP = "UDP"
+
+
+class JobStatus(StrEnum):
+    """An async job's status, as the PPIO and RunPod clients read it."""
+
+    IN_QUEUE = "IN_QUEUE"  # committed, waiting for a worker to take it
+    IN_PROGRESS = "IN_PROGRESS"  # a worker holds it under a lease its pings renew
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"  # the handler failed, or its attempts ran out
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"  # ran past its executionTimeout
+
+    @property
+    def final(self) -> bool:
+        return self not in (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS)
+
+
+class WebhookState(StrEnum):
+    """Delivery of a finished job's result to the `webhook` its submitter gave."""
+
+    NONE = "none"  # no webhook, or the job is not finished
+    PENDING = "pending"  # to be delivered (again) at `webhook_next_at`
+    DELIVERED = "delivered"
+    FAILED = "failed"  # every attempt failed; `webhook_error` says how

@@ -19,9 +19,11 @@ from dockyard.core.status import (
     EndpointType,
     GpuSource,
     IdcStatus,
+    JobStatus,
     NetworkStorageStatus,
     ProductCategory,
     RuntimeKind,
+    WebhookState,
     WorkerStatus,
 )
 from dockyard.db.base import Base, Versioned, new_id, utcnow
@@ -251,6 +253,10 @@ class WorkerModel(Versioned, Base):
     node_id: Mapped[str] = mapped_column(String(255), default="")
     gpu_uuids: Mapped[list[str]] = mapped_column(JSON, default=list)
     published_ports: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # An async worker's webhook key (SHA-256 of it; the key itself is only in the worker's environment): it
+    # authenticates that worker's job-take, job-done, stream and ping calls, and nothing else.
+    key_hash: Mapped[str] = mapped_column(String(64), default="", index=True)
+    last_seen_at: Mapped[datetime | None] = mapped_column(default=None)  # an async worker's last webhook call
 
 
 class EventModel(Base):
@@ -315,3 +321,56 @@ class GatewayReportModel(Base):
     # worker id -> [requests in flight, seconds idle]
     workers: Mapped[dict[str, list[float]]] = mapped_column(JSON, default=dict)
     reported_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class JobModel(Versioned, Base):
+    """One async job: committed before `run` answers, taken by one worker at a time under a lease.
+
+    `attempts` counts the times a worker took it; `history` records each attempt (worker, start, end, how it
+    ended), so a job run twice (its worker died mid-job and the lease expired) is counted and explained.
+    Payloads are JSON text bounded by the settings. `expires_at` is when a finished job is purged."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # The queue: an endpoint's jobs in a status, oldest first (take, health counts, purge-queue).
+        Index("ix_jobs_endpoint_status_created", "endpoint_id", "status", "created_at"),
+        UniqueConstraint("endpoint_id", "idempotency_key", name="uq_jobs_endpoint_idempotency_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"))
+    org_id: Mapped[str] = mapped_column(String(36), index=True)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.IN_QUEUE)
+    input: Mapped[str] = mapped_column(Text)  # the JSON `input` as submitted
+    output: Mapped[str | None] = mapped_column(Text, default=None)  # JSON
+    error: Mapped[str] = mapped_column(Text, default="")
+    webhook: Mapped[str] = mapped_column(String(2048), default="")
+    execution_timeout_ms: Mapped[int] = mapped_column(Integer, default=0)  # 0: the server's default
+    ttl_ms: Mapped[int] = mapped_column(Integer, default=0)  # 0: the server's default
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    worker_id: Mapped[str] = mapped_column(String(36), default="")  # the holder while IN_PROGRESS
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    retried: Mapped[int] = mapped_column(Integer, default=0)  # times a client asked `retry`
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)  # the holder is told to stop
+    started_at: Mapped[datetime | None] = mapped_column(default=None)  # of the current attempt
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    delay_ms: Mapped[int] = mapped_column(Integer, default=0)  # queued -> taken (last attempt)
+    execution_ms: Mapped[int] = mapped_column(Integer, default=0)  # taken -> finished
+    expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    webhook_state: Mapped[WebhookState] = mapped_column(_enum(WebhookState), default=WebhookState.NONE, index=True)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_next_at: Mapped[datetime | None] = mapped_column(default=None)
+    webhook_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class JobStreamModel(Base):
+    """One partial output a generator handler streamed (`stream` webhook), in order per job."""
+
+    __tablename__ = "job_streams"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    output: Mapped[str] = mapped_column(Text)  # JSON
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

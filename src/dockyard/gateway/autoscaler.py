@@ -40,7 +40,7 @@ from dockyard.context import ServerContext
 from dockyard.core.status import DesiredState, PolicyType
 from dockyard.db.base import guarded_update
 from dockyard.db.models import EndpointModel
-from dockyard.gateway.reports import load_figures
+from dockyard.gateway.load import load_figures
 from dockyard.gateway.routes import EndpointFigures
 from dockyard.services import events
 

@@ -3,10 +3,9 @@
 The gateway inside the server process is read directly (`RouteTable.figures()`), as fresh as its last
 request. A stand-alone gateway (`dockyard gateway`, run beside the server to spread the request load) cannot
 be read that way, so it writes its figures to `gateway_reports` every `gateway_report_interval` seconds, and
-at once when a request reaches an endpoint with no ready worker there. The autoscaler and the endpoint
-reconciler read `load_figures()`: this process's table plus every report fresher than
-`REPORT_MAX_AGE_INTERVALS` intervals, summed per endpoint. A gateway that stopped stops reporting and its
-last figures age out; nothing has to clean up after it.
+at once when a request reaches an endpoint with no ready worker there. `remote_figures()` reads every report
+fresher than `REPORT_MAX_AGE_INTERVALS` intervals; gateway/load.py sums them with the rest. A gateway that
+stopped stops reporting and its last figures age out; nothing has to clean up after it.
 
 The database carries figures, never requests: a request still never waits on the database.
 """
@@ -87,11 +86,6 @@ async def remote_figures(session: AsyncSession, interval: float) -> list[Endpoin
         )
         for row in rows
     ]
-
-
-async def load_figures(session: AsyncSession, routes: RouteTable, interval: float) -> dict[str, EndpointFigures]:
-    """Every endpoint's load now: this process's gateway plus the fresh reports of the stand-alone ones."""
-    return merge([*routes.figures(), *await remote_figures(session, interval)])
 
 
 class Reporter:
