@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -115,4 +116,67 @@ def worker_images(python_image: str) -> dict[str, str]:
             capture_output=True,
         )
         images[version] = image
+    return images
+
+
+SDK_WORKERS = {"ppio": ("ppio-gpus", "0.0.2"), "runpod": ("runpod", "1.12.0")}
+"""The example worker of each official SDK: its directory under examples/ (`{name}-worker`) and its pinned
+package on PyPI."""
+
+
+PIP_INSTALL = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-conflicts"]
+
+
+def _sdk_packages(package: str, version: str) -> Path:
+    """`pip install --target` of the SDK and its dependencies, kept under the user's cache keyed by the version (the
+    image's python is 3.11, like the one running the tests, so binary wheels fit): a machine downloads each once."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dockyard"
+    target = cache / f"pip-{package}-{version}-py311"
+    if target.is_dir():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=cache))
+    install = subprocess.run(
+        [*PIP_INSTALL, "--target", str(partial), f"{package}=={version}"],
+        capture_output=True,
+        text=True,
+    )
+    if install.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        pytest.fail(f"pip could not install {package}=={version} for the SDK worker images: {install.stderr[-2000:]}")
+    try:
+        # Renamed into place whole, so a session started beside this one sees all of it or none of it.
+        partial.rename(target)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)  # the other session got there first
+    return target
+
+
+@pytest.fixture(scope="session")
+def sdk_worker_images(python_image: str) -> dict[str, str]:
+    """The async-endpoint workers written with the official SDKs (examples/ppio-worker, examples/runpod-worker):
+    {"ppio": "localhost/dockyard-ppio-worker:test", "runpod": "..."}. Built every session from the example
+    sources, so the images never lag behind them; the SDK layer comes from the build cache after the first time."""
+    images = {}
+    examples = ROOT / "examples"
+    for name, (package, version) in SDK_WORKERS.items():
+        image = f"localhost/dockyard-{name}-worker:test"
+        packages = _sdk_packages(package, version)
+        build = subprocess.run(
+            [
+                "podman",
+                "build",
+                "-q",
+                "--build-context",
+                f"sdk={packages}",
+                "-t",
+                image,
+                str(examples / f"{name}-worker"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if build.returncode != 0:
+            pytest.fail(f"podman build of {image} failed: {build.stderr[-2000:]}")
+        images[name] = image
     return images

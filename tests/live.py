@@ -15,12 +15,13 @@ from starlette.types import ASGIApp
 
 
 @contextmanager
-def serving(app: ASGIApp) -> Iterator[str]:
-    """Run `app` (its lifespan included) until the block ends; yields its base URL."""
+def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run `app` (its lifespan included) on `host` and `port` (0: a free one) until the block ends; yields its
+    base URL (on loopback, which reaches any address the app listens on)."""
     # IPPROTO_TCP named explicitly: asyncio only turns Nagle off (TCP_NODELAY) on accepted sockets of a listener
     # made so, and with Nagle on each small keep-alive answer stalls about 40 ms.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    listener.bind(("127.0.0.1", 0))
+    listener.bind((host, port))
     port = listener.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
@@ -36,3 +37,11 @@ def serving(app: ASGIApp) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         listener.close()
+
+
+def free_port() -> int:
+    """A TCP port free now, for a server whose settings must name its port before it listens."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

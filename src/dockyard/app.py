@@ -21,12 +21,14 @@ from dockyard.api import (
     endpoints,
     health,
     idcs,
+    jobs,
     network_storages,
     products,
     regions,
     registry_auths,
     ssh_keys,
     templates,
+    worker_webhooks,
 )
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
@@ -42,6 +44,7 @@ from dockyard.logs import configure_logging
 from dockyard.middleware import BodyLimitMiddleware, MetricsMiddleware
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.reconcilers.endpoints import EndpointReconciler
+from dockyard.reconcilers.jobs import JobReaper
 from dockyard.reconcilers.network_storages import NetworkStorageReconciler
 from dockyard.reconcilers.supervisor import Loop, Supervisor
 from dockyard.runtimes.base import Runtime
@@ -73,7 +76,7 @@ def build_loops(context: ServerContext) -> list[Loop]:
     context.routes.on_demand = autoscaler.on_demand
     endpoints = EndpointReconciler(context)
     context.routes.on_worker_error = endpoints.prober.recheck  # a worker the proxy could not reach: probe it now
-    return [ContainerReconciler(context), NetworkStorageReconciler(context), endpoints, autoscaler]
+    return [ContainerReconciler(context), NetworkStorageReconciler(context), endpoints, autoscaler, JobReaper(context)]
 
 
 async def _on_stale(_: object, exc: Exception) -> object:
@@ -151,6 +154,8 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         regions.router,
         endpoints.router,
         endpoint_workers.router,
+        jobs.router,
+        worker_webhooks.router,
     ):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

@@ -24,6 +24,7 @@ from typing import Any, cast
 import httpx
 
 from dockyard import __version__
+from dockyard.client_jobs import JobsMixin
 
 GONE = "gone"
 """The pseudo-status `wait_for_containers` reports for a container the server no longer has (404)."""
@@ -133,9 +134,10 @@ def _params(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-class Client:
+class Client(JobsMixin):
     """A synchronous client; one `httpx.Client` (and its connection pool) per instance. Thread-safe as
-    httpx's client is. Close it, or use it as a context manager."""
+    httpx's client is. Close it, or use it as a context manager. Async endpoints' job methods come from
+    `JobsMixin` (dockyard.client_jobs)."""
 
     def __init__(
         self,
@@ -171,10 +173,11 @@ class Client:
         return ServerUnreachable(f"cannot reach the Dockyard server at {self.base_url}; is `dockyard server` running?")
 
     def _request(
-        self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None
+        self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None, **extra: Any
     ) -> httpx.Response:
+        """`extra`: httpx's `headers` and `timeout` of this request alone."""
         try:
-            response = self._http.request(method, path, json=json, params=params)
+            response = self._http.request(method, path, json=json, params=params, **extra)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
         if response.is_error:

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     public_address: str = Field(default_factory=default_public_address)
     public_url: str = ""
     gateway_url: str = ""
+    # The server's base URL as a worker container reaches it (async workers' webhooks). Empty: `public_url`, with
+    # a loopback host replaced by `host.containers.internal` (services/worker_runspec.webhook_base_url).
+    worker_webhook_url: str = ""
     secret_key: str = ""
     admin_token: str = ""
     host: str = "127.0.0.1"

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -21,6 +20,7 @@ from dockyard.services import keys
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes import FakeRuntime
 from tests.live import serving
+from tests.servers import new_key
 
 IMAGE = "localhost/busybox:latest"
 
@@ -32,14 +32,7 @@ class LiveServer:
 
     def new_key(self, org: str) -> str:
         """A fresh key of a fresh organization, made through the operator's API."""
-        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        with httpx.Client(base_url=self.url, headers=admin) as client:
-            created = client.post("/admin/v1/organizations", json={"name": org})
-            assert created.status_code == 200, created.text
-            key = client.post(f"/admin/v1/organizations/{created.json()['id']}/keys", json={})
-            assert key.status_code == 200, key.text
-            value: str = key.json()["key"]
-            return value
+        return new_key(self.url, org)
 
 
 @pytest.fixture(scope="module")

@@ -15,77 +15,26 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import docker
 import httpx
 import openai
 import pytest
 
-from dockyard.app import create_app
-from dockyard.config import Settings
-from dockyard.services import keys
-from tests.conftest import ADMIN_TOKEN
-from tests.live import serving
+from tests.servers import EngineServer, engine_server, wait_for
 
 pytestmark = pytest.mark.engine
-
-
-@dataclass
-class Server:
-    url: str
-    key: str
-    installation_id: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-    def api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30)
 
 
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, engine_url: str, worker_images: dict[str, str]
-) -> Iterator[Server]:
-    data: Path = tmp_path_factory.mktemp("serving")
-    settings = Settings(
-        data_dir=data,
-        database_url=f"sqlite+aiosqlite:///{data / 'dockyard.db'}",
-        admin_token=ADMIN_TOKEN,
-        public_address="127.0.0.1",
-        engine_url=engine_url,
-        run_reconcilers=True,
-        reconcile_interval=0.5,
-        autoscale_interval=0.2,
-        health_check_interval=0.5,
-        stop_timeout_seconds=2,
-    )
-    app = create_app(settings)
-    installation = ""
-    try:
-        with serving(app) as url:
-            installation = app.state.context.installation_id
-            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-            with httpx.Client(base_url=url, headers=admin) as client:
-                org = client.post("/admin/v1/organizations", json={"name": "serving"}).json()
-                key = client.post(f"/admin/v1/organizations/{org['id']}/keys", json={}).json()["key"]
-            yield Server(url, key, installation)
-    finally:
-        keys.forget_cached_keys()
-        if installation:
-            engine = docker.DockerClient(base_url=engine_url)
-            for container in engine.containers.list(
-                all=True, filters={"label": f"dockyard.installation={installation}"}
-            ):
-                container.remove(force=True)
-            engine.close()
+) -> Iterator[EngineServer]:
+    with engine_server(tmp_path_factory.mktemp("serving"), engine_url) as running:
+        yield running
 
 
-def create_endpoint(server: Server, image: str, **worker_config: Any) -> str:
+def create_endpoint(server: EngineServer, image: str, **worker_config: Any) -> str:
     body = {
         "type": "sync",
         "name": "serving-test",
@@ -103,7 +52,7 @@ def create_endpoint(server: Server, image: str, **worker_config: Any) -> str:
     return endpoint_id
 
 
-def get_endpoint(server: Server, endpoint_id: str) -> dict[str, Any]:
+def get_endpoint(server: EngineServer, endpoint_id: str) -> dict[str, Any]:
     with server.api() as api:
         response = api.get(f"/gpus/v2/endpoints/{endpoint_id}")
     assert response.status_code == 200, response.text
@@ -111,27 +60,18 @@ def get_endpoint(server: Server, endpoint_id: str) -> dict[str, Any]:
     return body
 
 
-def wait_for(what: str, check: Any, deadline: float = 60.0) -> Any:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if value := check():
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"not within {deadline} s: {what}")
-
-
-def delete_endpoint(server: Server, endpoint_id: str) -> None:
+def delete_endpoint(server: EngineServer, endpoint_id: str) -> None:
     with server.api() as api:
         assert api.delete(f"/gpus/v2/endpoints/{endpoint_id}").status_code == 200
     wait_for("the endpoint deleted", lambda: _gone(server, endpoint_id))
 
 
-def _gone(server: Server, endpoint_id: str) -> bool:
+def _gone(server: EngineServer, endpoint_id: str) -> bool:
     with server.api() as api:
         return api.get(f"/gpus/v2/endpoints/{endpoint_id}").status_code == 404
 
 
-def test_scale_from_zero_to_three_workers_and_back_to_zero(server: Server) -> None:
+def test_scale_from_zero_to_three_workers_and_back_to_zero(server: EngineServer) -> None:
     endpoint_id = create_endpoint(server, "localhost/dockyard-worker:1", idle_timeout=3, max_concurrent_per_worker=4)
     assert get_endpoint(server, endpoint_id)["workers"] == []
     base = f"{server.url}/{endpoint_id}"
@@ -182,7 +122,7 @@ def test_scale_from_zero_to_three_workers_and_back_to_zero(server: Server) -> No
     delete_endpoint(server, endpoint_id)
 
 
-def test_a_new_image_rolls_the_workers_while_requests_keep_succeeding(server: Server) -> None:
+def test_a_new_image_rolls_the_workers_while_requests_keep_succeeding(server: EngineServer) -> None:
     endpoint_id = create_endpoint(
         server, "localhost/dockyard-worker:1", min_replicas=2, max_replicas=2, max_concurrent_per_worker=4
     )
@@ -236,7 +176,7 @@ def test_a_new_image_rolls_the_workers_while_requests_keep_succeeding(server: Se
     delete_endpoint(server, endpoint_id)
 
 
-def test_the_openai_client_streams_a_chat_completion_through_the_gateway(server: Server) -> None:
+def test_the_openai_client_streams_a_chat_completion_through_the_gateway(server: EngineServer) -> None:
     endpoint_id = create_endpoint(server, "localhost/dockyard-worker:1")
     client = openai.OpenAI(base_url=f"{server.url}/{endpoint_id}/v1", api_key=server.key, timeout=60)
     stream = client.chat.completions.create(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from sqlalchemy import select
 from dockyard.core.status import ContainerStatus
 from dockyard.db.models import ContainerModel, SettingModel
 from dockyard.db.session import Database
+from tests.live import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -34,19 +34,14 @@ CONVERGE_SECONDS = 90.0
 SERVER_START_SECONDS = 60.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     """`python -m dockyard server` as a child process, killable at any moment."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.env = env
         self.log_path = log_path
-        self.port = free_port()
+        self.host = host
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -56,7 +51,7 @@ class Server:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "dockyard", "server", "--host", "127.0.0.1", "--port", str(self.port)],
+                [sys.executable, "-m", "dockyard", "server", "--host", self.host, "--port", str(self.port)],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dockyard.cli import admin, catalog, config, containers, endpoints, server, ssh_keys, templates
+from dockyard.cli import admin, catalog, config, containers, endpoints, jobs, server, ssh_keys, templates
 
 app = typer.Typer(
     name="dockyard",
@@ -44,7 +44,10 @@ app.command("login")(config.login)
 app.command("idcs")(catalog.idcs)
 app.command("products")(catalog.products)
 app.add_typer(containers.app, name="containers")
+# `endpoints health` is defined with the jobs it counts, keeping the endpoints module small.
+endpoints.app.command("health")(jobs.health)
 app.add_typer(endpoints.app, name="endpoints")
+app.add_typer(jobs.app, name="jobs")
 app.add_typer(templates.app, name="templates")
 app.add_typer(ssh_keys.app, name="ssh-keys")
 app.add_typer(admin.app, name="admin")

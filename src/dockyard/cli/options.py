@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from dockyard.cli.output import fail
@@ -111,7 +111,7 @@ def read_data(value: str | None) -> bytes | None:
     if value is None:
         return None
     if value == "-":
-        return click.get_binary_stream("stdin").read()
+        return sys.stdin.buffer.read()
     if value.startswith("@"):
         try:
             return Path(value[1:]).read_bytes()

@@ -25,6 +25,10 @@ One pass:
    one whose container vanished is failed after `missing_debounce_seconds`, one still starting after
    `worker_startup_timeout` is failed naming its health check. A failed worker's container is stopped and
    kept for its logs, and its GPUs released; only the three newest failed workers per endpoint are kept.
+   An async endpoint's worker runs a worker SDK that serves no HTTP and is never probed: it is recorded
+   `ready` once it has called one of its webhooks (`last_seen_at`; its first call wakes this loop), and
+   failed when none came within `worker_startup_timeout`. Its container is created with a fresh webhook key
+   whose hash is recorded on the row first; draining, it is retired once it holds no job.
 4. **Plan and act**, concurrently across workers (at most eight at once), each write guarded:
    - *Scale*: live workers of the current generation (pending, starting, ready, not draining) are brought to
      `desired_replicas` clamped to min/max: missing ones are inserted `pending` and started in the same

@@ -9,6 +9,12 @@ starts from fresh state. Events are recorded on the endpoint (`object_kind` "end
 
 `plan` and `to_reap` are the pure decisions behind the steps: which workers to add, start, drain and settle
 (scaling and the rolling order), and which failed ones to remove.
+
+An async endpoint's worker runs a worker SDK that serves no HTTP, so it is never probed. Instead: `start` makes
+it a fresh webhook key and records the key's hash on the row before the container that holds the key exists
+(a container left from an earlier try holds an older key, so it is removed first); the worker's first webhook
+call stamps `last_seen_at` and wakes the loop, and `observe` then records it `ready`, or fails it when no call
+came within `worker_startup_timeout`; a draining one is retired once it holds no job.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dockyard.config import Settings
-from dockyard.core.status import WorkerStatus
+from dockyard.config import Settings, new_token
+from dockyard.core.status import EndpointType, WorkerStatus
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
@@ -38,15 +44,19 @@ from dockyard.gpus.allocation import GpuAllocator, NodeInventory, NoFreeGpu, all
 from dockyard.gpus.inventory import GpuInfo
 from dockyard.reconcilers.containers_rows import exit_reason
 from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
-from dockyard.secrets import SecretBox
+from dockyard.secrets import SecretBox, hash_api_key
 from dockyard.services import events, registry_auths
 from dockyard.services.worker_runspec import (
+    WebhookAccess,
     build_worker_run_spec,
     health_check,
+    ping_interval_ms,
+    webhook_base_url,
     worker_health,
     worker_object_name,
     worker_ports,
 )
+from dockyard.services.worker_webhooks import held_jobs
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +123,7 @@ class WorkerTask:
         self.version = worker.version
         self.runtime = runtime
         self.object = state.objects.get(worker.id)
+        self.is_async = endpoint.type == EndpointType.ASYNC
 
     # -- writes -------------------------------------------------------------------------------------------
 
@@ -177,6 +188,8 @@ class WorkerTask:
         self.state.missing_since.pop(worker.id, None)
         if obj.state == ObjectState.EXITED:
             await self.fail(exit_reason(obj, self.state.products.get(self.endpoint.product_id)))
+        elif worker.status == WorkerStatus.STARTING and self.is_async:
+            await self._async_started()
         elif (
             worker.status == WorkerStatus.STARTING
             and not self.state.prober.is_ready(worker.id)
@@ -186,6 +199,27 @@ class WorkerTask:
             check = f"health check {probe[1]}" if probe is not None else "health check"
             await self.fail(
                 f"{check} did not answer 200 within {settings.worker_startup_timeout:g} s of the container starting"
+            )
+
+    async def _async_started(self) -> None:
+        """A starting async worker is ready once it has called a webhook (`last_seen_at`), failed when none came
+        within the startup timeout."""
+        worker, settings = self.worker, self.state.settings
+        if worker.last_seen_at is not None:
+            cold = (self.state.now - worker.created_at).total_seconds()
+            ready = await self.apply(
+                ("WorkerReady", f"ready after a cold start of {cold:.1f} s"),
+                status=WorkerStatus.READY,
+                health=True,
+                reason=f"ready: called its webhooks {cold:.1f} s after it was wanted",
+            )
+            if ready:
+                self.state.crash_loops.pop(self.endpoint.id, None)
+        elif self.state.now - worker.modified_at > timedelta(seconds=settings.worker_startup_timeout):
+            await self.fail(
+                f"called neither its job-take nor its ping webhook within {settings.worker_startup_timeout:g} s of "
+                f"the container starting: its logs say why; it must run a ppio-gpus or runpod worker that can reach "
+                f"{webhook_base_url(settings)}"
             )
 
     async def fail(self, reason: str, *, remove: bool = False) -> None:
@@ -227,6 +261,9 @@ class WorkerTask:
         worker = self.worker
         if worker.status == WorkerStatus.DRAINING:
             busy = self.state.routes.in_flight(self.endpoint.id, worker.id)
+            if self.is_async:
+                async with self.state.db.read() as session:
+                    busy = await held_jobs(session, worker.id)
             timeout = timedelta(seconds=self.state.settings.worker_drain_timeout)
             if busy and self.state.now - worker.modified_at < timeout:
                 return
@@ -285,6 +322,9 @@ class WorkerTask:
                     remove=True,
                 )
                 return
+        webhook = await self._webhook_access() if self.is_async else None
+        if self.is_async and webhook is None:
+            return
         run_spec = build_worker_run_spec(
             endpoint,
             worker,
@@ -293,6 +333,7 @@ class WorkerTask:
             gpus=gpus,
             node_id=node_id,
             registry_auth=registry_auth,
+            webhook=webhook,
         )
         try:
             obj = await self.runtime.create(run_spec)
@@ -303,17 +344,33 @@ class WorkerTask:
             await self.fail(exc.reason, remove=True)
             return
         check = health_check(spec)
-        ports = worker_ports(obj, spec)
+        waiting = (
+            "its first job-take or ping webhook call"
+            if self.is_async
+            else f"GET {check.path} on port {check.port} to answer 200"
+        )
         written = await self.apply(
             ("WorkerCreated", f"container {obj.name} started on node {node_id or 'the local node'}"),
             status=WorkerStatus.STARTING,
-            reason=f"started; waiting for GET {check.path} on port {check.port} to answer 200",
+            reason=f"started; waiting for {waiting}",
             runtime_id=obj.id,
             node_id=node_id,
-            published_ports=ports,
+            published_ports=worker_ports(obj, spec, served=not self.is_async),
         )
         if written:
             publish_worker(self.state.routes, self.state.prober, worker)
+
+    async def _webhook_access(self) -> WebhookAccess | None:
+        """A fresh key for an async worker, its hash recorded on the row before any container holds the key;
+        None when the row changed meanwhile (the next pass starts it)."""
+        if self.object is not None:
+            await self.runtime.remove(self.object.id)
+            self.object = None
+        key = new_token()
+        if not await self.apply(key_hash=hash_api_key(key)):
+            return None
+        settings = self.state.settings
+        return WebhookAccess(webhook_base_url(settings), key, ping_interval_ms(settings))
 
     async def _place(self, product: ProductModel, spec: WorkloadSpec) -> tuple[str, list[GpuInfo]] | None:
         """The worker's node and GPUs, recorded on the row before anything is created. The pool is shared with

@@ -10,14 +10,32 @@ generation the worker was made for. What goes in:
 - the product's limits (CPU, memory, pids) and the GPUs allocated to the worker, by UUID;
 - the registry credentials (`registry_auths.resolve`), which the caller resolves just before `create`.
 
+An async endpoint's worker runs an unmodified `ppio-gpus` or `runpod` worker SDK, which serves no HTTP: it
+calls Dockyard's worker webhooks instead (api/worker_webhooks.py). So it publishes only the spec's own ports,
+is never health-probed, and gets both SDKs' environment (`webhook_env`): the four webhook URL templates, its
+id as the pod id, its own webhook key, the endpoint id and the ping interval. The templates are written for
+the SDKs' substitutions: `$ID` in the job-take URL becomes the worker id; `$PPIO_POD_ID` / `$RUNPOD_POD_ID`
+in the others become the worker id at start and `$ID` in job-done and stream the job id per job. The SDKs
+append `&job_in_progress=`, `&batch_size=` and `&isStream=` and derive `/job-take-batch/` and runpod's
+`/job-stop/` by replacing `/job-take/`, so every template carries a query string (`?sdk=...`, naming the
+SDK in the server's logs) and the job-take path holds `/job-take/`. runpod's start-up fitness checks are
+turned off by default where they cannot pass on Dockyard (the network check dials 8.8.8.8, which an isolated
+region cannot reach; the memory check wants 4 GB free, more than small CPU products have; the GPU check on a
+CPU product); the product's limits are enforced by the runtime instead. An endpoint's own envs may set those
+switches back, but never the webhook variables.
+
 Build it just before `create` and drop it after, like the container's (services/runspec.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+from dockyard.config import Settings
+from dockyard.core.status import EndpointType
 from dockyard.core.workload import HealthCheck, WorkloadSpec
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
 from dockyard.gpus.inventory import GpuInfo
@@ -44,6 +62,70 @@ KIND_WORKER = "worker"
 LABEL_ENDPOINT = "dockyard.endpoint"
 # Hosts that mean "every interface" when a runtime reports where it published a port: reach them on loopback.
 _ANY_HOST = {"", "0.0.0.0", "::"}
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# The worker webhooks' path prefix on the server (api/worker_webhooks.py serves it).
+WEBHOOK_PREFIX = "/gpus/v2/workers"
+# What a container on the engine's default bridge network calls the host (Podman writes it into /etc/hosts).
+CONTAINER_HOST = "host.containers.internal"
+_SDKS = ("PPIO", "RUNPOD")
+
+
+@dataclass(frozen=True)
+class WebhookAccess:
+    """How an async worker reaches its webhooks: the server's base URL as a container sees it, the worker's own
+    key (its hash is on the worker row; the key itself only here) and the ping interval in milliseconds."""
+
+    base_url: str
+    key: str
+    ping_interval_ms: int
+
+
+def webhook_base_url(settings: Settings) -> str:
+    """The server's URL as seen from inside a worker container: the public URL, except that a loopback host
+    (which inside a container is the container itself) becomes the host's name on the bridge network. The
+    server must then listen on an address the bridge reaches (`host: 0.0.0.0`), not on loopback only."""
+    if settings.worker_webhook_url:
+        return settings.worker_webhook_url.rstrip("/")
+    parts = urlsplit(settings.resolved_public_url)
+    if parts.hostname not in _LOOPBACK:
+        return settings.resolved_public_url
+    netloc = CONTAINER_HOST if parts.port is None else f"{CONTAINER_HOST}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
+
+
+def ping_interval_ms(settings: Settings) -> int:
+    """A third of the job lease, so two pings may be lost before a busy worker's jobs go back to the queue."""
+    return max(1000, int(settings.job_lease_seconds * 1000 / 3))
+
+
+def webhook_env(endpoint: EndpointModel, worker: WorkerModel, access: WebhookAccess) -> dict[str, str]:
+    """Both worker SDKs' environment for `worker` (see the module docstring for the URL templates)."""
+    base = f"{access.base_url}{WEBHOOK_PREFIX}/{endpoint.id}"
+    env: dict[str, str] = {}
+    for sdk in _SDKS:
+        pod = f"${sdk}_POD_ID"
+        query = f"?sdk={sdk.lower()}"
+        env.update(
+            {
+                f"{sdk}_WEBHOOK_GET_JOB": f"{base}/job-take/$ID{query}",
+                f"{sdk}_WEBHOOK_POST_OUTPUT": f"{base}/job-done/{pod}/$ID{query}",
+                f"{sdk}_WEBHOOK_POST_STREAM": f"{base}/job-stream/{pod}/$ID{query}",
+                f"{sdk}_WEBHOOK_PING": f"{base}/ping/{pod}{query}",
+                f"{sdk}_POD_ID": worker.id,
+                f"{sdk}_POD_HOSTNAME": worker_object_name(worker.id),
+                f"{sdk}_AI_API_KEY": access.key,
+                f"{sdk}_ENDPOINT_ID": endpoint.id,
+                f"{sdk}_PING_INTERVAL": str(access.ping_interval_ms),
+            }
+        )
+    return env
+
+
+def _fitness_defaults(gpus: int) -> dict[str, str]:
+    defaults = {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true"}
+    if gpus == 0:
+        defaults["RUNPOD_SKIP_GPU_CHECK"] = "true"
+    return defaults
 
 
 def worker_object_name(worker_id: str) -> str:
@@ -81,16 +163,24 @@ def build_worker_run_spec(
     gpus: Sequence[GpuInfo],
     node_id: str,
     registry_auth: RegistryAuth | None,
+    webhook: WebhookAccess | None = None,
 ) -> RunSpec:
     """The request for `worker`, from the endpoint's current template (the caller creates only workers of the
-    endpoint's current generation). `gpus` is the worker's allocation (empty for CPU products)."""
+    endpoint's current generation). `gpus` is the worker's allocation (empty for CPU products). An async
+    endpoint's worker needs `webhook` (ValueError without it)."""
     spec = WorkloadSpec.model_validate(endpoint.spec)
-    env = decrypt_envs(box, spec.envs)
+    is_async = endpoint.type == EndpointType.ASYNC
+    env = _fitness_defaults(len(gpus)) if is_async else {}
+    env.update(decrypt_envs(box, spec.envs))
     env["DOCKYARD_ENDPOINT_ID"] = endpoint.id
     env["DOCKYARD_WORKER_ID"] = worker.id
+    if is_async:
+        if webhook is None:
+            raise ValueError(f"worker {worker.id} of async endpoint {endpoint.id} needs its webhook access")
+        env.update(webhook_env(endpoint, worker, webhook))
     ports = [PortBinding(p.container_port, None, p.protocol.value.lower()) for p in spec.ports]
     check_port = health_check(spec).port
-    if all(not (p.container_port == check_port and p.protocol == "tcp") for p in ports):
+    if not is_async and all(not (p.container_port == check_port and p.protocol == "tcp") for p in ports):
         ports.append(PortBinding(check_port, None, "tcp"))
     if registry_auth is None and spec.credential is not None:
         registry_auth = RegistryAuth(spec.credential.username, box.decrypt(spec.credential.secret))
@@ -112,15 +202,16 @@ def build_worker_run_spec(
     )
 
 
-def worker_ports(obj: RuntimeObject, spec: WorkloadSpec) -> list[dict[str, Any]]:
+def worker_ports(obj: RuntimeObject, spec: WorkloadSpec, *, served: bool = True) -> list[dict[str, Any]]:
     """The host ports the runtime chose, as stored in the worker's `published_ports`: the containers' shape plus
     `hostIp`, with the serving port marked `serving` and the health-check port carrying `healthPath`. The
     row then says how to reach and probe the worker by itself, after a restart and after a later change to
-    the endpoint's template alike."""
+    the endpoint's template alike. An async worker (`served=False`) is neither proxied to nor probed, so none
+    of its ports is marked."""
     serving, check = serving_port(spec), health_check(spec)
     ports = []
     for entry, port in zip(published(obj), obj.ports, strict=True):
-        tcp = port.protocol.lower() == "tcp"
+        tcp = served and port.protocol.lower() == "tcp"
         ports.append(
             {
                 **entry,

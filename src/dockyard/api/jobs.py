@@ -1,0 +1,152 @@
+"""The async job API of `async` endpoints, at `/v1/{endpoint_id}/...` (the ppio-gpus client's base) and at
+`/v2/{endpoint_id}/...` (the runpod client's), the same handlers under both; plus our job listing for the CLI,
+`/gpus/v2/endpoints/{endpoint_id}/jobs`.
+
+Authentication is the organization's API key, `Bearer KEY` or the bare key. Another organization's endpoint,
+or a sync one, is a 404. The status views leave out keys that do not apply (`output`, `error`, ...) rather
+than sending nulls, as RunPod does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response
+
+from dockyard.api.deps import ContextDep, IdempotencyKeyDep, PrincipalDep, ReadSessionDep, WriteSessionDep, answered
+from dockyard.core.status import JobStatus
+from dockyard.schemas.common import ERROR_RESPONSES
+from dockyard.schemas.jobs import (
+    DEFAULT_RUNSYNC_WAIT_MS,
+    MAX_RUNSYNC_WAIT_MS,
+    EndpointHealth,
+    JobAccepted,
+    JobList,
+    JobView,
+    PurgeAnswer,
+    RunRequest,
+)
+from dockyard.services import job_requests as service
+
+EndpointPathId = Annotated[str, Path(min_length=1, max_length=255)]
+JobPathId = Annotated[str, Path(min_length=1, max_length=64)]
+_RUN = "Commits the job (IN_QUEUE) before answering. `Idempotency-Key` makes a repeat answer the same job."
+
+
+async def run(
+    endpoint_id: EndpointPathId,
+    body: RunRequest,
+    context: ContextDep,
+    principal: PrincipalDep,
+    session: WriteSessionDep,
+    idempotency_key: IdempotencyKeyDep = None,
+) -> Response:
+    return answered(await service.submit(context, session, principal, endpoint_id, body, idempotency_key))
+
+
+async def runsync(
+    endpoint_id: EndpointPathId,
+    body: RunRequest,
+    context: ContextDep,
+    principal: PrincipalDep,
+    session: WriteSessionDep,
+    idempotency_key: IdempotencyKeyDep = None,
+    wait: Annotated[
+        int, Query(ge=0, le=MAX_RUNSYNC_WAIT_MS, description="ms to wait for the result before answering")
+    ] = DEFAULT_RUNSYNC_WAIT_MS,
+) -> dict[str, Any]:
+    return await service.run_sync(context, session, principal, endpoint_id, body, wait / 1000, idempotency_key)
+
+
+async def status(
+    endpoint_id: EndpointPathId, job_id: JobPathId, principal: PrincipalDep, session: ReadSessionDep
+) -> dict[str, Any]:
+    return await service.status(session, principal, endpoint_id, job_id)
+
+
+async def stream(
+    endpoint_id: EndpointPathId, job_id: JobPathId, principal: PrincipalDep, session: WriteSessionDep
+) -> dict[str, Any]:
+    return await service.stream(session, principal, endpoint_id, job_id)
+
+
+async def cancel(
+    endpoint_id: EndpointPathId,
+    job_id: JobPathId,
+    context: ContextDep,
+    principal: PrincipalDep,
+    session: WriteSessionDep,
+) -> dict[str, Any]:
+    return await service.cancel(context, session, principal, endpoint_id, job_id)
+
+
+async def retry(
+    endpoint_id: EndpointPathId,
+    job_id: JobPathId,
+    context: ContextDep,
+    principal: PrincipalDep,
+    session: WriteSessionDep,
+) -> dict[str, Any]:
+    return await service.retry(context, session, principal, endpoint_id, job_id)
+
+
+async def purge_queue(
+    endpoint_id: EndpointPathId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
+) -> dict[str, Any]:
+    return await service.purge_queue(context, session, principal, endpoint_id)
+
+
+async def health(endpoint_id: EndpointPathId, principal: PrincipalDep, session: ReadSessionDep) -> dict[str, Any]:
+    return await service.health(session, principal, endpoint_id)
+
+
+def _job_routes(prefix: str, client: str) -> APIRouter:
+    """The job API under `prefix`; `client` names whose base URL it is, for the OpenAPI document."""
+    routes = APIRouter(prefix=prefix, tags=[f"jobs ({client})"], responses=ERROR_RESPONSES)
+    view: dict[str, Any] = {"response_model": JobView, "response_model_exclude_unset": True}
+    table: list[tuple[str, str, Callable[..., Any], dict[str, Any], str, str]] = [
+        ("/{endpoint_id}/run", "POST", run, {"response_model": JobAccepted}, "Submit a job", _RUN),
+        ("/{endpoint_id}/runsync", "POST", runsync, view, "Submit a job and wait for it", ""),
+        ("/{endpoint_id}/status/{job_id}", "GET", status, view, "A job's status", ""),
+        ("/{endpoint_id}/stream/{job_id}", "GET", stream, view, "A job's streamed parts since the last call", ""),
+        ("/{endpoint_id}/cancel/{job_id}", "POST", cancel, view, "Cancel a job", ""),
+        ("/{endpoint_id}/retry/{job_id}", "POST", retry, {"response_model": JobAccepted}, "Retry a job", ""),
+        ("/{endpoint_id}/purge-queue", "POST", purge_queue, {"response_model": PurgeAnswer}, "Purge the queue", ""),
+        ("/{endpoint_id}/health", "GET", health, {"response_model": EndpointHealth}, "Job and worker counts", ""),
+    ]
+    for path, method, handler, options, summary, description in table:
+        routes.add_api_route(
+            path,
+            handler,
+            methods=[method],
+            summary=summary,
+            description=description or None,
+            operation_id=f"{handler.__name__}_{prefix.strip('/')}",
+            **options,
+        )
+    return routes
+
+
+router = APIRouter()
+router.include_router(_job_routes("/v1", "ppio-gpus client"))
+router.include_router(_job_routes("/v2", "runpod client"))
+
+
+@router.get(
+    "/gpus/v2/endpoints/{endpoint_id}/jobs",
+    response_model=JobList,
+    response_model_exclude_unset=True,
+    tags=["endpoints"],
+    responses=ERROR_RESPONSES,
+    summary="List an endpoint's jobs",
+    description="Newest first, each with its status view, `created_at` (unix seconds) and `attempts`.",
+)
+async def list_jobs(
+    endpoint_id: EndpointPathId,
+    principal: PrincipalDep,
+    session: ReadSessionDep,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    return await service.list_jobs(session, principal, endpoint_id, status=status, limit=limit)

@@ -1,0 +1,117 @@
+"""The async job API's wire models, in the shape the ppio-gpus and runpod clients send and parse.
+
+These clients speak RunPod's dialect: camelCase (`delayTime`, `executionTime`, `executionTimeout`), times in
+milliseconds, statuses in UPPER_SNAKE. Optional keys of the status view (`output`, `error`, `retries`,
+`workerId`, `stream`) are absent rather than null when they do not apply, as RunPod answers them; the routers
+therefore declare these models with `response_model_exclude_unset`. The listing for our CLI
+(`/gpus/v2/endpoints/{id}/jobs`) adds PPIO-style `created_at` (unix seconds) and `attempts`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dockyard.core.status import JobStatus
+
+MAX_POLICY_MS = 7 * 24 * 3600 * 1000  # a week; also keeps the value inside a 32-bit integer column
+MIN_POLICY_MS = 1000
+MAX_WEBHOOK = 2048
+MAX_RUNSYNC_WAIT_MS = 300_000
+DEFAULT_RUNSYNC_WAIT_MS = 90_000
+
+
+class JobPolicy(BaseModel):
+    """Per-job limits, RunPod's `policy`: both in milliseconds; omitted ones take the server's defaults."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    execution_timeout: int | None = Field(
+        default=None,
+        alias="executionTimeout",
+        ge=MIN_POLICY_MS,
+        le=MAX_POLICY_MS,
+        description="ms a worker may run the job before it is TIMED_OUT",
+    )
+    ttl: int | None = Field(
+        default=None, ge=MIN_POLICY_MS, le=MAX_POLICY_MS, description="ms a finished job's result is kept"
+    )
+
+
+class RunRequest(BaseModel):
+    """`run` and `runsync`: the handler's `input` (any JSON), an optional result webhook and policy."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: Any = Field(description="passed to the worker's handler as `job['input']`", examples=[{"prompt": "hi"}])
+    webhook: str | None = Field(
+        default=None,
+        max_length=MAX_WEBHOOK,
+        pattern=r"^https?://\S+$",
+        description="POSTed the status view once the job finishes",
+    )
+    policy: JobPolicy | None = None
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: JobStatus = Field(examples=["IN_QUEUE"])
+
+
+class StreamPart(BaseModel):
+    output: Any
+
+
+class JobView(BaseModel):
+    """A job's status as `status/{id}` answers it; times in milliseconds."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    status: JobStatus
+    delay_time: int = Field(alias="delayTime", description="ms from entering the queue to being taken")
+    execution_time: int = Field(alias="executionTime", description="ms from being taken to finishing")
+    output: Any = None
+    error: str | None = None
+    retries: int | None = Field(default=None, description="runs beyond the first (lost leases, `retry` calls)")
+    worker_id: str | None = Field(default=None, alias="workerId")
+    stream: list[StreamPart] | None = Field(default=None, description="`stream` only: the parts not yet read")
+
+
+class JobListItem(JobView):
+    created_at: int = Field(description="unix seconds")
+    attempts: int = Field(description="times a worker took it")
+    history: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="each attempt (worker, start, end, outcome: why a job ran more than once) and notes",
+    )
+
+
+class JobList(BaseModel):
+    data: list[JobListItem]
+
+
+class PurgeAnswer(BaseModel):
+    removed: int
+    status: str = Field(examples=["completed"])
+
+
+class JobCounts(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    completed: int
+    failed: int = Field(description="FAILED and TIMED_OUT")
+    in_progress: int = Field(alias="inProgress")
+    in_queue: int = Field(alias="inQueue")
+    retried: int = Field(description="jobs a client sent back with `retry`")
+
+
+class WorkerCounts(BaseModel):
+    idle: int = Field(description="ready workers running no job")
+    running: int = Field(description="workers running a job")
+
+
+class EndpointHealth(BaseModel):
+    jobs: JobCounts
+    workers: WorkerCounts

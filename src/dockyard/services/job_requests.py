@@ -1,0 +1,391 @@
+"""The client side of async jobs: what `run`, `runsync`, `status`, `stream`, `cancel`, `retry`, `purge-queue`
+and `health` do (api/jobs.py serves them at `/v1/{endpoint_id}/...` and `/v2/{endpoint_id}/...`).
+
+Jobs are durable (DESIGN.md principle 7): `run` commits the row before it answers. An `Idempotency-Key` makes
+a submission happen once per endpoint: the job row carries the key under a unique (endpoint, key) constraint,
+and the key is also recorded through `services.idempotency` for its 24 hours, because a finished job is purged
+after its TTL (30 minutes by default) and a replay within the day must still not make a second job. Of
+concurrent duplicates exactly one inserts the key (the others wait on it, see services/idempotency.py, and
+then replay its answer); a job-key collision at commit, left over from a key older than a day, is answered
+with the job that holds it.
+
+Waits never poll the database in a tight loop: `runsync` sleeps on `job_signals.wait_changed`, registered
+before each read so that a finish between the read and the wait is not missed, and re-reads at least every
+`_WAIT_SLICE` seconds for finishes made by another process.
+
+`stream/{id}` is RunPod's consuming read: each call answers the parts streamed since the previous call and
+deletes them (`DELETE ... RETURNING`, so two concurrent readers never get the same part), which is what makes
+the runpod client's loop yield every part once, in order, and stop at the first empty read of a finished job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
+from sqlalchemy.orm.exc import StaleDataError
+
+from dockyard.context import ServerContext
+from dockyard.core.status import DesiredState, EndpointType, JobStatus, WorkerStatus
+from dockyard.db.base import guarded_update, utcnow
+from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerModel
+from dockyard.errors import Conflict, InvalidField, NotFound, PayloadTooLarge
+from dockyard.gateway.autoscaler import LOOP as AUTOSCALER
+from dockyard.schemas.jobs import RunRequest
+from dockyard.services import endpoints, idempotency
+from dockyard.services.jobs import LOOP, finish_values, job_view, retry_values
+from dockyard.services.keys import Principal
+
+T = TypeVar("T")
+
+_WAIT_SLICE = 5.0  # seconds between database reads while waiting, for changes made by another process
+_MAX_INT_MS = 2**31 - 1  # the job's millisecond columns are 32-bit integers
+_RETRYABLE = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
+_STALE_RETRIES = 3
+
+
+async def async_endpoint(session: AsyncSession, principal: Principal, endpoint_id: str) -> EndpointModel:
+    """The caller's async endpoint `endpoint_id`; another organization's, or a sync one, is NotFound."""
+    row = await endpoints.get_row(session, principal, endpoint_id)
+    if row.type != EndpointType.ASYNC:
+        raise NotFound(
+            f"endpoint {endpoint_id} is a sync endpoint and has no job API; call it at its url instead "
+            "(GET /gpus/v2/endpoints/{id} shows it)"
+        )
+    return row
+
+
+async def _job(session: AsyncSession, endpoint_id: str, job_id: str) -> JobModel:
+    """The job `job_id` of the (already authorized) endpoint; read afresh, so a retry after a rollback sees
+    the row as it is now."""
+    job = await session.get(JobModel, job_id, populate_existing=True)
+    if job is None or job.endpoint_id != endpoint_id:
+        raise NotFound(f"job {job_id} not found on endpoint {endpoint_id}; finished jobs are kept only for their ttl")
+    return job
+
+
+def _resolved_ms(given: int | None, default_seconds: float) -> int:
+    return min(given if given is not None else int(default_seconds * 1000), _MAX_INT_MS)
+
+
+def _same_request(job: JobModel, input_json: str, webhook: str, timeout_ms: int, ttl_ms: int) -> bool:
+    return (
+        json.loads(job.input) == json.loads(input_json)
+        and job.webhook == webhook
+        and job.execution_timeout_ms == timeout_ms
+        and job.ttl_ms == ttl_ms
+    )
+
+
+async def _by_key(session: AsyncSession, endpoint_id: str, key: str) -> JobModel | None:
+    return await session.scalar(
+        select(JobModel)
+        .options(defer(JobModel.output))
+        .where(JobModel.endpoint_id == endpoint_id, JobModel.idempotency_key == key)
+        .execution_options(populate_existing=True)
+    )
+
+
+def _key_slot(endpoint_id: str, key: str) -> str:
+    """The idempotency-store key of a job key: per endpoint, and within the store's 255 characters."""
+    return f"job {endpoint_id} {hashlib.sha256(key.encode()).hexdigest()}"
+
+
+async def submit(
+    context: ServerContext,
+    session: AsyncSession,
+    principal: Principal,
+    endpoint_id: str,
+    request: RunRequest,
+    idempotency_key: str | None = None,
+) -> idempotency.Answer:
+    """Commit a new IN_QUEUE job and answer `{"id", "status"}`; with an Idempotency-Key, a repeat of the same
+    request answers the job the first one made (its current status), a different request with the key is a
+    422. An input over `job_max_payload_bytes` is a 413."""
+    settings = context.settings
+    endpoint = await async_endpoint(session, principal, endpoint_id)
+    if endpoint.desired == DesiredState.DELETED:
+        raise Conflict(f"endpoint {endpoint.id} is being deleted and takes no new jobs")
+    owner = endpoint.id  # kept as a string: a rollback below expires the row
+    input_json = json.dumps(request.input, separators=(",", ":"))
+    size = len(input_json.encode())
+    if size > settings.job_max_payload_bytes:
+        raise PayloadTooLarge(
+            f"input is {size} bytes, over the job limit of {settings.job_max_payload_bytes} bytes; "
+            "pass large data by reference (a URL, or a path on a network storage)"
+        )
+    policy = request.policy
+    timeout_ms = _resolved_ms(policy.execution_timeout if policy else None, settings.job_execution_timeout_seconds)
+    ttl_ms = _resolved_ms(policy.ttl if policy else None, settings.job_ttl_seconds)
+    webhook = request.webhook or ""
+
+    def replay(job: JobModel) -> idempotency.Answer:
+        if not _same_request(job, input_json, webhook, timeout_ms, ttl_ms):
+            raise InvalidField(
+                idempotency.HEADER, "this key was used with a different request; send a new key for a new job"
+            )
+        return idempotency.Answer(200, {"id": job.id, "status": job.status.value}, replayed=True)
+
+    async def add_job() -> dict[str, str]:
+        job = JobModel(
+            endpoint_id=owner,
+            org_id=principal.org_id,
+            input=input_json,
+            webhook=webhook,
+            execution_timeout_ms=timeout_ms,
+            ttl_ms=ttl_ms,
+            idempotency_key=idempotency_key,
+        )
+        session.add(job)
+        await session.flush()
+        return {"id": job.id, "status": JobStatus.IN_QUEUE.value}
+
+    if idempotency_key is None:
+        answer = idempotency.Answer(200, await add_job())
+        await session.commit()
+    else:
+        if (existing := await _by_key(session, owner, idempotency_key)) is not None:
+            return replay(existing)
+        body = {"input": request.input, "webhook": webhook, "timeout_ms": timeout_ms, "ttl_ms": ttl_ms}
+        slot = _key_slot(owner, idempotency_key)
+        try:
+            answer = await idempotency.once(session, principal.org_id, slot, f"run {owner}", body, add_job)
+            await session.commit()
+        except IntegrityError:
+            # The job's own (endpoint, key) constraint: a job holds this key, its store entry past its day.
+            await session.rollback()
+            if (existing := await _by_key(session, owner, idempotency_key)) is None:
+                raise Conflict("a job with this Idempotency-Key is being submitted; retry in a moment") from None
+            return replay(existing)
+        if answer.replayed:
+            job = await _by_key(session, owner, idempotency_key)
+            current = job.status.value if job is not None else answer.body["status"]
+            return idempotency.Answer(200, {**answer.body, "status": current}, replayed=True)
+    context.job_signals.notify_queued(owner)
+    # An endpoint at zero workers starts one now rather than at the autoscaler's next tick.
+    context.wake(AUTOSCALER)
+    return answer
+
+
+async def _read_view(context: ServerContext, job_id: str) -> dict[str, Any] | None:
+    async with context.db.read() as session:
+        job = await session.get(JobModel, job_id)
+        return job_view(job) if job is not None else None
+
+
+async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> dict[str, Any] | None:
+    """The job's view once it is final, or as it is after `wait_seconds`; None when it was purged meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while True:
+        remaining = deadline - loop.time()
+        # Registered before the read: a finish committed after the read still wakes this wait.
+        waiter = asyncio.create_task(context.job_signals.wait_changed(job_id, min(max(remaining, 0), _WAIT_SLICE)))
+        await asyncio.sleep(0)
+        view = await _read_view(context, job_id)
+        if view is None or JobStatus(view["status"]).final or remaining <= 0:
+            waiter.cancel()
+            return view
+        await waiter
+
+
+async def run_sync(
+    context: ServerContext,
+    session: AsyncSession,
+    principal: Principal,
+    endpoint_id: str,
+    request: RunRequest,
+    wait_seconds: float,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """Submit like `submit`, then answer the job's status view once it is final or `wait_seconds` have passed
+    (RunPod's `runsync`: an unfinished job is answered IN_QUEUE or IN_PROGRESS, to be polled with `status`)."""
+    answer = await submit(context, session, principal, endpoint_id, request, idempotency_key)
+    job_id = str(answer.body["id"])
+    view = await wait_for(context, job_id, wait_seconds)
+    if view is None:
+        raise NotFound(f"job {job_id} finished and its result has already expired; give it a longer ttl")
+    return view
+
+
+async def status(session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str) -> dict[str, Any]:
+    endpoint = await async_endpoint(session, principal, endpoint_id)
+    return job_view(await _job(session, endpoint.id, job_id))
+
+
+async def stream(session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str) -> dict[str, Any]:
+    """The job's status view with `stream`: the parts streamed since the last call, in order, now consumed."""
+    endpoint = await async_endpoint(session, principal, endpoint_id)
+    job = await _job(session, endpoint.id, job_id)
+    rows = await session.execute(
+        delete(JobStreamModel)
+        .where(JobStreamModel.job_id == job.id)
+        .returning(JobStreamModel.seq, JobStreamModel.output)
+    )
+    parts = [output for _, output in sorted((row.seq, row.output) for row in rows)]
+    view = job_view(job, parts)
+    await session.commit()
+    return view
+
+
+async def _guarded(session: AsyncSession, change: Callable[[], Awaitable[T]]) -> T:
+    """Run `change` (which loads, mutates and commits) again when a concurrent writer won: the stale flush
+    rolls back and the next try sees the row afresh. The last try's StaleDataError is the app's 409."""
+    for _ in range(_STALE_RETRIES - 1):
+        try:
+            return await change()
+        except StaleDataError:
+            await session.rollback()
+    return await change()
+
+
+async def cancel(
+    context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str
+) -> dict[str, Any]:
+    """CANCELLED now: a queued job never runs; a running one is flagged `cancel_requested`, so its worker is told
+    to stop at its next ping or job-done; a finished one is answered unchanged."""
+    owner = (await async_endpoint(session, principal, endpoint_id)).id  # a string: a rollback expires rows
+
+    async def change() -> tuple[dict[str, Any], bool]:
+        job = await _job(session, owner, job_id)
+        if job.status.final:
+            return job_view(job), False
+        running = job.status == JobStatus.IN_PROGRESS
+        values = finish_values(job, JobStatus.CANCELLED, now=utcnow(), outcome="cancelled by the client")
+        for name, value in {**values, "cancel_requested": running}.items():
+            setattr(job, name, value)
+        await session.flush()
+        view = job_view(job)
+        await session.commit()
+        return view, bool(job.webhook)
+
+    view, changed = await _guarded(session, change)
+    context.job_signals.notify_changed(job_id)
+    if changed:
+        context.wake(LOOP)
+    return view
+
+
+async def retry(
+    context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str
+) -> dict[str, Any]:
+    """Send a FAILED, TIMED_OUT or CANCELLED job back to the queue (`retried` + 1, a fresh set of attempts, its
+    previous stream parts dropped); any other status is a 409."""
+    owner = (await async_endpoint(session, principal, endpoint_id)).id  # a string: a rollback expires rows
+
+    async def change() -> dict[str, Any]:
+        job = await _job(session, owner, job_id)
+        if job.status not in _RETRYABLE:
+            raise Conflict(
+                f"job {job_id} is {job.status.value}; only FAILED, TIMED_OUT or CANCELLED jobs can be retried"
+            )
+        for name, value in retry_values(job, now=utcnow()).items():
+            setattr(job, name, value)
+        await session.flush()
+        await session.execute(delete(JobStreamModel).where(JobStreamModel.job_id == job.id))
+        await session.commit()
+        return {"id": job.id, "status": job.status.value}
+
+    answer = await _guarded(session, change)
+    context.job_signals.notify_queued(owner)
+    return answer
+
+
+async def purge_queue(
+    context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str
+) -> dict[str, Any]:
+    """Cancel every IN_QUEUE job of the endpoint (none of them will run); `removed` counts them. A job a worker
+    takes meanwhile is not counted: its guarded write loses."""
+    endpoint = await async_endpoint(session, principal, endpoint_id)
+    queued = list(
+        await session.scalars(
+            select(JobModel)
+            .options(defer(JobModel.input), defer(JobModel.output))
+            .where(JobModel.endpoint_id == endpoint.id, JobModel.status == JobStatus.IN_QUEUE)
+        )
+    )
+    now = utcnow()
+    removed: list[JobModel] = []
+    for job in queued:
+        values = finish_values(job, JobStatus.CANCELLED, error="removed from the queue by purge-queue", now=now)
+        if await guarded_update(session, JobModel, job.id, job.version, **values):
+            removed.append(job)
+    await session.commit()
+    for job in removed:
+        context.job_signals.notify_changed(job.id)
+    if any(job.webhook for job in removed):
+        context.wake(LOOP)
+    return {"removed": len(removed), "status": "completed"}
+
+
+async def health(session: AsyncSession, principal: Principal, endpoint_id: str) -> dict[str, Any]:
+    """Job counts by status, and workers running a job versus ready and idle, all from the database."""
+    endpoint = await async_endpoint(session, principal, endpoint_id)
+    of_endpoint = JobModel.endpoint_id == endpoint.id
+    by_status = await session.execute(
+        select(JobModel.status, func.count()).where(of_endpoint).group_by(JobModel.status)
+    )
+    counts: dict[JobStatus, int] = {row[0]: row[1] for row in by_status}
+    retried = (
+        await session.scalar(select(func.count()).select_from(JobModel).where(of_endpoint, JobModel.retried > 0)) or 0
+    )
+    busy = set(
+        await session.scalars(
+            select(JobModel.worker_id)
+            .distinct()
+            .where(of_endpoint, JobModel.status == JobStatus.IN_PROGRESS, JobModel.worker_id != "")
+        )
+    )
+    ready = set(
+        await session.scalars(
+            select(WorkerModel.id).where(
+                WorkerModel.endpoint_id == endpoint.id, WorkerModel.status == WorkerStatus.READY
+            )
+        )
+    )
+    return {
+        "jobs": {
+            "completed": counts.get(JobStatus.COMPLETED, 0),
+            "failed": counts.get(JobStatus.FAILED, 0) + counts.get(JobStatus.TIMED_OUT, 0),
+            "inProgress": counts.get(JobStatus.IN_PROGRESS, 0),
+            "inQueue": counts.get(JobStatus.IN_QUEUE, 0),
+            "retried": retried,
+        },
+        "workers": {"idle": len(ready - busy), "running": len(busy)},
+    }
+
+
+async def list_jobs(
+    session: AsyncSession, principal: Principal, endpoint_id: str, *, status: JobStatus | None, limit: int
+) -> dict[str, Any]:
+    """The endpoint's jobs newest first (any endpoint type; a sync one has none), each as its status view with
+    `created_at` (unix seconds), `attempts` and `history`."""
+    endpoint = await endpoints.get_row(session, principal, endpoint_id)
+    conditions: list[Any] = [JobModel.endpoint_id == endpoint.id]
+    if status is not None:
+        conditions.append(JobModel.status == status)
+    rows = await session.scalars(
+        select(JobModel)
+        .options(defer(JobModel.input))
+        .where(*conditions)
+        .order_by(JobModel.created_at.desc(), JobModel.id.desc())
+        .limit(limit)
+    )
+    return {
+        "data": [
+            {
+                **job_view(job),
+                "created_at": int(job.created_at.timestamp()),
+                "attempts": job.attempts,
+                "history": job.history,
+            }
+            for job in rows
+        ]
+    }

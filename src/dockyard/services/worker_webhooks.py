@@ -1,0 +1,406 @@
+"""The server side of the worker webhook protocol that the `ppio-gpus` and `runpod` worker SDKs speak, so that an
+unmodified worker image built on either runs on an async endpoint (API.md §1, DESIGN.md principle 7).
+
+Who calls: each async worker, with the key the endpoint reconciler made for it when it created its container
+(services/worker_runspec.py puts it in the environment; only its SHA-256 is on the worker row). `authenticate`
+finds the worker by that hash; the worker and endpoint ids in the path must be that worker's, so a key opens
+exactly one worker's webhooks and only its endpoint's jobs (an unknown key is 401, anything else 404).
+
+- **job-take** (`take`): the oldest `IN_QUEUE` jobs of the endpoint are moved to `IN_PROGRESS` under this
+  worker, each by a guarded write (`WHERE id AND version`, after `SELECT ... FOR UPDATE SKIP LOCKED` on
+  PostgreSQL so concurrent takers pick different rows), so two workers never take one job and a job cancelled
+  meanwhile is skipped. A take records the attempt (`attempts`, an attempt record in `history`, `started_at`,
+  `delay_ms`) and the lease (`job_lease_seconds` from now). With nothing queued the request is held open up to
+  `job_take_wait_seconds`, woken by `job_signals.notify_queued`, and then answered 204: the SDKs poll again at
+  once after a 204, so answering it at once would make every idle worker spin. A draining worker is held the
+  same way and takes nothing.
+- **job-done** (`done`): only the job's holder (`IN_PROGRESS`, its `worker_id`) records a result, through
+  `services.jobs.finish`. A result from a worker that no longer holds the job (its lease expired and the job was
+  re-queued or re-run) changes nothing but a note in the job's history, and is answered 409. A result for a job
+  cancelled or timed out while this worker ran it is dropped with a note and answered 200 (the worker did
+  nothing wrong); the same result posted again by the holder (the SDKs retry a post whose answer was lost) is
+  answered 200. `stopPod` (the SDKs' `refresh_worker`) drains the worker, so it is replaced.
+- **stream** (`stream`): the holder's partial outputs are appended as `JobStreamModel` rows, numbered from 0.
+- **ping** (`ping`): renews the lease of each listed job the worker still holds and whose lease has not yet
+  run out (an expired lease is the reaper's to take back; renewing it could race the re-queue). The renewal
+  does not bump the job's version, so a ping never makes a concurrent client write (a cancel) stale.
+- **job-stop** (`stop_signals`, runpod only: the SDK derives it from the job-take URL): the jobs this worker
+  holds whose `cancel_requested` is set (a client cancel or the reaper's timeout already made them `CANCELLED`
+  or `TIMED_OUT`) are answered once as `{"jobsToStop": [...]}` and the flag is cleared (the SDK would otherwise
+  poll again at once, forever). The poll is held open like a take, woken by a change to a job the worker holds
+  or by the worker taking one. The `ppio-gpus` SDK has no stop channel: a cancelled job it runs
+  stays `CANCELLED` and its late result is ignored as above.
+
+Every call is proof the worker is alive: `last_seen_at` is stamped (at most once a second, without bumping the
+row's version or `modified_at`, which the reconciler's guarded writes and drain timeout rely on), and a
+worker's first call wakes the endpoint reconciler, which records it `ready` (reconcilers/endpoints_workers.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
+
+from dockyard.context import ServerContext
+from dockyard.core.status import JobStatus, WorkerStatus
+from dockyard.db.base import guarded_update, utcnow
+from dockyard.db.models import JobModel, JobStreamModel, WorkerModel
+from dockyard.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
+from dockyard.gateway.job_signals import JobSignals
+from dockyard.secrets import hash_api_key
+from dockyard.services import events, jobs
+from dockyard.services.endpoints import LOOP
+
+log = logging.getLogger(__name__)
+
+# A worker in these statuses, not draining, may take jobs (one that calls before the reconciler has recorded it
+# `starting` is already running).
+TAKING = (WorkerStatus.PENDING, WorkerStatus.STARTING, WorkerStatus.READY)
+SEEN_EVERY = timedelta(seconds=1)
+RETRIES = 3  # writes that lost a race to a concurrent one are redone from fresh rows this often
+KIND_ENDPOINT = "endpoint"
+
+
+def worker_key(authorization: str | None) -> str:
+    """The key in an Authorization header, `Bearer <key>` or bare (the SDKs send their env value as it is)."""
+    value = (authorization or "").strip()
+    scheme, _, rest = value.partition(" ")
+    key = rest.strip() if scheme.lower() == "bearer" else value
+    if not key or " " in key:
+        raise Unauthorized("missing or malformed worker key; a worker sends its PPIO_AI_API_KEY or RUNPOD_AI_API_KEY")
+    return key
+
+
+async def authenticate(
+    context: ServerContext, authorization: str | None, endpoint_id: str, worker_id: str
+) -> WorkerModel:
+    """The worker whose key the caller sent; 401 for no such key, 404 when the path names another worker or
+    endpoint than the key's."""
+    key_hash = hash_api_key(worker_key(authorization))
+    async with context.db.read() as session:
+        worker = await session.scalar(select(WorkerModel).where(WorkerModel.key_hash == key_hash))
+    if worker is None:
+        raise Unauthorized("unknown worker key: the worker was removed, or the key is not one Dockyard gave")
+    if worker.id != worker_id or worker.endpoint_id != endpoint_id:
+        raise NotFound(f"no worker {worker_id} of endpoint {endpoint_id} holds this key")
+    await _seen(context, worker)
+    return worker
+
+
+async def _seen(context: ServerContext, worker: WorkerModel) -> None:
+    now = utcnow()
+    if worker.last_seen_at is not None and now - worker.last_seen_at < SEEN_EVERY:
+        return
+    async with context.db.write() as session:
+        await session.execute(
+            update(WorkerModel)
+            .where(WorkerModel.id == worker.id)
+            .values(last_seen_at=now, modified_at=WorkerModel.modified_at)
+            .execution_options(synchronize_session=False)
+        )
+    if worker.last_seen_at is None:
+        context.wake(LOOP)  # its first call: the reconciler records it ready
+    worker.last_seen_at = now
+
+
+def _held_key(worker_id: str) -> str:
+    """The `job_signals` key a take notifies, so a held job-stop poll starts watching the jobs just taken."""
+    return f"worker:{worker_id}"
+
+
+def _input(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# -- job-take ---------------------------------------------------------------------------------------------------
+
+
+async def take(context: ServerContext, worker: WorkerModel, count: int) -> list[dict[str, Any]]:
+    """Up to `count` jobs as `{"id", "input"}`, oldest first; empty after `job_take_wait_seconds` with none."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + context.settings.job_take_wait_seconds
+    while True:
+        taken = await _take_now(context, worker, count)
+        if taken:
+            context.job_signals.notify_changed(_held_key(worker.id))
+            return taken
+        left = deadline - loop.time()
+        if left <= 0:
+            return []
+        await context.job_signals.wait_queued(worker.endpoint_id, left)
+
+
+async def _take_now(context: ServerContext, worker: WorkerModel, count: int) -> list[dict[str, Any]]:
+    now = utcnow()
+    taken: list[dict[str, Any]] = []
+    async with context.db.write() as session:
+        row = (
+            await session.execute(select(WorkerModel.status, WorkerModel.drain).where(WorkerModel.id == worker.id))
+        ).first()
+        if row is None or row.drain or row.status not in TAKING:
+            return []
+        tried: set[str] = set()
+        while len(taken) < count:
+            query = select(JobModel).where(
+                JobModel.endpoint_id == worker.endpoint_id, JobModel.status == JobStatus.IN_QUEUE
+            )
+            if tried:
+                query = query.where(JobModel.id.not_in(tried))
+            query = query.order_by(JobModel.created_at, JobModel.id).limit(count - len(taken))
+            candidates = list(await session.scalars(query.with_for_update(skip_locked=True)))
+            if not candidates:
+                break
+            for job in candidates:
+                tried.add(job.id)
+                if await _claim(session, job, worker.id, now, context.settings.job_lease_seconds):
+                    taken.append({"id": job.id, "input": _input(job.input)})
+    return taken
+
+
+async def _claim(session: AsyncSession, job: JobModel, worker_id: str, now: datetime, lease: float) -> bool:
+    values = jobs.start_attempt_values(job, worker_id, now=now, lease_seconds=lease)
+    return await guarded_update(session, JobModel, job.id, job.version, **values)
+
+
+# -- job-done and stream ----------------------------------------------------------------------------------------
+
+
+def parse_result(body: bytes) -> dict[str, Any]:
+    """The JSON object the SDKs post (as `application/x-www-form-urlencoded`, though it is JSON text)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not JSON text ({exc}); post the result object as the SDKs do") from exc
+    if not isinstance(payload, dict):
+        raise BadRequest("the body must be a JSON object with `output` or `error`")
+    return payload
+
+
+def _outcome(payload: dict[str, Any]) -> tuple[JobStatus, str | None, str]:
+    """(status, output JSON, error): an `error` fails the job (its `output`, if any, is kept), else it completed."""
+    output = json.dumps(payload["output"], ensure_ascii=False) if "output" in payload else None
+    error = payload.get("error")
+    if error:
+        return JobStatus.FAILED, output, error if isinstance(error, str) else json.dumps(error, ensure_ascii=False)
+    return JobStatus.COMPLETED, output, ""
+
+
+async def _job(session: AsyncSession, worker: WorkerModel, job_id: str) -> JobModel:
+    job = await session.get(JobModel, job_id, populate_existing=True)
+    if job is None or job.endpoint_id != worker.endpoint_id:
+        raise NotFound(f"no job {job_id} in endpoint {worker.endpoint_id}")
+    return job
+
+
+def _holds(job: JobModel, worker: WorkerModel) -> bool:
+    return job.status == JobStatus.IN_PROGRESS and job.worker_id == worker.id
+
+
+def _why_not_holder(job: JobModel, worker: WorkerModel) -> str:
+    if job.status == JobStatus.IN_PROGRESS:
+        return f"the job is held by worker {job.worker_id}, which took it after this worker's lease expired"
+    if job.status == JobStatus.IN_QUEUE:
+        return "the job went back to the queue after this worker's lease expired"
+    if job.worker_id != worker.id:
+        return f"the job is {job.status.value}, run by worker {job.worker_id or 'none'}"
+    return f"the job is already {job.status.value}"
+
+
+async def done(context: ServerContext, worker: WorkerModel, job_id: str, payload: dict[str, Any]) -> None:
+    """Record the holder's result (see the module docstring); Conflict when the worker does not hold the job."""
+    status, output_json, error = _outcome(payload)
+    for _ in range(RETRIES):
+        now = utcnow()
+        try:
+            async with context.db.write() as session:
+                job = await _job(session, worker, job_id)
+                webhook = bool(job.webhook)
+                if _holds(job, worker):
+                    await jobs.finish(session, job, status, output_json=output_json, error=error, now=now)
+                    refused = ""
+                    if payload.get("stopPod") is True:
+                        await _drain(session, worker.id, f"it asked to be replaced after job {job_id} (refresh_worker)")
+                elif job.worker_id == worker.id and job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+                    return  # the same result again: the SDK retried a post whose answer it lost
+                elif job.worker_id == worker.id and job.status in (JobStatus.CANCELLED, JobStatus.TIMED_OUT):
+                    # Cancelled or timed out while this worker ran it: the worker did nothing wrong, so it gets
+                    # 200 (a 409 would only make the SDK retry and log errors); the result is dropped, and said so.
+                    dropped = f"late result of worker {worker.id} dropped: the job was already {job.status.value}"
+                    job.history = [*job.history, {"note": dropped, "at": now.isoformat()}]
+                    refused = ""
+                else:
+                    refused = _why_not_holder(job, worker)
+                    note = {"note": f"result of worker {worker.id} ignored: {refused}", "at": now.isoformat()}
+                    job.history = [*job.history, note]
+        except StaleDataError:
+            continue
+        if refused:
+            raise Conflict(f"result not recorded: {refused}")
+        context.job_signals.notify_changed(job_id)
+        if webhook:
+            context.wake(jobs.LOOP)
+        if payload.get("stopPod") is True:
+            context.wake(LOOP)
+        return
+    raise Unavailable(f"job {job_id} kept changing while its result was recorded; post it again")
+
+
+async def _drain(session: AsyncSession, worker_id: str, why: str) -> None:
+    row = await session.get(WorkerModel, worker_id, populate_existing=True)
+    if row is None or row.drain or row.status not in TAKING:
+        return
+    if await guarded_update(
+        session, WorkerModel, row.id, row.version, status=WorkerStatus.DRAINING, drain=True, reason=f"draining: {why}"
+    ):
+        events.record(
+            session,
+            org_id=row.org_id,
+            object_kind=KIND_ENDPOINT,
+            object_id=row.endpoint_id,
+            type="WorkerDraining",
+            message=f"worker {row.id}: {why}",
+        )
+
+
+async def stream(context: ServerContext, worker: WorkerModel, job_id: str, payload: dict[str, Any]) -> int:
+    """Append the holder's partial output (`{"output": ...}`); its sequence number. Conflict for a non-holder."""
+    if "output" not in payload:
+        raise BadRequest("a stream part is a JSON object with `output`")
+    part = json.dumps(payload["output"], ensure_ascii=False)
+    for _ in range(RETRIES):
+        try:
+            async with context.db.write() as session:
+                job = await _job(session, worker, job_id)
+                if not _holds(job, worker):
+                    refused = _why_not_holder(job, worker)
+                    break
+                last = await session.scalar(select(func.max(JobStreamModel.seq)).where(JobStreamModel.job_id == job_id))
+                seq = 0 if last is None else last + 1
+                session.add(JobStreamModel(job_id=job_id, seq=seq, output=part))
+        except IntegrityError:  # a concurrent part took the number
+            continue
+        context.job_signals.notify_changed(job_id)
+        return seq
+    else:
+        raise Unavailable(f"job {job_id} kept changing while its stream part was stored; post it again")
+    raise Conflict(f"stream part not recorded: {refused}")
+
+
+# -- ping and job-stop ------------------------------------------------------------------------------------------
+
+
+def job_ids(values: Iterable[str]) -> list[str]:
+    """The `job_id` query values: one comma-separated list (the SDKs) or the parameter repeated."""
+    return [job_id for value in values for job_id in value.split(",") if job_id]
+
+
+async def ping(
+    context: ServerContext, worker: WorkerModel, held: list[str], *, unhealthy: tuple[str, str] | None = None
+) -> int:
+    """Renew the leases of the listed jobs the worker holds; how many were renewed. `unhealthy` (check, reason) is
+    runpod's report of a failed start-up fitness check, recorded as an event (the worker exits next)."""
+    now = utcnow()
+    async with context.db.write() as session:
+        renewed = 0
+        if held:
+            result = await session.execute(
+                update(JobModel)
+                .where(
+                    JobModel.id.in_(held),
+                    JobModel.endpoint_id == worker.endpoint_id,
+                    JobModel.worker_id == worker.id,
+                    JobModel.status == JobStatus.IN_PROGRESS,
+                    JobModel.lease_expires_at > now,
+                )
+                .values(lease_expires_at=now + timedelta(seconds=context.settings.job_lease_seconds))
+                .execution_options(synchronize_session=False)
+            )
+            renewed = int(getattr(result, "rowcount", 0))
+        if unhealthy is not None:
+            check, reason = unhealthy
+            events.record(
+                session,
+                org_id=worker.org_id,
+                object_kind=KIND_ENDPOINT,
+                object_id=worker.endpoint_id,
+                type="WorkerUnhealthy",
+                message=f"worker {worker.id}: its start-up fitness check {check} failed: {reason}",
+            )
+    return renewed
+
+
+async def stop_signals(context: ServerContext, worker: WorkerModel) -> list[str]:
+    """The ids of the jobs the worker must stop, each answered once; empty after `job_take_wait_seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + context.settings.job_take_wait_seconds
+    while True:
+        try:
+            stop, held = await _stops_now(context, worker)
+        except StaleDataError:  # a flagged job changed under the write: read again while there is time
+            stop, held = [], []
+            if loop.time() < deadline:
+                continue
+        if stop:
+            for job_id in stop:
+                context.job_signals.notify_changed(job_id)
+            return stop
+        left = deadline - loop.time()
+        if left <= 0:
+            return []
+        await _wait_any(context.job_signals, [*held, _held_key(worker.id)], left)
+
+
+async def _stops_now(context: ServerContext, worker: WorkerModel) -> tuple[list[str], list[str]]:
+    """(jobs to stop, now cleared of their flag; jobs the worker still holds). A flagged job was already made
+    CANCELLED or TIMED_OUT by whoever flagged it (services/job_requests.py, reconcilers/jobs.py)."""
+    async with context.db.write() as session:
+        flagged = list(
+            await session.scalars(
+                select(JobModel).where(
+                    JobModel.endpoint_id == worker.endpoint_id,
+                    JobModel.worker_id == worker.id,
+                    JobModel.cancel_requested.is_(True),
+                )
+            )
+        )
+        for job in flagged:
+            job.cancel_requested = False
+        await session.flush()  # before the read below, and so that a stale row raises here
+        held = list(
+            await session.scalars(
+                select(JobModel.id).where(JobModel.worker_id == worker.id, JobModel.status == JobStatus.IN_PROGRESS)
+            )
+        )
+    return [job.id for job in flagged], held
+
+
+async def _wait_any(signals: JobSignals, keys: list[str], timeout: float) -> None:
+    waits = [asyncio.ensure_future(signals.wait_changed(key, timeout)) for key in keys]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def held_jobs(session: AsyncSession, worker_id: str) -> int:
+    """How many jobs the worker holds now (a draining async worker is retired once it holds none)."""
+    count = await session.scalar(
+        select(func.count())
+        .select_from(JobModel)
+        .where(JobModel.worker_id == worker_id, JobModel.status == JobStatus.IN_PROGRESS)
+    )
+    return int(count or 0)

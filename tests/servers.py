@@ -1,0 +1,104 @@
+"""A whole Dockyard server on the real container engine, for the end-to-end tests: uvicorn on a free port,
+SQLite, every loop running, an organization with a key, and every container of its installation removed at
+the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+from dockyard.app import create_app
+from dockyard.config import Settings
+from dockyard.services import keys
+from dockyard.services.worker_runspec import CONTAINER_HOST
+from tests.conftest import ADMIN_TOKEN
+from tests.live import free_port, serving
+
+
+@dataclass
+class EngineServer:
+    url: str
+    key: str
+    installation_id: str
+    settings: Settings
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30)
+
+
+def wait_for(what: str, check: Callable[[], Any], deadline: float = 90.0) -> Any:
+    """`check()`'s first truthy value, asked every 0.2 s; the test fails naming `what` after `deadline` s."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if value := check():
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"not within {deadline} s: {what}")
+
+
+def new_key(url: str, org: str) -> str:
+    """A key of a fresh organization, made through the operator's API."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
+        created = client.post("/admin/v1/organizations", json={"name": org})
+        assert created.status_code == 200, created.text
+        answer = client.post(f"/admin/v1/organizations/{created.json()['id']}/keys", json={})
+        assert answer.status_code == 200, answer.text
+        key: str = answer.json()["key"]
+        return key
+
+
+def remove_installation(engine_url: str, installation_id: str) -> None:
+    engine = docker.DockerClient(base_url=engine_url)
+    try:
+        for container in engine.containers.list(
+            all=True, filters={"label": f"dockyard.installation={installation_id}"}
+        ):
+            container.remove(force=True)
+    finally:
+        engine.close()
+
+
+@contextmanager
+def engine_server(data: Path, engine_url: str, *, host: str = "127.0.0.1", **overrides: Any) -> Iterator[EngineServer]:
+    """Serve Dockyard on `host` with fast loops (overridable) until the block ends. Its port is chosen first, so
+    the URLs it hands out (endpoint URLs, async workers' webhooks on the bridge's host address) are right."""
+    port = free_port()
+    values: dict[str, Any] = {
+        "port": port,
+        "public_url": f"http://127.0.0.1:{port}",
+        "worker_webhook_url": f"http://{CONTAINER_HOST}:{port}",
+        "data_dir": data,
+        "database_url": f"sqlite+aiosqlite:///{data / 'dockyard.db'}",
+        "admin_token": ADMIN_TOKEN,
+        "public_address": "127.0.0.1",
+        "engine_url": engine_url,
+        "run_reconcilers": True,
+        "reconcile_interval": 0.5,
+        "autoscale_interval": 0.2,
+        "health_check_interval": 0.5,
+        "stop_timeout_seconds": 2,
+        **overrides,
+    }
+    settings = Settings(**values)
+    app = create_app(settings)
+    installation = ""
+    try:
+        with serving(app, host, port) as url:
+            installation = app.state.context.installation_id
+            yield EngineServer(url, new_key(url, "e2e"), installation, settings)
+    finally:
+        keys.forget_cached_keys()
+        if installation:
+            remove_installation(engine_url, installation)
