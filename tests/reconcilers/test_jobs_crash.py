@@ -78,18 +78,17 @@ def test_every_job_completes_across_a_sigkill_of_the_server(
             "product_id": "serverless.cpu",
             "image": sdk_worker_images["runpod"],
             "envs": [{"key": "CONCURRENCY", "value": "50"}],
-            "worker_config": {"min_replicas": WORKERS, "max_replicas": WORKERS, "idle_timeout": 600},
+            # No worker yet: all 1,000 jobs are queued first, so the kill below finds most of them still queued
+            # however fast the workers are.
+            "worker_config": {"min_replicas": 0, "max_replicas": 0, "idle_timeout": 600},
         }
         endpoint_id = api.post("/gpus/v2/endpoints", json=body).json()["id"]
-        deadline = time.monotonic() + 120
-        while [w["status"]["status"] for w in api.get(f"/gpus/v2/endpoints/{endpoint_id}").json()["workers"]] != [
-            "ready"
-        ] * WORKERS:
-            assert time.monotonic() < deadline, "the workers did not become ready"
-            time.sleep(0.3)
-
         job_ids = asyncio.run(submit(server.url, key, endpoint_id))
         assert len(set(job_ids)) == JOBS
+        assert api.get(f"/v2/{endpoint_id}/health").json()["jobs"]["inQueue"] == JOBS
+        workers = {"min_replicas": WORKERS, "max_replicas": WORKERS, "idle_timeout": 600}
+        assert api.put(f"/gpus/v2/endpoints/{endpoint_id}", json={"worker_config": workers}).status_code == 200
+
         # Kill the server while the workers are busy: some jobs done, some in progress, most still queued.
         deadline = time.monotonic() + 120
         while api.get(f"/v2/{endpoint_id}/health").json()["jobs"]["completed"] < JOBS // 5:
