@@ -1,0 +1,214 @@
+"""The gateway group: one no-op worker, driven directly and through Dockyard's gateway, nginx and Ray Serve, with
+the same wrk runs at 1, 64 and 512 connections.
+
+Order within a run: the worker container comes from Dockyard's endpoint, so Dockyard starts first; direct,
+Dockyard and nginx are measured while it runs (all three hit that same container); Ray Serve, which runs its own
+replica of the handler, is measured after Dockyard is gone, so neither takes CPU from the other."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import podman, ray_serve, wrk
+from bench.dockyard_target import dockyard_gateway
+from bench.group import Section, Settings
+from bench.nginx_proxy import nginx_proxy
+from bench.target import MAX_CONCURRENT_PER_WORKER, Target
+
+CONNECTIONS = (1, 64, 512)
+DIRECT, DOCKYARD, NGINX, RAY = "direct", "Dockyard gateway", "nginx", "Ray Serve"
+
+# The issue's targets (for a 2-core machine).
+MIN_NGINX_RATIO = 0.5
+MIN_RAY_RATIO = 20.0
+MAX_ADDED_P50_MS = 0.2
+MAX_P99_GROWTH = 10.0
+
+
+@dataclass
+class SystemResult:
+    """A system's measurements by connection count, or why it has none (`skipped`: a peer not installed)."""
+
+    name: str
+    runs: dict[int, wrk.Measurement] = field(default_factory=dict)
+    error: str = ""
+    skipped: bool = False
+
+    @property
+    def measured(self) -> bool:
+        return len(self.runs) == len(CONNECTIONS)
+
+    @property
+    def errors(self) -> int:
+        return sum(run.errors for run in self.runs.values())
+
+    @property
+    def p99_growth(self) -> float:
+        return self.runs[512].p99_ms / self.runs[1].p99_ms
+
+
+def _measure(name: str, start: Callable[[], AbstractContextManager[Target]], settings: Settings) -> SystemResult:
+    """Start the system, warm it up and measure it at each connection count; a failure is recorded, not raised."""
+    result = SystemResult(name)
+    print(f"bench: {name}", flush=True)
+    try:
+        with start() as target:
+            for connections in CONNECTIONS:
+                wrk.run(target.url, connections, settings.warmup_s, target.headers)
+                run = wrk.run(target.url, connections, settings.duration_s, target.headers)
+                result.runs[connections] = run
+                print(
+                    f"bench:   {connections:>3} connections: {run.requests_per_s:>9.0f} req/s  "
+                    f"p50 {run.p50_ms:.3f} ms  p99 {run.p99_ms:.3f} ms  errors {run.errors}",
+                    flush=True,
+                )
+    except Exception as exc:  # any failure of one system is reported; the others still run
+        result.error = f"{type(exc).__name__}: {exc}"
+        print(f"bench: {name} failed:\n{traceback.format_exc()}", flush=True)
+    return result
+
+
+@contextmanager
+def _given(target: Target) -> Iterator[Target]:
+    """A target something else keeps running (the worker, the gateway in front of it)."""
+    yield target
+
+
+def _measure_all(settings: Settings, workdir: Path) -> list[SystemResult]:
+    results: list[SystemResult] = []
+    try:
+        with podman.engine_service(workdir) as engine_url:
+            image = podman.build_noop_image()
+            with dockyard_gateway(workdir, engine_url, image) as (gateway, worker_port):
+                direct = Target(f"http://127.0.0.1:{worker_port}/noop")
+                results.append(_measure(DIRECT, lambda: _given(direct), settings))
+                results.append(_measure(DOCKYARD, lambda: _given(gateway), settings))
+                results.append(_measure(NGINX, lambda: nginx_proxy(workdir, worker_port), settings))
+    except Exception as exc:  # without the worker none of the three runs: say why in the report
+        print(f"bench: the Dockyard endpoint and its worker failed:\n{traceback.format_exc()}", flush=True)
+        done = {result.name for result in results}
+        reason = f"the Dockyard endpoint and its worker failed: {type(exc).__name__}: {exc}"
+        results += [SystemResult(name, error=reason) for name in (DIRECT, DOCKYARD, NGINX) if name not in done]
+    missing = ray_serve.unavailable_reason()
+    if missing is not None:
+        results.append(SystemResult(RAY, error=missing, skipped=True))
+    else:
+        results.append(_measure(RAY, lambda: ray_serve.ray_serve(workdir), settings))
+    return results
+
+
+def run(settings: Settings, workdir: Path) -> Section:
+    results = _measure_all(settings, workdir)
+    broken = [f"{r.name}: {r.error}" for r in results if not r.measured and not r.skipped]
+    return Section(markdown=render(results, settings), broken=broken)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _errors(result: SystemResult) -> str:
+    non_2xx = sum(run.non_2xx for run in result.runs.values())
+    socket = sum(run.socket_errors for run in result.runs.values())
+    return "0" if result.errors == 0 else f"{result.errors} (non-2xx {non_2xx}, socket {socket})"
+
+
+def _figures(results: list[SystemResult]) -> list[str]:
+    lines = [
+        "| system | req/s at 64 | p50 at 1 | p99 at 1 | p50 at 64 | p99 at 64 | p99 at 512 "
+        "| p99(512) / p99(1) | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        if not r.measured:
+            reason = r.error.splitlines()[0] if r.error else "unknown"
+            lines.append(f"| {r.name} | not measured: {reason} |" + " |" * 7)
+            continue
+        one, many, most = r.runs[1], r.runs[64], r.runs[512]
+        lines.append(
+            f"| {r.name} | {many.requests_per_s:,.0f} | {_ms(one.p50_ms)} | {_ms(one.p99_ms)} | {_ms(many.p50_ms)} "
+            f"| {_ms(many.p99_ms)} | {_ms(most.p99_ms)} | {r.p99_growth:.1f} | {_errors(r)} |"
+        )
+    return lines
+
+
+def _added(results: list[SystemResult], direct: SystemResult) -> list[str]:
+    lines = [
+        "| in front of the worker | added p50 at 1 | added p99 at 1 | added p50 at 64 | added p99 at 64 "
+        "| req/s at 64 / direct's |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        if r is direct or not r.measured:
+            continue
+        one, many, bare_one, bare_many = r.runs[1], r.runs[64], direct.runs[1], direct.runs[64]
+        added = (
+            one.p50_ms - bare_one.p50_ms,
+            one.p99_ms - bare_one.p99_ms,
+            many.p50_ms - bare_many.p50_ms,
+            many.p99_ms - bare_many.p99_ms,
+        )
+        share = many.requests_per_s / bare_many.requests_per_s
+        lines.append(f"| {r.name} | {' | '.join(f'{a:+.3f}' for a in added)} | {share:.2f} |")
+    return lines
+
+
+def _target_row(figure: str, value: float | None, digits: int, at_least: bool, bound: float) -> str:
+    """A row of the targets table: `value` shown with `digits` decimals, met when at least (or at most) `bound`."""
+    target = f"{'>=' if at_least else '<='} {bound:g}"
+    if value is None:
+        return f"| {figure} | n/a | {target} | n/a |"
+    met = value >= bound if at_least else value <= bound
+    return f"| {figure} | {value:.{digits}f} | {target} | {'yes' if met else '**no**'} |"
+
+
+def _targets(by_name: dict[str, SystemResult]) -> list[str]:
+    lines = ["| figure (Dockyard gateway) | measured | target | met |", "| --- | ---: | --- | --- |"]
+    dockyard = by_name.get(DOCKYARD)
+    if dockyard is None or not dockyard.measured:
+        return [*lines, "| all | not measured | | |"]
+
+    def ratio(peer_name: str) -> float | None:
+        peer = by_name.get(peer_name)
+        if peer is None or not peer.measured:
+            return None
+        return dockyard.runs[64].requests_per_s / peer.runs[64].requests_per_s
+
+    direct = by_name.get(DIRECT)
+    added_p50 = dockyard.runs[1].p50_ms - direct.runs[1].p50_ms if direct and direct.measured else None
+    return [
+        *lines,
+        _target_row("throughput at 64 / nginx's", ratio(NGINX), 2, True, MIN_NGINX_RATIO),
+        _target_row("throughput at 64 / Ray Serve's", ratio(RAY), 1, True, MIN_RAY_RATIO),
+        _target_row("added p50 at 1 connection (ms)", added_p50, 3, False, MAX_ADDED_P50_MS),
+        _target_row("p99 at 512 / p99 at 1", dockyard.p99_growth, 1, False, MAX_P99_GROWTH),
+        _target_row("errors (all runs)", dockyard.errors, 0, False, 0),
+    ]
+
+
+def render(results: list[SystemResult], settings: Settings) -> str:
+    """The group's section of RESULTS.md: the figures of each system, the latency each adds over direct, and the
+    issue's targets for Dockyard's gateway."""
+    by_name = {r.name: r for r in results}
+    direct = by_name[DIRECT]
+    parts = [
+        "## Gateway",
+        "",
+        f"One no-op worker (bench/noop_worker.py, a container of {podman.NOOP_IMAGE}, product `serverless.cpu`) "
+        f"reached directly, through Dockyard's gateway (a sync endpoint with one worker, "
+        f"`max_concurrent_per_worker` {MAX_CONCURRENT_PER_WORKER}), through nginx (one worker process, keep-alive "
+        "upstream) and through Ray Serve (one replica of the same handler, outside the container). "
+        f"Each figure is one wrk run of {settings.duration_s:g} s after a {settings.warmup_s:g} s warm-up "
+        f"(wrk -t{wrk.THREADS}, GET, keep-alive); latencies in ms; 1, 64 and 512 are connections.",
+        "",
+        *_figures(results),
+        "",
+    ]
+    if direct.measured:
+        parts += ["Latency added over direct (ms; negative: within noise):", "", *_added(results, direct), ""]
+    parts += ["Targets of the issue (2-core machine):", "", *_targets(by_name), ""]
+    return "\n".join(parts)
