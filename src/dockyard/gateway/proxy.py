@@ -38,12 +38,14 @@ retry takes its second slot while still holding the first, which steers the leas
 the worker that refused; if the dispatcher can only offer that worker again, the answer is 502. A failure
 after the response headers cuts the response short, as the worker's own failure would.
 
-Upstream connections are pooled per worker, one `httpx.AsyncHTTPTransport` each, made on the worker's first
-request and closed once it has left the table (or by `aclose()`): httpcore's pool scans every connection it
-holds on each request, so one shared pool would make every request slower as the fleet grows. A transport
-rather than an `AsyncClient`: a client keeps a cookie jar shared by every tenant's responses and runs auth,
-redirect and event-hook machinery a proxy must not have. Pools have no connection cap and no pool timeout
-(the dispatcher bounds requests per worker) and ignore proxy settings from the environment.
+The upstream client is aiohttp's, chosen by measurement: against one no-op worker, 64 concurrent requests
+through an `httpx.AsyncHTTPTransport` made 239 requests/s, because httpcore's pool scans every connection it
+holds on each request; aiohttp's connector, which keeps a queue of idle connections per host, made 19,185
+(8,236 vs 2,591 at one request at a time). Connections are pooled per worker, one session each, made on the
+worker's first request and closed once it has left the table (or by `aclose()`). Each session has no cookie
+jar (tenants' responses must never share one), no redirects, no decompression (bodies pass through as the
+worker wrote them), no headers of its own, no connection cap (the dispatcher bounds requests per worker), and
+it ignores proxy settings from the environment.
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ from functools import partial
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import aiohttp
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import Receive, Scope, Send
+from yarl import URL
 
 from dockyard.core.status import EndpointType
 from dockyard.errors import error_body
@@ -91,7 +95,10 @@ _DROP_REQUEST = frozenset(
 # `Date` and `Server` are dropped as nginx drops them: the ASGI server adds its own, and a second `Date` is
 # invalid. `X-Dockyard-Worker` is ours to set.
 _DROP_RESPONSE = frozenset([*_HOP_BY_HOP, b"date", b"server", b"x-dockyard-worker"])
-_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout)
+# Failures before anything was sent: the connection was refused or never made.
+_RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# What aiohttp would add to a request on its own; a proxy forwards the client's headers and nothing else.
+_NO_AUTO_HEADERS = frozenset(["User-Agent", "Accept", "Accept-Encoding", "Content-Type"])
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, math.inf)
 _UNKNOWN = "unknown"  # the endpoint label of requests that named no endpoint in the table
 
@@ -244,27 +251,32 @@ class GatewayApp:
         self.authenticate = authenticate
         self.on_worker_error = on_worker_error or (lambda endpoint, worker, reason: None)
         self._metrics = _metrics_for(registry)
-        # No read or write timeout: the request's deadline bounds the wait for headers; a stream may then idle.
-        self._timeouts = httpx.Timeout(connect=connect_timeout, read=None, write=None, pool=None).as_dict()
-        self._limits = httpx.Limits(
-            max_connections=None, max_keepalive_connections=1024, keepalive_expiry=keepalive_expiry
-        )
-        self._pools: dict[str, tuple[str, str, httpx.AsyncHTTPTransport]] = {}  # worker -> endpoint, address, pool
+        # No read timeout: the request's deadline bounds the wait for headers; a stream may then idle.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        self._keepalive_expiry = keepalive_expiry
+        self._pools: dict[str, tuple[str, str, aiohttp.ClientSession]] = {}  # worker -> endpoint, address, pool
 
     async def aclose(self) -> None:
         """Close the upstream connections (idempotent)."""
         pools, self._pools = self._pools, {}
         for _, _, pool in pools.values():
-            await pool.aclose()
+            await pool.close()
 
-    async def _pool(self, endpoint: str, worker: str, address: str) -> httpx.AsyncHTTPTransport:
+    async def _pool(self, endpoint: str, worker: str, address: str) -> aiohttp.ClientSession:
         """`worker`'s own pool. Making one also closes the pools of workers the table no longer holds at their
         address, so pools come and go with workers and only a worker's first request pays for the pruning."""
         entry = self._pools.get(worker)
         if entry is not None and entry[1] == address:
             return entry[2]
         # Registered before any await, so that a request arriving meanwhile uses this pool, not a second one.
-        pool = httpx.AsyncHTTPTransport(limits=self._limits, trust_env=False)
+        pool = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=self._keepalive_expiry),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=_NO_AUTO_HEADERS,
+            timeout=self._timeout,
+            trust_env=False,
+        )
         self._pools[worker] = (endpoint, address, pool)
         stale = [entry[2]] if entry is not None else []
         for other, (other_endpoint, other_address, other_pool) in list(self._pools.items()):
@@ -273,7 +285,7 @@ class GatewayApp:
                 del self._pools[other]
                 stale.append(other_pool)
         for old in stale:
-            await old.aclose()
+            await old.close()
         return pool
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -390,17 +402,20 @@ class GatewayApp:
         if address is None:
             # The worker was taken out of the table between being handed out and being reached.
             raise _Refused("the worker is gone")
-        request = httpx.Request(
-            call.method,
-            address + call.target,
-            headers=call.headers,
-            content=call if call.has_body else None,
-            extensions={"timeout": self._timeouts},
-        )
-        transport = await self._pool(call.endpoint, worker, address)
+        session = await self._pool(call.endpoint, worker, address)
         try:
             async with asyncio.timeout_at(call.deadline):
-                response = await transport.handle_async_request(request)
+                response = await session.request(
+                    call.method,
+                    # encoded=True: the path and query go to the worker exactly as the client wrote them.
+                    URL(address + call.target, encoded=True),
+                    headers=CIMultiDict(
+                        (name.decode("latin-1"), value.decode("latin-1")) for name, value in call.headers
+                    ),
+                    data=call if call.has_body else None,
+                    allow_redirects=False,
+                    compress=None,
+                )
         except TimeoutError:
             message = (
                 f"worker {worker} of endpoint {call.endpoint} did not answer within the endpoint's "
@@ -411,36 +426,36 @@ class GatewayApp:
             reason = _describe(exc)
             self._worker_failed(call.endpoint, worker, reason)
             raise _Refused(reason) from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             reason = _describe(exc)
             self._worker_failed(call.endpoint, worker, reason)
             return await self._unreachable(call, worker, reason)
         return await self._relay(call, worker, response)
 
-    async def _relay(self, call: _Exchange, worker: str, response: httpx.Response) -> int:
+    async def _relay(self, call: _Exchange, worker: str, response: aiohttp.ClientResponse) -> int:
         send = call.send
         try:
             await send(
                 {
                     "type": "http.response.start",
-                    "status": response.status_code,
-                    "headers": _response_headers(response.headers.raw, worker),
+                    "status": response.status,
+                    "headers": _response_headers(response.raw_headers, worker),
                 }
             )
             call.metrics.latency.observe(asyncio.get_running_loop().time() - call.arrival)
             try:
-                async for chunk in response.aiter_raw():
+                async for chunk in response.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:
                 reason = _describe(exc)
                 self._worker_failed(call.endpoint, worker, reason)
                 log.warning("worker %s of endpoint %s broke off its response: %s", worker, call.endpoint, reason)
-                return response.status_code
+                return response.status
             call.finished = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return response.status_code
+            return response.status
         finally:
-            await response.aclose()
+            response.release()
 
     def _worker_failed(self, endpoint: str, worker: str, reason: str) -> None:
         try:
@@ -477,9 +492,13 @@ def _worker_header(worker: str) -> list[tuple[bytes, bytes]]:
     return [(b"x-dockyard-worker", worker.encode("latin-1"))]
 
 
-def _response_headers(raw: list[tuple[bytes, bytes]], worker: str) -> list[tuple[bytes, bytes]]:
-    # h11, under httpx's transport, hands header names over lowercased.
-    headers = [(name, value) for name, value in raw if name not in _DROP_RESPONSE and not name.startswith(b"proxy-")]
+def _response_headers(raw: Iterable[tuple[bytes, bytes]], worker: str) -> list[tuple[bytes, bytes]]:
+    # aiohttp keeps header names as the worker wrote them; ASGI wants them lowercased.
+    headers = [
+        (lower, value)
+        for name, value in raw
+        if (lower := name.lower()) not in _DROP_RESPONSE and not lower.startswith(b"proxy-")
+    ]
     headers.append((b"x-dockyard-worker", worker.encode("latin-1")))
     return headers
 
