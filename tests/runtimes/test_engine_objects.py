@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
-from dockyard.runtimes.base import ObjectState, PublishedPort
-from dockyard.runtimes.engine import engine_facts
+import pytest
+from docker.errors import APIError
+
+from dockyard.runtimes.base import ObjectState, PublishedPort, RuntimeUnavailable
+from dockyard.runtimes.engine import EngineRuntime, engine_facts
 from dockyard.runtimes.engine_objects import (
     is_name_conflict,
     is_storage_opt_unsupported,
@@ -134,3 +138,27 @@ def test_engine_kind_comes_from_the_version_components() -> None:
     assert (podman.description, podman.cpus) == ("podman 4.3.1", 2)
     docker = engine_facts({"Version": "26.1.0", "Components": [{"Name": "Engine", "Version": "26.1.0"}]}, {"NCPU": 8})
     assert (docker.description, docker.cpus) == ("docker 26.1.0", 8)
+
+
+async def test_a_container_removed_mid_inspect_is_missing_not_an_unreachable_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Podman 4.3 answers 500 "no such container" when a container is removed while it is inspected (two loops
+    list and remove at once); any other server error still means the engine cannot be trusted now."""
+    runtime = EngineRuntime("unix:///nonexistent.sock", installation_id="test")
+    answer: list[APIError] = []
+
+    def inspect_container(object_id: str) -> dict[str, object]:
+        raise answer[0]
+
+    async def ready() -> tuple[object, object]:
+        return SimpleNamespace(api=SimpleNamespace(inspect_container=inspect_container)), object()
+
+    monkeypatch.setattr(runtime, "_ready", ready)
+    answer.append(
+        APIError("500 Server Error", explanation="container abc does not exist in database: no such container")
+    )
+    assert await runtime.inspect("abc") is None
+    answer[0] = APIError("500 Server Error", explanation="database is locked")
+    with pytest.raises(RuntimeUnavailable):
+        await runtime.inspect("abc")

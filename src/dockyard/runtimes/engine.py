@@ -157,6 +157,10 @@ class EngineRuntime:
         except NotFound:
             return None
         except APIError as error:
+            # Podman 4.3 answers 500, not 404, for a container removed while it is being inspected (two loops
+            # list and remove concurrently): that is a missing object, not an engine that cannot be reached.
+            if "no such container" in str(error.explanation or error).lower():
+                return None
             raise self._unavailable(error) from error
         return attrs
 
