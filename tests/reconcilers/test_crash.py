@@ -218,7 +218,10 @@ def test_sigkill_mid_work_then_restart_converges(
             if set(statuses) == wanted and all(s == ContainerStatus.RUNNING for s in statuses.values()):
                 break
             if time.monotonic() > deadline:
-                pytest.fail(f"not converged in {CONVERGE_SECONDS} s: {statuses}\n{server.log_tail()}")
+                stuck = {
+                    row.id: f"{row.status.value}: {row.reason}" for row in rows if row.status != ContainerStatus.RUNNING
+                }
+                pytest.fail(f"not converged in {CONVERGE_SECONDS} s; not running: {stuck}\n{server.log_tail()}")
             time.sleep(0.5)
 
         # The reconciler may still be finishing a pass; wait (bounded) for the runtime side to settle too.
