@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
+from starlette.types import Receive, Scope, Send
 
 from dockyard import __version__
 from dockyard.api import (
@@ -91,7 +92,21 @@ async def _on_integrity(_: object, exc: Exception) -> object:
     return error_response(409, "this would conflict with an existing object", reason="CONFLICT")
 
 
-def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFactory | None = None) -> FastAPI:
+class DockyardApp(FastAPI):
+    """The API, with the sync gateway in front of all of it: `Front` (gateway/front.py) sends an endpoint's
+    traffic to the gateway before FastAPI's own per-request work (its middleware stack, its telemetry checks),
+    and everything else to `serve_api`, FastAPI itself."""
+
+    front: Front
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.front(scope, receive, send)
+
+    async def serve_api(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFactory | None = None) -> DockyardApp:
     """Build the application. `runtime_factory` replaces the real runtimes (tests give an in-memory one)."""
     settings = settings or load_settings()
     db = Database(settings.resolved_database_url)
@@ -127,7 +142,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
                 await runtime.close()
             await db.dispose()
 
-    app = FastAPI(
+    app = DockyardApp(
         title="Dockyard",
         version=__version__,
         description=DESCRIPTION,
@@ -160,18 +175,17 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, registry=context.registry)
-    # Outermost: endpoint traffic goes to the gateway before any API middleware sees it (gateway/front.py).
     gateway = GatewayApp(
         context.routes,
         partial(keys.org_of, context),
         context.registry,
         on_worker_error=context.routes.worker_error,
     )
-    app.add_middleware(Front, gateway=gateway, routes=context.routes)
+    app.front = Front(app.serve_api, gateway, context.routes)
     return app
 
 
-def create_app_from_env() -> FastAPI:
+def create_app_from_env() -> DockyardApp:
     """uvicorn's factory entry point: settings from the environment and the config file."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)

@@ -33,5 +33,6 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("docker", "urllib3", "aiosqlite", "asyncio"):
+    # httpx logs every request at INFO: one line per health probe of every worker.
+    for noisy in ("docker", "urllib3", "aiosqlite", "asyncio", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

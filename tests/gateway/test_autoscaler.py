@@ -154,3 +154,28 @@ async def test_a_pass_writes_the_count_and_an_event_with_the_figures(harness: Ha
     await autoscaler.reconcile_once()
     async with context.db.read() as session:
         assert len(list(await session.scalars(select(EventModel).where(EventModel.object_id == row.id)))) == 1
+
+
+@pytest.mark.usefixtures("database_url")
+async def test_a_scale_up_from_zero_answering_a_request_is_timed(harness: Harness) -> None:
+    row = await _endpoint(harness)
+    context = harness.context
+    route = context.routes.get(row.id)
+    assert route is not None
+    autoscaler = Autoscaler(context)
+    lease = route.dispatcher.acquire(1e9)
+    waiter = asyncio.create_task(lease.__aenter__())
+    await asyncio.sleep(0)
+    # The app wires the routing table's on_demand to its own autoscaler; this one is told directly.
+    autoscaler.on_demand(row.id)
+    await autoscaler.reconcile_once()
+    labels = {"endpoint": row.id}
+    assert context.registry.get_sample_value("dockyard_autoscaler_scale_from_zero_seconds_count", labels) == 1
+    seconds = context.registry.get_sample_value("dockyard_autoscaler_scale_from_zero_seconds_sum", labels)
+    assert seconds is not None
+    assert 0 <= seconds < 5
+    # A later pass with the same demand changes nothing, so times nothing more.
+    await autoscaler.reconcile_once()
+    assert context.registry.get_sample_value("dockyard_autoscaler_scale_from_zero_seconds_count", labels) == 1
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)

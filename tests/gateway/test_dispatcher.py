@@ -149,6 +149,28 @@ async def test_readiness_wakes_a_held_waiter_at_once() -> None:
     assert_idle(dispatcher)
 
 
+async def test_the_hand_off_of_a_newly_ready_worker_to_a_waiter_is_timed_once() -> None:
+    dispatcher = EndpointDispatcher(queue_limit=10, max_concurrent_per_worker=2)
+    release = asyncio.Event()
+    got: list[str] = []
+    tasks = [asyncio.create_task(hold(dispatcher, release, got)) for _ in range(2)]
+    await settle()
+    dispatcher.worker_ready("w1")
+    await settle()
+    assert got == ["w1", "w1"]
+    # Two waiters resumed with w1, but only the first is its cold start's hand-off.
+    assert dispatcher.first_dispatches == 1
+    assert 0 <= dispatcher.first_dispatch_seconds < 1
+    # A worker pushed ready with nobody waiting has no hand-off to time.
+    dispatcher.worker_ready("w2")
+    async with dispatcher.acquire(FAR) as worker:
+        assert worker == "w2"
+    assert dispatcher.first_dispatches == 1
+    release.set()
+    await asyncio.gather(*tasks)
+    assert_idle(dispatcher)
+
+
 async def test_on_demand_only_when_no_worker_is_ready() -> None:
     calls: list[None] = []
     dispatcher = EndpointDispatcher(queue_limit=10, max_concurrent_per_worker=1, on_demand=lambda: calls.append(None))

@@ -400,7 +400,8 @@ async def test_dead_worker_is_502_and_reported(gateway: Gateway) -> None:
     assert "could not be reached" in answer.json()["message"]
     assert answer.headers["x-dockyard-worker"] == "dead"
     assert [(endpoint, worker) for endpoint, worker, _ in gateway.errors] == [(EP, "dead")]
-    assert "Cannot connect" in gateway.errors[0][2]
+    assert "cannot connect" in gateway.errors[0][2]
+    assert "Connection refused" in gateway.errors[0][2]
     assert gateway.dispatcher.in_flight == 0
 
 

@@ -1,10 +1,15 @@
 """`dockyard gateway` on its own, beside a real server on real Podman: it learns endpoints and workers from the
 database, serves an endpoint scaled to zero (its load report makes the server's autoscaler start a worker,
-and its own prober sees the worker ready), and counts in the server's figures while requests are in flight."""
+and its own prober sees the worker ready), and counts in the server's figures while requests are in flight;
+with `--workers`, several such processes share its port."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +23,8 @@ from dockyard.config import Settings
 from dockyard.gateway.standalone import create_gateway_app
 from dockyard.services import keys
 from tests.conftest import ADMIN_TOKEN
-from tests.live import serving
+from tests.live import free_port, serving
+from tests.servers import wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -110,3 +116,33 @@ def test_a_standalone_gateway_serves_an_endpoint_from_zero(settings: Settings, c
         # The server's own gateway saw no request: the queued one it counted is the stand-alone gateway's report.
         assert "1 queued" in scaled[-1]
         api.close()
+
+
+def test_gateway_workers_share_one_port(settings: Settings, tmp_path: Path) -> None:
+    """`dockyard gateway --workers 2`: two processes, each a whole gateway (its own id), answer on one port."""
+    with serving(create_app(settings)):  # migrates the database the gateways read
+        port = free_port()
+        env = {
+            **os.environ,
+            "DOCKYARD_DATA_DIR": str(settings.data_dir),
+            "DOCKYARD_DATABASE_URL": settings.database_url or "",
+            "DOCKYARD_ADMIN_TOKEN": ADMIN_TOKEN,
+        }
+        command = [sys.executable, "-m", "dockyard", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+        log = (tmp_path / "gateway.log").open("wb")
+        gateway = subprocess.Popen([*command, "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            seen: set[str] = set()
+
+            def both_answered() -> bool:
+                with contextlib.suppress(httpx.TransportError):
+                    # A new connection each time: the kernel hands each to one of the processes.
+                    seen.add(httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["gateway"])
+                return len(seen) == 2
+
+            wait_for("both gateway processes answering /healthz", both_answered, deadline=60)
+            assert len({gateway_id.split(":")[1] for gateway_id in seen}) == 2, seen  # two process ids
+        finally:
+            gateway.terminate()
+            assert gateway.wait(timeout=30) == 0, (tmp_path / "gateway.log").read_text()[-3000:]
+            log.close()

@@ -170,6 +170,10 @@ async def test_scale_up_creates_labelled_workers_and_routes_them(
         "dockyard_worker_cold_start_seconds_count", {"endpoint": endpoint_id}
     )
     assert cold == 2
+    started = harness.context.registry.get_sample_value(
+        "dockyard_worker_container_start_seconds_count", {"endpoint": endpoint_id}
+    )
+    assert started == 2
 
     # Passes that find nothing to do change nothing.
     await endpoints.reconcile_once()

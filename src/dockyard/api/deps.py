@@ -15,7 +15,9 @@ from dockyard.services.idempotency import Answer
 from dockyard.services.keys import Principal, authenticate
 
 
-def get_context(request: Request) -> ServerContext:
+async def get_context(request: Request) -> ServerContext:
+    # Async although it awaits nothing: FastAPI runs a plain function dependency in its thread pool, a thread
+    # hop on every request for what is an attribute read.
     context: ServerContext = request.app.state.context
     return context
 

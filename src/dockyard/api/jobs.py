@@ -39,10 +39,9 @@ async def run(
     body: RunRequest,
     context: ContextDep,
     principal: PrincipalDep,
-    session: WriteSessionDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> Response:
-    return answered(await service.submit(context, session, principal, endpoint_id, body, idempotency_key))
+    return answered(await service.submit(context, principal, endpoint_id, body, idempotency_key))
 
 
 async def runsync(
@@ -50,13 +49,12 @@ async def runsync(
     body: RunRequest,
     context: ContextDep,
     principal: PrincipalDep,
-    session: WriteSessionDep,
     idempotency_key: IdempotencyKeyDep = None,
     wait: Annotated[
         int, Query(ge=0, le=MAX_RUNSYNC_WAIT_MS, description="ms to wait for the result before answering")
     ] = DEFAULT_RUNSYNC_WAIT_MS,
 ) -> dict[str, Any]:
-    return await service.run_sync(context, session, principal, endpoint_id, body, wait / 1000, idempotency_key)
+    return await service.run_sync(context, principal, endpoint_id, body, wait / 1000, idempotency_key)
 
 
 async def status(

@@ -11,8 +11,9 @@ HostOption = Annotated[str | None, typer.Option(help="address to listen on (env 
 ConfigOption = Annotated[str | None, typer.Option(help="a YAML config file (env DOCKYARD_CONFIG)")]
 
 
-def _run(factory: str, host: str | None, port: int | None, config: str | None) -> None:
-    """Serve the ASGI app that `factory` builds, with the settings the environment and options give."""
+def _run(factory: str, host: str | None, port: int | None, config: str | None, workers: int = 1) -> None:
+    """Serve the ASGI app that `factory` builds, with the settings the environment and options give, in
+    `workers` processes sharing the listening socket."""
     import uvicorn
 
     if config:
@@ -35,7 +36,11 @@ def _run(factory: str, host: str | None, port: int | None, config: str | None) -
         http="httptools",
         log_config=None,
         access_log=False,
+        # The gateway builds X-Forwarded-For from the peer and the header as it came; uvicorn's rewrite of the
+        # peer from that same header would name the client twice, and the API uses no client address.
+        proxy_headers=False,
         timeout_graceful_shutdown=15,
+        workers=workers,
     )
 
 
@@ -51,6 +56,14 @@ def gateway(
     host: HostOption = None,
     port: Annotated[int, typer.Option(help="port to listen on")] = 8081,
     config: ConfigOption = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="processes serving the gateway on this port, each with its own upstream connections, prober and "
+            "load report; one Python process uses one core, so give it as many as it has cores to itself",
+        ),
+    ] = 1,
 ) -> None:
     """Run a stand-alone sync gateway beside the server, on the same database; point DOCKYARD_GATEWAY_URL at it."""
-    _run("dockyard.gateway.standalone:create_gateway_app_from_env", host, port, config)
+    _run("dockyard.gateway.standalone:create_gateway_app_from_env", host, port, config, workers)

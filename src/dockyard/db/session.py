@@ -5,6 +5,19 @@ write transactions that start with `BEGIN IMMEDIATE`. A deferred transaction tha
 can fail with SQLITE_BUSY at its first write, whatever the busy timeout, because SQLite cannot upgrade a
 reader past a concurrent writer; taking the write lock at BEGIN makes writers queue instead. Reads keep
 plain deferred transactions so they never wait on a writer. On PostgreSQL both kinds are the same.
+
+Durability: `synchronous=NORMAL` in WAL mode syncs the log at checkpoints, not at each commit. A committed
+transaction is in the WAL file when COMMIT returns, so it survives the process's crash or SIGKILL (what the
+jobs' durability promise is about, DESIGN.md principle 7); only a power loss or an OS crash can take the
+last commits back, never corrupt the database. `FULL` would add an fsync to every commit, which bounds a
+disk's commits to its sync rate for nothing a server process's crash needs.
+
+One writer at a time: SQLite has a single write lock, and a writer that finds it taken does not queue for it
+but sleeps in the busy handler (1, 2, 5, ... up to 100 ms per retry) and tries again, so concurrent write
+transactions on separate connections waste most of their time asleep while the lock is free. A file
+database's write sessions therefore share one connection (a pool of one, `_WRITERS`): writers wait for it
+in the pool's FIFO and take it the moment the previous transaction ends, and the busy handler is left to
+other processes (a `dockyard admin` command). Reads keep their own pool and never wait on that connection.
 """
 
 from __future__ import annotations
@@ -14,14 +27,23 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 _IMMEDIATE = "dockyard_begin_immediate"
+# A write session waits this long for the write connection, as long as the busy timeout lets it wait for the lock.
+_WRITE_WAIT_SECONDS = 30.0
+_WRITERS = {"pool_size": 1, "max_overflow": 0, "pool_timeout": _WRITE_WAIT_SECONDS}
 
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
+
+
+def _in_memory(url: str) -> bool:
+    """An in-memory SQLite database lives in its connection, so readers and the writer must share the engine."""
+    database = make_url(url).database
+    return not database or database == ":memory:" or "mode=memory" in url
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -31,7 +53,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(_WRITE_WAIT_SECONDS * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
@@ -51,10 +73,16 @@ class Database:
         if not is_sqlite(url):
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine = create_async_engine(url, **kwargs)
+        self._write_engine = self.engine
         if is_sqlite(url):
             _configure_sqlite(self.engine)
+            if not _in_memory(url):
+                self._write_engine = create_async_engine(url, echo=echo, **_WRITERS)
+                _configure_sqlite(self._write_engine)
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._write = async_sessionmaker(self.engine.execution_options(**{_IMMEDIATE: True}), expire_on_commit=False)
+        self._write = async_sessionmaker(
+            self._write_engine.execution_options(**{_IMMEDIATE: True}), expire_on_commit=False
+        )
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -76,3 +104,5 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._write_engine is not self.engine:
+            await self._write_engine.dispose()

@@ -24,6 +24,9 @@ reaches an endpoint with no ready worker):
 3. **Apply** a changed count with a guarded write (`WHERE id=? AND version=?`) together with an event
    that states the figures behind it (`ScaledUp` / `ScaledDown`), then wake the endpoint reconciler. A
    write that lost to an API update changes nothing; the next pass decides again.
+
+A scale-up from zero that answers `on_demand` is timed into `dockyard_autoscaler_scale_from_zero_seconds`:
+from the first request that found the endpoint without a ready worker to the count being written.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Histogram
 from sqlalchemy import select
 
 from dockyard.context import ServerContext
@@ -48,6 +53,23 @@ log = logging.getLogger(__name__)
 
 LOOP = "autoscaler"
 ENDPOINTS_LOOP = "endpoints"
+# From a few ms (woken by the request) to a whole `autoscale_interval` and more when the loop is late.
+DECISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+_scale_from_zero: weakref.WeakKeyDictionary[CollectorRegistry, Histogram] = weakref.WeakKeyDictionary()
+
+
+def _scale_from_zero_for(registry: CollectorRegistry) -> Histogram:
+    """One histogram per registry, shared by every autoscaler built on it (a restarted loop included)."""
+    if registry not in _scale_from_zero:
+        _scale_from_zero[registry] = Histogram(
+            "dockyard_autoscaler_scale_from_zero_seconds",
+            "Seconds from a request finding an endpoint at zero workers to the autoscaler writing its scale-up",
+            ["endpoint"],
+            buckets=DECISION_BUCKETS,
+            registry=registry,
+        )
+    return _scale_from_zero[registry]
 
 
 @dataclass(frozen=True)
@@ -159,12 +181,19 @@ class Autoscaler:
         self.context = context
         self.interval = context.settings.autoscale_interval
         self._windows: dict[str, Window] = {}
+        # Endpoint id -> monotonic time of the first `on_demand` since the last pass began.
+        self._demand_since: dict[str, float] = {}
+        self._scale_from_zero = _scale_from_zero_for(context.registry)
 
     def on_demand(self, endpoint_id: str) -> None:
         """A request reached an endpoint with no ready worker: decide now instead of at the next tick."""
+        self._demand_since.setdefault(endpoint_id, time.monotonic())
         self.context.wake(LOOP)
 
     async def reconcile_once(self) -> None:
+        # Taken before the figures are read: a request after this point is seen by the next pass (its wake-up
+        # asks for one), so its time is kept for that pass rather than dropped by this one.
+        demand, self._demand_since = self._demand_since, {}
         interval = self.context.settings.gateway_report_interval
         async with self.context.db.read() as session:
             running = select(EndpointModel).where(EndpointModel.desired == DesiredState.RUNNING)
@@ -177,7 +206,11 @@ class Autoscaler:
             bounds = Bounds.of(row.worker_config, row.policy)
             decision = decide(row.desired_replicas, seen, bounds, self._windows.setdefault(row.id, Window()), now)
             if decision.replicas != row.desired_replicas:
-                changed |= await self._apply(row, decision)
+                applied = await self._apply(row, decision)
+                since = demand.get(row.id)
+                if applied and row.desired_replicas == 0 and since is not None:
+                    self._scale_from_zero.labels(row.id).observe(time.monotonic() - since)
+                changed |= applied
         for endpoint_id in set(self._windows) - {row.id for row in rows}:
             del self._windows[endpoint_id]
         if changed:

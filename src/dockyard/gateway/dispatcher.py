@@ -22,6 +22,9 @@ Contract:
 - The autoscaler's figures are O(1): `queued`, `in_flight`, `oldest_wait()`, `in_flight_by_worker` (a live
   read-only view holding every ready worker and every other worker with a request still in flight) and
   `idle_for(worker)` (seconds since its last request ended; 0 while it holds one).
+- A cold start's hand-off is timed: when `worker_ready` finds requests waiting, the first of them to resume
+  with that worker adds the seconds since the push to `first_dispatch_seconds` and one to `first_dispatches`
+  (totals, for `/metrics`), so readiness reaching a waiting request is measured, not assumed.
 
 Everything runs synchronously between awaits on one loop, so no lock is needed and none is ever held while user
 code runs. The fast path (a free slot, nobody waiting) allocates only the `Lease`; a queued request adds one
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
@@ -111,6 +115,11 @@ class EndpointDispatcher:
         # Waiter future -> loop time it was queued. OrderedDict pops its head and deletes from its middle in
         # O(1); a plain dict's pop-first degrades as deleted slots pile up at its front.
         self._waiters: OrderedDict[asyncio.Future[str], float] = OrderedDict()
+        # Worker -> `perf_counter()` when it was pushed ready while requests waited, until the first of them resumes
+        # with it. Not the loop's clock: uvloop's counts whole milliseconds, and a hand-off takes microseconds.
+        self._ready_for_waiters: dict[str, float] = {}
+        self.first_dispatches = 0
+        self.first_dispatch_seconds = 0.0
 
     def reconfigure(self, *, queue_limit: int, max_concurrent_per_worker: int) -> None:
         """New bounds (an endpoint update). A lower cap takes no slot back: a worker above it gets no new request
@@ -177,6 +186,8 @@ class EndpointDispatcher:
         if worker_id in self._ready:
             return
         self._became_ready(worker_id)
+        if self._waiters:
+            self._ready_for_waiters[worker_id] = time.perf_counter()
         self._dispatch()
 
     def worker_draining(self, worker_id: str) -> None:
@@ -220,7 +231,7 @@ class EndpointDispatcher:
         self._waiters[future] = now
         timer = loop.call_at(deadline, self._expire, future)
         try:
-            return await future
+            worker = await future
         except BaseException:
             self._waiters.pop(future, None)
             # Cancelled in the same tick as it was handed a slot: the future holds a worker that the body will
@@ -231,6 +242,15 @@ class EndpointDispatcher:
             raise
         finally:
             timer.cancel()
+        if self._ready_for_waiters:
+            self._count_first_dispatch(worker)
+        return worker
+
+    def _count_first_dispatch(self, worker: str) -> None:
+        pushed = self._ready_for_waiters.pop(worker, None)
+        if pushed is not None:
+            self.first_dispatches += 1
+            self.first_dispatch_seconds += time.perf_counter() - pushed
 
     def _expire(self, future: asyncio.Future[str]) -> None:
         if not future.done():
@@ -290,6 +310,7 @@ class EndpointDispatcher:
             self._idle_since[worker] = asyncio.get_running_loop().time()
 
     def _retire(self, worker: str) -> None:
+        self._ready_for_waiters.pop(worker, None)
         if worker in self._ready:
             del self._ready[worker]
             if not self._load[worker]:

@@ -22,12 +22,9 @@ the endpoint's `EndpointDispatcher` and one exchange over a shared connection po
    never reaches a worker. The worker sees `X-Forwarded-For` (appended to), `-Proto` and `-Host`; the
    client sees `X-Dockyard-Worker`, the worker that answered.
 
-Client disconnects. One small task per request is the only reader of ASGI `receive`: it buffers the request
-body for the upstream send and, once the body is in, waits for `http.disconnect`. When that comes before the
-answer is complete it cancels the request's task, which leaves the queue or drops the upstream exchange, and
-the slot is released at once (counted as status 499, the nginx convention). The buffer holds at most
-`_HIGH_WATER` bytes ahead of the upstream send; a queued request whose body is larger stops being read there,
-so its departure is only seen when a worker takes it or its deadline passes.
+Client disconnects. The request's body and the watch for its client leaving are gateway/exchange.py's: a
+client that leaves before its answer is complete cancels the request's task, which leaves the queue or drops
+the upstream exchange, and the slot is released at once (counted as status 499, the nginx convention).
 
 Worker failures. The gateway does not judge health (the prober does); it reports what it saw through
 `on_worker_error(endpoint_id, worker_id, reason)` so that the prober can re-check that worker at once. A
@@ -38,14 +35,10 @@ retry takes its second slot while still holding the first, which steers the leas
 the worker that refused; if the dispatcher can only offer that worker again, the answer is 502. A failure
 after the response headers cuts the response short, as the worker's own failure would.
 
-The upstream client is aiohttp's, chosen by measurement: against one no-op worker, 64 concurrent requests
-through an `httpx.AsyncHTTPTransport` made 239 requests/s, because httpcore's pool scans every connection it
-holds on each request; aiohttp's connector, which keeps a queue of idle connections per host, made 19,185
-(8,236 vs 2,591 at one request at a time). Connections are pooled per worker, one session each, made on the
-worker's first request and closed once it has left the table (or by `aclose()`). Each session has no cookie
-jar (tenants' responses must never share one), no redirects, no decompression (bodies pass through as the
-worker wrote them), no headers of its own, no connection cap (the dispatcher bounds requests per worker), and
-it ignores proxy settings from the environment.
+The upstream client is gateway/upstream.py's keep-alive pool, one per worker, made on the worker's first
+request and closed once the worker has left the table (or by `aclose()`); that module says why it is not a
+general-purpose client. Nothing is added to the request but `Host` and the forwarding headers, and nothing is
+decoded on the way back: bodies pass through as the worker wrote them.
 """
 
 from __future__ import annotations
@@ -54,24 +47,19 @@ import asyncio
 import json
 import logging
 import math
-import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-from multidict import CIMultiDict
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from starlette.types import Receive, Scope, Send
-from yarl import URL
 
 from dockyard.core.status import EndpointType
 from dockyard.errors import error_body
 from dockyard.gateway.dispatcher import DispatchTimeout, EndpointDispatcher, QueueFull
-from dockyard.gateway.routes import EndpointRoute, RouteTable
+from dockyard.gateway.exchange import Exchange
+from dockyard.gateway.metrics import EndpointMetrics, request_metrics
+from dockyard.gateway.routes import RouteTable
+from dockyard.gateway.upstream import ConnectFailed, UpstreamError, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +68,6 @@ WorkerErrorHook = Callable[[str, str, str], None]
 _Headers = Iterable[tuple[bytes, bytes]]
 
 CLIENT_GONE = 499  # the status counted for a request whose client left before its answer was complete
-
-# Request body bytes read ahead of the upstream send. Enough for a whole ordinary JSON request, so that a
-# queued request's client is still watched; small enough that a full queue of uploads stays cheap.
-_HIGH_WATER = 256 * 1024
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1), plus what the gateway replaces or must not forward: the user's
 # key, the Host the client addressed (the worker gets its own), `Expect` (the ASGI server already answered
@@ -95,130 +79,7 @@ _DROP_REQUEST = frozenset(
 # `Date` and `Server` are dropped as nginx drops them: the ASGI server adds its own, and a second `Date` is
 # invalid. `X-Dockyard-Worker` is ours to set.
 _DROP_RESPONSE = frozenset([*_HOP_BY_HOP, b"date", b"server", b"x-dockyard-worker"])
-# Failures before anything was sent: the connection was refused or never made.
-_RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-# What aiohttp would add to a request on its own; a proxy forwards the client's headers and nothing else.
-_NO_AUTO_HEADERS = frozenset(["User-Agent", "Accept", "Accept-Encoding", "Content-Type"])
-_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, math.inf)
 _UNKNOWN = "unknown"  # the endpoint label of requests that named no endpoint in the table
-
-
-class _EndpointMetrics:
-    """One endpoint's metric children, looked up once rather than through `labels()` on every request."""
-
-    __slots__ = ("_codes", "_endpoint", "_requests", "latency", "queue_wait")
-
-    def __init__(self, metrics: _Metrics, endpoint: str) -> None:
-        self._requests = metrics.requests
-        self._endpoint = endpoint
-        self._codes: dict[int, Counter] = {}
-        self.latency = metrics.latency.labels(endpoint)
-        self.queue_wait = metrics.queue_wait.labels(endpoint)
-
-    def count(self, code: int) -> None:
-        counter = self._codes.get(code)
-        if counter is None:
-            counter = self._codes[code] = self._requests.labels(self._endpoint, str(code))
-        counter.inc()
-
-
-class _Metrics(dict[str, _EndpointMetrics]):
-    """The gateway's metrics on one registry; indexing it by endpoint label gives that endpoint's children."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()
-        histogram = partial(Histogram, labelnames=["endpoint"], registry=registry, buckets=_BUCKETS)
-        self.requests = Counter(
-            "dockyard_gateway_requests", "Sync gateway requests answered", ["endpoint", "code"], registry=registry
-        )
-        self.latency = histogram("dockyard_gateway_request_seconds", "Arrival to response headers sent")
-        self.queue_wait = histogram("dockyard_gateway_queue_wait_seconds", "Arrival to worker assigned")
-
-    def __missing__(self, endpoint: str) -> _EndpointMetrics:
-        children = self[endpoint] = _EndpointMetrics(self, endpoint)
-        return children
-
-
-_metrics: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
-
-
-def _metrics_for(registry: CollectorRegistry) -> _Metrics:
-    """One set of metrics per registry, shared by every gateway app built on it."""
-    if registry not in _metrics:
-        _metrics[registry] = _Metrics(registry)
-    return _metrics[registry]
-
-
-@dataclass(slots=True, eq=False)
-class _Exchange:
-    """One request on its way through the gateway, and the only reader of its ASGI `receive`.
-
-    `watch()` runs in a task of its own. It buffers body chunks (at most `_HIGH_WATER` bytes ahead of the
-    upstream send) and, when `http.disconnect` comes before `finished` is set, marks the client `gone` and
-    cancels the request's task. Iterating the exchange yields the body to the upstream send.
-    """
-
-    endpoint: str
-    route: EndpointRoute
-    method: str
-    target: str  # the path and query string on the worker
-    headers: list[tuple[bytes, bytes]]
-    has_body: bool
-    receive: Receive
-    task: asyncio.Task[Any]
-    send: Send
-    metrics: _EndpointMetrics
-    arrival: float
-    deadline: float
-    gone: bool = False
-    # Set just before the last message of the answer is sent: the ASGI server reports `http.disconnect` once
-    # a response is complete, and that must not cancel the request's own clean-up.
-    finished: bool = False
-    _chunks: deque[bytes] = field(default_factory=deque)
-    _buffered: int = 0
-    _complete: bool = False
-    _readable: asyncio.Event = field(default_factory=asyncio.Event)
-    _drained: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def watch(self) -> None:
-        try:
-            while True:
-                while self._buffered >= _HIGH_WATER:
-                    self._drained.clear()
-                    await self._drained.wait()
-                message = await self.receive()
-                if message["type"] != "http.request":
-                    break
-                body = message.get("body", b"")
-                if body:
-                    self._chunks.append(body)
-                    self._buffered += len(body)
-                if not message.get("more_body", False):
-                    self._complete = True
-                self._readable.set()
-        except Exception:
-            log.debug("reading the request failed; the client is taken as gone", exc_info=True)
-        if not self.finished:
-            self.gone = True
-            self.task.cancel()
-
-    def __aiter__(self) -> _Exchange:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while not self._chunks:
-            if self._complete:
-                raise StopAsyncIteration
-            self._readable.clear()
-            await self._readable.wait()
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        self._drained.set()
-        return chunk
-
-    @property
-    def timeout(self) -> float:
-        return self.route.config.request_timeout
 
 
 class _Refused(Exception):
@@ -250,42 +111,32 @@ class GatewayApp:
         self.routes = routes
         self.authenticate = authenticate
         self.on_worker_error = on_worker_error or (lambda endpoint, worker, reason: None)
-        self._metrics = _metrics_for(registry)
-        # No read timeout: the request's deadline bounds the wait for headers; a stream may then idle.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        self._metrics = request_metrics(registry)
+        self._connect_timeout = connect_timeout
         self._keepalive_expiry = keepalive_expiry
-        self._pools: dict[str, tuple[str, str, aiohttp.ClientSession]] = {}  # worker -> endpoint, address, pool
+        self._pools: dict[str, tuple[str, UpstreamPool]] = {}  # worker -> its endpoint, its pool
 
     async def aclose(self) -> None:
         """Close the upstream connections (idempotent)."""
         pools, self._pools = self._pools, {}
-        for _, _, pool in pools.values():
-            await pool.close()
+        for _, pool in pools.values():
+            pool.aclose()
 
-    async def _pool(self, endpoint: str, worker: str, address: str) -> aiohttp.ClientSession:
+    def _pool(self, endpoint: str, worker: str, address: str) -> UpstreamPool:
         """`worker`'s own pool. Making one also closes the pools of workers the table no longer holds at their
         address, so pools come and go with workers and only a worker's first request pays for the pruning."""
         entry = self._pools.get(worker)
-        if entry is not None and entry[1] == address:
-            return entry[2]
-        # Registered before any await, so that a request arriving meanwhile uses this pool, not a second one.
-        pool = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=self._keepalive_expiry),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=_NO_AUTO_HEADERS,
-            timeout=self._timeout,
-            trust_env=False,
-        )
-        self._pools[worker] = (endpoint, address, pool)
-        stale = [entry[2]] if entry is not None else []
-        for other, (other_endpoint, other_address, other_pool) in list(self._pools.items()):
+        if entry is not None and entry[1].address == address:
+            return entry[1]
+        pool = UpstreamPool(address, connect_timeout=self._connect_timeout, keepalive_expiry=self._keepalive_expiry)
+        self._pools[worker] = (endpoint, pool)
+        if entry is not None:
+            entry[1].aclose()
+        for other, (other_endpoint, other_pool) in list(self._pools.items()):
             route = self.routes.get(other_endpoint)
-            if route is None or route.addresses.get(other) != other_address:
+            if route is None or route.addresses.get(other) != other_pool.address:
                 del self._pools[other]
-                stale.append(other_pool)
-        for old in stale:
-            await old.close()
+                other_pool.aclose()
         return pool
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -315,23 +166,20 @@ class GatewayApp:
                     has_body = True
                 continue
             if name == b"content-length":
-                has_body = True
+                has_body = value != b"0"
             headers.append((name, value))
 
         token = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else b""
         org = await self.authenticate(token.decode("latin-1")) if token else None
         if org is None:
             message = "missing or invalid API key; send the header Authorization: Bearer <api key>"
-            metrics.count(401)
             await _reply(send, metrics, arrival, 401, message)
             return
         if route is None or route.config.org_id != org:
-            metrics.count(404)
             await _reply(send, metrics, arrival, 404, f"endpoint {endpoint} not found")
             return
         if route.config.type is EndpointType.ASYNC:
             message = f"endpoint {endpoint} is an async endpoint; submit jobs with POST /v1/{endpoint}/run"
-            metrics.count(404)
             await _reply(send, metrics, arrival, 404, message)
             return
 
@@ -350,22 +198,21 @@ class GatewayApp:
         task = asyncio.current_task()
         assert task is not None, "an ASGI app always runs in a task"
         deadline = arrival + route.config.request_timeout
-        call = _Exchange(
-            endpoint, route, scope["method"], target, headers, has_body, receive, task, send, metrics, arrival, deadline
-        )
-        watcher = loop.create_task(call.watch())
+        method: str = scope["method"]
+        call = Exchange(endpoint, route, method, target, headers, receive, task, send, metrics, arrival, deadline)
         status = CLIENT_GONE
         try:
-            status = await self._serve(call)
+            if await call.read_body(has_body):
+                status = await self._serve(call)
         except asyncio.CancelledError:
             # Ours when the watcher saw the client leave; anyone else's (a server shutting down) goes on.
             if not (call.gone and task.uncancel() == 0):
                 raise
         finally:
-            watcher.cancel()
+            call.close()
             metrics.count(status)
 
-    async def _serve(self, call: _Exchange) -> int:
+    async def _serve(self, call: Exchange) -> int:
         """Queue, forward, relay; returns the status the client was answered with."""
         dispatcher = call.route.dispatcher
         loop = asyncio.get_running_loop()
@@ -396,64 +243,51 @@ class GatewayApp:
             message = f"no worker of endpoint {call.endpoint} was free within its request_timeout of {call.timeout:g} s"
             return await self._error(call, 504, message)
 
-    async def _attempt(self, call: _Exchange, worker: str) -> int:
+    async def _attempt(self, call: Exchange, worker: str) -> int:
         """Send the request to `worker` and relay its answer; raises `_Refused` when nothing could be sent."""
         address = call.route.addresses.get(worker)
         if address is None:
             # The worker was taken out of the table between being handed out and being reached.
             raise _Refused("the worker is gone")
-        session = await self._pool(call.endpoint, worker, address)
+        pool = self._pool(call.endpoint, worker, address)
         try:
-            async with asyncio.timeout_at(call.deadline):
-                response = await session.request(
-                    call.method,
-                    # encoded=True: the path and query go to the worker exactly as the client wrote them.
-                    URL(address + call.target, encoded=True),
-                    headers=CIMultiDict(
-                        (name.decode("latin-1"), value.decode("latin-1")) for name, value in call.headers
-                    ),
-                    data=call if call.has_body else None,
-                    allow_redirects=False,
-                    compress=None,
-                )
+            response = await pool.request(
+                call.method, call.target, call.headers, call if call.streaming else call.body, call.deadline
+            )
         except TimeoutError:
             message = (
                 f"worker {worker} of endpoint {call.endpoint} did not answer within the endpoint's "
                 f"request_timeout of {call.timeout:g} s"
             )
             return await self._error(call, 504, message, _worker_header(worker))
-        except _RETRYABLE as exc:
-            reason = _describe(exc)
-            self._worker_failed(call.endpoint, worker, reason)
-            raise _Refused(reason) from exc
-        except aiohttp.ClientError as exc:
-            reason = _describe(exc)
-            self._worker_failed(call.endpoint, worker, reason)
-            return await self._unreachable(call, worker, reason)
+        except ConnectFailed as exc:
+            self._worker_failed(call.endpoint, worker, str(exc))
+            raise _Refused(str(exc)) from exc
+        except UpstreamError as exc:
+            self._worker_failed(call.endpoint, worker, str(exc))
+            return await self._unreachable(call, worker, str(exc))
         return await self._relay(call, worker, response)
 
-    async def _relay(self, call: _Exchange, worker: str, response: aiohttp.ClientResponse) -> int:
+    async def _relay(self, call: Exchange, worker: str, response: UpstreamResponse) -> int:
+        """Send the worker's answer on. Its last bytes go with the final body message, so an answer that came
+        whole is one message to the client."""
         send = call.send
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": _response_headers(response.raw_headers, worker),
-                }
-            )
+            headers = _response_headers(response.headers, worker)
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
             call.metrics.latency.observe(asyncio.get_running_loop().time() - call.arrival)
-            try:
-                async for chunk in response.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except aiohttp.ClientError as exc:
-                reason = _describe(exc)
-                self._worker_failed(call.endpoint, worker, reason)
-                log.warning("worker %s of endpoint %s broke off its response: %s", worker, call.endpoint, reason)
-                return response.status
-            call.finished = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return response.status
+            while True:
+                try:
+                    chunk, last = await response.next_chunk()
+                except UpstreamError as exc:
+                    self._worker_failed(call.endpoint, worker, str(exc))
+                    log.warning("worker %s of endpoint %s broke off its response: %s", worker, call.endpoint, exc)
+                    return response.status
+                if last:
+                    call.finished = True
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                    return response.status
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
         finally:
             response.release()
 
@@ -463,13 +297,13 @@ class GatewayApp:
         except Exception:
             log.exception("on_worker_error hook failed for worker %s of endpoint %s", worker, endpoint)
 
-    async def _unreachable(self, call: _Exchange, worker: str, reason: str) -> int:
+    async def _unreachable(self, call: Exchange, worker: str, reason: str) -> int:
         message = f"worker {worker} of endpoint {call.endpoint} could not be reached ({reason}); try again"
         return await self._error(call, 502, message, _worker_header(worker))
 
-    async def _error(self, call: _Exchange, code: int, message: str, headers: _Headers = ()) -> int:
+    async def _error(self, call: Exchange, code: int, message: str, headers: _Headers = ()) -> int:
         call.finished = True
-        await _reply(call.send, call.metrics, call.arrival, code, message, headers)
+        await _reply(call.send, call.metrics, call.arrival, code, message, headers, counted=False)
         return code
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -492,27 +326,28 @@ def _worker_header(worker: str) -> list[tuple[bytes, bytes]]:
     return [(b"x-dockyard-worker", worker.encode("latin-1"))]
 
 
-def _response_headers(raw: Iterable[tuple[bytes, bytes]], worker: str) -> list[tuple[bytes, bytes]]:
-    # aiohttp keeps header names as the worker wrote them; ASGI wants them lowercased.
-    headers = [
-        (lower, value)
-        for name, value in raw
-        if (lower := name.lower()) not in _DROP_RESPONSE and not lower.startswith(b"proxy-")
-    ]
-    headers.append((b"x-dockyard-worker", worker.encode("latin-1")))
-    return headers
-
-
-def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _response_headers(headers: Iterable[tuple[bytes, bytes]], worker: str) -> list[tuple[bytes, bytes]]:
+    kept = [(name, value) for name, value in headers if name not in _DROP_RESPONSE and not name.startswith(b"proxy-")]
+    kept.append((b"x-dockyard-worker", worker.encode("latin-1")))
+    return kept
 
 
 async def _reply(
-    send: Send, metrics: _EndpointMetrics, arrival: float, code: int, message: str, extra: _Headers = ()
+    send: Send,
+    metrics: EndpointMetrics,
+    arrival: float,
+    code: int,
+    message: str,
+    extra: _Headers = (),
+    *,
+    counted: bool = True,
 ) -> None:
-    """Answer with the error body every 4xx/5xx uses (errors.py; it names no reason for 502)."""
+    """Answer with the error body every 4xx/5xx uses (errors.py; it names no reason for 502). `counted`: False
+    when the caller counts the request itself."""
     body = json.dumps(error_body(code, message, reason="UNAVAILABLE" if code == 502 else "")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": code, "headers": headers})
     metrics.latency.observe(asyncio.get_running_loop().time() - arrival)
     await send({"type": "http.response.body", "body": body})
+    if counted:
+        metrics.count(code)

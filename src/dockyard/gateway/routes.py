@@ -174,6 +174,12 @@ class RouteTable:
         route = self._routes.get(endpoint_id)
         return route.dispatcher.in_flight_by_worker.get(worker_id, 0) if route else 0
 
+    def workers(self) -> list[tuple[str, str]]:
+        """`(endpoint_id, worker_id)` of every worker the table can reach (starting, ready or draining)."""
+        return [
+            (endpoint_id, worker_id) for endpoint_id, route in self._routes.items() for worker_id in route.addresses
+        ]
+
     # Figures.
 
     def figures(self) -> list[EndpointFigures]:

@@ -58,10 +58,9 @@ def forget_others(routes: RouteTable, prober: HealthProber, workers: Iterable[Wo
     present = {worker.id for worker in workers}
     for worker_id in prober.watching() - present:
         prober.unwatch(worker_id)
-    for figures in routes.figures():
-        for worker in figures.workers:
-            if worker.worker_id not in present:
-                routes.worker_gone(figures.endpoint_id, worker.worker_id)
+    for endpoint_id, worker_id in routes.workers():
+        if worker_id not in present:
+            routes.worker_gone(endpoint_id, worker_id)
 
 
 class RouteSync:

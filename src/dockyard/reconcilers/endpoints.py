@@ -101,12 +101,15 @@ log = logging.getLogger(__name__)
 
 CONCURRENCY = 8
 COLD_START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+# A present image starts in a fraction of a second; a pull takes minutes.
+CONTAINER_START_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 
 
 @dataclass
 class _Metrics:
     workers: Gauge
     cold_start: Histogram
+    container_start: Histogram
 
 
 _metrics: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
@@ -122,6 +125,13 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
                 "Seconds from a worker being wanted to it answering its health check",
                 ["endpoint"],
                 buckets=COLD_START_BUCKETS,
+                registry=registry,
+            ),
+            Histogram(
+                "dockyard_worker_container_start_seconds",
+                "Seconds from a worker being wanted to its container running (placed, created and started)",
+                ["endpoint"],
+                buckets=CONTAINER_START_BUCKETS,
                 registry=registry,
             ),
         )
@@ -177,6 +187,7 @@ class EndpointReconciler:
             missing_since=self._missing_since,
             limit=asyncio.Semaphore(CONCURRENCY),
             wake=lambda: self.context.wake(LOOP),
+            container_start=self._metrics.container_start,
         )
         row_ids = {worker.id for worker in workers}
         orphans = {worker_id: obj for worker_id, obj in objects.items() if worker_id not in row_ids}
@@ -394,12 +405,15 @@ class EndpointReconciler:
 
     async def on_worker_ready(self, endpoint_id: str, worker_id: str) -> None:
         """The prober saw the worker answer (and already routes requests to it): record `ready`."""
+        # The cold start ends when the worker answered, not when the write below gets the database: under load
+        # that wait is tens of milliseconds, and the first request may be answered meanwhile.
+        answered = utcnow()
         async with self.context.db.write() as session:
             worker = await session.get(WorkerModel, worker_id)
             if worker is None or worker.status != WorkerStatus.STARTING:
                 self._undo_ready(endpoint_id, worker)
                 return
-            cold = (utcnow() - worker.created_at).total_seconds()
+            cold = (answered - worker.created_at).total_seconds()
             written = await guarded_update(
                 session,
                 WorkerModel,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from prometheus_client import Histogram
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -105,6 +106,7 @@ class PassState:
     missing_since: dict[str, datetime]  # worker id -> first pass its object was not seen; kept across passes
     limit: asyncio.Semaphore
     wake: Callable[[], None]  # ask for another pass soon
+    container_start: Histogram  # seconds from a worker being wanted to its container running, by endpoint
 
     def crash_loop(self, endpoint: EndpointModel) -> CrashLoop:
         loop = self.crash_loops.get(endpoint.id)
@@ -358,6 +360,8 @@ class WorkerTask:
             published_ports=worker_ports(obj, spec, served=not self.is_async),
         )
         if written:
+            started = (utcnow() - worker.created_at).total_seconds()
+            self.state.container_start.labels(endpoint.id).observe(started)
             publish_worker(self.state.routes, self.state.prober, worker)
 
     async def _webhook_access(self) -> WebhookAccess | None:

@@ -1,7 +1,8 @@
 """The client side of async jobs: what `run`, `runsync`, `status`, `stream`, `cancel`, `retry`, `purge-queue`
 and `health` do (api/jobs.py serves them at `/v1/{endpoint_id}/...` and `/v2/{endpoint_id}/...`).
 
-Jobs are durable (DESIGN.md principle 7): `run` commits the row before it answers. An `Idempotency-Key` makes
+Jobs are durable (DESIGN.md principle 7): `run` commits the row before it answers (without a key, in a group
+commit with the jobs submitted at the same moment, services/job_inserts.py). An `Idempotency-Key` makes
 a submission happen once per endpoint: the job row carries the key under a unique (endpoint, key) constraint,
 and the key is also recorded through `services.idempotency` for its 24 hours, because a finished job is purged
 after its TTL (30 minutes by default) and a replay within the day must still not make a second job. Of
@@ -34,12 +35,12 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from dockyard.context import ServerContext
 from dockyard.core.status import DesiredState, EndpointType, JobStatus, WorkerStatus
-from dockyard.db.base import guarded_update, utcnow
+from dockyard.db.base import guarded_update, new_id, utcnow
 from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerModel
 from dockyard.errors import Conflict, InvalidField, NotFound, PayloadTooLarge
 from dockyard.gateway.autoscaler import LOOP as AUTOSCALER
 from dockyard.schemas.jobs import RunRequest
-from dockyard.services import endpoints, idempotency
+from dockyard.services import endpoints, idempotency, job_inserts
 from dockyard.services.jobs import LOOP, finish_values, job_view, retry_values
 from dockyard.services.keys import Principal
 
@@ -100,7 +101,6 @@ def _key_slot(endpoint_id: str, key: str) -> str:
 
 async def submit(
     context: ServerContext,
-    session: AsyncSession,
     principal: Principal,
     endpoint_id: str,
     request: RunRequest,
@@ -108,12 +108,12 @@ async def submit(
 ) -> idempotency.Answer:
     """Commit a new IN_QUEUE job and answer `{"id", "status"}`; with an Idempotency-Key, a repeat of the same
     request answers the job the first one made (its current status), a different request with the key is a
-    422. An input over `job_max_payload_bytes` is a 413."""
+    422. An input over `job_max_payload_bytes` is a 413.
+
+    The endpoint is checked in the write transaction that inserts the job, so an endpoint being deleted never
+    gets one. Without a key that transaction is a group commit shared with the jobs submitted at the same
+    moment (services/job_inserts.py)."""
     settings = context.settings
-    endpoint = await async_endpoint(session, principal, endpoint_id)
-    if endpoint.desired == DesiredState.DELETED:
-        raise Conflict(f"endpoint {endpoint.id} is being deleted and takes no new jobs")
-    owner = endpoint.id  # kept as a string: a rollback below expires the row
     input_json = json.dumps(request.input, separators=(",", ":"))
     size = len(input_json.encode())
     if size > settings.job_max_payload_bytes:
@@ -122,9 +122,49 @@ async def submit(
             "pass large data by reference (a URL, or a path on a network storage)"
         )
     policy = request.policy
-    timeout_ms = _resolved_ms(policy.execution_timeout if policy else None, settings.job_execution_timeout_seconds)
-    ttl_ms = _resolved_ms(policy.ttl if policy else None, settings.job_ttl_seconds)
-    webhook = request.webhook or ""
+    row: dict[str, Any] = {
+        "endpoint_id": endpoint_id,
+        "org_id": principal.org_id,
+        "input": input_json,
+        "webhook": request.webhook or "",
+        "execution_timeout_ms": _resolved_ms(
+            policy.execution_timeout if policy else None, settings.job_execution_timeout_seconds
+        ),
+        "ttl_ms": _resolved_ms(policy.ttl if policy else None, settings.job_ttl_seconds),
+        "idempotency_key": idempotency_key,
+    }
+
+    async def open_endpoint(session: AsyncSession) -> bool:
+        """Refuse an endpoint that takes no jobs; whether the autoscaler should start a worker now (an endpoint
+        at zero workers that may have one starts it at once rather than at the autoscaler's next tick)."""
+        endpoint = await async_endpoint(session, principal, endpoint_id)
+        if endpoint.desired == DesiredState.DELETED:
+            raise Conflict(f"endpoint {endpoint.id} is being deleted and takes no new jobs")
+        return endpoint.desired_replicas == 0 and int(endpoint.worker_config.get("max_replicas", 0)) > 0
+
+    if idempotency_key is None:
+        job_id = new_id()
+        wake_autoscaler = bool(await job_inserts.insert(context.db, {**row, "id": job_id}, open_endpoint))
+        answer = idempotency.Answer(200, {"id": job_id, "status": JobStatus.IN_QUEUE.value})
+    else:
+        async with context.db.write_session() as session:
+            wake_autoscaler = await open_endpoint(session)
+            answer = await _submit_once(session, principal, request, row, idempotency_key)
+        if answer.replayed:
+            return answer
+    context.job_signals.notify_queued(endpoint_id)
+    if wake_autoscaler:
+        context.wake(AUTOSCALER)
+    return answer
+
+
+async def _submit_once(
+    session: AsyncSession, principal: Principal, request: RunRequest, row: dict[str, Any], key: str
+) -> idempotency.Answer:
+    """Commit the job `row` once per Idempotency-Key `key` (see the module docstring); a replay answers the job
+    the key made, with its current status."""
+    owner, input_json, webhook = row["endpoint_id"], row["input"], row["webhook"]
+    timeout_ms, ttl_ms = row["execution_timeout_ms"], row["ttl_ms"]
 
     def replay(job: JobModel) -> idempotency.Answer:
         if not _same_request(job, input_json, webhook, timeout_ms, ttl_ms):
@@ -134,43 +174,27 @@ async def submit(
         return idempotency.Answer(200, {"id": job.id, "status": job.status.value}, replayed=True)
 
     async def add_job() -> dict[str, str]:
-        job = JobModel(
-            endpoint_id=owner,
-            org_id=principal.org_id,
-            input=input_json,
-            webhook=webhook,
-            execution_timeout_ms=timeout_ms,
-            ttl_ms=ttl_ms,
-            idempotency_key=idempotency_key,
-        )
+        job = JobModel(**row)
         session.add(job)
         await session.flush()
         return {"id": job.id, "status": JobStatus.IN_QUEUE.value}
 
-    if idempotency_key is None:
-        answer = idempotency.Answer(200, await add_job())
+    if (existing := await _by_key(session, owner, key)) is not None:
+        return replay(existing)
+    body = {"input": request.input, "webhook": webhook, "timeout_ms": timeout_ms, "ttl_ms": ttl_ms}
+    try:
+        answer = await idempotency.once(session, principal.org_id, _key_slot(owner, key), f"run {owner}", body, add_job)
         await session.commit()
-    else:
-        if (existing := await _by_key(session, owner, idempotency_key)) is not None:
-            return replay(existing)
-        body = {"input": request.input, "webhook": webhook, "timeout_ms": timeout_ms, "ttl_ms": ttl_ms}
-        slot = _key_slot(owner, idempotency_key)
-        try:
-            answer = await idempotency.once(session, principal.org_id, slot, f"run {owner}", body, add_job)
-            await session.commit()
-        except IntegrityError:
-            # The job's own (endpoint, key) constraint: a job holds this key, its store entry past its day.
-            await session.rollback()
-            if (existing := await _by_key(session, owner, idempotency_key)) is None:
-                raise Conflict("a job with this Idempotency-Key is being submitted; retry in a moment") from None
-            return replay(existing)
-        if answer.replayed:
-            job = await _by_key(session, owner, idempotency_key)
-            current = job.status.value if job is not None else answer.body["status"]
-            return idempotency.Answer(200, {**answer.body, "status": current}, replayed=True)
-    context.job_signals.notify_queued(owner)
-    # An endpoint at zero workers starts one now rather than at the autoscaler's next tick.
-    context.wake(AUTOSCALER)
+    except IntegrityError:
+        # The job's own (endpoint, key) constraint: a job holds this key, its store entry past its day.
+        await session.rollback()
+        if (existing := await _by_key(session, owner, key)) is None:
+            raise Conflict("a job with this Idempotency-Key is being submitted; retry in a moment") from None
+        return replay(existing)
+    if answer.replayed:
+        job = await _by_key(session, owner, key)
+        current = job.status.value if job is not None else answer.body["status"]
+        return idempotency.Answer(200, {**answer.body, "status": current}, replayed=True)
     return answer
 
 
@@ -198,7 +222,6 @@ async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> 
 
 async def run_sync(
     context: ServerContext,
-    session: AsyncSession,
     principal: Principal,
     endpoint_id: str,
     request: RunRequest,
@@ -207,7 +230,7 @@ async def run_sync(
 ) -> dict[str, Any]:
     """Submit like `submit`, then answer the job's status view once it is final or `wait_seconds` have passed
     (RunPod's `runsync`: an unfinished job is answered IN_QUEUE or IN_PROGRESS, to be polled with `status`)."""
-    answer = await submit(context, session, principal, endpoint_id, request, idempotency_key)
+    answer = await submit(context, principal, endpoint_id, request, idempotency_key)
     job_id = str(answer.body["id"])
     view = await wait_for(context, job_id, wait_seconds)
     if view is None:
@@ -216,8 +239,23 @@ async def run_sync(
 
 
 async def status(session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str) -> dict[str, Any]:
-    endpoint = await async_endpoint(session, principal, endpoint_id)
-    return job_view(await _job(session, endpoint.id, job_id))
+    """The job's status view. One query on the hot path (the job of the caller's async endpoint, its input left
+    out); when it finds nothing, the endpoint is looked up on its own so the 404 says what is missing."""
+    job = await session.scalar(
+        select(JobModel)
+        .options(defer(JobModel.input))
+        .join(EndpointModel, EndpointModel.id == JobModel.endpoint_id)
+        .where(
+            JobModel.id == job_id,
+            JobModel.endpoint_id == endpoint_id,
+            EndpointModel.org_id == principal.org_id,
+            EndpointModel.type == EndpointType.ASYNC,
+        )
+    )
+    if job is None:
+        endpoint = await async_endpoint(session, principal, endpoint_id)
+        job = await _job(session, endpoint.id, job_id)
+    return job_view(job)
 
 
 async def stream(session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str) -> dict[str, Any]:
