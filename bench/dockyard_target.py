@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
 
 from bench import podman, processes
 from bench.target import MAX_CONCURRENT_PER_WORKER, Target
@@ -41,7 +44,7 @@ def _endpoint_request(image: str) -> dict[str, Any]:
     }
 
 
-def _create_key(env: dict[str, str], workdir: Path) -> str:
+def create_key(env: dict[str, str], workdir: Path) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "dockyard", "admin", "create-key", "--org", "bench"],
         env=env,
@@ -55,7 +58,7 @@ def _create_key(env: dict[str, str], workdir: Path) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def _installation_id(data_dir: Path) -> str | None:
+def installation_id(data_dir: Path) -> str | None:
     """The id that labels every runtime object of this run's Dockyard, from its own database."""
     try:
         with sqlite3.connect(data_dir / "dockyard.db") as db:
@@ -65,7 +68,7 @@ def _installation_id(data_dir: Path) -> str | None:
     return str(row[0]) if row else None
 
 
-def _delete_endpoint(client: Client, endpoint_id: str) -> None:
+def delete_endpoint(client: Client, endpoint_id: str) -> None:
     """Delete through the API and wait until the endpoint is gone, so Dockyard itself removes its worker."""
     client.delete_endpoint(endpoint_id)
     deadline = time.monotonic() + DELETE_TIMEOUT_S
@@ -98,7 +101,7 @@ def dockyard_gateway(workdir: Path, engine_url: str, image: str) -> Iterator[tup
     log = workdir / "dockyard-server.log"
     server = None
     try:
-        key = _create_key({**os.environ, **env}, workdir)
+        key = create_key({**os.environ, **env}, workdir)
         server = processes.start([sys.executable, "-m", "dockyard", "server"], log, env)
         processes.wait_http(f"{server_url}/healthz", server, log, START_TIMEOUT_S)
         with Client(server_url, key) as client:
@@ -110,7 +113,7 @@ def dockyard_gateway(workdir: Path, engine_url: str, image: str) -> Iterator[tup
                 yield gateway, podman.published_port(engine_url, worker_id, WORKER_PORT)
             finally:
                 try:
-                    _delete_endpoint(client, endpoint_id)
+                    delete_endpoint(client, endpoint_id)
                 except DockyardError as exc:
                     # The label sweep below still removes the worker; the error that brought us here matters more.
                     print(
@@ -120,5 +123,29 @@ def dockyard_gateway(workdir: Path, engine_url: str, image: str) -> Iterator[tup
     finally:
         if server is not None:
             processes.stop(server)
-        if installation := _installation_id(data_dir):
+        if installation := installation_id(data_dir):
             podman.remove_installation_containers(engine_url, installation)
+
+
+@contextmanager
+def standalone_gateways(workdir: Path, served: Target, workers: int) -> Iterator[Target]:
+    """`dockyard gateway --workers N` beside the running server of `dockyard_gateway` (same data dir, so the
+    same database); yields `served`, the endpoint, as reached through it. Stopped on exit."""
+    port = processes.free_port()
+    env = {"DOCKYARD_DATA_DIR": str(workdir / "dockyard-data"), "DOCKYARD_LOG_LEVEL": "warning"}
+    command = [sys.executable, "-m", "dockyard", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+    log = workdir / "dockyard-gateway.log"
+    gateway = processes.start([*command, "--workers", str(workers)], log, env)
+    try:
+        processes.wait_http(f"http://127.0.0.1:{port}/healthz", gateway, log, START_TIMEOUT_S)
+        parts = urlsplit(served.url)
+        target = Target(urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}")), served.headers)
+        # The gateways learn the endpoint's worker from the database within a sync interval; wait for it.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while httpx.get(target.url, headers=target.headers, timeout=10).status_code != 200:
+            if time.monotonic() > deadline:
+                raise processes.StartFailed(f"{target.url} did not answer 200:\n{processes.log_tail(log)}")
+            time.sleep(0.2)
+        yield target
+    finally:
+        processes.stop(gateway)

@@ -13,14 +13,20 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import podman, ray_serve, wrk
-from bench.dockyard_target import dockyard_gateway
+from bench import charts, podman, ray_serve, wrk
+from bench.dockyard_target import dockyard_gateway, standalone_gateways
 from bench.group import Section, Settings
 from bench.nginx_proxy import nginx_proxy
+from bench.report import target_row
 from bench.target import MAX_CONCURRENT_PER_WORKER, Target
 
 CONNECTIONS = (1, 64, 512)
 DIRECT, DOCKYARD, NGINX, RAY = "direct", "Dockyard gateway", "nginx", "Ray Serve"
+# The scale-out path on the same machine: `dockyard gateway --workers 2`, one process per core.
+GATEWAY_PROCESSES = 2
+DOCKYARD_SCALED = f"Dockyard gateway, {GATEWAY_PROCESSES} processes"
+CHART = "gateway-latency.png"
+CHART_CONNECTIONS = 64
 
 # The issue's targets (for a 2-core machine).
 MIN_NGINX_RATIO = 0.5
@@ -87,12 +93,17 @@ def _measure_all(settings: Settings, workdir: Path) -> list[SystemResult]:
                 direct = Target(f"http://127.0.0.1:{worker_port}/noop")
                 results.append(_measure(DIRECT, lambda: _given(direct), settings))
                 results.append(_measure(DOCKYARD, lambda: _given(gateway), settings))
+                scaled = _measure(
+                    DOCKYARD_SCALED, lambda: standalone_gateways(workdir, gateway, GATEWAY_PROCESSES), settings
+                )
+                results.append(scaled)
                 results.append(_measure(NGINX, lambda: nginx_proxy(workdir, worker_port), settings))
     except Exception as exc:  # without the worker none of the three runs: say why in the report
         print(f"bench: the Dockyard endpoint and its worker failed:\n{traceback.format_exc()}", flush=True)
         done = {result.name for result in results}
         reason = f"the Dockyard endpoint and its worker failed: {type(exc).__name__}: {exc}"
-        results += [SystemResult(name, error=reason) for name in (DIRECT, DOCKYARD, NGINX) if name not in done]
+        everyone = (DIRECT, DOCKYARD, DOCKYARD_SCALED, NGINX)
+        results += [SystemResult(name, error=reason) for name in everyone if name not in done]
     missing = ray_serve.unavailable_reason()
     if missing is not None:
         results.append(SystemResult(RAY, error=missing, skipped=True))
@@ -104,7 +115,17 @@ def _measure_all(settings: Settings, workdir: Path) -> list[SystemResult]:
 def run(settings: Settings, workdir: Path) -> Section:
     results = _measure_all(settings, workdir)
     broken = [f"{r.name}: {r.error}" for r in results if not r.measured and not r.skipped]
-    return Section(markdown=render(results, settings), broken=broken)
+    return Section(markdown=render(results, settings) + _chart(results, settings), broken=broken)
+
+
+def _chart(results: list[SystemResult], settings: Settings) -> str:
+    """The latency distribution of each measured system at `CHART_CONNECTIONS` connections, as a chart below
+    the tables ("" when no system has wrk's finer percentiles)."""
+    distributions = {r.name: r.runs[CHART_CONNECTIONS].percentiles_ms for r in results if r.measured}
+    distributions = {name: points for name, points in distributions.items() if points}
+    if not distributions:
+        return ""
+    return "\n" + charts.latency_percentiles(settings.charts_dir, CHART, CHART_CONNECTIONS, distributions) + "\n"
 
 
 def _ms(value: float) -> str:
@@ -157,36 +178,34 @@ def _added(results: list[SystemResult], direct: SystemResult) -> list[str]:
     return lines
 
 
-def _target_row(figure: str, value: float | None, digits: int, at_least: bool, bound: float) -> str:
-    """A row of the targets table: `value` shown with `digits` decimals, met when at least (or at most) `bound`."""
-    target = f"{'>=' if at_least else '<='} {bound:g}"
-    if value is None:
-        return f"| {figure} | n/a | {target} | n/a |"
-    met = value >= bound if at_least else value <= bound
-    return f"| {figure} | {value:.{digits}f} | {target} | {'yes' if met else '**no**'} |"
-
-
 def _targets(by_name: dict[str, SystemResult]) -> list[str]:
     lines = ["| figure (Dockyard gateway) | measured | target | met |", "| --- | ---: | --- | --- |"]
     dockyard = by_name.get(DOCKYARD)
     if dockyard is None or not dockyard.measured:
         return [*lines, "| all | not measured | | |"]
 
-    def ratio(peer_name: str) -> float | None:
+    def ratio(peer_name: str, system: SystemResult = dockyard) -> float | None:
         peer = by_name.get(peer_name)
-        if peer is None or not peer.measured:
+        if peer is None or not peer.measured or not system.measured:
             return None
-        return dockyard.runs[64].requests_per_s / peer.runs[64].requests_per_s
+        return system.runs[64].requests_per_s / peer.runs[64].requests_per_s
 
     direct = by_name.get(DIRECT)
     added_p50 = dockyard.runs[1].p50_ms - direct.runs[1].p50_ms if direct and direct.measured else None
+    scaled = by_name.get(DOCKYARD_SCALED, SystemResult(DOCKYARD_SCALED))
     return [
         *lines,
-        _target_row("throughput at 64 / nginx's", ratio(NGINX), 2, True, MIN_NGINX_RATIO),
-        _target_row("throughput at 64 / Ray Serve's", ratio(RAY), 1, True, MIN_RAY_RATIO),
-        _target_row("added p50 at 1 connection (ms)", added_p50, 3, False, MAX_ADDED_P50_MS),
-        _target_row("p99 at 512 / p99 at 1", dockyard.p99_growth, 1, False, MAX_P99_GROWTH),
-        _target_row("errors (all runs)", dockyard.errors, 0, False, 0),
+        target_row("throughput at 64 / nginx's", ratio(NGINX), 2, True, MIN_NGINX_RATIO),
+        target_row("throughput at 64 / Ray Serve's", ratio(RAY), 1, True, MIN_RAY_RATIO),
+        target_row(
+            f"the same, {GATEWAY_PROCESSES} gateway processes / nginx's", ratio(NGINX, scaled), 2, True, MIN_NGINX_RATIO
+        ),
+        target_row(
+            f"the same, {GATEWAY_PROCESSES} gateway processes / Ray Serve's", ratio(RAY, scaled), 1, True, MIN_RAY_RATIO
+        ),
+        target_row("added p50 at 1 connection (ms)", added_p50, 3, False, MAX_ADDED_P50_MS),
+        target_row("p99 at 512 / p99 at 1", dockyard.p99_growth, 1, False, MAX_P99_GROWTH),
+        target_row("errors (all runs)", dockyard.errors, 0, False, 0),
     ]
 
 
@@ -200,7 +219,8 @@ def render(results: list[SystemResult], settings: Settings) -> str:
         "",
         f"One no-op worker (bench/noop_worker.py, a container of {podman.NOOP_IMAGE}, product `serverless.cpu`) "
         f"reached directly, through Dockyard's gateway (a sync endpoint with one worker, "
-        f"`max_concurrent_per_worker` {MAX_CONCURRENT_PER_WORKER}), through nginx (one worker process, keep-alive "
+        f"`max_concurrent_per_worker` {MAX_CONCURRENT_PER_WORKER}; the server's own gateway, then "
+        f"`dockyard gateway --workers {GATEWAY_PROCESSES}` beside it), through nginx (one worker process, keep-alive "
         "upstream) and through Ray Serve (one replica of the same handler, outside the container). "
         f"Each figure is one wrk run of {settings.duration_s:g} s after a {settings.warmup_s:g} s warm-up "
         f"(wrk -t{wrk.THREADS}, GET, keep-alive); latencies in ms; 1, 64 and 512 are connections.",

@@ -5,14 +5,17 @@ A group is a module with `run(settings, workdir) -> Section`; bench/__main__.py 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How long each measurement lasts, and the warm-up run before it (whose figures are dropped)."""
+    """How long each measurement lasts, the warm-up run before it (whose figures are dropped), and the folder
+    of the results file, where charts go (a section links them by file name)."""
 
     duration_s: float
     warmup_s: float
+    charts_dir: Path = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)

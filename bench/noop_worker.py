@@ -2,6 +2,8 @@
 only (its image has python3 and nothing else), so what is measured is the proxy in front, not the worker.
 
 Contract: any method on any path answers `200` with the body `BODY` (`text/plain`, with Content-Length).
+A query parameter `sleep_ms=N` (N a non-negative integer) delays that answer by N milliseconds without holding
+up the connection's event loop, so a request can stand for work that takes time (the autoscaling benchmark).
 Connections are kept alive until the client closes them, sends `Connection: close`, or speaks HTTP/1.0 without
 `Connection: keep-alive`. A request body is read by its Content-Length and dropped; chunked request bodies are
 not supported (no benchmark sends one). The port is `PORT` (default 8080) on every interface.
@@ -33,6 +35,17 @@ def _wants_close(head: bytes) -> bool:
     return connection == b"close"
 
 
+def _sleep_s(head: bytes) -> float:
+    """The delay a request's `sleep_ms` query parameter asks for, in seconds; 0 when absent."""
+    target = head.partition(b"\r\n")[0].split(b" ")[1:2]
+    query = target[0].partition(b"?")[2] if target else b""
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if name == b"sleep_ms":
+            return int(value) / 1000
+    return 0.0
+
+
 def _content_length(head: bytes) -> int:
     for line in head.lower().split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
@@ -48,6 +61,8 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
             head = await reader.readuntil(b"\r\n\r\n")
             if length := _content_length(head):
                 await reader.readexactly(length)
+            if delay := _sleep_s(head):
+                await asyncio.sleep(delay)
             writer.write(RESPONSE)
             if _wants_close(head):
                 break

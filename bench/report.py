@@ -92,3 +92,12 @@ def write(path: Path, command: str, started: datetime, load_at_start: str, secti
         if section.broken:
             text += ["Not measured because of a failure:", "", *(f"- {line}" for line in section.broken), ""]
     path.write_text("\n".join(text).rstrip() + "\n")
+
+
+def target_row(figure: str, value: float | None, digits: int, at_least: bool, bound: float) -> str:
+    """A row of the targets table: `value` shown with `digits` decimals, met when at least (or at most) `bound`."""
+    target = f"{'>=' if at_least else '<='} {bound:g}"
+    if value is None:
+        return f"| {figure} | n/a | {target} | n/a |"
+    met = value >= bound if at_least else value <= bound
+    return f"| {figure} | {value:.{digits}f} | {target} | {'yes' if met else '**no**'} |"
