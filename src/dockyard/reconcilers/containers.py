@@ -7,13 +7,25 @@ a crash or a stale write costs at most one pass, never a wrong state.
 
 One pass:
 
-1. **Load** every container row, the products, the organizations, the nodes with their GPUs and the SSH keys
-   the rows name, in one read transaction.
+1. **Load** the container rows, the products, the organizations, the nodes with their GPUs and the SSH keys
+   the rows name, in one read transaction. Rows *at rest* (stopped on request, or in error with no runtime
+   object recorded and no update or restart asked for since; `containers_rows.at_rest_clause`) are not read
+   whole: with thousands of stopped containers a pass would otherwise spend its time, on the event loop
+   every API request shares, building objects for rows with nothing to do. Those holding GPUs or recording
+   an object are read as a few columns (`RestingRow`); those holding nothing are only counted by status.
+   Every other row is read whole.
 2. **Observe**: ask each IDC's runtime once for its managed objects (`list_managed`) and index those of kind
    `container` by their `dockyard.id` label. An IDC whose runtime cannot be reached is marked unreachable.
-3. **Rebuild the GPU allocations** from the rows' `gpu_uuids` and the objects' `dockyard.gpus` labels (a
-   zombie still holds its GPUs). Nothing from an earlier pass is trusted, so a restarted server sees exactly
-   the allocations in force.
+   Then **wake** the rows at rest that the observations concern, reading them whole and fresh to be handled
+   like any other row: those whose columns make `containers_rows.needs_task` say their row task would act
+   (an object that runs though the row says stopped, an object of another generation or id, a missing
+   object, an unreachable IDC), the rows holding nothing that an object names by id (an object whose id
+   matches no row at all is an orphan) and the stopped ones on an unreachable IDC. The rest are settled for
+   this pass: still counted in the GPU allocations, the orphan check and the `dockyard_containers` gauge.
+   Nothing about them is kept between passes, so the level-triggered guarantee holds for them too.
+3. **Rebuild the GPU allocations** from the rows' `gpu_uuids` (those at rest included) and the objects'
+   `dockyard.gpus` labels (a zombie still holds its GPUs). Nothing from an earlier pass is trusted, so a
+   restarted server sees exactly the allocations in force.
 4. **Act, row by row, concurrently** (at most eight rows at once), outside any transaction; each row's
    outcome is written with a guarded write (`WHERE id = ? AND version = ?`) in a short transaction with the
    event that explains it. A row changed by the API meanwhile is not overwritten; the next pass redoes it.
@@ -49,11 +61,11 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge
-from sqlalchemy import select
+from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 
 from dockyard.context import ServerContext
@@ -61,7 +73,18 @@ from dockyard.core.status import ContainerStatus, DesiredState
 from dockyard.db.base import utcnow
 from dockyard.db.models import ContainerModel, OrganizationModel, ProductModel
 from dockyard.gpus.allocation import GpuAllocator, NodeInventory, load_inventory
-from dockyard.reconcilers.containers_rows import PassState, RowResult, RowTask
+from dockyard.reconcilers.containers_rows import (
+    RESTING_COLUMNS,
+    PassState,
+    RestingRow,
+    RowResult,
+    RowTask,
+    at_rest_clause,
+    bare_needing_task_clause,
+    holds_nothing_clause,
+    needs_task,
+    resting_row,
+)
 from dockyard.runtimes.base import LABEL_KIND, LABEL_NODE, LABEL_ORG, RuntimeObject, RuntimeUnavailable
 from dockyard.services import events
 from dockyard.services.runspec import KIND_CONTAINER, load_ssh_keys
@@ -69,6 +92,8 @@ from dockyard.services.runspec import KIND_CONTAINER, load_ssh_keys
 log = logging.getLogger(__name__)
 
 CONCURRENCY = 8
+# Rows at rest read whole by id per statement: well under any database's limit on bound parameters.
+_WAKE_BATCH = 500
 
 
 @dataclass
@@ -94,7 +119,9 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
 
 @dataclass
 class _Loaded:
-    rows: list[ContainerModel]
+    rows: list[ContainerModel]  # whole rows, each given a `RowTask`
+    resting: list[RestingRow]  # rows at rest holding something; after `_wake`, only those left at rest
+    bare_counts: Counter[ContainerStatus]  # rows at rest holding nothing (never read) by status
     products: dict[str, ProductModel]
     org_ids: set[str]
     inventory: list[NodeInventory]
@@ -117,10 +144,15 @@ class ContainerReconciler:
 
     async def reconcile_once(self) -> None:
         loaded = await self._load()
-        objects, unreachable = await self._observe(loaded.rows)
+        objects, unreachable = await self._observe(
+            {row.idc_id for row in loaded.rows} | {row.idc_id for row in loaded.resting}
+        )
+        await self._wake(loaded, objects, unreachable)
         allocator = GpuAllocator(loaded.inventory)
         for row in loaded.rows:
             allocator.hold(row.id, row.gpu_uuids or [])
+        for resting in loaded.resting:  # a stopped container keeps its GPUs
+            allocator.hold(resting.id, resting.gpu_uuids)
         for resource_id, objs in objects.items():
             for obj in objs:
                 allocator.hold(resource_id, obj.gpu_uuids)
@@ -139,7 +171,7 @@ class ContainerReconciler:
             gpu_lock=self.context.gpu_lock,
         )
         limit = asyncio.Semaphore(CONCURRENCY)
-        row_ids = {row.id for row in loaded.rows}
+        row_ids = {row.id for row in loaded.rows} | {row.id for row in loaded.resting}
         # Teardowns go first: the GPUs they free are then free for this pass's creates and restarts.
         leaving = [row for row in loaded.rows if row.desired == DesiredState.DELETED]
         staying = [row for row in loaded.rows if row.desired != DesiredState.DELETED]
@@ -149,19 +181,66 @@ class ContainerReconciler:
                 allocator.release(row.id)
         results += await asyncio.gather(*(self._row(limit, state, row) for row in staying))
         await self._orphans(state, loaded.org_ids, {rid: objs for rid, objs in objects.items() if rid not in row_ids})
-        self._export(state, [result for result in results if result is not None], objects)
+        settled = [RowResult(row.status, tuple(row.gpu_uuids)) for row in loaded.resting]
+        self._export(state, [result for result in results if result is not None] + settled, loaded.bare_counts, objects)
 
     async def _load(self) -> _Loaded:
         async with self.context.db.read() as session:
-            rows = list(await session.scalars(select(ContainerModel).order_by(ContainerModel.created_at)))
+            rows = list(
+                await session.scalars(
+                    select(ContainerModel).where(~at_rest_clause()).order_by(ContainerModel.created_at)
+                )
+            )
+            holding = and_(at_rest_clause(), ~holds_nothing_clause())
+            resting = [
+                resting_row(columns) for columns in await session.execute(select(*RESTING_COLUMNS).where(holding))
+            ]
+            bare = and_(at_rest_clause(), holds_nothing_clause())
+            by_status = select(ContainerModel.status, func.count()).where(bare).group_by(ContainerModel.status)
+            bare_counts = Counter[ContainerStatus](
+                {status: count for status, count in await session.execute(by_status)}
+            )
             products = {p.id: p for p in await session.scalars(select(ProductModel))}
             org_ids = set(await session.scalars(select(OrganizationModel.id)))
             inventory = await load_inventory(session)
             ssh_keys = await load_ssh_keys(session, [row for row in rows if row.desired == DesiredState.RUNNING])
-        return _Loaded(rows, products, org_ids, inventory, ssh_keys)
+        return _Loaded(rows, resting, bare_counts, products, org_ids, inventory, ssh_keys)
 
-    async def _observe(self, rows: list[ContainerModel]) -> tuple[dict[str, list[RuntimeObject]], dict[str, str]]:
-        """Managed container objects by container id, and the IDCs whose runtime could not be listed."""
+    async def _wake(
+        self, loaded: _Loaded, objects: dict[str, list[RuntimeObject]], unreachable: dict[str, str]
+    ) -> None:
+        """Read whole and afresh the rows at rest that this pass's observations concern (`needs_task`), to be
+        handled like the others; a row changed since the first read is simply handled as it now is."""
+        woken = {
+            row.id for row in loaded.resting if needs_task(row, objects.get(row.id, []), row.idc_id not in unreachable)
+        }
+        loaded.resting = [row for row in loaded.resting if row.id not in woken]
+        known = {row.id for row in loaded.rows} | {row.id for row in loaded.resting} | woken
+        # An object whose id matches no row read so far belongs to a row at rest holding nothing, or to none.
+        ids = sorted(woken) + sorted(resource_id for resource_id in objects if resource_id not in known)
+        fetched: dict[str, ContainerModel] = {}
+        async with self.context.db.read() as session:
+            for start in range(0, len(ids), _WAKE_BATCH):
+                batch = ContainerModel.id.in_(ids[start : start + _WAKE_BATCH])
+                fetched.update((row.id, row) for row in await session.scalars(select(ContainerModel).where(batch)))
+            unreached = bare_needing_task_clause(list(unreachable), list(self.context.runtimes))
+            fetched.update((row.id, row) for row in await session.scalars(select(ContainerModel).where(unreached)))
+            # A row that changed between the reads may come back here though the first read already has it.
+            fetched = {row_id: row for row_id, row in fetched.items() if row_id in woken or row_id not in known}
+            loaded.ssh_keys.update(
+                await load_ssh_keys(session, [row for row in fetched.values() if row.desired == DesiredState.RUNNING])
+            )
+        for row in fetched.values():
+            if row.id not in woken:
+                # Counted among the rows holding nothing by the first read, and now by its task's result. A row
+                # changed in between may take one from the wrong status, for this pass's gauge only.
+                loaded.bare_counts[row.status] = max(0, loaded.bare_counts[row.status] - 1)
+        if fetched:
+            loaded.rows = sorted([*loaded.rows, *fetched.values()], key=lambda row: row.created_at)
+
+    async def _observe(self, idc_ids: set[str]) -> tuple[dict[str, list[RuntimeObject]], dict[str, str]]:
+        """Managed container objects by container id, and the IDCs whose runtime could not be listed (or that
+        have no runtime at all, among `idc_ids`, those the rows name)."""
         objects: dict[str, list[RuntimeObject]] = defaultdict(list)
         unreachable: dict[str, str] = {}
         idcs = list(self.context.runtimes)
@@ -179,9 +258,9 @@ class ContainerReconciler:
                 if obj.labels.get(LABEL_KIND) == KIND_CONTAINER and obj.resource_id:
                     objects[obj.resource_id].append(obj)
                     self._idc_by_object[obj.id] = idc_id
-        for row in rows:
-            if row.idc_id not in self.context.runtimes:
-                unreachable.setdefault(row.idc_id, f"no runtime is configured for IDC {row.idc_id}")
+        for idc_id in sorted(idc_ids):
+            if idc_id not in self.context.runtimes:
+                unreachable.setdefault(idc_id, f"no runtime is configured for IDC {idc_id}")
         return dict(objects), unreachable
 
     async def _row(self, limit: asyncio.Semaphore, state: PassState, row: ContainerModel) -> RowResult | None:
@@ -256,8 +335,14 @@ class ContainerReconciler:
         except IntegrityError:
             log.info("orphan %s got a row meanwhile; the next pass reconciles it", resource_id)
 
-    def _export(self, state: PassState, results: list[RowResult], objects: dict[str, list[RuntimeObject]]) -> None:
-        counts: dict[str, int] = dict.fromkeys((status.value for status in ContainerStatus), 0)
+    def _export(
+        self,
+        state: PassState,
+        results: list[RowResult],
+        bare_counts: Counter[ContainerStatus],
+        objects: dict[str, list[RuntimeObject]],
+    ) -> None:
+        counts: dict[str, int] = {status.value: bare_counts[status] for status in ContainerStatus}
         held: set[str] = set()
         for result in results:
             counts[result.status.value] += 1

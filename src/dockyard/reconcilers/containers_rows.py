@@ -2,6 +2,11 @@
 objects, act on the runtime, then apply the outcome with a guarded write (see `reconcilers.containers`
 for the algorithm as a whole).
 
+Rows at rest (`at_rest_clause`) are read as a few columns (`RestingRow`), or when they hold nothing only
+counted, instead of whole rows; `needs_task` says, from those columns and the pass's observations, whether
+`RowTask` would do anything for one. It mirrors the task's decisions below, so a change to them must be
+reflected there.
+
 Each `RowTask` handles exactly one row. Its writes go through `apply`/`delete_row`, short transactions of
 their own guarded by the version the task loaded (and bumped by its own earlier writes), so a row changed by
 the API meanwhile is never overwritten: the write changes nothing and the next pass starts from fresh state.
@@ -11,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import delete
+from sqlalchemy import ColumnElement, Text, and_, cast, delete, or_
 
 from dockyard.config import Settings
 from dockyard.core.status import ContainerStatus, DesiredState
@@ -42,6 +49,7 @@ from dockyard.services.runspec import (
 log = logging.getLogger(__name__)
 
 REMOVE_ATTEMPTS_BEFORE_ZOMBIE = 3
+STOPPED_REASON = "stopped on request"
 # Statuses whose runtime object should exist; when it does not, the row is "missing" (debounced).
 _OBJECT_EXPECTED = {
     ContainerStatus.RUNNING,
@@ -78,6 +86,98 @@ class RowResult:
 
     status: ContainerStatus
     gpu_uuids: tuple[str, ...]
+
+
+class RestingRow(NamedTuple):
+    """The columns of a row at rest that holds something (GPUs, a recorded object) that a pass needs: for the
+    GPU allocations, the orphan check, the gauges and `needs_task`."""
+
+    id: str
+    idc_id: str
+    desired: DesiredState
+    status: ContainerStatus
+    gpu_uuids: list[str]
+    runtime_id: str
+    generation: int
+    observed_generation: int
+    has_ports: bool
+    missing_since: datetime | None
+
+
+# JSON lists are compared as their stored text: decoding one per row is most of the cost of a pass over many
+# rows. Any other spelling of an empty list only makes a row look less at rest than it is, never more.
+_EMPTY_LIST = "[]"
+_c = ContainerModel
+RESTING_COLUMNS = (
+    _c.id,
+    _c.idc_id,
+    _c.desired,
+    _c.status,
+    cast(_c.gpu_uuids, Text),
+    _c.runtime_id,
+    _c.generation,
+    _c.observed_generation,
+    cast(_c.published_ports, Text) != _EMPTY_LIST,
+    _c.missing_since,
+)
+
+
+def resting_row(columns: Sequence[Any]) -> RestingRow:
+    """A `RestingRow` from a row of `RESTING_COLUMNS`."""
+    gpus = columns[4]
+    return RestingRow._make([*columns[:4], [] if gpus == _EMPTY_LIST else json.loads(gpus) or [], *columns[5:]])
+
+
+def at_rest_clause() -> ColumnElement[bool]:
+    """Rows for which `RowTask` does nothing unless their runtime objects or their IDC's reachability say
+    otherwise (`needs_task`): stopped on request, or in error with no runtime object recorded (a failed
+    create, a disappearance) and no update or restart asked for since."""
+    return or_(
+        and_(_c.desired == DesiredState.STOPPED, _c.status == ContainerStatus.STOPPED, _c.reason == STOPPED_REASON),
+        and_(
+            _c.desired == DesiredState.RUNNING,
+            _c.status == ContainerStatus.ERROR,
+            _c.runtime_id == "",
+            _c.generation <= _c.observed_generation,
+            _c.restart_generation <= _c.observed_restart_generation,
+        ),
+    )
+
+
+def holds_nothing_clause() -> ColumnElement[bool]:
+    """Among rows at rest, those that hold no GPU and record no object. `needs_task` is true for one only
+    when an object carries its id or its IDC is unreachable and it is stopped (`bare_needing_task_clause`),
+    so a pass need not read them at all otherwise."""
+    return and_(cast(_c.gpu_uuids, Text) == _EMPTY_LIST, _c.runtime_id == "")
+
+
+def bare_needing_task_clause(unreachable: Collection[str], configured: Collection[str]) -> ColumnElement[bool]:
+    """Rows at rest holding nothing whose task marks them unknown: stopped, on an IDC whose runtime could not
+    be listed or that has none. (Those with an object are found by id from the object listing.)"""
+    return and_(
+        at_rest_clause(),
+        holds_nothing_clause(),
+        _c.status == ContainerStatus.STOPPED,
+        or_(_c.idc_id.in_(unreachable), _c.idc_id.not_in(configured)),
+    )
+
+
+def needs_task(row: RestingRow, objects: list[RuntimeObject], reachable: bool) -> bool:
+    """Whether `RowTask` would act on or write to a row at rest, given its objects this pass and whether its
+    IDC's runtime could be listed; when it would, the pass loads the whole row."""
+    if not reachable:  # `_unreachable` marks a stopped row unknown; an error row stays as it is
+        return row.status == ContainerStatus.STOPPED
+    if row.desired == DesiredState.RUNNING:  # an error with nothing created: only an object changes that
+        return bool(objects)
+    current = [obj for obj in objects if obj.generation == row.generation]
+    if len(current) != len(objects):  # `_converge` removes older generations
+        return True
+    if not current:  # `_without_object`: a row that should have an object is missing it
+        return bool(row.runtime_id) and row.generation <= row.observed_generation
+    obj = current[0]  # `_with_object` stops a running object and records it
+    return (
+        obj.state == ObjectState.RUNNING or obj.id != row.runtime_id or row.has_ports or row.missing_since is not None
+    )
 
 
 def published(obj: RuntimeObject) -> list[dict[str, Any]]:
@@ -243,7 +343,7 @@ class RowTask:
                 await runtime.stop(obj.id, timeout)
             await self.set_status(
                 ContainerStatus.STOPPED,
-                "stopped on request",
+                STOPPED_REASON,
                 "Stopped",
                 runtime_id=obj.id,
                 published_ports=[],
@@ -300,7 +400,7 @@ class RowTask:
         ):
             await self._create(runtime)
         elif row.desired == DesiredState.STOPPED and never_created:
-            await self.set_status(ContainerStatus.STOPPED, "stopped on request", "Stopped")
+            await self.set_status(ContainerStatus.STOPPED, STOPPED_REASON, "Stopped")
         elif row.runtime_id and row.status in _OBJECT_EXPECTED:
             await self._missing()
 

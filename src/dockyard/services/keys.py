@@ -3,11 +3,20 @@
 Keys are shown once at creation and stored as SHA-256 hashes. Lookups are cached for a few seconds per
 process so that authentication costs no database round trip on a hot path; revocation waits out at most
 that cache lifetime on other servers and is immediate on the one that revoked.
+
+A key's lookup is single-flight: when its entry expires, the first request looks it up and the others of that
+moment are answered from the expired entry meanwhile (stale while revalidating), so an expiry under load costs
+one query, not one per request in flight (at 512 concurrent gateway requests, 512 queries queued on the
+database every cache lifetime, a multi-second stall). A key never seen waits for its one lookup, shared by
+every request that brings it. A revocation forgets the cache and any lookup then in flight, so a lookup that
+read the key before the revocation cannot put it back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import time
 from dataclasses import dataclass
 
@@ -20,6 +29,8 @@ from dockyard.db.base import utcnow
 from dockyard.db.models import ApiKeyModel, MemberModel, OrganizationModel
 from dockyard.errors import NotFound, Unauthorized
 from dockyard.secrets import hash_api_key
+
+log = logging.getLogger(__name__)
 
 KEY_PREFIX = "dy_"
 _CACHE_SECONDS = 10.0
@@ -38,10 +49,14 @@ class Principal:
 OPERATOR = Principal(org_id="", member_id="", key_id="operator", is_admin=True)
 
 _cache: dict[str, tuple[float, Principal | None]] = {}
+# (event loop, digest) -> the lookup under way for it: a task belongs to one loop, and a process may run several
+# (a server and a stand-alone gateway side by side, as in tests).
+_lookups: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[Principal | None]] = {}
 
 
 def forget_cached_keys() -> None:
     _cache.clear()
+    _lookups.clear()
 
 
 async def authenticate(context: ServerContext, token: str, *, allow_admin_token: bool = False) -> Principal:
@@ -49,11 +64,27 @@ async def authenticate(context: ServerContext, token: str, *, allow_admin_token:
     if allow_admin_token and admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
         return OPERATOR
     digest = hash_api_key(token)
-    now = time.monotonic()
     cached = _cache.get(digest)
-    if cached is not None and cached[0] > now:
+    if cached is not None and cached[0] > time.monotonic():
         principal = cached[1]
     else:
+        key = (asyncio.get_running_loop(), digest)
+        lookup = _lookups.get(key)
+        if lookup is None:
+            lookup = _lookups[key] = asyncio.create_task(_look_up(context, digest))
+            lookup.add_done_callback(_log_failure)
+        # An expired entry answers while its lookup runs; a key never seen waits for it (shielded: one request
+        # leaving must not cancel the lookup the others share).
+        principal = cached[1] if cached is not None else await asyncio.shield(lookup)
+    if principal is None:
+        raise Unauthorized("invalid API key; create one with 'dockyard admin create-key --org NAME'")
+    return principal
+
+
+async def _look_up(context: ServerContext, digest: str) -> Principal | None:
+    """Read the key's row, cache what it says (unless the cache was forgotten meanwhile) and return it."""
+    key = (asyncio.get_running_loop(), digest)
+    try:
         async with context.db.read_session() as session:
             row = await session.scalar(
                 select(ApiKeyModel).where(ApiKeyModel.key_hash == digest, ApiKeyModel.revoked_at.is_(None))
@@ -61,10 +92,18 @@ async def authenticate(context: ServerContext, token: str, *, allow_admin_token:
         principal = (
             Principal(org_id=row.org_id, member_id=row.member_id, key_id=row.id, is_admin=row.is_admin) if row else None
         )
-        _cache[digest] = (now + _CACHE_SECONDS, principal)
-    if principal is None:
-        raise Unauthorized("invalid API key; create one with 'dockyard admin create-key --org NAME'")
-    return principal
+        if _lookups.get(key) is asyncio.current_task():
+            _cache[digest] = (time.monotonic() + _CACHE_SECONDS, principal)
+        return principal
+    finally:
+        if _lookups.get(key) is asyncio.current_task():
+            del _lookups[key]
+
+
+def _log_failure(lookup: asyncio.Task[Principal | None]) -> None:
+    """A failed lookup that only stale answers were waiting on is logged here, not lost."""
+    if not lookup.cancelled() and (error := lookup.exception()) is not None:
+        log.warning("looking up an API key failed: %s", error)
 
 
 async def org_of(context: ServerContext, token: str) -> str | None:
