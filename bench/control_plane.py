@@ -5,9 +5,9 @@ Running 10,000 real containers is beyond the 2-core machine the targets are set 
 written through the project's models into the server's database while it runs, each a copy of what
 `POST /api/v1/containers` records from the same template, except that it is `stopped`, desired `stopped` and
 was never created. The reconciler leaves such a row alone (services' "stopped on request": nothing to create,
-stop or remove), but loads it on every pass, as it would a real stopped container, and the API lists and gets
-it like any other. The 100 containers are real: busybox containers created through the API in one request,
-polled through the list until all run, then deleted through the API and waited gone."""
+stop or remove; it is at rest, so a pass only counts it by status, as it would a real stopped container), and
+the API lists and gets it like any other. The 100 containers are real: busybox containers created through the
+API in one request, polled through the list until all run, then deleted through the API and waited gone."""
 
 from __future__ import annotations
 
@@ -211,7 +211,8 @@ def render(results: Results, settings: Settings) -> str:
             "containers: written through the project's models into the server's database while it runs, each "
             f"what `POST /api/v1/containers` records from the same template ({BUSYBOX_IMAGE}, product "
             f"`{PRODUCT}`), but `stopped`, desired `stopped` and never created, which the reconciler leaves as "
-            "they are (it still loads them on every pass) and the API serves like any other container. "
+            "they are (a pass counts them by status, reading no row: they are at rest) and the API serves like "
+            "any other container. "
             f"Each read is one wrk run (-t{wrk.THREADS}, 1 keep-alive connection) of {settings.duration_s:g} s "
             f"after a {settings.warmup_s:g} s warm-up; latencies in ms.",
             "",

@@ -99,6 +99,27 @@ async def test_an_idle_connection_past_its_expiry_is_not_used() -> None:
         pool.aclose()
 
 
+async def test_idle_connections_are_closed_once_expired_without_another_request() -> None:
+    closed = 0
+
+    async def count_closes(scripted: Scripted, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal closed
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            await answer_each(scripted, reader, writer)
+        closed += 1
+
+    async with worker(count_closes) as (scripted, pool):
+        pool = UpstreamPool(pool.address, connect_timeout=5.0, keepalive_expiry=0.2)
+        burst = await asyncio.gather(*(pool.request("GET", "/", [], None, deadline()) for _ in range(5)))
+        await asyncio.gather(*(read_all(response) for response in burst))
+        assert scripted.connections == 5
+        await asyncio.sleep(0.05)
+        assert closed == 0, "still within the keep-alive expiry"
+        await asyncio.sleep(0.5)
+        assert closed == 5
+        pool.aclose()
+
+
 async def test_a_connection_the_worker_closed_while_idle_is_dropped() -> None:
     async def one_then_close(scripted: Scripted, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await scripted.head(reader)

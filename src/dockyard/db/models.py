@@ -177,7 +177,9 @@ class ContainerModel(Versioned, Base):
 
     __tablename__ = "containers"
     # The GMI list is one organization's rows newest first; this index answers it without a sort.
-    __table_args__ = (Index("ix_containers_org_id_created_at", "org_id", "created_at"),)
+    # The list's order, newest first with the id breaking ties, read straight off the index: a deep page then
+    # skips index entries only, never the rows themselves.
+    __table_args__ = (Index("ix_containers_org_id_created_at_id", "org_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)

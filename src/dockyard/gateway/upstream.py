@@ -26,9 +26,11 @@ Contract:
   was sent whole, and which the worker did not ask to close goes back to the pool; any other is closed, so a
   half-read answer never leaks into the next request. After a `HEAD` the connection is closed too: the parser
   cannot be told that a `HEAD` answer's `Content-Length` announces no body.
-- Idle connections are reused newest first; one idle for `keepalive_expiry` seconds is closed when next met
-  rather than used, so the gateway retires it before the worker's own idle timeout could close it under a new
-  request. `aclose()` closes every connection; a later request opens new ones.
+- Idle connections are reused newest first; one idle for `keepalive_expiry` seconds is closed, by a timer
+  while the pool has idle connections, so the gateway retires it before the worker's own idle timeout could
+  close it under a new request, and a burst's connections do not stay open on the worker (whose file
+  descriptors may be few) once the burst is over. `aclose()` closes every connection; a later request opens
+  new ones.
 """
 
 from __future__ import annotations
@@ -249,8 +251,9 @@ class UpstreamPool:
         self._host_header = parts.netloc.encode("latin-1")
         self._connect_timeout = connect_timeout
         self._keepalive_expiry = keepalive_expiry
-        self._idle: deque[_Connection] = deque()
+        self._idle: deque[_Connection] = deque()  # oldest idle first
         self._open: set[_Connection] = set()
+        self._sweep_timer: asyncio.TimerHandle | None = None
 
     async def request(
         self,
@@ -304,6 +307,9 @@ class UpstreamPool:
         for connection in list(self._open):
             connection.close()
         self._idle.clear()
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
 
     def _take(self, now: float) -> _Connection | None:
         idle = self._idle
@@ -328,8 +334,21 @@ class UpstreamPool:
         return connection
 
     def _put(self, connection: _Connection) -> None:
-        connection.idle_since = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        connection.idle_since = loop.time()
         self._idle.append(connection)
+        if self._sweep_timer is None:
+            self._sweep_timer = loop.call_at(connection.idle_since + self._keepalive_expiry, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle for `keepalive_expiry`; come back when the next one will be."""
+        self._sweep_timer = None
+        loop = asyncio.get_running_loop()
+        expired = loop.time() - self._keepalive_expiry
+        while self._idle and self._idle[0].idle_since <= expired:
+            self._idle.popleft().close()
+        if self._idle:
+            self._sweep_timer = loop.call_at(self._idle[0].idle_since + self._keepalive_expiry, self._sweep)
 
     def _forget(self, connection: _Connection) -> None:
         """A connection closed (by either side): it leaves the pool."""
