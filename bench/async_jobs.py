@@ -29,8 +29,7 @@ import httpx
 from sqlalchemy import select
 
 from bench import podman, wrk
-from bench.dockyard_server import Server, dockyard_server
-from bench.dockyard_target import START_TIMEOUT_S, delete_endpoint
+from bench.dockyard_server import START_TIMEOUT_S, Server, delete_endpoint, dockyard_server
 from bench.group import Section, Settings
 from bench.latency import Sampler, percentile
 from bench.report import target_row

@@ -1,21 +1,64 @@
-"""A bare `dockyard server` for the groups that drive its API rather than its gateway: SQLite in a fresh data dir,
-the run's own Podman service, a real API key, and no endpoint. bench/dockyard_target.py starts the gateway's
-server the same way (its key and installation helpers are reused here); this variation may listen on every
-interface, so that worker containers reach the webhooks, and tells its database's URL, so that a group can
-write rows through the project's models."""
+"""The `dockyard server` every benchmark group runs: SQLite in a fresh data dir, the run's own Podman service and a
+real API key. It may listen on every interface, so that worker containers reach the webhooks, and tells its
+database's URL, so that a group can write rows through the project's models. bench/dockyard_target.py adds the
+gateway group's endpoint to it."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import podman, processes
-from bench.dockyard_target import START_TIMEOUT_S, create_key, installation_id
+from dockyard.client import ApiError, Client
 from dockyard.services.worker_runspec import CONTAINER_HOST
+
+START_TIMEOUT_S = 120.0
+DELETE_TIMEOUT_S = 60.0
+
+
+def create_key(env: dict[str, str], workdir: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "dockyard", "admin", "create-key", "--org", "bench"],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise processes.StartFailed(f"dockyard admin create-key failed: {done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def installation_id(data_dir: Path) -> str | None:
+    """The id that labels every runtime object of this run's Dockyard, from its own database."""
+    try:
+        with sqlite3.connect(data_dir / "dockyard.db") as db:
+            row = db.execute("SELECT value FROM settings WHERE key = 'installation_id'").fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
+
+
+def delete_endpoint(client: Client, endpoint_id: str) -> None:
+    """Delete through the API and wait until the endpoint is gone, so Dockyard itself removes its worker."""
+    client.delete_endpoint(endpoint_id)
+    deadline = time.monotonic() + DELETE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            client.get_endpoint(endpoint_id)
+        except ApiError as exc:
+            if exc.code == 404:
+                return
+            raise
+        time.sleep(0.5)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.dockyard_server import Server, dockyard_server
-from bench.dockyard_target import delete_endpoint
+from bench.dockyard_server import Server, delete_endpoint, dockyard_server
 from dockyard.client import Client, DockyardError
 
 WORKER_PORT = 8080

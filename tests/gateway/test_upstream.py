@@ -218,6 +218,18 @@ async def test_refused_is_connect_failed_and_names_the_address() -> None:
         await pool.request("GET", "/", [], None, deadline())
 
 
+async def test_a_worker_hanging_up_at_once_fails_fast_whenever_it_hangs_up() -> None:
+    async def hang_up(scripted: Scripted, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async with worker(hang_up) as (_, pool):
+        for _ in range(20):
+            # Before the pool's connection is made (refused) or after the request went (broken off): never a wait
+            # for the deadline.
+            with pytest.raises(UpstreamError):
+                await pool.request("GET", "/", [], None, deadline(10))
+
+
 async def test_connect_timeout_is_connect_failed() -> None:
     # A listener whose backlog is full never completes a new handshake; 192.0.2.0/24 (TEST-NET) is unroutable.
     pool = UpstreamPool("http://192.0.2.1:9", connect_timeout=0.2, keepalive_expiry=4.0)

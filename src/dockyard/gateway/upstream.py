@@ -330,6 +330,9 @@ class UpstreamPool:
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ConnectFailed(f"cannot connect to {self.address}: {reason}") from exc
+        if connection.closed:
+            # Closed by the worker between the handshake and now: nothing was sent, so it is a refusal.
+            raise ConnectFailed(f"{self.address} closed the connection as soon as it was made")
         self._open.add(connection)
         return connection
 
