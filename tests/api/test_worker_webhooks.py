@@ -24,6 +24,7 @@ from dockyard.db.models import JobModel, JobStreamModel, WorkerModel
 from dockyard.reconcilers.endpoints import EndpointReconciler
 from dockyard.secrets import hash_api_key
 from dockyard.services import jobs
+from dockyard.services import worker_webhooks as service
 from dockyard.services.worker_runspec import WEBHOOK_PREFIX, WebhookAccess, webhook_base_url, webhook_env
 from tests.api.test_endpoints import create, endpoint_row
 from tests.conftest import Harness
@@ -496,3 +497,26 @@ async def test_reconciler_gives_each_async_worker_its_key_and_readies_it_on_its_
         assert ready.status == WorkerStatus.READY
     finally:
         await reconciler.close()
+
+
+async def test_a_held_take_whose_worker_left_takes_nothing(harness: Harness, raw: httpx.AsyncClient) -> None:
+    harness.context.settings.job_take_wait_seconds = 30.0
+    endpoint_id = await async_endpoint(harness)
+    leaving = await add_worker(harness, raw, endpoint_id)
+    row = await service.authenticate(harness.context, leaving.key, endpoint_id, leaving.id)
+    left = False
+
+    async def gone() -> bool:
+        return left
+
+    held = asyncio.create_task(service.take(harness.context, row, 1, gone))
+    await asyncio.sleep(0.2)
+    left = True  # its connection closed while the take was held
+    [job_id] = await submit(harness, endpoint_id, 1)
+    assert await asyncio.wait_for(held, timeout=10) == []  # woken, and answered nobody
+    assert (await job(harness, job_id)).status == JobStatus.IN_QUEUE
+    live = await add_worker(harness, raw, endpoint_id)
+    answer = await live.take()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["id"] == job_id
+    assert (await job(harness, job_id)).attempts == 1

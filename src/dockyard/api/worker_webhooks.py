@@ -50,6 +50,7 @@ async def _body(request: Request, limit: int) -> bytes:
 
 @router.get("/{endpoint_id}/job-take/{worker_id}", summary="Take the oldest queued job", responses=NO_JOB)
 async def job_take(
+    request: Request,
     endpoint_id: EndpointPathId,
     worker_id: WorkerPathId,
     context: ContextDep,
@@ -58,12 +59,13 @@ async def job_take(
     job_in_progress: InProgressQuery = 0,
 ) -> Response:
     worker = await service.authenticate(context, authorization, endpoint_id, worker_id)
-    taken = await service.take(context, worker, 1)
+    taken = await service.take(context, worker, 1, request.is_disconnected)
     return JSONResponse(taken[0]) if taken else Response(status_code=204)
 
 
 @router.get("/{endpoint_id}/job-take-batch/{worker_id}", summary="Take up to batch_size queued jobs", responses=NO_JOB)
 async def job_take_batch(
+    request: Request,
     endpoint_id: EndpointPathId,
     worker_id: WorkerPathId,
     context: ContextDep,
@@ -73,7 +75,7 @@ async def job_take_batch(
     job_in_progress: InProgressQuery = 0,
 ) -> Response:
     worker = await service.authenticate(context, authorization, endpoint_id, worker_id)
-    taken = await service.take(context, worker, batch_size)
+    taken = await service.take(context, worker, batch_size, request.is_disconnected)
     return JSONResponse(taken) if taken else Response(status_code=204)
 
 

@@ -13,7 +13,9 @@ exactly one worker's webhooks and only its endpoint's jobs (an unknown key is 40
   `delay_ms`) and the lease (`job_lease_seconds` from now). With nothing queued the request is held open up to
   `job_take_wait_seconds`, woken by `job_signals.notify_queued`, and then answered 204: the SDKs poll again at
   once after a 204, so answering it at once would make every idle worker spin. A draining worker is held the
-  same way and takes nothing.
+  same way and takes nothing. A held take whose worker has gone (`gone()`: its connection closed, a worker that
+  died or was stopped mid-poll) takes nothing when woken, so the job goes to a live worker at once rather than
+  waiting out a lease on a dead one.
 - **job-done** (`done`): only the job's holder (`IN_PROGRESS`, its `worker_id`) records a result, through
   `services.jobs.finish`. A result from a worker that no longer holds the job (its lease expired and the job was
   re-queued or re-run) changes nothing but a note in the job's history, and is answered 409. A result for a job
@@ -41,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -127,11 +129,17 @@ def _input(text: str) -> Any:
 # -- job-take ---------------------------------------------------------------------------------------------------
 
 
-async def take(context: ServerContext, worker: WorkerModel, count: int) -> list[dict[str, Any]]:
-    """Up to `count` jobs as `{"id", "input"}`, oldest first; empty after `job_take_wait_seconds` with none."""
+async def take(
+    context: ServerContext, worker: WorkerModel, count: int, gone: Callable[[], Awaitable[bool]] | None = None
+) -> list[dict[str, Any]]:
+    """Up to `count` jobs as `{"id", "input"}`, oldest first; empty after `job_take_wait_seconds` with none, or as
+    soon as `gone()` says, on a wake-up, that nobody waits for the answer any more."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + context.settings.job_take_wait_seconds
+    waited = False
     while True:
+        if waited and gone is not None and await gone():
+            return []
         taken = await _take_now(context, worker, count)
         if taken:
             context.job_signals.notify_changed(_held_key(worker.id))
@@ -140,6 +148,7 @@ async def take(context: ServerContext, worker: WorkerModel, count: int) -> list[
         if left <= 0:
             return []
         await context.job_signals.wait_queued(worker.endpoint_id, left)
+        waited = True
 
 
 async def _take_now(context: ServerContext, worker: WorkerModel, count: int) -> list[dict[str, Any]]:
