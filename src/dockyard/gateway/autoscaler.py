@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +46,7 @@ from dockyard.db.base import guarded_update
 from dockyard.db.models import EndpointModel
 from dockyard.gateway.load import load_figures
 from dockyard.gateway.routes import EndpointFigures
+from dockyard.metrics_registry import per_registry
 from dockyard.services import events
 
 log = logging.getLogger(__name__)
@@ -56,20 +56,17 @@ ENDPOINTS_LOOP = "endpoints"
 # From a few ms (woken by the request) to a whole `autoscale_interval` and more when the loop is late.
 DECISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-_scale_from_zero: weakref.WeakKeyDictionary[CollectorRegistry, Histogram] = weakref.WeakKeyDictionary()
 
-
+@per_registry
 def _scale_from_zero_for(registry: CollectorRegistry) -> Histogram:
     """One histogram per registry, shared by every autoscaler built on it (a restarted loop included)."""
-    if registry not in _scale_from_zero:
-        _scale_from_zero[registry] = Histogram(
-            "dockyard_autoscaler_scale_from_zero_seconds",
-            "Seconds from a request finding an endpoint at zero workers to the autoscaler writing its scale-up",
-            ["endpoint"],
-            buckets=DECISION_BUCKETS,
-            registry=registry,
-        )
-    return _scale_from_zero[registry]
+    return Histogram(
+        "dockyard_autoscaler_scale_from_zero_seconds",
+        "Seconds from a request finding an endpoint at zero workers to the autoscaler writing its scale-up",
+        ["endpoint"],
+        buckets=DECISION_BUCKETS,
+        registry=registry,
+    )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ through `labels()` on every request."""
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Iterator
 from functools import partial
 
@@ -18,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamil
 from prometheus_client.registry import Collector
 
 from dockyard.gateway.routes import RouteTable
+from dockyard.metrics_registry import per_registry
 
 
 class RouteCollector(Collector):
@@ -93,11 +93,5 @@ class GatewayMetrics(dict[str, EndpointMetrics]):
         return children
 
 
-_request_metrics: weakref.WeakKeyDictionary[CollectorRegistry, GatewayMetrics] = weakref.WeakKeyDictionary()
-
-
-def request_metrics(registry: CollectorRegistry) -> GatewayMetrics:
-    """One set of request metrics per registry, shared by every gateway app built on it."""
-    if registry not in _request_metrics:
-        _request_metrics[registry] = GatewayMetrics(registry)
-    return _request_metrics[registry]
+# One set of request metrics per registry, shared by every gateway app built on it.
+request_metrics = per_registry(GatewayMetrics)

@@ -60,7 +60,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -73,6 +72,7 @@ from dockyard.core.status import ContainerStatus, DesiredState
 from dockyard.db.base import utcnow
 from dockyard.db.models import ContainerModel, OrganizationModel, ProductModel
 from dockyard.gpus.allocation import GpuAllocator, NodeInventory, load_inventory
+from dockyard.metrics_registry import per_registry
 from dockyard.reconcilers.containers_rows import (
     RESTING_COLUMNS,
     PassState,
@@ -103,18 +103,14 @@ class _Metrics:
     gpus_total: Gauge
 
 
-_metrics: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
-
-
+@per_registry
 def _metrics_for(registry: CollectorRegistry) -> _Metrics:
     """One set of gauges per registry, shared by every reconciler built on it (a restarted loop included)."""
-    if registry not in _metrics:
-        _metrics[registry] = _Metrics(
-            Gauge("dockyard_containers", "Containers by status", ["status"], registry=registry),
-            Gauge("dockyard_gpus_allocated", "GPUs held by containers", registry=registry),
-            Gauge("dockyard_gpus_total", "GPUs known on all nodes", registry=registry),
-        )
-    return _metrics[registry]
+    return _Metrics(
+        Gauge("dockyard_containers", "Containers by status", ["status"], registry=registry),
+        Gauge("dockyard_gpus_allocated", "GPUs held by containers", registry=registry),
+        Gauge("dockyard_gpus_total", "GPUs known on all nodes", registry=registry),
+    )
 
 
 @dataclass

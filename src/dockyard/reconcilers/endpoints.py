@@ -64,7 +64,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
@@ -82,6 +81,7 @@ from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
 from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.sync import forget_others, publish_worker
 from dockyard.gpus.allocation import load_inventory
+from dockyard.metrics_registry import per_registry
 from dockyard.reconcilers.endpoints_workers import (
     CRASH_LOOP_FAILURES,
     KIND_ENDPOINT,
@@ -112,30 +112,26 @@ class _Metrics:
     container_start: Histogram
 
 
-_metrics: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
-
-
+@per_registry
 def _metrics_for(registry: CollectorRegistry) -> _Metrics:
     """One set per registry, shared by every reconciler built on it (a restarted loop included)."""
-    if registry not in _metrics:
-        _metrics[registry] = _Metrics(
-            Gauge("dockyard_endpoint_workers", "Endpoint workers by status", ["endpoint", "status"], registry=registry),
-            Histogram(
-                "dockyard_worker_cold_start_seconds",
-                "Seconds from a worker being wanted to it answering its health check",
-                ["endpoint"],
-                buckets=COLD_START_BUCKETS,
-                registry=registry,
-            ),
-            Histogram(
-                "dockyard_worker_container_start_seconds",
-                "Seconds from a worker being wanted to its container running (placed, created and started)",
-                ["endpoint"],
-                buckets=CONTAINER_START_BUCKETS,
-                registry=registry,
-            ),
-        )
-    return _metrics[registry]
+    return _Metrics(
+        Gauge("dockyard_endpoint_workers", "Endpoint workers by status", ["endpoint", "status"], registry=registry),
+        Histogram(
+            "dockyard_worker_cold_start_seconds",
+            "Seconds from a worker being wanted to it answering its health check",
+            ["endpoint"],
+            buckets=COLD_START_BUCKETS,
+            registry=registry,
+        ),
+        Histogram(
+            "dockyard_worker_container_start_seconds",
+            "Seconds from a worker being wanted to its container running (placed, created and started)",
+            ["endpoint"],
+            buckets=CONTAINER_START_BUCKETS,
+            registry=registry,
+        ),
+    )
 
 
 class EndpointReconciler:
