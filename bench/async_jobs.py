@@ -326,24 +326,22 @@ def render(results: Results, settings: Settings) -> str:
 # is missed.
 _SUBMISSIONS_BOUND = (
     "- **Submissions.** The database is not the bound: `run` calls that arrive together are committed in one "
-    "write transaction (services/job_inserts.py), and SQLite's writers queue on one connection instead of "
-    "sleeping in its busy handler. The bound is the API process: one Python event loop on one core running "
-    "uvicorn, FastAPI's routing, dependencies and pydantic, the key check and the idempotency record for each "
-    "call; on this stack a route that only answers 404 reaches about 3,000 requests/s, and each read session "
-    "costs several hops to aiosqlite's thread. What would pass it: more API processes on the same database "
-    "(their in-process wake-ups of held job-takes would then go through the database, PostgreSQL's "
-    "LISTEN/NOTIFY or a short poll), or a path for `run` that bypasses FastAPI as the gateway does."
+    "write transaction (services/job_inserts.py) that reads their endpoint once. The bound is the API process: "
+    "one event loop on one core, where each `run` costs uvicorn's HTTP parsing, the key check, pydantic's "
+    "validation and its share of the group commit (about 170 µs of CPU, profiled; `run` and `status` already "
+    "bypass FastAPI, api/jobs_lean.py), while wrk takes the other core. What would raise it: more API "
+    "processes on one database, whose held job-takes would then be woken through the database (PostgreSQL's "
+    "LISTEN/NOTIFY, or a short poll on SQLite)."
 )
 _STATUS_BOUND = (
-    "- **`status` while submitting.** Each `status` is one joined query, but every read session on SQLite "
-    "costs four hops to aiosqlite's thread (BEGIN, the query, the rows, the end), each a wake-up of a loop "
-    "already saturated by the submissions: about 850 µs of wall time against 200 µs for the query alone, and "
-    "the p99 is the wait for a turn on that loop. What would pass it: single-statement reads without an "
-    "explicit transaction (a snapshot per statement is enough for one query), and a second API process."
+    "- **`status` while submitting.** Each `status` is one point read on the event loop's own thread (about "
+    "35 µs, db/session.py `Database.first`); its p99 is the wait for a turn of a loop that the submissions keep "
+    "busy, behind the requests already in that turn. What would lower it: a second API process, so that reads "
+    "and submissions stop sharing one loop."
 )
 _HANDOFF_BOUND = (
-    "- **Hand-off.** The claim itself takes under a millisecond after the job is committed; the rest is the "
-    "job-take transaction's round trips (services/worker_webhooks.py: claim, lease, read back) and the HTTP "
-    "answer to the worker in its container. What would pass it: giving the committed job to a held job-take "
-    "straight from the `run` that made it, with the claim written in the same group transaction."
+    "- **Hand-off.** The claim is committed about 1 ms after the job (the `claimed` row above); the rest is "
+    "job-take's answer crossing to the worker's container over rootless networking and the worker reading it. "
+    "What would lower it: handing the committed job to a held job-take straight from the `run` that made it, "
+    "with the claim in the same group transaction."
 )

@@ -31,6 +31,7 @@ from dockyard.api import (
     templates,
     worker_webhooks,
 )
+from dockyard.api.jobs_lean import LeanJobs
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
 from dockyard.db.migrate import migrate
@@ -95,7 +96,8 @@ async def _on_integrity(_: object, exc: Exception) -> object:
 class DockyardApp(FastAPI):
     """The API, with the sync gateway in front of all of it: `Front` (gateway/front.py) sends an endpoint's
     traffic to the gateway before FastAPI's own per-request work (its middleware stack, its telemetry checks),
-    and everything else to `serve_api`, FastAPI itself."""
+    and everything else to `LeanJobs` (api/jobs_lean.py), which serves the job API's `run` and `status` itself
+    and passes the rest to `serve_api`, FastAPI itself."""
 
     front: Front
 
@@ -184,7 +186,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         context.registry,
         on_worker_error=context.routes.worker_error,
     )
-    app.front = Front(app.serve_api, gateway, context.routes)
+    app.front = Front(LeanJobs(app.serve_api, context), gateway, context.routes)
     return app
 
 

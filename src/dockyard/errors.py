@@ -156,9 +156,19 @@ def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return details
 
 
+def api_error_response(exc: ApiError) -> JSONResponse:
+    return error_response(exc.status_code, exc.message, exc.details, exc.reason, exc.headers)
+
+
+def internal_error_response(method: str, path: str) -> JSONResponse:
+    """The 500 of an error nobody planned for; the traceback goes to the log, the user learns where to look."""
+    log.exception("unhandled error on %s %s", method, path)
+    return error_response(500, "internal error; the server log has the details", reason="INTERNAL")
+
+
 async def _on_api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.message, exc.details, exc.reason, exc.headers)
+    return api_error_response(exc)
 
 
 async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -182,8 +192,7 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal error; the server log has the details", reason="INTERNAL")
+    return internal_error_response(request.method, request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

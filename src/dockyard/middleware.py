@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dockyard.errors import error_body
+from dockyard.metrics_registry import per_registry
 
 
 async def _send_error(send: Send, code: int, message: str) -> None:
@@ -90,17 +91,33 @@ class _TooLarge(HTTPException):
         super().__init__(413, message)
 
 
-class MetricsMiddleware:
-    """Counts requests and times them by route template (never by raw path: ids would explode cardinality)."""
+class HttpMetrics:
+    """The API's request metrics, counted and timed by route template (never by raw path: ids would explode
+    cardinality). One set per registry (`http_metrics`), shared by `MetricsMiddleware` and the job routes that
+    bypass FastAPI (api/jobs_lean.py), so a route's figures do not depend on which path served it."""
 
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
-        self.app = app
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "dockyard_http_requests", "HTTP requests answered", ["method", "route", "code"], registry=registry
         )
         self.latency = Histogram(
             "dockyard_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry
         )
+
+    def record(self, method: str, template: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, template, str(status)).inc()
+        self.latency.labels(method, template).observe(seconds)
+
+
+http_metrics = per_registry(HttpMetrics)
+
+
+class MetricsMiddleware:
+    """Records each request in the registry's `HttpMetrics` under the template of the route that served it."""
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.metrics = http_metrics(registry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,6 +137,4 @@ class MetricsMiddleware:
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            method = scope.get("method", "")
-            self.requests.labels(method, template, str(status)).inc()
-            self.latency.labels(method, template).observe(time.perf_counter() - start)
+            self.metrics.record(scope["method"], template, status, time.perf_counter() - start)

@@ -40,7 +40,7 @@ ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
 WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session)]
 
 
-def _bearer(authorization: str | None) -> str:
+def bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <api key>'")
     scheme, _, token = authorization.partition(" ")
@@ -53,11 +53,11 @@ def _bearer(authorization: str | None) -> str:
 
 
 async def get_principal(context: ContextDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return await authenticate(context, _bearer(authorization))
+    return await authenticate(context, bearer_token(authorization))
 
 
 async def get_admin(context: ContextDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    token = _bearer(authorization)
+    token = bearer_token(authorization)
     principal = await authenticate(context, token, allow_admin_token=True)
     if not principal.is_admin:
         raise Forbidden("this route is for the operator: use an admin key or DOCKYARD_ADMIN_TOKEN")

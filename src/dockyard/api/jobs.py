@@ -58,9 +58,9 @@ async def runsync(
 
 
 async def status(
-    endpoint_id: EndpointPathId, job_id: JobPathId, principal: PrincipalDep, session: ReadSessionDep
+    endpoint_id: EndpointPathId, job_id: JobPathId, context: ContextDep, principal: PrincipalDep
 ) -> dict[str, Any]:
-    return await service.status(session, principal, endpoint_id, job_id)
+    return await service.status(context.db, principal, endpoint_id, job_id)
 
 
 async def stream(

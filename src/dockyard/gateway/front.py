@@ -1,11 +1,12 @@
 """The server's outermost ASGI app: endpoint traffic to the sync gateway, everything else to the API.
 
-The gateway shares the server's port, so an endpoint's URL is `{public_url}/{endpoint_id}/...`. `Front` looks
-at the first path segment of each HTTP request: when it names an endpoint in the routing table, the request
-goes to the `GatewayApp` untouched (no API middleware, no FastAPI routing on the hot path); any other path,
-and every websocket and lifespan event, goes to the API app. The two never collide: endpoint ids are UUIDs,
-and the API's paths start with fixed words (`/gpus`, `/api`, `/admin`, `/metrics`, `/healthz`, `/docs`, ...).
-An id that is not in the table (a mistyped or deleted endpoint) falls through to the API, which answers 404
+The gateway shares the server's port, so an endpoint's URL is `{public_url}/{endpoint_id}/...`. `Front` looks at
+the first path segment of each HTTP request: when it names an endpoint in the routing table, the request goes to
+the `GatewayApp` untouched (no API middleware, no FastAPI routing on the hot path); any other path, and every
+websocket and lifespan event, goes to the API app (which app.py gives as api/jobs_lean.py's `LeanJobs` over
+FastAPI: the job API's `run` and `status` skip FastAPI the same way). The two never collide: endpoint ids are
+UUIDs, and the API's paths start with fixed words (`/gpus`, `/api`, `/admin`, `/metrics`, `/healthz`, `/docs`,
+...). An id that is not in the table (a mistyped or deleted endpoint) falls through to the API, which answers 404
 with the same error body the gateway would.
 
 The lifespan goes to the API app as it is. When the API reports its startup complete, `Front` freezes the

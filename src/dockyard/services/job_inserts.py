@@ -3,13 +3,15 @@ transaction, so the queue takes submissions as fast as the process answers reque
 round trips at a time (on SQLite a writer holds the single write lock over every round trip of its
 transaction, so writers one by one are bound by the event loop's latency, not by the database).
 
-Contract: `await insert(db, row, check)` runs `check(session)` in the batch's write transaction, then inserts
-`row` (the column values of a new `JobModel`, its `id` among them) unless `check` raised, and returns what
-`check` returned once the row is committed, so a `run` still answers only a durable job. Because the check and
-the insert share the transaction (and on SQLite its write lock), what the check saw still holds at the commit:
-an endpoint it found cannot be deleted in between. A check that raises refuses its own row only; the caller
-gets its exception. Rows are written in arrival order. A batch is whatever arrived while the previous one was
-being committed, at most `MAX_BATCH` rows. When a whole batch fails (the database refused it), each of its rows
+Contract: `await insert(db, row, check, check_key)` runs `check(session)` in the batch's write transaction, then
+inserts `row` (the column values of a new `JobModel`, its `id` among them) unless `check` raised, and returns what
+`check` returned once the row is committed, so a `run` still answers only a durable job. Rows of one batch with
+equal `check_key`s share one run of the check, the first of them: a check must depend on its key alone (the
+organization and endpoint a job goes to), and a batch of jobs for one endpoint reads that endpoint once. Because
+the check and the insert share the transaction (and on SQLite its write lock), what the check saw still holds at
+the commit: an endpoint it found cannot be deleted in between. A check that raises refuses the rows of its key only;
+their callers get its exception. Rows are written in arrival order. A batch is whatever arrived while the previous one
+was being committed, at most `MAX_BATCH` rows. When a whole batch fails (the database refused it), each of its rows
 is retried in a transaction of its own, so only an offending row's caller gets the error. A caller that is
 cancelled while it waits (its client went away) may still have its job committed, as a client that goes away
 just after a commit always could.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 from sqlalchemy import insert as insert_statement
@@ -33,7 +35,7 @@ MAX_BATCH = 500
 
 Row = dict[str, Any]
 Check = Callable[[AsyncSession], Awaitable[Any]]
-Entry = tuple[Row, Check, "asyncio.Future[Any]"]
+Entry = tuple[Row, Check, Hashable, "asyncio.Future[Any]"]
 
 
 class _Inserter:
@@ -45,9 +47,9 @@ class _Inserter:
         self._pending: list[Entry] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def insert(self, row: Row, check: Check) -> Any:
+    async def insert(self, row: Row, check: Check, check_key: Hashable) -> Any:
         future: asyncio.Future[Any] = self.loop.create_future()
-        self._pending.append((row, check, future))
+        self._pending.append((row, check, check_key, future))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_all())
         return await future
@@ -63,7 +65,7 @@ class _Inserter:
             # Cancelled (the server is stopping): no waiting row will be written, and the batch under way may or
             # may not have been; every one of their callers hears so, as after a lost connection.
             error = exc if isinstance(exc, Exception) else RuntimeError("the server is stopping")
-            for _, _, future in [*batch, *self._pending]:
+            for *_, future in [*batch, *self._pending]:
                 _settle(future, error=error)
             self._pending = []
             raise
@@ -75,30 +77,33 @@ class _Inserter:
             outcomes = await self._commit(batch)
         except Exception as exc:
             if len(batch) == 1:
-                _settle(batch[0][2], error=exc)
+                _settle(batch[0][-1], error=exc)
                 return
             for entry in batch:
                 try:
                     outcomes = await self._commit([entry])
                 except Exception as own:
-                    _settle(entry[2], error=own)
+                    _settle(entry[-1], error=own)
                 else:
-                    _settle(entry[2], *outcomes[0])
+                    _settle(entry[-1], *outcomes[0])
             return
-        for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+        for (*_, future), outcome in zip(batch, outcomes, strict=True):
             _settle(future, *outcome)
 
     async def _commit(self, batch: list[Entry]) -> list[tuple[Any, Exception | None]]:
         """Check and insert `batch` in one transaction; per entry, the check's result or its refusal."""
         outcomes: list[tuple[Any, Exception | None]] = []
+        checked: dict[Hashable, tuple[Any, Exception | None]] = {}
         rows: list[Row] = []
         async with self.db.write() as session:
-            for row, check, _ in batch:
-                try:
-                    outcomes.append((await check(session), None))
-                except ApiError as refused:
-                    outcomes.append((None, refused))
-                else:
+            for row, check, check_key, _ in batch:
+                if check_key not in checked:
+                    try:
+                        checked[check_key] = (await check(session), None)
+                    except ApiError as refused:
+                        checked[check_key] = (None, refused)
+                outcomes.append(checked[check_key])
+                if checked[check_key][1] is None:
                     rows.append(row)
             if rows:
                 await session.execute(insert_statement(JobModel), rows)
@@ -117,10 +122,10 @@ def _settle(future: asyncio.Future[Any], result: Any = None, error: BaseExceptio
 _inserters: weakref.WeakKeyDictionary[Database, _Inserter] = weakref.WeakKeyDictionary()
 
 
-async def insert(db: Database, row: Row, check: Check) -> Any:
+async def insert(db: Database, row: Row, check: Check, check_key: Hashable) -> Any:
     """Commit one new job row after `check`, in a batch with those submitted at the same time (see the module
     docstring); `check`'s result."""
     inserter = _inserters.get(db)
     if inserter is None or inserter.loop is not asyncio.get_running_loop():
         inserter = _inserters[db] = _Inserter(db)
-    return await inserter.insert(row, check)
+    return await inserter.insert(row, check, check_key)

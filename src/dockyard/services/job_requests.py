@@ -27,7 +27,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
@@ -37,11 +37,12 @@ from dockyard.context import ServerContext
 from dockyard.core.status import DesiredState, EndpointType, JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, new_id, utcnow
 from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerModel
+from dockyard.db.session import Database
 from dockyard.errors import Conflict, InvalidField, NotFound, PayloadTooLarge
 from dockyard.gateway.autoscaler import LOOP as AUTOSCALER
 from dockyard.schemas.jobs import RunRequest
 from dockyard.services import endpoints, idempotency, job_inserts
-from dockyard.services.jobs import LOOP, finish_values, job_view, retry_values
+from dockyard.services.jobs import LOOP, VIEW_COLUMNS, finish_values, job_view, retry_values
 from dockyard.services.keys import Principal
 
 T = TypeVar("T")
@@ -144,7 +145,8 @@ async def submit(
 
     if idempotency_key is None:
         job_id = new_id()
-        wake_autoscaler = bool(await job_inserts.insert(context.db, {**row, "id": job_id}, open_endpoint))
+        check_key = (principal.org_id, endpoint_id)
+        wake_autoscaler = bool(await job_inserts.insert(context.db, {**row, "id": job_id}, open_endpoint, check_key))
         answer = idempotency.Answer(200, {"id": job_id, "status": JobStatus.IN_QUEUE.value})
     else:
         async with context.db.write_session() as session:
@@ -198,10 +200,12 @@ async def _submit_once(
     return answer
 
 
+_VIEW = select(*VIEW_COLUMNS).where(JobModel.id == bindparam("job_id"))  # built once (Database.first)
+
+
 async def _read_view(context: ServerContext, job_id: str) -> dict[str, Any] | None:
-    async with context.db.read() as session:
-        job = await session.get(JobModel, job_id)
-        return job_view(job) if job is not None else None
+    job = await context.db.first(_VIEW, {"job_id": job_id})
+    return job_view(job) if job is not None else None
 
 
 async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> dict[str, Any] | None:
@@ -238,23 +242,27 @@ async def run_sync(
     return view
 
 
-async def status(session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str) -> dict[str, Any]:
-    """The job's status view. One query on the hot path (the job of the caller's async endpoint, its input left
-    out); when it finds nothing, the endpoint is looked up on its own so the 404 says what is missing."""
-    job = await session.scalar(
-        select(JobModel)
-        .options(defer(JobModel.input))
-        .join(EndpointModel, EndpointModel.id == JobModel.endpoint_id)
-        .where(
-            JobModel.id == job_id,
-            JobModel.endpoint_id == endpoint_id,
-            EndpointModel.org_id == principal.org_id,
-            EndpointModel.type == EndpointType.ASYNC,
-        )
+# Built once (Database.first): the job of the caller's async endpoint, the columns of its status view.
+_STATUS = (
+    select(*VIEW_COLUMNS)
+    .join(EndpointModel, EndpointModel.id == JobModel.endpoint_id)
+    .where(
+        JobModel.id == bindparam("job_id"),
+        JobModel.endpoint_id == bindparam("endpoint_id"),
+        EndpointModel.org_id == bindparam("org_id"),
+        EndpointModel.type == EndpointType.ASYNC,
     )
+)
+
+
+async def status(db: Database, principal: Principal, endpoint_id: str, job_id: str) -> dict[str, Any]:
+    """The job's status view. One point read on the hot path (`Database.first`); when it finds nothing, the
+    endpoint is looked up on its own so the 404 says what is missing."""
+    job = await db.first(_STATUS, {"job_id": job_id, "endpoint_id": endpoint_id, "org_id": principal.org_id})
     if job is None:
-        endpoint = await async_endpoint(session, principal, endpoint_id)
-        job = await _job(session, endpoint.id, job_id)
+        async with db.read() as session:
+            endpoint = await async_endpoint(session, principal, endpoint_id)
+            return job_view(await _job(session, endpoint.id, job_id))
     return job_view(job)
 
 

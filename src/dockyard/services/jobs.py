@@ -25,7 +25,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.config import Settings
@@ -225,10 +225,24 @@ def retry_values(job: JobModel, *, now: datetime) -> dict[str, Any]:
     }
 
 
-def job_view(job: JobModel, streams: list[str] | None = None) -> dict[str, Any]:
-    """The status JSON the clients parse: `{id, status, delayTime, executionTime}` plus, when they apply,
-    `output` (a finished job's result), `error`, `retries` (runs beyond the first), `workerId`, and `stream`
-    (`[{"output": part}, ...]` from the given JSON texts, for `stream/{id}`)."""
+# The columns `job_view` reads, for a point read that selects no more (services/job_requests.py).
+VIEW_COLUMNS = (
+    JobModel.id,
+    JobModel.status,
+    JobModel.delay_ms,
+    JobModel.execution_ms,
+    JobModel.output,
+    JobModel.error,
+    JobModel.history,
+    JobModel.worker_id,
+)
+
+
+def job_view(job: JobModel | Row[Any], streams: list[str] | None = None) -> dict[str, Any]:
+    """The status JSON the clients parse, of a job or of a row of its `VIEW_COLUMNS`: `{id, status, delayTime,
+    executionTime}` plus, when they apply, `output` (a finished job's result), `error`, `retries` (runs beyond
+    the first), `workerId`, and `stream` (`[{"output": part}, ...]` from the given JSON texts, for
+    `stream/{id}`)."""
     view: dict[str, Any] = {
         "id": job.id,
         "status": job.status.value,

@@ -1,0 +1,160 @@
+"""The two job routes called thousands of times a second, `run` and `status`, served as plain ASGI in front of
+FastAPI.
+
+Under load the API process bounds the job queue, and for these two routes most of its work per call was
+FastAPI's rather than the job's: its middleware stack, routing by regular expression, dependency resolution and
+the response model's validation (about 330 µs of the 590 µs of CPU a `run` took, profiled under bench's
+async_jobs load). `LeanJobs` sits between `Front` (gateway/front.py) and FastAPI. It recognizes
+`POST /v{1,2}/{endpoint_id}/run` and `GET /v{1,2}/{endpoint_id}/status/{job_id}` and serves their common case
+itself: the same key check, the same services (services/job_requests.py), the same bytes on the wire, and the
+same request metrics (`middleware.HttpMetrics`, under FastAPI's route templates).
+
+Every case it does not serve goes to FastAPI as if `LeanJobs` were not there, with whatever body it had read
+replayed: a request without a valid key, a body that does not validate, an `Idempotency-Key`, a content type
+other than JSON, a body over the limit. So every error a user can meet there keeps FastAPI's one rendering, and
+this module holds no second copy of a validation message. What the services refuse (an unknown endpoint, a
+payload over the job limit) is rendered by `errors.api_error_response`, as FastAPI's handler renders it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import ValidationError
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dockyard.api.deps import bearer_token
+from dockyard.context import ServerContext
+from dockyard.errors import ApiError, api_error_response, internal_error_response
+from dockyard.middleware import http_metrics
+from dockyard.schemas.jobs import JobView, RunRequest
+from dockyard.services import job_requests, keys
+from dockyard.services.keys import Principal
+
+_PREFIXES = ("v1", "v2")  # the ppio-gpus client's base and the runpod client's (api/jobs.py)
+# The path parameters' bounds, as api/jobs.py declares them: anything else is FastAPI's to refuse.
+_MAX_ENDPOINT_ID = 255
+_MAX_JOB_ID = 64
+_JSON = b"application/json"
+
+
+class LeanJobs:
+    """ASGI app: `run` and `status` served here, everything else passed to `api` (see the module docstring)."""
+
+    def __init__(self, api: ASGIApp, context: ServerContext) -> None:
+        self.api = api
+        self.context = context
+        self.metrics = http_metrics(context.registry)
+        self.body_limit = context.settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            parts = scope["path"].split("/")
+            if len(parts) in (4, 5) and parts[1] in _PREFIXES and 0 < len(parts[2]) <= _MAX_ENDPOINT_ID:
+                method = scope["method"]
+                if len(parts) == 4 and parts[3] == "run" and method == "POST":
+                    await self._run(scope, receive, send, parts[1], parts[2])
+                    return
+                if len(parts) == 5 and parts[3] == "status" and method == "GET" and 0 < len(parts[4]) <= _MAX_JOB_ID:
+                    await self._status(scope, receive, send, parts[1], parts[2], parts[4])
+                    return
+        await self.api(scope, receive, send)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send, prefix: str, endpoint_id: str) -> None:
+        start = time.perf_counter()
+        headers = _headers(scope)
+        content_type = headers.get(b"content-type", _JSON).partition(b";")[0].strip().lower()
+        if b"idempotency-key" in headers or content_type != _JSON or _declared(headers) > self.body_limit:
+            await self.api(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more and size <= self.body_limit:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before its request was whole: nothing was submitted
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        principal = await self._principal(headers)
+        request = _run_request(body) if principal is not None and not more else None
+        if principal is None or request is None:
+            await self.api(scope, _replaying(body, more, receive), send)
+            return
+        try:
+            answer = await job_requests.submit(self.context, principal, endpoint_id, request)
+            response = JSONResponse(answer.body, status_code=answer.status_code)
+        except ApiError as refused:
+            response = api_error_response(refused)
+        except Exception:
+            response = internal_error_response("POST", scope["path"])
+        await response(scope, receive, send)
+        self.metrics.record("POST", f"/{prefix}/{{endpoint_id}}/run", response.status_code, time.perf_counter() - start)
+
+    async def _status(
+        self, scope: Scope, receive: Receive, send: Send, prefix: str, endpoint_id: str, job_id: str
+    ) -> None:
+        start = time.perf_counter()
+        principal = await self._principal(_headers(scope))
+        if principal is None:
+            await self.api(scope, receive, send)
+            return
+        response: Response
+        try:
+            view = await job_requests.status(self.context.db, principal, endpoint_id, job_id)
+            # What FastAPI makes of the route's response model (api/jobs.py): validated, by alias, set keys only,
+            # written by pydantic's own JSON serializer.
+            wire = JobView.model_validate(view).model_dump_json(by_alias=True, exclude_unset=True)
+            response = Response(wire, media_type="application/json")
+        except ApiError as refused:
+            response = api_error_response(refused)
+        except Exception:
+            response = internal_error_response("GET", scope["path"])
+        await response(scope, receive, send)
+        template = f"/{prefix}/{{endpoint_id}}/status/{{job_id}}"
+        self.metrics.record("GET", template, response.status_code, time.perf_counter() - start)
+
+    async def _principal(self, headers: dict[bytes, bytes]) -> Principal | None:
+        """The caller of a valid key; None for any other case, which FastAPI then refuses in its own words."""
+        authorization = headers.get(b"authorization")
+        if authorization is None:
+            return None
+        try:
+            return await keys.authenticate(self.context, bearer_token(authorization.decode("latin-1")))
+        except ApiError:
+            return None
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by (lower-case) name; of a repeated one the first, as Starlette's `Headers.get`."""
+    return dict(reversed(scope["headers"]))
+
+
+def _declared(headers: dict[bytes, bytes]) -> int:
+    try:
+        return int(headers.get(b"content-length", b"0"))
+    except ValueError:
+        return 0
+
+
+def _run_request(body: bytes) -> RunRequest | None:
+    try:
+        return RunRequest.model_validate_json(body)
+    except ValidationError:
+        return None
+
+
+def _replaying(body: bytes, more: bool, receive: Receive) -> Receive:
+    """`receive` that first answers the body already read (`more`: whether the rest is still to come)."""
+    replayed = False
+
+    async def replaying_receive() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": more}
+
+    return replaying_receive
