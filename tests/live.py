@@ -13,6 +13,8 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
+from dockyard.server_protocol import HttpProtocol
+
 
 @contextmanager
 def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
@@ -23,7 +25,9 @@ def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[st
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.bind((host, port))
     port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    # The servers' own HTTP protocol (server_protocol.py), so what these tests see is what `dockyard server` serves.
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", http=HttpProtocol)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -24,6 +24,7 @@ def _run(factory: str, host: str | None, port: int | None, config: str | None, w
         os.environ["DOCKYARD_PORT"] = str(port)
     from dockyard.config import load_settings
     from dockyard.logs import configure_logging
+    from dockyard.server_protocol import HttpProtocol
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -33,7 +34,7 @@ def _run(factory: str, host: str | None, port: int | None, config: str | None, w
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=HttpProtocol,  # uvicorn's httptools protocol, writing a response's head with its body
         log_config=None,
         access_log=False,
         # The gateway builds X-Forwarded-For from the peer and the header as it came; uvicorn's rewrite of the
