@@ -241,29 +241,46 @@ def _bounds(by_name: dict[str, SystemResult]) -> list[str]:
     if dockyard is None or not dockyard.measured:
         return []
     notes = []
-    best = max(r.runs[64].requests_per_s for r in (dockyard, scaled) if r is not None and r.measured)
     floors = [(MIN_NGINX_RATIO, by_name.get(NGINX)), (MIN_RAY_RATIO, by_name.get(RAY))]
     missed = [
-        peer.name for ratio, peer in floors if peer and peer.measured and best < ratio * peer.runs[64].requests_per_s
+        (peer, ratio)
+        for ratio, peer in floors
+        if peer and peer.measured and dockyard.runs[64].requests_per_s < ratio * peer.runs[64].requests_per_s
     ]
     if missed:
+        scaled_ratios = (
+            ", ".join(
+                f"{scaled.runs[64].requests_per_s / peer.runs[64].requests_per_s:.2f} of {peer.name}'s "
+                f"(target {ratio:g})"
+                for peer, ratio in missed
+            )
+            if scaled is not None and scaled.measured
+            else "not measured in this run"
+        )
         notes.append(
-            f"- **Throughput against {' and '.join(missed)}.** "
-            "One gateway process is one Python event loop on one core. Its profile at 64 connections (py-spy on "
-            "`dockyard server`, this machine, this load) spends about 45% of its CPU in the two socket writes of "
-            "each request (to the worker, to the client) and 20% in the loop's polling and reads: the kernel's "
-            "loopback work, which nginx does too, in C and with less around it. uvicorn's parsing and ASGI "
-            "plumbing take about 15%, Dockyard's own path (key check, dispatcher, metrics, the upstream pool of "
-            "gateway/upstream.py) about 20%: some 60-70 µs of CPU per request in all, where nginx needs about 20."
-            " What passes it is more gateway processes, each with a core of its own (`dockyard gateway --workers "
-            f"N`, the row `{DOCKYARD_SCALED}`): on this 2-core machine wrk and the worker take much of the second "
-            "core, so the second process adds less than it would where it had a core to itself."
+            f"- **Throughput of one gateway process against {' and '.join(peer.name for peer, _ in missed)}.** "
+            "One gateway process is one Python event loop on one core, and it spends about 50 µs of CPU per "
+            "request at 64 connections (33 in Python, 17 in the kernel: /proc's CPU counters over a wrk run, this "
+            "machine). Of that, uvicorn itself costs 15 (a trivial ASGI app under the same uvicorn and the same "
+            "head-with-body writes of server_protocol.py), the extra write to the worker and read of its answer "
+            "about 10, and Dockyard's own path (key check, dispatcher, exchange, metrics, the upstream pool of "
+            "gateway/upstream.py) the other 24 of its Python time. Making the response's head and body one write "
+            "took the figure from 57 µs; the rest is Python's cost per call and per object, spread thin over the "
+            "path (no function holds more than a few per cent). What passes it is more gateway processes, each "
+            f"with a core of its own (`dockyard gateway --workers N`): the row `{DOCKYARD_SCALED}` makes "
+            f"{scaled_ratios}, on a machine where wrk and the worker take much of the second core."
         )
     one, most = dockyard.runs[1], dockyard.runs[512]
     if dockyard.p99_growth > MAX_P99_GROWTH:
         direct = by_name.get(DIRECT)
         peers = ", ".join(f"{r.name} {r.p99_growth:.1f}" for r in (direct, nginx) if r is not None and r.measured)
         tail = most.p99_ms / most.p50_ms
+        needed = 512 / (MAX_P99_GROWTH * one.p99_ms / 1000)
+        proxy_peer = (
+            f", against nginx's {nginx.runs[512].requests_per_s:,.0f} at 512 connections here"
+            if nginx is not None and nginx.measured
+            else ""
+        )
         spread = (
             f"no request waits far beyond its turn (p99 {most.p99_ms:.0f} ms against p50 {most.p50_ms:.0f} ms)"
             if tail <= 3
@@ -275,9 +292,10 @@ def _bounds(by_name: dict[str, SystemResult]) -> list[str]:
             "request's latency is its wait behind the others: about connections / throughput by Little's law "
             f"({512 / most.requests_per_s * 1000:.0f} ms at the gateway's {most.requests_per_s:,.0f} req/s), "
             f"against a p99 at 1 connection of {one.p99_ms:.2f} ms. The same ratio for the others ({peers}) "
-            f"shows the bound is the machine's throughput more than the gateway's fairness; {spread}. What passes "
-            "it is throughput (more gateway processes on more cores, or a stand-alone gateway without the "
-            "server's loops beside it)."
+            f"shows the bound is the machine's throughput more than the gateway's fairness; {spread}. A ratio of "
+            f"{MAX_P99_GROWTH:g} would need a p99 of {MAX_P99_GROWTH * one.p99_ms:.1f} ms at 512 connections, "
+            f"about {needed:,.0f} req/s by the same law{proxy_peer}. What passes it is throughput (more gateway "
+            "processes on more cores, or a stand-alone gateway without the server's loops beside it)."
         )
     if not notes:
         return []
