@@ -32,6 +32,9 @@ class Recording(asyncio.Transport):
     def close(self) -> None:
         self.closed = True
 
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
     def abort(self) -> None:
         self.aborted = True
 
@@ -90,6 +93,13 @@ async def test_closing_writes_a_held_head_first_and_abort_drops_it() -> None:
     await turn()
     assert dropped.writes == []
     assert dropped.aborted
+
+    lost = Recording()
+    transport = HeadHoldingTransport(lost, loop)
+    transport.write(b"HEAD")
+    lost.closed = True  # the connection went away in the turn its head was written
+    await turn()
+    assert lost.writes == []  # nothing is written to a closing transport, which would raise
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:

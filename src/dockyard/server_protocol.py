@@ -47,10 +47,12 @@ class HeadHoldingTransport(asyncio.Transport):
             self.inner.write(data)
 
     def release(self) -> None:
-        """Write a held head now (the turn it was written in has ended, or the connection closes)."""
+        """Write a held head now (the turn it was written in has ended, or the connection closes). A connection
+        already closing takes no more writes: its head is dropped, as its buffered bytes would be."""
         if self._head is not None:
             head, self._head = self._head, None
-            self.inner.write(head)
+            if not self.inner.is_closing():
+                self.inner.write(head)
 
     def close(self) -> None:
         self.release()
