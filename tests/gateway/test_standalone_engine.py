@@ -1,7 +1,8 @@
 """`dockyard gateway` on its own, beside a real server on real Podman: it learns endpoints and workers from the
 database, serves an endpoint scaled to zero (its load report makes the server's autoscaler start a worker,
-and its own prober sees the worker ready), and counts in the server's figures while requests are in flight;
-with `--workers`, several such processes share its port."""
+and its own prober sees the worker ready), counts in the server's figures while requests are in flight, and
+keeps a drained worker until its requests there are answered; with `--workers`, several such processes share
+its port."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import docker
 import httpx
@@ -24,7 +27,7 @@ from dockyard.gateway.standalone import create_gateway_app
 from dockyard.services import keys
 from tests.conftest import ADMIN_TOKEN
 from tests.live import free_port, serving
-from tests.servers import wait_for
+from tests.servers import new_key, wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -58,25 +61,31 @@ def cleanup(engine_url: str) -> Iterator[list[str]]:
     engine.close()
 
 
+def sync_endpoint(server_url: str, **worker_config: int) -> tuple[httpx.Client, str]:
+    """A sync endpoint of the test worker (at most one worker) in a new organization: a client of the server's
+    API with that organization's key, and the endpoint's id."""
+    body = {
+        "type": "sync",
+        "name": "via-gateway",
+        "product_id": "serverless.cpu",
+        "image": "localhost/dockyard-worker:1",
+        "ports": [8080],
+        "worker_config": {"max_replicas": 1, "request_timeout": 60, **worker_config},
+    }
+    auth = {"Authorization": f"Bearer {new_key(server_url, 'gw')}"}
+    api = httpx.Client(base_url=server_url, headers=auth, timeout=30)
+    answer = api.post("/gpus/v2/endpoints", json=body)
+    assert answer.status_code == 200, answer.text
+    endpoint_id: str = answer.json()["id"]
+    return api, endpoint_id
+
+
 def test_a_standalone_gateway_serves_an_endpoint_from_zero(settings: Settings, cleanup: list[str]) -> None:
     server_app = create_app(settings)
     with serving(server_app) as server_url:
         cleanup.append(server_app.state.context.installation_id)
-        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        with httpx.Client(base_url=server_url, headers=admin) as client:
-            org = client.post("/admin/v1/organizations", json={"name": "gw"}).json()
-            key = client.post(f"/admin/v1/organizations/{org['id']}/keys", json={}).json()["key"]
-        auth = {"Authorization": f"Bearer {key}"}
-        body = {
-            "type": "sync",
-            "name": "via-gateway",
-            "product_id": "serverless.cpu",
-            "image": "localhost/dockyard-worker:1",
-            "ports": [8080],
-            "worker_config": {"min_replicas": 0, "max_replicas": 1, "idle_timeout": 60, "request_timeout": 60},
-        }
-        api = httpx.Client(base_url=server_url, headers=auth, timeout=30)
-        endpoint_id = api.post("/gpus/v2/endpoints", json=body).json()["id"]
+        api, endpoint_id = sync_endpoint(server_url, min_replicas=0, idle_timeout=60)
+        auth = {"Authorization": api.headers["Authorization"]}
 
         with serving(create_gateway_app(settings)) as gateway_url:
             health = httpx.get(f"{gateway_url}/healthz").json()
@@ -115,6 +124,43 @@ def test_a_standalone_gateway_serves_an_endpoint_from_zero(settings: Settings, c
         assert scaled, events
         # The server's own gateway saw no request: the queued one it counted is the stand-alone gateway's report.
         assert "1 queued" in scaled[-1]
+        api.close()
+
+
+def test_a_worker_drained_while_a_standalone_gateway_holds_its_request_answers_it_first(
+    settings: Settings, cleanup: list[str]
+) -> None:
+    """Scaled to zero while the only worker runs a request that came through `dockyard gateway`: the server's own
+    table holds nothing, but the worker is removed only once that gateway's report no longer lists it."""
+    server_app = create_app(settings)
+    with serving(server_app) as server_url:
+        cleanup.append(server_app.state.context.installation_id)
+        api, endpoint_id = sync_endpoint(server_url, min_replicas=1)
+        auth = {"Authorization": api.headers["Authorization"]}
+
+        def workers() -> list[dict[str, Any]]:
+            listed: list[dict[str, Any]] = api.get(f"/gpus/v2/endpoints/{endpoint_id}").json()["workers"]
+            return listed
+
+        wait_for("a ready worker", lambda: [w["status"]["status"] for w in workers()] == ["ready"], deadline=60)
+
+        with serving(create_gateway_app(settings)) as gateway_url:
+            gateway = httpx.Client(base_url=gateway_url, headers=auth, timeout=30)
+            wait_for("the gateway routing", lambda: gateway.post(f"/{endpoint_id}/echo").status_code == 200)
+            in_flight = f'dockyard_gateway_in_flight{{endpoint="{endpoint_id}"}} 1.0'
+            with ThreadPoolExecutor(1) as pool:
+                slow = pool.submit(gateway.get, f"/{endpoint_id}/sleep?s=3")
+                wait_for("the request at the worker", lambda: in_flight in gateway.get("/metrics").text)
+                time.sleep(3 * settings.gateway_report_interval)  # reported: the server's reads see it held
+                scaled = api.put(
+                    f"/gpus/v2/endpoints/{endpoint_id}", json={"worker_config": {"min_replicas": 0, "max_replicas": 0}}
+                )
+                assert scaled.status_code == 200, scaled.text
+                wait_for("the worker draining", lambda: [w["status"]["status"] for w in workers()] == ["draining"], 30)
+                answer = slow.result(timeout=30)
+            assert answer.status_code == 200, answer.text
+            wait_for("the drained worker removed", lambda: workers() == [], deadline=30)
+            gateway.close()
         api.close()
 
 

@@ -1,8 +1,9 @@
-"""Helpers for the containers reconciler tests: containers made through the real API, rows read back from
-the real database, and a simulated GPU inventory on the local node."""
+"""Helpers for the reconciler tests: containers made through the real API, rows read back from the real
+database, a simulated GPU inventory on the local node, and the reconcilers over the in-memory runtime."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -12,6 +13,7 @@ from sqlalchemy import select
 from dockyard.db.models import ContainerModel, EventModel, NodeModel
 from dockyard.gpus.inventory import simulated_inventory
 from dockyard.reconcilers.containers import ContainerReconciler
+from dockyard.reconcilers.endpoints import EndpointReconciler
 from dockyard.services.bootstrap import LOCAL_IDC, local_node_id, record_inventory
 from tests.conftest import Harness
 from tests.fakes import FakeRuntime
@@ -80,3 +82,15 @@ def reconciler(harness: Harness) -> ContainerReconciler:
     harness.context.settings.missing_debounce_seconds = 0.3
     harness.context.settings.zombie_grace_seconds = 0.3
     return ContainerReconciler(harness.context)
+
+
+@pytest.fixture
+async def endpoints(harness: Harness) -> AsyncIterator[EndpointReconciler]:
+    """The endpoint reconciler with its scheduled probes far apart: the tests drive readiness themselves."""
+    settings = harness.context.settings
+    settings.worker_probe_interval = 600
+    settings.health_check_interval = 600
+    settings.zombie_grace_seconds = 0.3
+    reconciler = EndpointReconciler(harness.context)
+    yield reconciler
+    await reconciler.close()

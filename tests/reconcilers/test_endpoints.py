@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select, update
 
 from dockyard.core.status import ContainerStatus, EndpointStatus, WorkerStatus
@@ -36,17 +34,6 @@ from tests.fakes import FakeRuntime
 from tests.reconcilers.conftest import BUSYBOX, H100, make_containers, make_template, must_row, simulate_gpus
 
 URL = "/gpus/v2/endpoints"
-
-
-@pytest.fixture
-async def endpoints(harness: Harness) -> AsyncIterator[EndpointReconciler]:
-    settings = harness.context.settings
-    settings.worker_probe_interval = 600
-    settings.health_check_interval = 600
-    settings.zombie_grace_seconds = 0.3
-    reconciler = EndpointReconciler(harness.context)
-    yield reconciler
-    await reconciler.close()
 
 
 async def make_endpoint(

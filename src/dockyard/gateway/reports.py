@@ -7,6 +7,10 @@ at once when a request reaches an endpoint with no ready worker there. `remote_f
 fresher than `REPORT_MAX_AGE_INTERVALS` intervals; gateway/load.py sums them with the rest. A gateway that
 stopped stops reporting and its last figures age out; nothing has to clean up after it.
 
+A report lists the workers its gateway routes to (ready there) or holds requests on, which is what the endpoint
+reconciler needs before it removes a draining worker (`held_elsewhere()`): a gateway learns of a drain at its
+next sync, so until its report leaves the worker out it may still send it requests.
+
 The database carries figures, never requests: a request still never waits on the database.
 """
 
@@ -86,6 +90,16 @@ async def remote_figures(session: AsyncSession, interval: float) -> list[Endpoin
         )
         for row in rows
     ]
+
+
+def held_elsewhere(parts: Iterable[EndpointFigures]) -> dict[str, int]:
+    """Worker id -> the requests stand-alone gateways hold on it, for every worker their reports list: one a
+    gateway still routes to (0 when it holds none there) or holds requests on."""
+    held: dict[str, int] = defaultdict(int)
+    for figures in parts:
+        for worker in figures.workers:
+            held[worker.worker_id] += worker.in_flight
+    return dict(held)
 
 
 class Reporter:

@@ -42,7 +42,9 @@ One pass:
      container, record `starting` with its published ports, and hand it to the prober. A `RuntimeFailure`
      (a missing image) fails the worker with the runtime's sentence and removes the half-made container.
    - *Drain*: `routes.worker_draining` stops new requests; once the worker holds none (or after
-     `worker_drain_timeout`) it goes `stopping`, its container is removed and its row deleted.
+     `worker_drain_timeout`) it goes `stopping`, its container is removed and its row deleted. "None" counts
+     every gateway: this process's table, and the stand-alone gateways' reports, read at the start of the pass,
+     which must no longer list the worker (one that does has not seen the drain yet and may still route to it).
    - *Crash loop*: while workers of the current generation keep failing before they ever become ready, each
      next start waits (2 s, doubling, at most 5 min; a timer wakes the loop, nothing spins). After three such
      failures in a row the endpoint is `failed` with the last worker's reason; it leaves `failed` when a
@@ -79,6 +81,7 @@ from dockyard.core.status import DesiredState, EndpointStatus, WorkerStatus
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
 from dockyard.gateway.prober import HealthProber
+from dockyard.gateway.reports import held_elsewhere, remote_figures
 from dockyard.gateway.sync import forget_others, publish_worker
 from dockyard.gpus.allocation import load_inventory
 from dockyard.metrics_registry import per_registry
@@ -161,6 +164,7 @@ class EndpointReconciler:
             workers = list(await session.scalars(select(WorkerModel).order_by(WorkerModel.created_at, WorkerModel.id)))
             products = {p.id: p for p in await session.scalars(select(ProductModel))}
             inventory = await load_inventory(session)
+            remote = held_elsewhere(await remote_figures(session, self.context.settings.gateway_report_interval))
         objects, idc_of, unreachable = await self._observe()
         by_endpoint: dict[str, list[WorkerModel]] = defaultdict(list)
         for worker in workers:
@@ -173,6 +177,7 @@ class EndpointReconciler:
             box=self.context.box,
             now=utcnow(),
             routes=self.context.routes,
+            remote=remote,
             prober=self.prober,
             products=products,
             inventory=inventory,
@@ -241,7 +246,7 @@ class EndpointReconciler:
         tasks = {worker.id: WorkerTask(state, endpoint, worker, runtime) for worker in workers}
         await self._each(state, (task.observe() for task in tasks.values()))
         wanted = wanted_replicas(endpoint, deleted)
-        decided = plan(endpoint, workers, wanted, deleted, state.routes)
+        decided = plan(endpoint, workers, wanted, deleted, state)
         for worker in await self._add(endpoint, decided.add):
             tasks[worker.id] = WorkerTask(state, endpoint, worker, runtime)
             decided.start.append(worker)

@@ -96,6 +96,9 @@ class PassState:
     box: SecretBox
     now: datetime
     routes: RouteTable
+    # Worker id -> requests the stand-alone gateways hold on it, for every worker their fresh reports list (read
+    # at the start of the pass; gateway/reports.py `held_elsewhere`).
+    remote: dict[str, int]
     prober: HealthProber
     products: dict[str, ProductModel]
     inventory: list[NodeInventory]
@@ -107,6 +110,10 @@ class PassState:
     limit: asyncio.Semaphore
     wake: Callable[[], None]  # ask for another pass soon
     container_start: Histogram  # seconds from a worker being wanted to its container running, by endpoint
+
+    def held(self, endpoint_id: str, worker_id: str) -> int:
+        """Requests the worker holds in every gateway: this process's table now, the stand-alone ones' reports."""
+        return self.routes.in_flight(endpoint_id, worker_id) + self.remote.get(worker_id, 0)
 
     def crash_loop(self, endpoint: EndpointModel) -> CrashLoop:
         loop = self.crash_loops.get(endpoint.id)
@@ -262,14 +269,22 @@ class WorkerTask:
         drain timeout; a stopping one (a retirement cut short) is retired again."""
         worker = self.worker
         if worker.status == WorkerStatus.DRAINING:
-            busy = self.state.routes.in_flight(self.endpoint.id, worker.id)
             if self.is_async:
                 async with self.state.db.read() as session:
-                    busy = await held_jobs(session, worker.id)
+                    busy, routed = await held_jobs(session, worker.id), False
+            else:
+                # A stand-alone gateway that still lists the worker has not yet seen the drain: it may still send
+                # it requests, so the worker stays until its report leaves it out.
+                busy, routed = self.state.held(self.endpoint.id, worker.id), worker.id in self.state.remote
             timeout = timedelta(seconds=self.state.settings.worker_drain_timeout)
-            if busy and self.state.now - worker.modified_at < timeout:
+            if (busy or routed) and self.state.now - worker.modified_at < timeout:
                 return
-            reason = "stopping: drained" if not busy else f"stopping: still held {busy} request(s) at the drain timeout"
+            if busy:
+                reason = f"stopping: still held {busy} request(s) at the drain timeout"
+            elif routed:
+                reason = "stopping: a stand-alone gateway still routed to it at the drain timeout"
+            else:
+                reason = "stopping: drained"
             if not await self.apply(status=WorkerStatus.STOPPING, reason=reason):
                 return
         await self.retire("WorkerRemoved", "drained and removed")
@@ -435,11 +450,11 @@ def wanted_replicas(endpoint: EndpointModel, deleted: bool) -> int:
     return max(low, min(endpoint.desired_replicas, high))
 
 
-def plan(endpoint: EndpointModel, workers: list[WorkerModel], wanted: int, deleted: bool, routes: RouteTable) -> Plan:
+def plan(endpoint: EndpointModel, workers: list[WorkerModel], wanted: int, deleted: bool, state: PassState) -> Plan:
     """Scale the current generation to `wanted`; roll older generations out only as new workers become ready
     (old ready workers kept >= wanted - new ready), so no request finds the endpoint without a ready worker.
     Surplus goes in the order that loses least: pending, then starting, then ready ones holding the fewest
-    requests and idle longest."""
+    requests (in every gateway) and idle longest (in this process's)."""
     result = Plan()
     live = [w for w in workers if is_live(w)]
     if deleted:
@@ -448,7 +463,7 @@ def plan(endpoint: EndpointModel, workers: list[WorkerModel], wanted: int, delet
         current = [w for w in live if w.generation == endpoint.generation]
         surplus = len(current) - wanted
         if surplus > 0:
-            result.drain += [(w, "scale down") for w in _least_useful(endpoint.id, current, routes)[:surplus]]
+            result.drain += [(w, "scale down") for w in _least_useful(endpoint.id, current, state)[:surplus]]
         result.add = max(0, -surplus)
         drained = {w.id for w, _ in result.drain}
         new_ready = sum(1 for w in current if w.status == WorkerStatus.READY and w.id not in drained)
@@ -456,7 +471,7 @@ def plan(endpoint: EndpointModel, workers: list[WorkerModel], wanted: int, delet
         keep = max(0, wanted - new_ready)
         old_ready = [w for w in old if w.status == WorkerStatus.READY]
         rolled = [w for w in old if w.status != WorkerStatus.READY]
-        rolled += _least_useful(endpoint.id, old_ready, routes)[: max(0, len(old_ready) - keep)]
+        rolled += _least_useful(endpoint.id, old_ready, state)[: max(0, len(old_ready) - keep)]
         result.drain += [(w, "rolled to the new template") for w in rolled]
         result.start = [w for w in current if w.status == WorkerStatus.PENDING and w.id not in drained]
     result.settle = [w for w in workers if w.status in (WorkerStatus.DRAINING, WorkerStatus.STOPPING)]
@@ -471,12 +486,14 @@ def to_reap(workers: list[WorkerModel], deleted: bool) -> list[WorkerModel]:
     return failed if deleted else failed[KEEP_FAILED:]
 
 
-def _least_useful(endpoint_id: str, workers: list[WorkerModel], routes: RouteTable) -> list[WorkerModel]:
+def _least_useful(endpoint_id: str, workers: list[WorkerModel], state: PassState) -> list[WorkerModel]:
     order = {WorkerStatus.PENDING: 0, WorkerStatus.STARTING: 1, WorkerStatus.READY: 2}
-    idle = {f.worker_id: f.idle_for for e in routes.figures() if e.endpoint_id == endpoint_id for f in e.workers}
+    route = state.routes.get(endpoint_id)
+    dispatcher = route.dispatcher if route is not None else None
 
     def key(worker: WorkerModel) -> tuple[int, int, float, float]:
         newest_first = -worker.created_at.timestamp()
-        return order[worker.status], routes.in_flight(endpoint_id, worker.id), -idle.get(worker.id, 0.0), newest_first
+        idle = dispatcher.idle_for(worker.id) if dispatcher is not None else 0.0
+        return order[worker.status], state.held(endpoint_id, worker.id), -idle, newest_first
 
     return sorted(workers, key=key)

@@ -1,0 +1,114 @@
+"""A worker's drain and the scale-down choice across gateways: the stand-alone gateways' reports (written by their
+real `Reporter` into the real database) count with the server's own routing table."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AbstractAsyncContextManager
+
+from dockyard.core.status import WorkerStatus
+from dockyard.gateway.reports import Reporter
+from dockyard.gateway.routes import RouteTable
+from dockyard.reconcilers.endpoints import EndpointReconciler
+from dockyard.services.worker_runspec import worker_address
+from tests.conftest import Harness
+from tests.fakes import FakeRuntime
+from tests.reconcilers.test_endpoints import all_ready, make_endpoint, set_desired, worker_objects, workers_of
+
+
+async def standalone_gateway(harness: Harness, endpoint_id: str, worker_ids: list[str]) -> tuple[RouteTable, Reporter]:
+    """A stand-alone gateway's table, routing to the given workers as its sync would, and its reporter."""
+    route = harness.context.routes.get(endpoint_id)
+    assert route is not None
+    table = RouteTable()
+    table.configure([route.config])
+    for worker_id in worker_ids:
+        table.worker_ready(endpoint_id, worker_id, route.addresses[worker_id])
+    return table, Reporter(harness.context.db, table, "gateway-1", harness.context.settings.gateway_report_interval)
+
+
+async def hold(table: RouteTable, endpoint_id: str) -> tuple[str, AbstractAsyncContextManager[str]]:
+    """One request held by the table: the worker it went to, and its lease."""
+    route = table.get(endpoint_id)
+    assert route is not None
+    lease = route.dispatcher.acquire(asyncio.get_running_loop().time() + 30)
+    return await lease.__aenter__(), lease
+
+
+async def test_a_draining_worker_stays_while_a_standalone_gateway_routes_to_it_or_holds_its_requests(
+    harness: Harness, endpoints: EndpointReconciler, runtime: FakeRuntime
+) -> None:
+    endpoint_id = await make_endpoint(harness.client)
+    await set_desired(harness, endpoint_id, 1)
+    await endpoints.reconcile_once()
+    (worker,) = await all_ready(harness, endpoints, endpoint_id)
+    table, reporter = await standalone_gateway(harness, endpoint_id, [worker.id])
+    await reporter.report_once()
+
+    # The server's own table holds nothing, but the other gateway has not seen the drain: it still routes there.
+    await set_desired(harness, endpoint_id, 0)
+    await endpoints.reconcile_once()
+    await endpoints.reconcile_once()
+    assert [w.status for w in await workers_of(harness, endpoint_id)] == [WorkerStatus.DRAINING]
+
+    # It has seen the drain (its sync) but still holds a request there.
+    held, lease = await hold(table, endpoint_id)
+    assert held == worker.id
+    table.worker_draining(endpoint_id, worker.id)
+    await reporter.report_once()
+    await endpoints.reconcile_once()
+    assert [w.status for w in await workers_of(harness, endpoint_id)] == [WorkerStatus.DRAINING]
+    assert len(worker_objects(runtime)) == 1
+
+    # The request ends and the next report leaves the worker out: it goes.
+    await lease.__aexit__(None, None, None)
+    await reporter.report_once()
+    await endpoints.reconcile_once()
+    assert await workers_of(harness, endpoint_id) == []
+    assert worker_objects(runtime) == []
+
+
+async def test_a_worker_a_standalone_gateway_keeps_listing_is_removed_at_the_drain_timeout(
+    harness: Harness, endpoints: EndpointReconciler, runtime: FakeRuntime
+) -> None:
+    harness.context.settings.worker_drain_timeout = 0.3
+    endpoint_id = await make_endpoint(harness.client)
+    await set_desired(harness, endpoint_id, 1)
+    await endpoints.reconcile_once()
+    (worker,) = await all_ready(harness, endpoints, endpoint_id)
+    _, reporter = await standalone_gateway(harness, endpoint_id, [worker.id])
+    await reporter.report_once()
+    await set_desired(harness, endpoint_id, 0)
+    await endpoints.reconcile_once()
+    assert [w.status for w in await workers_of(harness, endpoint_id)] == [WorkerStatus.DRAINING]
+    await asyncio.sleep(0.35)
+    await reporter.report_once()  # still fresh, still listing it
+    await endpoints.reconcile_once()
+    assert await workers_of(harness, endpoint_id) == []
+    assert worker_objects(runtime) == []
+
+
+async def test_scale_down_keeps_the_worker_busy_in_a_standalone_gateway(
+    harness: Harness, endpoints: EndpointReconciler
+) -> None:
+    endpoint_id = await make_endpoint(harness.client)
+    await set_desired(harness, endpoint_id, 2)
+    await endpoints.reconcile_once()
+    workers = await all_ready(harness, endpoints, endpoint_id)
+    route = harness.context.routes.get(endpoint_id)
+    assert route is not None
+    # In the server's own table one worker was busy a moment ago, so the other, idle longest, would go first.
+    busy_here, lease = await hold(harness.context.routes, endpoint_id)
+    await lease.__aexit__(None, None, None)
+    (idle_longest,) = [w.id for w in workers if w.id != busy_here]
+    assert route.dispatcher.idle_for(idle_longest) > route.dispatcher.idle_for(busy_here)
+    # But a stand-alone gateway holds a request on it.
+    table, reporter = await standalone_gateway(harness, endpoint_id, [idle_longest])
+    assert (await hold(table, endpoint_id))[0] == idle_longest
+    await reporter.report_once()
+
+    await set_desired(harness, endpoint_id, 1)
+    await endpoints.reconcile_once()
+    kept = [w for w in await workers_of(harness, endpoint_id) if not w.drain]
+    assert [w.id for w in kept] == [idle_longest]
+    assert worker_address(kept[0].published_ports) == route.addresses[idle_longest]
