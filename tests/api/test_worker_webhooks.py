@@ -215,6 +215,28 @@ async def test_held_take_is_woken_by_a_queued_job(harness: Harness, raw: httpx.A
     assert answer.json()["id"] == job_id
 
 
+async def test_a_job_queued_while_a_take_reads_the_queue_wakes_it(
+    harness: Harness, raw: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wake-up that comes between the take's read (an empty queue) and its wait is not lost."""
+    harness.context.settings.job_take_wait_seconds = 30.0
+    endpoint_id = await async_endpoint(harness)
+    worker = await add_worker(harness, raw, endpoint_id)
+    read_queue = service._take_now
+    submitted: list[str] = []
+
+    async def read_then_submit(context: Any, taker: WorkerModel, count: int) -> list[dict[str, Any]]:
+        taken = await read_queue(context, taker, count)
+        if not submitted:
+            submitted.extend(await submit(harness, endpoint_id, 1))  # committed and announced before the wait
+        return taken
+
+    monkeypatch.setattr(service, "_take_now", read_then_submit)
+    answer = await asyncio.wait_for(worker.take(), timeout=10)  # well inside the 30 s wait: woken, not timed out
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["id"] == submitted[0]
+
+
 async def test_concurrent_takers_never_share_a_job(harness: Harness, raw: httpx.AsyncClient) -> None:
     endpoint_id = await async_endpoint(harness)
     workers = [await add_worker(harness, raw, endpoint_id) for _ in range(5)]

@@ -7,8 +7,11 @@ waiter that times out, or was woken by a change that is not the one it wanted, s
 again, so a missed or spurious signal costs at most one wait, never a wrong answer (and across processes,
 where no signal reaches, every wait is bounded and ends in a read).
 
-Contract: `wait_queued(endpoint_id, timeout)` and `wait_changed(job_id, timeout)` return True when signalled
-within `timeout` seconds, False otherwise; both must run on the loop the notifications are made on.
+Contract: `watch_queued(endpoint_id)` and `watch_changed(job_id)` register a `Watch` at once; made before the
+read it guards, a notification committed after that read is never missed, even when it comes before
+`Watch.wait(timeout)`, which returns True when notified within `timeout` seconds (or before), False otherwise.
+`wait_queued` and `wait_changed` are a watch and its wait in one call. All of it runs on the loop the
+notifications are made on.
 """
 
 from __future__ import annotations
@@ -16,32 +19,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from types import TracebackType
+
+_Waiters = defaultdict[str, set[asyncio.Event]]
+
+
+class Watch:
+    """One registration for a key; see the module docstring. Leaving its `with` block ends it."""
+
+    __slots__ = ("_event", "_key", "_waiters")
+
+    def __init__(self, waiters: _Waiters, key: str) -> None:
+        self._waiters = waiters
+        self._key = key
+        self._event = asyncio.Event()
+        waiters[key].add(self._event)
+
+    async def wait(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        return self._event.is_set()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        remaining = self._waiters.get(self._key)
+        if remaining is not None:
+            remaining.discard(self._event)
+            if not remaining:
+                del self._waiters[self._key]
 
 
 class JobSignals:
     def __init__(self) -> None:
-        self._queued: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
-        self._changed: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._queued: _Waiters = defaultdict(set)
+        self._changed: _Waiters = defaultdict(set)
 
     @staticmethod
-    def _notify(waiters: defaultdict[str, set[asyncio.Event]], key: str) -> None:
+    def _notify(waiters: _Waiters, key: str) -> None:
         for event in waiters.pop(key, ()):
             event.set()
-
-    @staticmethod
-    async def _wait(waiters: defaultdict[str, set[asyncio.Event]], key: str, timeout: float) -> bool:
-        event = asyncio.Event()
-        waiters[key].add(event)
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
-            return event.is_set()
-        finally:
-            remaining = waiters.get(key)
-            if remaining is not None:
-                remaining.discard(event)
-                if not remaining:
-                    del waiters[key]
 
     def notify_queued(self, endpoint_id: str) -> None:
         """A job of `endpoint_id` entered its queue (submitted, retried, or put back after a lost lease)."""
@@ -51,8 +71,16 @@ class JobSignals:
         """Job `job_id` changed: it finished, was cancelled, or streamed a part."""
         self._notify(self._changed, job_id)
 
+    def watch_queued(self, endpoint_id: str) -> Watch:
+        return Watch(self._queued, endpoint_id)
+
+    def watch_changed(self, job_id: str) -> Watch:
+        return Watch(self._changed, job_id)
+
     async def wait_queued(self, endpoint_id: str, timeout: float) -> bool:
-        return await self._wait(self._queued, endpoint_id, timeout)
+        with self.watch_queued(endpoint_id) as watch:
+            return await watch.wait(timeout)
 
     async def wait_changed(self, job_id: str, timeout: float) -> bool:
-        return await self._wait(self._changed, job_id, timeout)
+        with self.watch_changed(job_id) as watch:
+            return await watch.wait(timeout)

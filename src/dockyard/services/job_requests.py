@@ -214,14 +214,12 @@ async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> 
     deadline = loop.time() + wait_seconds
     while True:
         remaining = deadline - loop.time()
-        # Registered before the read: a finish committed after the read still wakes this wait.
-        waiter = asyncio.create_task(context.job_signals.wait_changed(job_id, min(max(remaining, 0), _WAIT_SLICE)))
-        await asyncio.sleep(0)
-        view = await _read_view(context, job_id)
-        if view is None or JobStatus(view["status"]).final or remaining <= 0:
-            waiter.cancel()
-            return view
-        await waiter
+        # Watched before the read: a finish committed after the read still wakes this wait.
+        with context.job_signals.watch_changed(job_id) as changed:
+            view = await _read_view(context, job_id)
+            if view is None or JobStatus(view["status"]).final or remaining <= 0:
+                return view
+            await changed.wait(min(remaining, _WAIT_SLICE))
 
 
 async def run_sync(

@@ -140,14 +140,16 @@ async def take(
     while True:
         if waited and gone is not None and await gone():
             return []
-        taken = await _take_now(context, worker, count)
-        if taken:
-            context.job_signals.notify_changed(_held_key(worker.id))
-            return taken
-        left = deadline - loop.time()
-        if left <= 0:
-            return []
-        await context.job_signals.wait_queued(worker.endpoint_id, left)
+        # Watched before the read: a job queued while the read runs wakes the wait below at once.
+        with context.job_signals.watch_queued(worker.endpoint_id) as queued:
+            taken = await _take_now(context, worker, count)
+            if taken:
+                context.job_signals.notify_changed(_held_key(worker.id))
+                return taken
+            left = deadline - loop.time()
+            if left <= 0:
+                return []
+            await queued.wait(left)
         waited = True
 
 
