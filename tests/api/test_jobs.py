@@ -193,7 +193,9 @@ async def test_cancel_running_tells_the_worker_and_final_is_unchanged(
     taken = await take(harness, endpoint_id)
     assert taken is not None
     assert taken.id == running
-    answer = await client.post(f"/v2/{endpoint_id}/cancel/{running}")
+    with harness.context.job_signals.watch_worker("w1") as told:
+        answer = await client.post(f"/v2/{endpoint_id}/cancel/{running}")
+        assert await told.wait(0)  # the worker's held job-stop poll is woken
     assert answer.json()["status"] == "CANCELLED"
     row = await must_job(harness, running)
     assert row.cancel_requested is True

@@ -401,16 +401,37 @@ async def test_stop_signal_for_a_cancelled_job_is_answered_once(harness: Harness
     held = asyncio.create_task(worker.stop_signals())
     await asyncio.sleep(0.3)
     assert not held.done()
-    row = await job(harness, job_id)
-    values = jobs.finish_values(row, JobStatus.CANCELLED, now=utcnow(), outcome="cancelled by the client")
-    await set_job(harness, job_id, **values, cancel_requested=True)
-    harness.context.job_signals.notify_changed(job_id)  # as the client API's cancel does after its commit
-    answer = await asyncio.wait_for(held, timeout=10)
+    cancelled = await harness.client.post(f"/v2/{endpoint_id}/cancel/{job_id}")  # the client API's cancel
+    assert cancelled.json()["status"] == "CANCELLED", cancelled.text
+    answer = await asyncio.wait_for(held, timeout=10)  # well inside the 30 s wait: woken, not timed out
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"jobsToStop": [job_id]}
     assert not (await job(harness, job_id)).cancel_requested
     harness.context.settings.job_take_wait_seconds = 0.2
     assert (await worker.stop_signals()).status_code == 204
+
+
+async def test_a_job_cancelled_while_a_stop_poll_reads_wakes_it(
+    harness: Harness, raw: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wake-up that comes between the job-stop poll's read (nothing flagged) and its wait is not lost."""
+    harness.context.settings.job_take_wait_seconds = 30.0
+    endpoint_id = await async_endpoint(harness)
+    worker = await add_worker(harness, raw, endpoint_id, sdk="RUNPOD")
+    [job_id] = await submit(harness, endpoint_id, 1)
+    await worker.take()
+    read_flags = service._stops_now
+
+    async def read_then_cancel(context: Any, holder: WorkerModel) -> list[str]:
+        stop = await read_flags(context, holder)
+        if not stop and (await job(harness, job_id)).status == JobStatus.IN_PROGRESS:
+            await harness.client.post(f"/v2/{endpoint_id}/cancel/{job_id}")  # committed and announced
+        return stop
+
+    monkeypatch.setattr(service, "_stops_now", read_then_cancel)
+    answer = await asyncio.wait_for(worker.stop_signals(), timeout=10)  # inside the 30 s wait: woken
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"jobsToStop": [job_id]}
 
 
 async def test_keys_open_only_their_own_worker(harness: Harness, raw: httpx.AsyncClient) -> None:

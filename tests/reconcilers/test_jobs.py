@@ -84,14 +84,15 @@ async def test_execution_timeout(harness: Harness, client: httpx.AsyncClient, re
     job_id = await submit(client, endpoint_id, {"input": 1, "policy": {"executionTimeout": 2000}})
     await take(harness, endpoint_id, "w1")
     await set_job(harness, job_id, started_at=utcnow() - timedelta(seconds=3))
-    changed = asyncio.create_task(harness.context.job_signals.wait_changed(job_id, 5.0))
-    await asyncio.sleep(0)
-    await reaper.reconcile_once()
+    signals = harness.context.job_signals
+    with signals.watch_changed(job_id) as changed, signals.watch_worker("w1") as told:
+        await reaper.reconcile_once()
+        assert await changed.wait(0)
+        assert await told.wait(0)  # its worker's held job-stop poll is woken
     row = await must_job(harness, job_id)
     assert (row.status, row.cancel_requested) == (JobStatus.TIMED_OUT, True)
     assert row.error == "ran past its execution timeout of 2 s on worker w1"
     assert row.history[-1]["outcome"] == "timed out"
-    assert await changed is True
 
 
 async def test_ttl_purge(harness: Harness, client: httpx.AsyncClient, reaper: JobReaper) -> None:

@@ -95,6 +95,7 @@ class JobReaper:
         if not decided:
             return
         changed: list[str] = []
+        flagged: set[str] = set()  # workers told to stop a job they hold
         requeued: set[str] = set()
         wake = False
         async with self.context.db.write() as session:
@@ -107,9 +108,13 @@ class JobReaper:
                 else:
                     changed.append(job.id)
                     wake = wake or bool(job.webhook)
+                    if values.get("cancel_requested"):
+                        flagged.add(job.worker_id)
         signals = self.context.job_signals
         for job_id in changed:
             signals.notify_changed(job_id)
+        for worker_id in flagged:
+            signals.notify_worker(worker_id)
         for endpoint_id in requeued:
             signals.notify_queued(endpoint_id)
         if wake:

@@ -297,21 +297,23 @@ async def cancel(
     to stop at its next ping or job-done; a finished one is answered unchanged."""
     owner = (await async_endpoint(session, principal, endpoint_id)).id  # a string: a rollback expires rows
 
-    async def change() -> tuple[dict[str, Any], bool]:
+    async def change() -> tuple[dict[str, Any], bool, str]:
         job = await _job(session, owner, job_id)
         if job.status.final:
-            return job_view(job), False
-        running = job.status == JobStatus.IN_PROGRESS
+            return job_view(job), False, ""
+        holder = job.worker_id if job.status == JobStatus.IN_PROGRESS else ""
         values = finish_values(job, JobStatus.CANCELLED, now=utcnow(), outcome="cancelled by the client")
-        for name, value in {**values, "cancel_requested": running}.items():
+        for name, value in {**values, "cancel_requested": bool(holder)}.items():
             setattr(job, name, value)
         await session.flush()
         view = job_view(job)
         await session.commit()
-        return view, bool(job.webhook)
+        return view, bool(job.webhook), holder
 
-    view, changed = await _guarded(session, change)
+    view, changed, holder = await _guarded(session, change)
     context.job_signals.notify_changed(job_id)
+    if holder:
+        context.job_signals.notify_worker(holder)  # its held job-stop poll answers now
     if changed:
         context.wake(LOOP)
     return view

@@ -29,9 +29,9 @@ exactly one worker's webhooks and only its endpoint's jobs (an unknown key is 40
 - **job-stop** (`stop_signals`, runpod only: the SDK derives it from the job-take URL): the jobs this worker
   holds whose `cancel_requested` is set (a client cancel or the reaper's timeout already made them `CANCELLED`
   or `TIMED_OUT`) are answered once as `{"jobsToStop": [...]}` and the flag is cleared (the SDK would otherwise
-  poll again at once, forever). The poll is held open like a take, woken by a change to a job the worker holds
-  or by the worker taking one. The `ppio-gpus` SDK has no stop channel: a cancelled job it runs
-  stays `CANCELLED` and its late result is ignored as above.
+  poll again at once, forever). The poll is held open like a take, woken when one of its jobs is flagged. The
+  `ppio-gpus` SDK has no stop channel: a cancelled job it runs stays `CANCELLED` and its late result is ignored
+  as above.
 
 Every call is proof the worker is alive: `last_seen_at` is stamped (at most once a second, without bumping the
 row's version or `modified_at`, which the reconciler's guarded writes and drain timeout rely on), and a
@@ -57,7 +57,6 @@ from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import JobModel, JobStreamModel, WorkerModel
 from dockyard.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
-from dockyard.gateway.job_signals import JobSignals
 from dockyard.secrets import hash_api_key
 from dockyard.services import events, jobs
 from dockyard.services.endpoints import LOOP
@@ -114,11 +113,6 @@ async def _seen(context: ServerContext, worker: WorkerModel) -> None:
     worker.last_seen_at = now
 
 
-def _held_key(worker_id: str) -> str:
-    """The `job_signals` key a take notifies, so a held job-stop poll starts watching the jobs just taken."""
-    return f"worker:{worker_id}"
-
-
 def _input(text: str) -> Any:
     try:
         return json.loads(text)
@@ -144,7 +138,7 @@ async def take(
         with context.job_signals.watch_queued(worker.endpoint_id) as queued:
             taken = await _take_now(context, worker, count)
             if taken:
-                context.job_signals.notify_changed(_held_key(worker.id))
+                context.job_signals.notify_worker(worker.id)
                 return taken
             left = deadline - loop.time()
             if left <= 0:
@@ -357,25 +351,27 @@ async def stop_signals(context: ServerContext, worker: WorkerModel) -> list[str]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + context.settings.job_take_wait_seconds
     while True:
-        try:
-            stop, held = await _stops_now(context, worker)
-        except StaleDataError:  # a flagged job changed under the write: read again while there is time
-            stop, held = [], []
-            if loop.time() < deadline:
-                continue
-        if stop:
-            for job_id in stop:
-                context.job_signals.notify_changed(job_id)
-            return stop
-        left = deadline - loop.time()
-        if left <= 0:
-            return []
-        await _wait_any(context.job_signals, [*held, _held_key(worker.id)], left)
+        # Watched before the read: a job flagged while the read runs wakes the wait below at once.
+        with context.job_signals.watch_worker(worker.id) as flagged:
+            try:
+                stop = await _stops_now(context, worker)
+            except StaleDataError:  # a flagged job changed under the write: read again while there is time
+                stop = []
+                if loop.time() < deadline:
+                    continue
+            if stop:
+                for job_id in stop:
+                    context.job_signals.notify_changed(job_id)
+                return stop
+            left = deadline - loop.time()
+            if left <= 0:
+                return []
+            await flagged.wait(left)
 
 
-async def _stops_now(context: ServerContext, worker: WorkerModel) -> tuple[list[str], list[str]]:
-    """(jobs to stop, now cleared of their flag; jobs the worker still holds). A flagged job was already made
-    CANCELLED or TIMED_OUT by whoever flagged it (services/job_requests.py, reconcilers/jobs.py)."""
+async def _stops_now(context: ServerContext, worker: WorkerModel) -> list[str]:
+    """The jobs to stop, now cleared of their flag. A flagged job was already made CANCELLED or TIMED_OUT by
+    whoever flagged it (services/job_requests.py, reconcilers/jobs.py), who then notified the worker."""
     async with context.db.write() as session:
         flagged = list(
             await session.scalars(
@@ -388,23 +384,7 @@ async def _stops_now(context: ServerContext, worker: WorkerModel) -> tuple[list[
         )
         for job in flagged:
             job.cancel_requested = False
-        await session.flush()  # before the read below, and so that a stale row raises here
-        held = list(
-            await session.scalars(
-                select(JobModel.id).where(JobModel.worker_id == worker.id, JobModel.status == JobStatus.IN_PROGRESS)
-            )
-        )
-    return [job.id for job in flagged], held
-
-
-async def _wait_any(signals: JobSignals, keys: list[str], timeout: float) -> None:
-    waits = [asyncio.ensure_future(signals.wait_changed(key, timeout)) for key in keys]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
+    return [job.id for job in flagged]
 
 
 async def held_jobs(session: AsyncSession, worker_id: str) -> int:
