@@ -323,8 +323,11 @@ async def test_runsync_answers_when_finished_elsewhere(harness: Harness, client:
     endpoint_id = await make_endpoint(client)
 
     async def worker() -> None:
-        while (job := await take(harness, endpoint_id)) is None:
-            await harness.context.job_signals.wait_queued(endpoint_id, 1.0)
+        while True:
+            with harness.context.job_signals.watch_queued(endpoint_id) as queued:
+                if (job := await take(harness, endpoint_id)) is not None:
+                    break
+                await queued.wait(1.0)
         await finish(harness, job.id, JobStatus.COMPLETED, output={"sum": 3})
 
     worker_task = asyncio.create_task(worker())

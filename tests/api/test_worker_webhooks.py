@@ -266,12 +266,10 @@ async def test_done_as_the_sdk_posts_it_completes_the_job(harness: Harness, raw:
     worker = await add_worker(harness, raw, endpoint_id, sdk="RUNPOD")
     [job_id] = await submit(harness, endpoint_id, 1)
     assert (await worker.take()).status_code == 200
-    changed = asyncio.create_task(harness.context.job_signals.wait_changed(job_id, 10))
-    await asyncio.sleep(0)
-
-    answer = await worker.done(job_id, {"output": {"answer": "généré", "n": [1, 2]}})
-    assert answer.status_code == 200, answer.text
-    assert await changed
+    with harness.context.job_signals.watch_changed(job_id) as changed:
+        answer = await worker.done(job_id, {"output": {"answer": "généré", "n": [1, 2]}})
+        assert answer.status_code == 200, answer.text
+        assert await changed.wait(0)
     row = await job(harness, job_id)
     assert row.status == JobStatus.COMPLETED
     assert row.output is not None

@@ -3,7 +3,6 @@ history), execution timeouts, TTL purges, and webhook delivery to a real HTTP se
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -49,16 +48,16 @@ async def test_lost_lease_requeues_then_fails_when_attempts_run_out(
     for attempt, worker in enumerate(("w1", "w2"), start=1):
         assert (await take(harness, endpoint_id, worker)) is not None
         await set_job(harness, job_id, lease_expires_at=utcnow() - timedelta(seconds=1))
-        queued = asyncio.create_task(harness.context.job_signals.wait_queued(endpoint_id, 5.0))
-        await asyncio.sleep(0)
-        await reaper.reconcile_once()
+        with harness.context.job_signals.watch_queued(endpoint_id) as queued:
+            await reaper.reconcile_once()
+            requeued = await queued.wait(0)
         row = await must_job(harness, job_id)
         assert row.history[-1]["outcome"] == f"lease expired on worker {worker}"
         if attempt == 1:
             assert (row.status, row.worker_id, row.lease_expires_at) == (JobStatus.IN_QUEUE, "", None)
-            assert await queued is True
+            assert requeued is True
         else:
-            queued.cancel()
+            assert requeued is False  # out of attempts: failed, not queued again
     row = await must_job(harness, job_id)
     assert row.status == JobStatus.FAILED
     assert row.error == (

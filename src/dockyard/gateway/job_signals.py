@@ -2,17 +2,16 @@
 
 The database is the truth about jobs; these signals only say "look again now". A `job-take` held open with an
 empty queue waits on `queued(endpoint_id)`; `runsync` and a `stream` reader wait on `changed(job_id)`; a held
-job-stop poll waits on `worker(worker_id)`. Whoever
-commits a change that could end such a wait calls `notify_queued` or `notify_changed` after the commit. A
-waiter that times out, or was woken by a change that is not the one it wanted, simply reads the database
-again, so a missed or spurious signal costs at most one wait, never a wrong answer (and across processes,
-where no signal reaches, every wait is bounded and ends in a read).
+job-stop poll waits on `worker(worker_id)`. Whoever commits a change that could end such a wait calls
+`notify_queued`, `notify_changed` or `notify_worker` after the commit. A waiter that times out, or was woken by a
+change that is not the one it wanted, simply reads the database again, so a missed or spurious signal costs at
+most one wait, never a wrong answer (and across processes, where no signal reaches, every wait is bounded and
+ends in a read).
 
 Contract: `watch_queued(endpoint_id)`, `watch_changed(job_id)` and `watch_worker(worker_id)` register a
 `Watch` at once; made before the read it guards, a notification committed after that read is never missed,
 even when it comes before `Watch.wait(timeout)`, which returns True when notified within `timeout` seconds (or
-before), False otherwise. `wait_queued` and `wait_changed` are a watch and its wait in one call. All of it runs
-on the loop the notifications are made on.
+before), False otherwise. All of it runs on the loop the notifications are made on.
 """
 
 from __future__ import annotations
@@ -58,6 +57,7 @@ class JobSignals:
     def __init__(self) -> None:
         self._queued: _Waiters = defaultdict(set)
         self._changed: _Waiters = defaultdict(set)
+        self._workers: _Waiters = defaultdict(set)
 
     @staticmethod
     def _notify(waiters: _Waiters, key: str) -> None:
@@ -73,8 +73,8 @@ class JobSignals:
         self._notify(self._changed, job_id)
 
     def notify_worker(self, worker_id: str) -> None:
-        """Worker `worker_id` took jobs, or a job it holds was flagged to stop (cancelled, timed out)."""
-        self._notify(self._changed, _worker_key(worker_id))
+        """A job worker `worker_id` holds was flagged to stop (cancelled, or timed out)."""
+        self._notify(self._workers, worker_id)
 
     def watch_queued(self, endpoint_id: str) -> Watch:
         return Watch(self._queued, endpoint_id)
@@ -83,17 +83,4 @@ class JobSignals:
         return Watch(self._changed, job_id)
 
     def watch_worker(self, worker_id: str) -> Watch:
-        return Watch(self._changed, _worker_key(worker_id))
-
-    async def wait_queued(self, endpoint_id: str, timeout: float) -> bool:
-        with self.watch_queued(endpoint_id) as watch:
-            return await watch.wait(timeout)
-
-    async def wait_changed(self, job_id: str, timeout: float) -> bool:
-        with self.watch_changed(job_id) as watch:
-            return await watch.wait(timeout)
-
-
-def _worker_key(worker_id: str) -> str:
-    """A worker's key among the jobs' (job ids are UUIDs, so the prefix never collides with one)."""
-    return f"worker:{worker_id}"
+        return Watch(self._workers, worker_id)

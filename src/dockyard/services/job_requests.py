@@ -10,7 +10,7 @@ concurrent duplicates exactly one inserts the key (the others wait on it, see se
 then replay its answer); a job-key collision at commit, left over from a key older than a day, is answered
 with the job that holds it.
 
-Waits never poll the database in a tight loop: `runsync` sleeps on `job_signals.wait_changed`, registered
+Waits never poll the database in a tight loop: `runsync` sleeps on `job_signals.watch_changed`, registered
 before each read so that a finish between the read and the wait is not missed, and re-reads at least every
 `_WAIT_SLICE` seconds for finishes made by another process.
 

@@ -138,7 +138,6 @@ async def take(
         with context.job_signals.watch_queued(worker.endpoint_id) as queued:
             taken = await _take_now(context, worker, count)
             if taken:
-                context.job_signals.notify_worker(worker.id)
                 return taken
             left = deadline - loop.time()
             if left <= 0:
