@@ -16,7 +16,7 @@ from tests.fakes import FakeRuntime
 from tests.reconcilers.test_endpoints import all_ready, make_endpoint, set_desired, worker_objects, workers_of
 
 
-async def standalone_gateway(harness: Harness, endpoint_id: str, worker_ids: list[str]) -> tuple[RouteTable, Reporter]:
+def standalone_gateway(harness: Harness, endpoint_id: str, worker_ids: list[str]) -> tuple[RouteTable, Reporter]:
     """A stand-alone gateway's table, routing to the given workers as its sync would, and its reporter."""
     route = harness.context.routes.get(endpoint_id)
     assert route is not None
@@ -25,6 +25,21 @@ async def standalone_gateway(harness: Harness, endpoint_id: str, worker_ids: lis
     for worker_id in worker_ids:
         table.worker_ready(endpoint_id, worker_id, route.addresses[worker_id])
     return table, Reporter(harness.context.db, table, "gateway-1", harness.context.settings.gateway_report_interval)
+
+
+async def drained_behind_a_gateway(
+    harness: Harness, endpoints: EndpointReconciler
+) -> tuple[str, str, RouteTable, Reporter]:
+    """An endpoint's one ready worker, routed to by a stand-alone gateway that has reported it, then scaled to
+    zero: (endpoint id, worker id, the gateway's table, its reporter)."""
+    endpoint_id = await make_endpoint(harness.client)
+    await set_desired(harness, endpoint_id, 1)
+    await endpoints.reconcile_once()
+    (worker,) = await all_ready(harness, endpoints, endpoint_id)
+    table, reporter = standalone_gateway(harness, endpoint_id, [worker.id])
+    await reporter.report_once()
+    await set_desired(harness, endpoint_id, 0)
+    return endpoint_id, worker.id, table, reporter
 
 
 async def hold(table: RouteTable, endpoint_id: str) -> tuple[str, AbstractAsyncContextManager[str]]:
@@ -38,23 +53,17 @@ async def hold(table: RouteTable, endpoint_id: str) -> tuple[str, AbstractAsyncC
 async def test_a_draining_worker_stays_while_a_standalone_gateway_routes_to_it_or_holds_its_requests(
     harness: Harness, endpoints: EndpointReconciler, runtime: FakeRuntime
 ) -> None:
-    endpoint_id = await make_endpoint(harness.client)
-    await set_desired(harness, endpoint_id, 1)
-    await endpoints.reconcile_once()
-    (worker,) = await all_ready(harness, endpoints, endpoint_id)
-    table, reporter = await standalone_gateway(harness, endpoint_id, [worker.id])
-    await reporter.report_once()
+    endpoint_id, worker_id, table, reporter = await drained_behind_a_gateway(harness, endpoints)
 
     # The server's own table holds nothing, but the other gateway has not seen the drain: it still routes there.
-    await set_desired(harness, endpoint_id, 0)
     await endpoints.reconcile_once()
     await endpoints.reconcile_once()
     assert [w.status for w in await workers_of(harness, endpoint_id)] == [WorkerStatus.DRAINING]
 
     # It has seen the drain (its sync) but still holds a request there.
     held, lease = await hold(table, endpoint_id)
-    assert held == worker.id
-    table.worker_draining(endpoint_id, worker.id)
+    assert held == worker_id
+    table.worker_draining(endpoint_id, worker_id)
     await reporter.report_once()
     await endpoints.reconcile_once()
     assert [w.status for w in await workers_of(harness, endpoint_id)] == [WorkerStatus.DRAINING]
@@ -72,13 +81,7 @@ async def test_a_worker_a_standalone_gateway_keeps_listing_is_removed_at_the_dra
     harness: Harness, endpoints: EndpointReconciler, runtime: FakeRuntime
 ) -> None:
     harness.context.settings.worker_drain_timeout = 0.3
-    endpoint_id = await make_endpoint(harness.client)
-    await set_desired(harness, endpoint_id, 1)
-    await endpoints.reconcile_once()
-    (worker,) = await all_ready(harness, endpoints, endpoint_id)
-    _, reporter = await standalone_gateway(harness, endpoint_id, [worker.id])
-    await reporter.report_once()
-    await set_desired(harness, endpoint_id, 0)
+    endpoint_id, _, _, reporter = await drained_behind_a_gateway(harness, endpoints)
     await endpoints.reconcile_once()
     assert [w.status for w in await workers_of(harness, endpoint_id)] == [WorkerStatus.DRAINING]
     await asyncio.sleep(0.35)
@@ -103,7 +106,7 @@ async def test_scale_down_keeps_the_worker_busy_in_a_standalone_gateway(
     (idle_longest,) = [w.id for w in workers if w.id != busy_here]
     assert route.dispatcher.idle_for(idle_longest) > route.dispatcher.idle_for(busy_here)
     # But a stand-alone gateway holds a request on it.
-    table, reporter = await standalone_gateway(harness, endpoint_id, [idle_longest])
+    table, reporter = standalone_gateway(harness, endpoint_id, [idle_longest])
     assert (await hold(table, endpoint_id))[0] == idle_longest
     await reporter.report_once()
 
