@@ -6,6 +6,7 @@ and runs wherever Podman is installed (CI installs it)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -155,12 +156,18 @@ def _sdk_packages(package: str, version: str) -> Path:
 @pytest.fixture(scope="session")
 def sdk_worker_images(python_image: str) -> dict[str, str]:
     """The async-endpoint workers written with the official SDKs (examples/ppio-worker, examples/runpod-worker):
-    {"ppio": "localhost/dockyard-ppio-worker:test", "runpod": "..."}. Built every session from the example
-    sources, so the images never lag behind them; the SDK layer comes from the build cache after the first time."""
+    {"ppio": "localhost/dockyard-ppio-worker:test-<digest>", "runpod": "..."}. Built every session from the example
+    sources, so the images never lag behind them; the SDK layer comes from the build cache after the first time. The
+    tag carries a digest of the sources and the SDK's version: the engine's image store is shared by every checkout
+    on the machine, and one built from other sources under the same tag would be run in this session's place."""
     images = {}
     examples = ROOT / "examples"
     for name, (package, version) in SDK_WORKERS.items():
-        image = f"localhost/dockyard-{name}-worker:test"
+        context = examples / f"{name}-worker"
+        digest = hashlib.sha256(f"{package}=={version}".encode())
+        for source in sorted(path for path in context.rglob("*") if path.is_file()):
+            digest.update(source.relative_to(context).as_posix().encode() + b"\0" + source.read_bytes())
+        image = f"localhost/dockyard-{name}-worker:test-{digest.hexdigest()[:12]}"
         packages = _sdk_packages(package, version)
         build = subprocess.run(
             [
@@ -171,7 +178,7 @@ def sdk_worker_images(python_image: str) -> dict[str, str]:
                 f"sdk={packages}",
                 "-t",
                 image,
-                str(examples / f"{name}-worker"),
+                str(context),
             ],
             capture_output=True,
             text=True,

@@ -17,16 +17,24 @@ from dockyard.server_protocol import HttpProtocol
 
 
 @contextmanager
-def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, keep_alive: int = 75) -> Iterator[str]:
     """Run `app` (its lifespan included) on `host` and `port` (0: a free one) until the block ends; yields its
-    base URL (on loopback, which reaches any address the app listens on)."""
+    base URL (on loopback, which reaches any address the app listens on). An idle connection is closed after
+    `keep_alive` seconds, `dockyard server`'s default."""
     # IPPROTO_TCP named explicitly: asyncio only turns Nagle off (TCP_NODELAY) on accepted sockets of a listener
     # made so, and with Nagle on each small keep-alive answer stalls about 40 ms.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.bind((host, port))
     port = listener.getsockname()[1]
     # The servers' own HTTP protocol (server_protocol.py), so what these tests see is what `dockyard server` serves.
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", http=HttpProtocol)
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        http=HttpProtocol,
+        timeout_keep_alive=keep_alive,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()

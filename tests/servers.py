@@ -71,9 +71,12 @@ def remove_installation(engine_url: str, installation_id: str) -> None:
 
 
 @contextmanager
-def engine_server(data: Path, engine_url: str, *, host: str = "127.0.0.1", **overrides: Any) -> Iterator[EngineServer]:
+def engine_server(
+    data: Path, engine_url: str, *, host: str = "127.0.0.1", keep_alive: int = 75, **overrides: Any
+) -> Iterator[EngineServer]:
     """Serve Dockyard on `host` with fast loops (overridable) until the block ends. Its port is chosen first, so
-    the URLs it hands out (endpoint URLs, async workers' webhooks on the bridge's host address) are right."""
+    the URLs it hands out (endpoint URLs, async workers' webhooks on the bridge's host address) are right.
+    `keep_alive`: seconds an idle connection is kept (`serving`)."""
     port = free_port()
     values: dict[str, Any] = {
         "port": port,
@@ -95,7 +98,7 @@ def engine_server(data: Path, engine_url: str, *, host: str = "127.0.0.1", **ove
     app = create_app(settings)
     installation = ""
     try:
-        with serving(app, host, port) as url:
+        with serving(app, host, port, keep_alive) as url:
             installation = app.state.context.installation_id
             yield EngineServer(url, new_key(url, "e2e"), installation, settings)
     finally:

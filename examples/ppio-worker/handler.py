@@ -1,12 +1,16 @@
 """An async-endpoint worker written with PPIO's official worker SDK (`ppio-gpus`, from PyPI), unchanged: run in an
 async endpoint, it takes jobs over the webhook protocol whose URLs Dockyard injects (`PPIO_WEBHOOK_*`).
 
-One image serves two handlers; the environment variable HANDLER picks one:
+One image serves three handlers; the environment variable HANDLER picks one:
 - `echo` (the default): answers `{"sdk", "worker", "input"}`. The input may ask it to wait first
   (`{"sleep": SECONDS}`) or to fail (`{"fail": "message"}` raises that message).
 - `generator`: yields `{"part": i, "worker"}` for i in 0..`parts`-1 (default 3), `delay` seconds (default 0.1)
   before each; `{"fail": "message"}` raises after the parts. Parts are streamed and aggregated (the
   `return_aggregate_stream` setting), so the job's output is the list of parts.
+- `sync`: a plain synchronous handler (`def handler(job)`, the SDK's hello-world shape), which blocks the SDK's
+  event loop while it runs: for each value of the input's `progress` list it reports that value with the
+  SDK's `progress_update` and waits `step` seconds (default 0.5), then waits `sleep` seconds (a blocking
+  `time.sleep`), fails on `fail`, and answers like `echo`.
 
 `ppio-gpus` has no local test mode of its own (with no `PPIO_WEBHOOK_GET_JOB` it only stops pinging), so
 `--test_input '{"input": {...}}'`, named as in the `runpod` SDK, runs one job through the SDK's own job runner
@@ -22,6 +26,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -48,7 +53,18 @@ async def generator(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         raise RuntimeError(str(request["fail"]))
 
 
-HANDLERS = {"echo": echo, "generator": generator}
+def sync(job: dict[str, Any]) -> dict[str, Any]:
+    request = job["input"]
+    for value in request.get("progress", []):
+        ppio_gpus.progress_update(job, value)
+        time.sleep(float(request.get("step", 0.5)))
+    time.sleep(float(request.get("sleep", 0)))
+    if "fail" in request:
+        raise RuntimeError(str(request["fail"]))
+    return {"sdk": "ppio", "worker": WORKER_ID, "input": request}
+
+
+HANDLERS = {"echo": echo, "generator": generator, "sync": sync}
 
 
 async def run_test_job(handler: Any, job: dict[str, Any]) -> dict[str, Any]:

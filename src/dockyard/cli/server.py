@@ -41,6 +41,9 @@ def _run(factory: str, host: str | None, port: int | None, config: str | None, w
         # peer from that same header would name the client twice, and the API uses no client address.
         proxy_headers=False,
         timeout_graceful_shutdown=15,
+        # nginx's default: the worker SDKs post a result on the connection their job-take left idle while a
+        # synchronous handler held their event loop; uvicorn's 5 s closed it under them and the result was lost.
+        timeout_keep_alive=75,
         workers=workers,
     )
 
