@@ -61,7 +61,7 @@ async def test_lost_lease_requeues_then_fails_when_attempts_run_out(
     row = await must_job(harness, job_id)
     assert row.status == JobStatus.FAILED
     assert row.error == (
-        "no worker finished it in 2 attempts: attempt 1 on worker w1: lease expired on worker w1; "
+        "no result arrived in 2 attempts: attempt 1 on worker w1: lease expired on worker w1; "
         "attempt 2 on worker w2: lease expired on worker w2"
     )
     assert row.expires_at is not None

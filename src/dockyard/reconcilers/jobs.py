@@ -34,9 +34,8 @@ from dockyard.services.jobs import (
     LOOP,
     execution_deadline,
     finish_values,
-    history_summary,
     job_view,
-    requeue_values,
+    lost_attempt_values,
 )
 
 log = logging.getLogger(__name__)
@@ -86,12 +85,8 @@ class JobReaper:
                 decided.append((job, {**values, "cancel_requested": True}))
             elif job.lease_expires_at is not None and job.lease_expires_at <= now:
                 outcome = f"lease expired on worker {job.worker_id}"
-                if job.attempts >= settings.job_max_attempts:
-                    history = requeue_values(job, outcome, now=now)["history"]
-                    error = f"no worker finished it in {job.attempts} attempts: {history_summary(history)}"
-                    decided.append((job, finish_values(job, JobStatus.FAILED, error=error, now=now, outcome=outcome)))
-                else:
-                    decided.append((job, requeue_values(job, outcome, now=now)))
+                values = lost_attempt_values(job, outcome, now=now, max_attempts=settings.job_max_attempts)
+                decided.append((job, values))
         if not decided:
             return
         changed: list[str] = []

@@ -189,15 +189,29 @@ async def claim_next(
 
 def requeue_values(job: JobModel, outcome: str, *, now: datetime) -> dict[str, Any]:
     """The column values that put an IN_PROGRESS `job` back in the queue after its attempt ended as `outcome`
-    (the worker stopped pinging); the caller notifies `notify_queued(job.endpoint_id)` after committing."""
+    (the worker stopped pinging); the caller notifies `notify_queued(job.endpoint_id)` after committing. A
+    progress value the lost attempt reported (shown as `output` while it ran) goes with it."""
     return {
         "status": JobStatus.IN_QUEUE,
         "worker_id": "",
         "lease_expires_at": None,
         "started_at": None,
         "cancel_requested": False,
+        "output": None,
         "history": closed_history(job, outcome, now),
     }
+
+
+def lost_attempt_values(job: JobModel, outcome: str, *, now: datetime, max_attempts: int) -> dict[str, Any]:
+    """The column values for an IN_PROGRESS `job` whose attempt ended as `outcome` without a result (its lease
+    expired, or its worker finished it and the result never arrived): back to the queue (at least once), or FAILED
+    once it has been taken `max_attempts` times, its error naming every attempt. The caller notifies as for
+    `requeue_values` or `finish_values`, by the status the values set."""
+    if job.attempts < max_attempts:
+        return requeue_values(job, outcome, now=now)
+    history = closed_history(job, outcome, now)
+    error = f"no result arrived in {job.attempts} attempts: {history_summary(history)}"
+    return finish_values(job, JobStatus.FAILED, error=error, now=now, outcome=outcome)
 
 
 def retry_values(job: JobModel, *, now: datetime) -> dict[str, Any]:

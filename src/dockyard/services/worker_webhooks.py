@@ -21,11 +21,15 @@ exactly one worker's webhooks and only its endpoint's jobs (an unknown key is 40
   re-queued or re-run) changes nothing but a note in the job's history, and is answered 409. A result for a job
   cancelled or timed out while this worker ran it is dropped with a note and answered 200 (the worker did
   nothing wrong); the same result posted again by the holder (the SDKs retry a post whose answer was lost) is
-  answered 200. `stopPod` (the SDKs' `refresh_worker`) drains the worker, so it is replaced.
+  answered 200. `stopPod` (the SDKs' `refresh_worker`) drains the worker, so it is replaced. A body with
+  `"status": "IN_PROGRESS"` is not a result but a progress update (both SDKs' `progress_update` posts it here):
+  the job stays IN_PROGRESS and `status` shows the value as its `output` until the result replaces it.
 - **stream** (`stream`): the holder's partial outputs are appended as `JobStreamModel` rows, numbered from 0.
 - **ping** (`ping`): renews the lease of each listed job the worker still holds and whose lease has not yet
   run out (an expired lease is the reaper's to take back; renewing it could race the re-queue). The renewal
-  does not bump the job's version, so a ping never makes a concurrent client write (a cancel) stale.
+  does not bump the job's version, so a ping never makes a concurrent client write (a cancel) stale. A job the
+  worker holds but no longer lists was finished and its result never arrived (`_results_lost`): its attempt ends
+  at once, named so, rather than as a lease expiry a lease later.
 - **job-stop** (`stop_signals`, runpod only: the SDK derives it from the job-take URL): the jobs this worker
   holds whose `cancel_requested` is set (a client cancel or the reaper's timeout already made them `CANCELLED`
   or `TIMED_OUT`) are answered once as `{"jobsToStop": [...]}` and the flag is cleared (the SDK would otherwise
@@ -50,8 +54,10 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 from sqlalchemy.orm.exc import StaleDataError
 
+from dockyard.config import Settings
 from dockyard.context import ServerContext
 from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, utcnow
@@ -60,6 +66,7 @@ from dockyard.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavai
 from dockyard.secrets import hash_api_key
 from dockyard.services import events, jobs
 from dockyard.services.endpoints import LOOP
+from dockyard.services.worker_runspec import ping_interval_ms
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +230,11 @@ def _why_not_holder(job: JobModel, worker: WorkerModel) -> str:
 
 
 async def done(context: ServerContext, worker: WorkerModel, job_id: str, payload: dict[str, Any]) -> None:
-    """Record the holder's result (see the module docstring); Conflict when the worker does not hold the job."""
+    """Record the holder's result, or its progress update (see the module docstring); Conflict when the worker does
+    not hold the job."""
+    if payload.get("status") == JobStatus.IN_PROGRESS.value:
+        await progress(context, worker, job_id, payload.get("output"))
+        return
     status, output_json, error = _outcome(payload)
     for _ in range(RETRIES):
         now = utcnow()
@@ -259,6 +270,34 @@ async def done(context: ServerContext, worker: WorkerModel, job_id: str, payload
             context.wake(LOOP)
         return
     raise Unavailable(f"job {job_id} kept changing while its result was recorded; post it again")
+
+
+async def progress(context: ServerContext, worker: WorkerModel, job_id: str, value: Any) -> None:
+    """Show the holder's progress `value` as the running job's `output` (RunPod's `status` shows it so) until the
+    result replaces it. One conditional write that leaves the row's version alone: a concurrent result or cancel
+    loaded before it still applies, and one committed before it makes it a no-op. An update that arrives after the
+    worker's own job ended (the SDKs post it from a thread of its own, so it may overtake nothing or come late) is
+    dropped quietly; one from another worker is a Conflict, as its result would be."""
+    value_json = json.dumps(value, ensure_ascii=False)
+    async with context.db.write() as session:
+        result = await session.execute(
+            update(JobModel)
+            .where(
+                JobModel.id == job_id,
+                JobModel.endpoint_id == worker.endpoint_id,
+                JobModel.worker_id == worker.id,
+                JobModel.status == JobStatus.IN_PROGRESS,
+            )
+            .values(output=value_json)
+            .execution_options(synchronize_session=False)
+        )
+        if int(getattr(result, "rowcount", 0)):
+            return
+        job = await _job(session, worker, job_id)
+        if job.worker_id == worker.id and job.status.final:
+            return
+        refused = _why_not_holder(job, worker)
+    raise Conflict(f"progress not recorded: {refused}")
 
 
 async def _drain(session: AsyncSession, worker_id: str, why: str) -> None:
@@ -313,8 +352,9 @@ def job_ids(values: Iterable[str]) -> list[str]:
 async def ping(
     context: ServerContext, worker: WorkerModel, held: list[str], *, unhealthy: tuple[str, str] | None = None
 ) -> int:
-    """Renew the leases of the listed jobs the worker holds; how many were renewed. `unhealthy` (check, reason) is
-    runpod's report of a failed start-up fitness check, recorded as an event (the worker exits next)."""
+    """Renew the leases of the listed jobs the worker holds; how many were renewed. The jobs it holds and no longer
+    lists lost their result (`_results_lost`). `unhealthy` (check, reason) is runpod's report of a failed start-up
+    fitness check, recorded as an event (the worker exits next)."""
     now = utcnow()
     async with context.db.write() as session:
         renewed = 0
@@ -332,6 +372,7 @@ async def ping(
                 .execution_options(synchronize_session=False)
             )
             renewed = int(getattr(result, "rowcount", 0))
+        lost = await _results_lost(session, context.settings, worker, held, now)
         if unhealthy is not None:
             check, reason = unhealthy
             events.record(
@@ -342,7 +383,52 @@ async def ping(
                 type="WorkerUnhealthy",
                 message=f"worker {worker.id}: its start-up fitness check {check} failed: {reason}",
             )
+    signals = context.job_signals
+    for job_id, status, webhook in lost:
+        if status == JobStatus.IN_QUEUE:
+            signals.notify_queued(worker.endpoint_id)
+        else:
+            signals.notify_changed(job_id)
+            if webhook:
+                context.wake(jobs.LOOP)
     return renewed
+
+
+async def _results_lost(
+    session: AsyncSession, settings: Settings, worker: WorkerModel, held: list[str], now: datetime
+) -> list[tuple[str, JobStatus, bool]]:
+    """End the attempts of the jobs `worker` holds but no longer lists in its ping, as (job, new status, has a
+    webhook): back to the queue, or FAILED after `job_max_attempts` (`jobs.lost_attempt_values`).
+
+    Both SDKs list every job they run in each ping and drop a job from the list only once their post of its result
+    is over, answered or failed (runpod `rp_scale.handle_job`, ppio-gpus `scale._handle_job`). So a held job that a
+    ping leaves out was finished and its result never reached the server: the post failed (the SDK logs "Failed to
+    return job results"; a synchronous handler that outlasts the server's keep-alive loses its pooled connection
+    so). Waiting out the lease would only delay the same re-queue and name it "lease expired"; this ends the attempt
+    at the worker's next ping and says what happened. Only attempts started at least one ping interval before are
+    judged: a ping's list is read when it is sent, so one that left just as the worker took a job does not list it
+    yet."""
+    judged_before = now - timedelta(milliseconds=ping_interval_ms(settings))
+    query = (
+        select(JobModel)
+        .options(defer(JobModel.input), defer(JobModel.output))
+        .where(
+            JobModel.endpoint_id == worker.endpoint_id,
+            JobModel.status == JobStatus.IN_PROGRESS,
+            JobModel.worker_id == worker.id,
+            JobModel.started_at <= judged_before,
+        )
+    )
+    if held:
+        query = query.where(JobModel.id.not_in(held))
+    outcome = f"result lost: worker {worker.id} finished the job but its result never reached the server"
+    lost: list[tuple[str, JobStatus, bool]] = []
+    for job in list(await session.scalars(query)):
+        values = jobs.lost_attempt_values(job, outcome, now=now, max_attempts=settings.job_max_attempts)
+        if await guarded_update(session, JobModel, job.id, job.version, **values):
+            log.warning("job %s of endpoint %s: %s; now %s", job.id, job.endpoint_id, outcome, values["status"])
+            lost.append((job.id, values["status"], bool(job.webhook)))
+    return lost
 
 
 async def stop_signals(context: ServerContext, worker: WorkerModel) -> list[str]:
