@@ -109,7 +109,10 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(default=30.0, gt=0)
     job_max_attempts: int = Field(default=3, ge=1)
     job_execution_timeout_seconds: float = Field(default=600.0, gt=0)  # unless the job's policy sets one
-    job_ttl_seconds: float = Field(default=1800.0, gt=0)  # a finished job's result is kept this long, unless set
+    job_ttl_seconds: float = Field(default=1800.0, gt=0)  # a finished job's result is kept this long (RunPod: 30 min)
+    # A job not finished this long after submission is TIMED_OUT, queued or running, unless its policy sets `ttl`:
+    # RunPod's default job TTL of 24 hours.
+    job_lifetime_seconds: float = Field(default=86400.0, ge=10, le=7 * 24 * 3600)
     job_max_payload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)  # an input or an output; larger is 413
     job_take_wait_seconds: float = Field(default=20.0, ge=0)  # how long an empty job-take is held open
     job_reap_interval: float = Field(default=1.0, gt=0)  # leases, timeouts, TTLs and webhooks are checked this often

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,8 @@ async def test_policy_and_webhook_are_recorded(harness: Harness, client: httpx.A
     defaults = await must_job(harness, await submit(client, endpoint_id))
     settings = harness.context.settings
     assert defaults.execution_timeout_ms == int(settings.job_execution_timeout_seconds * 1000)
-    assert defaults.ttl_ms == int(settings.job_ttl_seconds * 1000)
+    assert defaults.ttl_ms == int(settings.job_lifetime_seconds * 1000)
+    assert defaults.keep_ms == int(settings.job_ttl_seconds * 1000)
 
 
 async def test_bare_key_is_accepted_and_bad_keys_refused(harness: Harness, client: httpx.AsyncClient) -> None:
@@ -167,10 +169,19 @@ async def test_payload_bound_and_validation(harness: Harness, client: httpx.Asyn
     assert await submit(client, endpoint_id, {"input": "x" * 50})
     assert_error(await client.post(f"/v2/{endpoint_id}/run", json={"prompt": 1}), 422, "input")
     assert_error(await client.post(f"/v2/{endpoint_id}/run", json={"input": 1, "webhook": "ftp://x"}), 422, "webhook")
-    bad_policy = {"input": 1, "policy": {"ttl": 10}}
-    assert_error(await client.post(f"/v2/{endpoint_id}/run", json=bad_policy), 422, "policy.ttl")
+    # RunPod's documented bounds: executionTimeout at least 5 s, ttl at least 10 s, both at most a week.
+    for policy, field in [
+        ({"ttl": 9_999}, "policy.ttl"),
+        ({"ttl": 7 * 24 * 3600 * 1000 + 1}, "policy.ttl"),
+        ({"executionTimeout": 4_999}, "policy.executionTimeout"),
+        ({"lowPriority": "yes"}, "policy.lowPriority"),
+    ]:
+        assert_error(await client.post(f"/v2/{endpoint_id}/run", json={"input": 1, "policy": policy}), 422, field)
     async with harness.context.db.read() as session:
         assert await session.scalar(select(func.count()).select_from(JobModel)) == 1
+    least = {"input": 1, "policy": {"ttl": 10_000, "executionTimeout": 5_000, "lowPriority": True}}
+    row = await must_job(harness, await submit(client, endpoint_id, least))
+    assert (row.ttl_ms, row.execution_timeout_ms, row.low_priority) == (10_000, 5_000, True)
 
 
 async def test_cancel_queued_never_runs(harness: Harness, client: httpx.AsyncClient) -> None:
@@ -219,7 +230,9 @@ async def test_retry(harness: Harness, client: httpx.AsyncClient) -> None:
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"id": job_id, "status": "IN_QUEUE"}
     row = await must_job(harness, job_id)
-    assert (row.status, row.retried, row.attempts, row.error, row.expires_at) == (JobStatus.IN_QUEUE, 1, 0, "", None)
+    assert (row.status, row.retried, row.attempts, row.error) == (JobStatus.IN_QUEUE, 1, 0, "")
+    assert row.expires_at is not None  # a fresh lifetime
+    assert row.expires_at - utcnow() > timedelta(milliseconds=row.ttl_ms - 60_000)
     again = await take(harness, endpoint_id, "w2")
     assert again is not None
     assert again.id == job_id

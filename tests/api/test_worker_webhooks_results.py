@@ -86,3 +86,12 @@ async def test_a_result_lost_on_the_last_attempt_fails_the_job_saying_so(
     assert status["error"].startswith(f"no result arrived in {settings.job_max_attempts} attempts: ")
     assert "its result never reached the server" in status["error"]
     assert "output" not in status
+
+
+async def test_a_job_past_its_ttl_is_not_taken(harness: Harness) -> None:
+    endpoint_id = await async_endpoint(harness)
+    worker = await add_worker(harness, harness.client, endpoint_id, sdk="RUNPOD")
+    expired, alive = await submit(harness, endpoint_id, 2)
+    await set_job(harness, expired, expires_at=utcnow() - timedelta(seconds=1))
+    assert [item["id"] for item in (await worker.take(batch=2)).json()] == [alive]
+    assert (await job(harness, expired)).status == JobStatus.IN_QUEUE  # the reaper's to time out

@@ -7,6 +7,7 @@ from datetime import timedelta
 from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import utcnow
 from dockyard.db.models import JobModel, WorkerModel
+from dockyard.gateway.autoscaler import LOOP as AUTOSCALER
 from dockyard.gateway.load import job_figures, load_figures
 from dockyard.gateway.routes import RouteTable
 from tests.conftest import Harness
@@ -81,3 +82,24 @@ async def test_queued_and_held_jobs_are_the_endpoints_load(harness: Harness) -> 
     assert again == [figures]  # the same instant reads the same figures
     assert (merged[endpoint_id].queued, merged[endpoint_id].in_flight) == (3, 2)
     assert sync.json()["id"] not in merged  # a sync endpoint with no traffic has no durable load
+
+
+async def test_low_priority_queued_jobs_never_ask_for_a_worker(harness: Harness) -> None:
+    # RunPod's `policy.lowPriority`: "when true, job won't trigger worker scaling".
+    created = await harness.client.post("/gpus/v2/endpoints", json=BODY)
+    endpoint_id = created.json()["id"]
+    woken: list[str] = []
+    harness.context.wake = woken.append  # type: ignore[method-assign]
+    low = {"input": {"n": 1}, "policy": {"lowPriority": True}}
+    answer = await harness.client.post(f"/v2/{endpoint_id}/run", json=low)
+    assert answer.status_code == 200, answer.text
+    assert AUTOSCALER not in woken  # the endpoint is at zero, and stays there
+    async with harness.context.db.read() as session:
+        (figures,) = await job_figures(session)
+    assert (figures.queued, figures.oldest_wait) == (0, 0.0)
+
+    assert (await harness.client.post(f"/v2/{endpoint_id}/run", json={"input": {"n": 2}})).status_code == 200
+    assert AUTOSCALER in woken
+    async with harness.context.db.read() as session:
+        (figures,) = await job_figures(session)
+    assert figures.queued == 1

@@ -29,6 +29,9 @@ def job(**fields: Any) -> JobModel:
         "webhook": "",
         "execution_timeout_ms": 0,
         "ttl_ms": 60_000,
+        "keep_ms": 30_000,
+        "low_priority": False,
+        "expires_at": T0 + timedelta(seconds=60),
         "worker_id": "",
         "attempts": 0,
         "retried": 0,
@@ -70,7 +73,7 @@ def test_finish_a_running_job_closes_its_attempt() -> None:
     values = jobs.finish_values(row, JobStatus.COMPLETED, output_json='{"a": 1}', now=end)
     assert values["status"] == JobStatus.COMPLETED
     assert (values["output"], values["execution_ms"], values["finished_at"]) == ('{"a": 1}', 3000, end)
-    assert values["expires_at"] == end + timedelta(milliseconds=60_000)
+    assert values["expires_at"] == end + timedelta(milliseconds=30_000)  # kept `keep_ms` once finished
     assert values["lease_expires_at"] is None
     assert (values["webhook_state"], values["webhook_next_at"]) == (WebhookState.PENDING, end)
     assert values["history"][-1]["finished_at"] == end.isoformat()
@@ -79,7 +82,7 @@ def test_finish_a_running_job_closes_its_attempt() -> None:
 
 
 def test_finish_a_queued_job_records_no_attempt() -> None:
-    values = jobs.finish_values(job(ttl_ms=0), JobStatus.CANCELLED, now=T0)
+    values = jobs.finish_values(job(keep_ms=0), JobStatus.CANCELLED, now=T0)
     assert "history" not in values
     assert values["execution_ms"] == 0
     assert values["webhook_state"] == WebhookState.NONE
@@ -137,6 +140,7 @@ def test_retry_resets_attempts_and_marks_history() -> None:
     values = jobs.retry_values(row, now=T0 + timedelta(seconds=10))
     assert (values["status"], values["retried"], values["attempts"], values["error"]) == (JobStatus.IN_QUEUE, 1, 0, "")
     assert values["history"][-1] == {"retried_at": (T0 + timedelta(seconds=10)).isoformat()}
+    assert values["expires_at"] == T0 + timedelta(seconds=70)  # a fresh lifetime: a resubmission
     for name, value in values.items():
         setattr(row, name, value)
     assert taken(row, "w2", T0 + timedelta(seconds=12)).delay_ms == 2000
@@ -165,3 +169,25 @@ def test_execution_deadline_uses_the_job_or_the_setting() -> None:
     assert jobs.execution_deadline(job(started_at=T0, execution_timeout_ms=1500), settings) == T0 + timedelta(
         milliseconds=1500
     )
+
+
+def test_a_queued_job_past_its_ttl_is_discarded_as_timed_out() -> None:
+    row = job()
+    assert not jobs.expired(row, T0 + timedelta(seconds=59))
+    assert jobs.expired(row, T0 + timedelta(seconds=60))
+    values = jobs.expiry_values(row, now=T0 + timedelta(seconds=60))
+    assert (values["status"], values["execution_ms"]) == (JobStatus.TIMED_OUT, 0)
+    assert values["error"] == "expired in the queue: no worker took it within its ttl of 60 s from submission"
+    assert "history" not in values  # it never ran
+    assert not values.get("cancel_requested")
+    assert values["expires_at"] == T0 + timedelta(seconds=90)  # then kept like any finished job
+
+
+def test_a_running_job_past_its_ttl_times_out_and_its_worker_is_told_to_stop() -> None:
+    row = taken(job(), "w1", T0 + timedelta(seconds=50))
+    values = jobs.expiry_values(row, now=T0 + timedelta(seconds=60))
+    assert (values["status"], values["cancel_requested"]) == (JobStatus.TIMED_OUT, True)
+    assert values["error"] == "expired: its ttl of 60 s from submission ran out while worker w1 ran it"
+    assert values["history"][-1]["outcome"] == "expired (ttl)"
+    assert not jobs.expired(job(status=JobStatus.COMPLETED), T0 + timedelta(days=1))
+    assert not jobs.expired(job(expires_at=None), T0 + timedelta(days=1))  # a row from before lifetimes

@@ -330,7 +330,9 @@ class JobModel(Versioned, Base):
 
     `attempts` counts the times a worker took it; `history` records each attempt (worker, start, end, how it
     ended), so a job run twice (its worker died mid-job and the lease expired) is counted and explained.
-    Payloads are JSON text bounded by the settings. `expires_at` is when a finished job is purged."""
+    Payloads are JSON text bounded by the settings. `expires_at` is when the job expires: until it finishes, the end
+    of its lifetime (its `ttl` from submission, after which it is TIMED_OUT); once finished, when it is purged
+    (`keep_ms` later). Rows from before lifetimes have none while unfinished."""
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -348,7 +350,9 @@ class JobModel(Versioned, Base):
     error: Mapped[str] = mapped_column(Text, default="")
     webhook: Mapped[str] = mapped_column(String(2048), default="")
     execution_timeout_ms: Mapped[int] = mapped_column(Integer, default=0)  # 0: the server's default
-    ttl_ms: Mapped[int] = mapped_column(Integer, default=0)  # 0: the server's default
+    ttl_ms: Mapped[int] = mapped_column(Integer, default=0)  # its lifetime from submission (RunPod's policy.ttl)
+    keep_ms: Mapped[int] = mapped_column(Integer, default=0)  # a finished job is kept this long; 0: the default
+    low_priority: Mapped[bool] = mapped_column(Boolean, default=False)  # never makes the endpoint add a worker
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     worker_id: Mapped[str] = mapped_column(String(36), default="")  # the holder while IN_PROGRESS
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)

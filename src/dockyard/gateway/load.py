@@ -2,9 +2,10 @@
 
 - Sync requests in this process: the routing table (`RouteTable.figures()`), as fresh as the last request.
 - Sync requests in stand-alone gateways: their reports (gateway/reports.py), a report interval old at most.
-- Async jobs: the durable queue itself. Queued jobs are `queued`, jobs a worker holds are `in_flight` (on
-  that worker), and the oldest queued job's age is the oldest wait, so both scaling policies read an async
-  endpoint exactly as they read a sync one. A worker is idle since the end (or start) of the last job it
+- Async jobs: the durable queue itself. Queued jobs are `queued`, jobs a worker holds are `in_flight` (on that
+  worker), and the oldest queued job's age is the oldest wait, so both scaling policies read an async endpoint exactly
+  as they read a sync one. Queued low-priority jobs (RunPod's `policy.lowPriority`) are left out, so they never make
+  an endpoint add a worker; the workers it has take them. A worker is idle since the end (or start) of the last job it
   ran, or since it was last changed (became ready) when it ran none.
 
 The figures of one endpoint from several sources are summed (`reports.merge`).
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.core.status import EndpointType, JobStatus, WorkerStatus
@@ -34,7 +35,11 @@ async def job_figures(session: AsyncSession, now: datetime | None = None) -> lis
     active = (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS)
     counts = await session.execute(
         select(JobModel.endpoint_id, JobModel.status, func.count(), func.min(JobModel.created_at))
-        .where(JobModel.endpoint_id.in_(endpoint_ids), JobModel.status.in_(active))
+        .where(
+            JobModel.endpoint_id.in_(endpoint_ids),
+            JobModel.status.in_(active),
+            or_(JobModel.status != JobStatus.IN_QUEUE, JobModel.low_priority.is_(False)),
+        )
         .group_by(JobModel.endpoint_id, JobModel.status)
     )
     queued: dict[str, int] = defaultdict(int)

@@ -2,7 +2,8 @@
 
 Each pass, in order:
 1. Running jobs past their execution timeout (the job's `executionTimeout`, counted from the attempt's start)
-   become TIMED_OUT with `cancel_requested`, so the worker side tells their worker to stop.
+   become TIMED_OUT with `cancel_requested`, so the worker side tells their worker to stop; so do jobs, queued or
+   running, past the end of their lifetime (their `ttl` from submission): a queued one never runs.
 2. Running jobs whose lease expired (their worker stopped pinging: it died or lost the network) go back to
    the queue, their attempt closed as "lease expired on worker W" (at-least-once delivery); a job that has
    been taken `job_max_attempts` times FAILS instead, its error naming every attempt.
@@ -23,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import defer
 
 from dockyard.context import ServerContext
@@ -33,6 +34,8 @@ from dockyard.db.models import JobModel
 from dockyard.services.jobs import (
     LOOP,
     execution_deadline,
+    expired,
+    expiry_values,
     finish_values,
     job_view,
     lost_attempt_values,
@@ -66,12 +69,13 @@ class JobReaper:
 
     async def _running(self, now: datetime) -> None:
         """Steps 1 and 2: timeouts first, since a job both late and unpinged ran out of time by its own fault."""
+        expired_queued = and_(JobModel.status == JobStatus.IN_QUEUE, JobModel.expires_at <= now)
         async with self.context.db.read() as session:
             jobs = list(
                 await session.scalars(
                     select(JobModel)
                     .options(defer(JobModel.input), defer(JobModel.output))
-                    .where(JobModel.status == JobStatus.IN_PROGRESS)
+                    .where(or_(JobModel.status == JobStatus.IN_PROGRESS, expired_queued))
                 )
             )
         settings = self.context.settings
@@ -83,6 +87,8 @@ class JobReaper:
                 error = f"ran past its execution timeout of {limit:g} s on worker {job.worker_id}"
                 values = finish_values(job, JobStatus.TIMED_OUT, error=error, now=now, outcome="timed out")
                 decided.append((job, {**values, "cancel_requested": True}))
+            elif expired(job, now):
+                decided.append((job, expiry_values(job, now=now)))
             elif job.lease_expires_at is not None and job.lease_expires_at <= now:
                 outcome = f"lease expired on worker {job.worker_id}"
                 values = lost_attempt_values(job, outcome, now=now, max_attempts=settings.job_max_attempts)
@@ -103,7 +109,7 @@ class JobReaper:
                 else:
                     changed.append(job.id)
                     wake = wake or bool(job.webhook)
-                    if values.get("cancel_requested"):
+                    if values.get("cancel_requested") and job.worker_id:
                         flagged.add(job.worker_id)
         signals = self.context.job_signals
         for job_id in changed:
@@ -116,7 +122,7 @@ class JobReaper:
             self.context.wake(LOOP)
 
     async def _purge(self, now: datetime) -> None:
-        """Step 3; the delete's own conditions guard it (a job retried meanwhile has no `expires_at`)."""
+        """Step 3; the delete's own conditions guard it (a job retried meanwhile is no longer final)."""
         async with self.context.db.write() as session:
             await session.execute(
                 delete(JobModel).where(

@@ -11,31 +11,44 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from dockyard.core.status import JobStatus
 
-MAX_POLICY_MS = 7 * 24 * 3600 * 1000  # a week; also keeps the value inside a 32-bit integer column
-MIN_POLICY_MS = 1000
+# The bounds of RunPod's job policy as its docs state them (docs.runpod.io, serverless/endpoints: "Execution
+# policies" in send-requests, "Execution timeout" and "Job TTL" in endpoint-configurations): `executionTimeout` at
+# least 5 s, `ttl` at least 10 s, both at most 7 days (a week also keeps them inside the 32-bit integer columns), and
+# `lowPriority` a boolean. PPIO's client (ppio-gpus) sends only `input` and PPIO documents no policy of its own, so
+# both bases take RunPod's.
+MAX_POLICY_MS = 7 * 24 * 3600 * 1000
+MIN_EXECUTION_TIMEOUT_MS = 5_000
+MIN_TTL_MS = 10_000
 MAX_WEBHOOK = 2048
 MAX_RUNSYNC_WAIT_MS = 300_000
 DEFAULT_RUNSYNC_WAIT_MS = 90_000
 
 
 class JobPolicy(BaseModel):
-    """Per-job limits, RunPod's `policy`: both in milliseconds; omitted ones take the server's defaults."""
+    """Per-job limits, RunPod's `policy` (times in milliseconds); omitted ones take the server's defaults."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     execution_timeout: int | None = Field(
         default=None,
         alias="executionTimeout",
-        ge=MIN_POLICY_MS,
+        ge=MIN_EXECUTION_TIMEOUT_MS,
         le=MAX_POLICY_MS,
         description="ms a worker may run the job before it is TIMED_OUT",
     )
     ttl: int | None = Field(
-        default=None, ge=MIN_POLICY_MS, le=MAX_POLICY_MS, description="ms a finished job's result is kept"
+        default=None,
+        ge=MIN_TTL_MS,
+        le=MAX_POLICY_MS,
+        description="ms the job may live from submission, queued and running: one not finished by then is TIMED_OUT "
+        "(a job no worker took in time never runs)",
+    )
+    low_priority: StrictBool = Field(
+        default=False, alias="lowPriority", description="true: the job never makes the endpoint add a worker"
     )
 
 
@@ -72,7 +85,10 @@ class JobView(BaseModel):
     status: JobStatus
     delay_time: int = Field(alias="delayTime", description="ms from entering the queue to being taken")
     execution_time: int = Field(alias="executionTime", description="ms from being taken to finishing")
-    output: Any = None
+    output: Any = Field(
+        default=None,
+        description="a finished job's result; while it runs, the last value its handler reported (`progress_update`)",
+    )
     error: str | None = None
     retries: int | None = Field(default=None, description="runs beyond the first (lost leases, `retry` calls)")
     worker_id: str | None = Field(default=None, alias="workerId")

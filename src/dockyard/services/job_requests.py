@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, delete, func, select
@@ -40,7 +41,7 @@ from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerMo
 from dockyard.db.session import Database
 from dockyard.errors import Conflict, InvalidField, NotFound, PayloadTooLarge
 from dockyard.gateway.autoscaler import LOOP as AUTOSCALER
-from dockyard.schemas.jobs import RunRequest
+from dockyard.schemas.jobs import JobPolicy, RunRequest
 from dockyard.services import endpoints, idempotency, job_inserts
 from dockyard.services.jobs import LOOP, VIEW_COLUMNS, finish_values, job_view, retry_values
 from dockyard.services.keys import Principal
@@ -77,12 +78,10 @@ def _resolved_ms(given: int | None, default_seconds: float) -> int:
     return min(given if given is not None else int(default_seconds * 1000), _MAX_INT_MS)
 
 
-def _same_request(job: JobModel, input_json: str, webhook: str, timeout_ms: int, ttl_ms: int) -> bool:
-    return (
-        json.loads(job.input) == json.loads(input_json)
-        and job.webhook == webhook
-        and job.execution_timeout_ms == timeout_ms
-        and job.ttl_ms == ttl_ms
+def _same_request(job: JobModel, row: dict[str, Any]) -> bool:
+    """Whether the job `row` (a submission's column values) asks what `job` was asked."""
+    return json.loads(job.input) == json.loads(row["input"]) and all(
+        getattr(job, name) == row[name] for name in ("webhook", "execution_timeout_ms", "ttl_ms", "low_priority")
     )
 
 
@@ -122,17 +121,21 @@ async def submit(
             f"input is {size} bytes, over the job limit of {settings.job_max_payload_bytes} bytes; "
             "pass large data by reference (a URL, or a path on a network storage)"
         )
-    policy = request.policy
+    policy = request.policy or JobPolicy()
+    now = utcnow()
+    ttl_ms = _resolved_ms(policy.ttl, settings.job_lifetime_seconds)
     row: dict[str, Any] = {
         "endpoint_id": endpoint_id,
         "org_id": principal.org_id,
         "input": input_json,
         "webhook": request.webhook or "",
-        "execution_timeout_ms": _resolved_ms(
-            policy.execution_timeout if policy else None, settings.job_execution_timeout_seconds
-        ),
-        "ttl_ms": _resolved_ms(policy.ttl if policy else None, settings.job_ttl_seconds),
+        "execution_timeout_ms": _resolved_ms(policy.execution_timeout, settings.job_execution_timeout_seconds),
+        "ttl_ms": ttl_ms,
+        "keep_ms": _resolved_ms(None, settings.job_ttl_seconds),
+        "low_priority": policy.low_priority,
         "idempotency_key": idempotency_key,
+        "created_at": now,
+        "expires_at": now + timedelta(milliseconds=ttl_ms),
     }
 
     async def open_endpoint(session: AsyncSession) -> bool:
@@ -146,16 +149,16 @@ async def submit(
     if idempotency_key is None:
         job_id = new_id()
         check_key = (principal.org_id, endpoint_id)
-        wake_autoscaler = bool(await job_inserts.insert(context.db, {**row, "id": job_id}, open_endpoint, check_key))
+        at_zero = bool(await job_inserts.insert(context.db, {**row, "id": job_id}, open_endpoint, check_key))
         answer = idempotency.Answer(200, {"id": job_id, "status": JobStatus.IN_QUEUE.value})
     else:
         async with context.db.write_session() as session:
-            wake_autoscaler = await open_endpoint(session)
+            at_zero = await open_endpoint(session)
             answer = await _submit_once(session, principal, request, row, idempotency_key)
         if answer.replayed:
             return answer
     context.job_signals.notify_queued(endpoint_id)
-    if wake_autoscaler:
+    if at_zero and not policy.low_priority:  # a low-priority job waits for a worker the endpoint has anyway
         context.wake(AUTOSCALER)
     return answer
 
@@ -165,11 +168,10 @@ async def _submit_once(
 ) -> idempotency.Answer:
     """Commit the job `row` once per Idempotency-Key `key` (see the module docstring); a replay answers the job
     the key made, with its current status."""
-    owner, input_json, webhook = row["endpoint_id"], row["input"], row["webhook"]
-    timeout_ms, ttl_ms = row["execution_timeout_ms"], row["ttl_ms"]
+    owner = row["endpoint_id"]
 
     def replay(job: JobModel) -> idempotency.Answer:
-        if not _same_request(job, input_json, webhook, timeout_ms, ttl_ms):
+        if not _same_request(job, row):
             raise InvalidField(
                 idempotency.HEADER, "this key was used with a different request; send a new key for a new job"
             )
@@ -183,7 +185,13 @@ async def _submit_once(
 
     if (existing := await _by_key(session, owner, key)) is not None:
         return replay(existing)
-    body = {"input": request.input, "webhook": webhook, "timeout_ms": timeout_ms, "ttl_ms": ttl_ms}
+    body = {
+        "input": request.input,
+        "webhook": row["webhook"],
+        "timeout_ms": row["execution_timeout_ms"],
+        "ttl_ms": row["ttl_ms"],
+        "low_priority": row["low_priority"],
+    }
     try:
         answer = await idempotency.once(session, principal.org_id, _key_slot(owner, key), f"run {owner}", body, add_job)
         await session.commit()

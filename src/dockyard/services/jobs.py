@@ -15,8 +15,10 @@ from the row as loaded (`*_values`), so the same rule serves two kinds of writer
 the attempt ends; a record that no writer opened is appended closed, so the history stays complete. The column
 is plain JSON, so every change assigns a new list (an in-place mutation would not be seen by the ORM).
 
-The job row carries its effective execution timeout and TTL (resolved at submission from the job's policy or
-the settings), so finishing a job needs no settings.
+The job row carries its effective execution timeout, lifetime (`ttl`) and result retention (`keep_ms`), resolved at
+submission from the job's policy or the settings, so finishing a job needs no settings. `expires_at` is the end of
+the job's lifetime until it finishes (the reaper times it out then, and no worker takes it after), and when it is
+purged once finished.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import ColumnElement, Row, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.config import Settings
@@ -33,7 +35,7 @@ from dockyard.core.status import JobStatus, WebhookState
 from dockyard.db.models import JobModel
 
 LOOP = "jobs"  # the reaper's loop name: wake it after a job finishes with a webhook to deliver
-_DEFAULT_TTL_SECONDS = float(Settings.model_fields["job_ttl_seconds"].default)
+_DEFAULT_KEEP_SECONDS = float(Settings.model_fields["job_ttl_seconds"].default)
 
 
 def _ms(later: datetime, earlier: datetime | None) -> int:
@@ -69,8 +71,14 @@ def history_summary(history: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "no attempt recorded"
 
 
-def effective_ttl_ms(job: JobModel) -> int:
-    return job.ttl_ms if job.ttl_ms > 0 else int(_DEFAULT_TTL_SECONDS * 1000)
+def _keep_ms(job: JobModel) -> int:
+    """How long the finished job is kept: its own, or the default for a row from before it carried one."""
+    return job.keep_ms if job.keep_ms > 0 else int(_DEFAULT_KEEP_SECONDS * 1000)
+
+
+def takeable(now: datetime) -> ColumnElement[bool]:
+    """The condition a queued job must meet to be taken at `now`: its lifetime has not run out."""
+    return or_(JobModel.expires_at.is_(None), JobModel.expires_at > now)
 
 
 def execution_deadline(job: JobModel, settings: Settings) -> datetime | None:
@@ -79,6 +87,23 @@ def execution_deadline(job: JobModel, settings: Settings) -> datetime | None:
         return None
     timeout_ms = job.execution_timeout_ms or int(settings.job_execution_timeout_seconds * 1000)
     return job.started_at + timedelta(milliseconds=timeout_ms)
+
+
+def expired(job: JobModel, now: datetime) -> bool:
+    """Whether the unfinished `job`'s lifetime (its `ttl` from submission) has run out at `now`."""
+    return not job.status.final and job.expires_at is not None and job.expires_at <= now
+
+
+def expiry_values(job: JobModel, *, now: datetime) -> dict[str, Any]:
+    """The column values that end an `expired` job as TIMED_OUT, as RunPod's "expired before it was picked up by a
+    worker": a queued one is discarded and never runs; a running one is flagged, so its worker is told to stop."""
+    ttl = f"{job.ttl_ms / 1000:g} s"
+    if job.status == JobStatus.IN_QUEUE:
+        error = f"expired in the queue: no worker took it within its ttl of {ttl} from submission"
+        return finish_values(job, JobStatus.TIMED_OUT, error=error, now=now)
+    error = f"expired: its ttl of {ttl} from submission ran out while worker {job.worker_id} ran it"
+    values = finish_values(job, JobStatus.TIMED_OUT, error=error, now=now, outcome="expired (ttl)")
+    return {**values, "cancel_requested": True}
 
 
 def finish_values(
@@ -93,8 +118,8 @@ def finish_values(
     """The column values that end `job` as `status` (a final one) at `now`.
 
     Sets output (JSON text, or None) and error, `finished_at`, `execution_ms` (from the attempt's start; 0 for
-    a job that never ran), `expires_at` (now + its TTL), drops the lease, and schedules the webhook (PENDING,
-    due now) when the job has one. A job that was taken gets its current attempt closed in `history`
+    a job that never ran), `expires_at` (now + how long it is kept), drops the lease, and schedules the webhook
+    (PENDING, due now) when the job has one. A job that was taken gets its current attempt closed in `history`
     (`outcome`, default the status in lower case); a queued one never ran and gets no record.
     """
     if not status.final:
@@ -105,7 +130,7 @@ def finish_values(
         "error": error,
         "finished_at": now,
         "execution_ms": _ms(now, job.started_at) if job.status == JobStatus.IN_PROGRESS else 0,
-        "expires_at": now + timedelta(milliseconds=effective_ttl_ms(job)),
+        "expires_at": now + timedelta(milliseconds=_keep_ms(job)),
         "lease_expires_at": None,
         "webhook_state": WebhookState.PENDING if job.webhook else WebhookState.NONE,
         "webhook_attempts": 0,
@@ -173,7 +198,7 @@ async def claim_next(
     """
     query = (
         select(JobModel)
-        .where(JobModel.endpoint_id == endpoint_id, JobModel.status == JobStatus.IN_QUEUE)
+        .where(JobModel.endpoint_id == endpoint_id, JobModel.status == JobStatus.IN_QUEUE, takeable(now))
         .order_by(JobModel.created_at, JobModel.id)
         .limit(1)
     )
@@ -216,7 +241,8 @@ def lost_attempt_values(job: JobModel, outcome: str, *, now: datetime, max_attem
 
 def retry_values(job: JobModel, *, now: datetime) -> dict[str, Any]:
     """The column values that send a finished `job` back to the queue for a client's `retry`: a fresh set of
-    attempts, the result and its webhook cleared, the history kept and marked."""
+    attempts and a fresh lifetime from now (a resubmission), the result and its webhook cleared, the history kept
+    and marked."""
     return {
         "status": JobStatus.IN_QUEUE,
         "retried": job.retried + 1,
@@ -229,7 +255,7 @@ def retry_values(job: JobModel, *, now: datetime) -> dict[str, Any]:
         "finished_at": None,
         "delay_ms": 0,
         "execution_ms": 0,
-        "expires_at": None,
+        "expires_at": now + timedelta(milliseconds=job.ttl_ms) if job.ttl_ms > 0 else None,
         "cancel_requested": False,
         "webhook_state": WebhookState.NONE,
         "webhook_attempts": 0,

@@ -6,14 +6,14 @@ Who calls: each async worker, with the key the endpoint reconciler made for it w
 finds the worker by that hash; the worker and endpoint ids in the path must be that worker's, so a key opens
 exactly one worker's webhooks and only its endpoint's jobs (an unknown key is 401, anything else 404).
 
-- **job-take** (`take`): the oldest `IN_QUEUE` jobs of the endpoint are moved to `IN_PROGRESS` under this
-  worker, each by a guarded write (`WHERE id AND version`, after `SELECT ... FOR UPDATE SKIP LOCKED` on
-  PostgreSQL so concurrent takers pick different rows), so two workers never take one job and a job cancelled
-  meanwhile is skipped. A take records the attempt (`attempts`, an attempt record in `history`, `started_at`,
-  `delay_ms`) and the lease (`job_lease_seconds` from now). With nothing queued the request is held open up to
-  `job_take_wait_seconds`, woken by `job_signals.notify_queued`, and then answered 204: the SDKs poll again at
-  once after a 204, so answering it at once would make every idle worker spin. A draining worker is held the
-  same way and takes nothing. A held take whose worker has gone (`gone()`: its connection closed, a worker that
+- **job-take** (`take`): the oldest `IN_QUEUE` jobs of the endpoint whose lifetime (`ttl`) has not run out are moved
+  to `IN_PROGRESS` under this worker, each by a guarded write (`WHERE id AND version`, after `SELECT ... FOR UPDATE
+  SKIP LOCKED` on PostgreSQL so concurrent takers pick different rows), so two workers never take one job and a job
+  cancelled meanwhile is skipped. A take records the attempt (`attempts`, an attempt record in `history`,
+  `started_at`, `delay_ms`) and the lease (`job_lease_seconds` from now). With nothing queued the request is held
+  open up to `job_take_wait_seconds`, woken by `job_signals.notify_queued`, and then answered 204: the SDKs poll
+  again at once after a 204, so answering it at once would make every idle worker spin. A draining worker is held
+  the same way and takes nothing. A held take whose worker has gone (`gone()`: its connection closed, a worker that
   died or was stopped mid-poll) takes nothing when woken, so the job goes to a live worker at once rather than
   waiting out a lease on a dead one.
 - **job-done** (`done`): only the job's holder (`IN_PROGRESS`, its `worker_id`) records a result, through
@@ -165,7 +165,7 @@ async def _take_now(context: ServerContext, worker: WorkerModel, count: int) -> 
         tried: set[str] = set()
         while len(taken) < count:
             query = select(JobModel).where(
-                JobModel.endpoint_id == worker.endpoint_id, JobModel.status == JobStatus.IN_QUEUE
+                JobModel.endpoint_id == worker.endpoint_id, JobModel.status == JobStatus.IN_QUEUE, jobs.takeable(now)
             )
             if tried:
                 query = query.where(JobModel.id.not_in(tried))
