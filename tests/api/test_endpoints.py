@@ -176,7 +176,7 @@ async def test_get_has_seed_000_shape(harness: Harness, client: httpx.AsyncClien
         "name": "chat",
         "app_name": "example-app",
         "status": {"status": "deploying", "error": "", "message": body["status"]["message"]},
-        "url": f"{settings.resolved_gateway_url}/{endpoint_id}",
+        "url": f"{settings.resolved_public_url}/v1/{endpoint_id}",
         "product_id": "serverless.cpu",
         "worker_config": {
             "min_replicas": 1,

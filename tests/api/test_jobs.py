@@ -129,6 +129,19 @@ async def test_policy_and_webhook_are_recorded(harness: Harness, client: httpx.A
     assert defaults.keep_ms == int(settings.job_ttl_seconds * 1000)
 
 
+async def test_an_async_endpoints_url_is_the_base_its_clients_call(harness: Harness, client: httpx.AsyncClient) -> None:
+    endpoint_id = await make_endpoint(client)
+    url = (await client.get(f"/gpus/v2/endpoints/{endpoint_id}")).json()["url"]
+    assert url == f"{harness.context.settings.resolved_public_url}/v1/{endpoint_id}"  # ppio-gpus's base, and the id
+    answer = await client.post(f"{url}/run", json={"input": {"n": 1}})
+    assert answer.status_code == 200, answer.text
+    status = await client.get(f"{url}/status/{answer.json()['id']}")
+    assert status.json()["status"] == "IN_QUEUE"
+    sync_id = await make_endpoint(client, "sync")
+    sync_url = (await client.get(f"/gpus/v2/endpoints/{sync_id}")).json()["url"]
+    assert sync_url == f"{harness.context.settings.resolved_gateway_url}/{sync_id}"  # any path, to a worker
+
+
 async def test_bare_key_is_accepted_and_bad_keys_refused(harness: Harness, client: httpx.AsyncClient) -> None:
     endpoint_id = await make_endpoint(client)
     key = client.headers["Authorization"].removeprefix("Bearer ")

@@ -24,6 +24,7 @@ from dockyard.context import ServerContext
 from dockyard.core.status import (
     DesiredState,
     EndpointStatus,
+    EndpointType,
     PolicyType,
     ProductCategory,
     WorkerStatus,
@@ -227,6 +228,16 @@ def _status(status: str, reason: str, failed: bool) -> StatusInfo:
     return StatusInfo(status=status, error=reason if failed else "", message=reason)
 
 
+def endpoint_url(settings: Settings, row: EndpointModel) -> str:
+    """Where the endpoint is called. A sync one at the gateway: `{url}/{path}` reaches a worker. An async one at its
+    job API on the server (which serves it, not the stand-alone gateways): `{url}/run`, `{url}/status/{job}`, ...,
+    under `/v1`, the base of PPIO's own client (ppio-gpus), as the endpoint API is PPIO's; the runpod client's
+    `/v2/{id}` serves the same."""
+    if row.type == EndpointType.ASYNC:
+        return f"{settings.resolved_public_url}/v1/{row.id}"
+    return f"{settings.resolved_gateway_url}/{row.id}"
+
+
 def to_wire(context: ServerContext, row: EndpointModel, workers: Sequence[WorkerModel]) -> Endpoint:
     spec = WorkloadSpec.model_validate(row.spec)
     health = spec.health_check or HealthCheck()
@@ -237,7 +248,7 @@ def to_wire(context: ServerContext, row: EndpointModel, workers: Sequence[Worker
         name=row.name,
         app_name=row.app_name,
         status=_status(row.status.value, row.reason, row.status == EndpointStatus.FAILED),
-        url=f"{context.settings.resolved_gateway_url}/{row.id}",
+        url=endpoint_url(context.settings, row),
         product_id=row.product_id,
         worker_config=WorkerConfigOut.model_validate(row.worker_config),
         policy=Policy.model_validate(row.policy),
