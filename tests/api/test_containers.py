@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from dockyard.config import Settings
 from dockyard.core.workload import WorkloadSpec
@@ -541,19 +541,28 @@ async def test_stop_start_restart_record_desired_state(harness: Harness, client:
     template_id = await make_template(client)
     container_id = await create_one(client, template_id)
     url = f"/api/v1/containers/{container_id}"
+    # Each answers the status it leads to, in progress (GMI's ContainerAction), not the status it found.
     stopped = await client.post(f"{url}/stop")
     assert stopped.status_code == 200
-    assert stopped.json() == {
+    assert stopped.json() == {"id": container_id, "status": "stopped", "reason": "stop requested; in progress"}
+    row = await container_row(harness, container_id)
+    assert (row.desired, row.status) == ("stopped", "creating")  # observed state is the reconciler's to write
+    assert (await client.post(f"{url}/start")).json() == {
         "id": container_id,
-        "status": "creating",
-        "reason": "accepted; waiting to be placed and started",
+        "status": "running",
+        "reason": "start requested; in progress",
     }
-    assert (await container_row(harness, container_id)).desired == "stopped"
-    assert (await client.post(f"{url}/start")).json()["status"] == "creating"
     assert (await container_row(harness, container_id)).desired == "running"
     await client.post(f"{url}/stop")
-    assert (await client.post(f"{url}/restart")).status_code == 200
+    restarted = await client.post(f"{url}/restart")
+    assert (restarted.json()["status"], restarted.json()["reason"]) == ("running", "restart requested; in progress")
     row = await container_row(harness, container_id)
     assert (row.desired, row.restart_generation) == ("running", 1)
     await client.post(f"{url}/restart")
     assert (await container_row(harness, container_id)).restart_generation == 2
+    # A container already where the action leads is answered as it is.
+    async with harness.context.db.write() as session:
+        await session.execute(
+            update(ContainerModel).where(ContainerModel.id == container_id).values(status="running", reason="up")
+        )
+    assert (await client.post(f"{url}/start")).json() == {"id": container_id, "status": "running", "reason": "up"}

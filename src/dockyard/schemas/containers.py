@@ -111,7 +111,8 @@ class Container(CamelModel):
 
 
 class ContainerAction(CamelModel):
-    """The answer to start, stop and restart: the status at the moment the request was recorded."""
+    """The answer to start, stop and restart: the status the action leads to (`running`, `stopped`), with a reason
+    saying it is in progress until the container is there (GET shows the status it is in meanwhile)."""
 
     id: str
     status: ContainerStatus

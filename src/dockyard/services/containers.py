@@ -429,6 +429,8 @@ async def _act(
     desired: DesiredState,
     restart: bool = False,
 ) -> ContainerAction:
+    """Record `desired` and answer the status the action leads to, with a reason saying it is under way (GET shows
+    the status observed meanwhile); a container already there is answered as it is."""
     row = await get_row(session, principal, container_id)
     _refuse_terminating(row, action)
     if row.desired != desired or restart:
@@ -437,7 +439,11 @@ async def _act(
             row.restart_generation += 1
         await session.commit()
     context.wake(LOOP)
-    return ContainerAction(id=row.id, status=row.status, reason=row.reason)
+    target = ContainerStatus.STOPPED if desired == DesiredState.STOPPED else ContainerStatus.RUNNING
+    if row.status == target and not restart:
+        return ContainerAction(id=row.id, status=target, reason=row.reason)
+    verb = {"started": "start", "stopped": "stop", "restarted": "restart"}[action]
+    return ContainerAction(id=row.id, status=target, reason=f"{verb} requested; in progress")
 
 
 async def start(
