@@ -465,12 +465,24 @@ async def test_generation_bumps_only_when_the_worker_template_changes(
     assert body["volumes"][0]["mount_point"] == "/models"
     assert body["worker_config"]["min_cuda_version"] == "12.1"
 
-    # Shrinking max_replicas pulls desired replicas down with it; a sent worker_config is whole, so the
-    # template fields in it are repeated to keep the template as it is.
-    row = await put(
-        {"worker_config": {"min_replicas": 0, "max_replicas": 0, "rootfs_size_gb": 40, "min_cuda_version": "12.1"}}
-    )
+    # Shrinking max_replicas pulls desired replicas down with it; a sent worker_config is merged onto the current
+    # one, so the fields it leaves out keep their values, the template's among them.
+    row = await put({"worker_config": {"min_replicas": 0, "max_replicas": 0}})
     assert (row.desired_replicas, row.generation) == (0, len(template_changes) + 2)
+    assert (row.worker_config["rootfs_size_gb"], row.worker_config["min_cuda_version"]) == (40, "12.1")
+    assert (row.worker_config["idle_timeout"], row.worker_config["request_timeout"]) == (30, 10)
+
+
+async def test_a_partial_worker_config_keeps_what_it_leaves_out(client: httpx.AsyncClient) -> None:
+    config = {"min_replicas": 1, "max_replicas": 3, "idle_timeout": 300, "max_concurrent_per_worker": 10}
+    endpoint_id = await create(client, worker_config={**config, "request_timeout": 120, "rootfs_size_gb": 30})
+    answer = await client.put(f"{URL}/{endpoint_id}", json={"worker_config": {"max_replicas": 5}})
+    assert answer.status_code == 200, answer.text
+    kept = (await get(client, endpoint_id))["worker_config"]
+    assert kept == {**kept, **config, "max_replicas": 5, "request_timeout": 120, "rootfs_size_gb": 30}
+    # The merged whole is checked across its fields, naming the one sent.
+    too_few = await client.put(f"{URL}/{endpoint_id}", json={"worker_config": {"max_replicas": 0}})
+    assert_error(too_few, 422, "worker_config.min_replicas")
 
 
 async def test_update_validation(harness: Harness, client: httpx.AsyncClient) -> None:

@@ -112,7 +112,8 @@ class CreateEndpointRequest(SnakeModel):
 
 class UpdateEndpointRequest(SnakeModel):
     """Any create field but `type` and `app_name`; an omitted field keeps the endpoint's current value. A sent
-    `worker_config` is taken whole: its omitted fields take their defaults, as at creation."""
+    `worker_config` must hold `max_replicas` and is merged onto the current one: the fields it leaves out keep
+    their values."""
 
     name: str | None = Field(default=None, min_length=1, max_length=255)
     product_id: str | None = Field(default=None, min_length=1, max_length=255)

@@ -375,7 +375,10 @@ async def update(
     if request.region_id is not None:
         await _region(session, region_id)
     product_gpus = await _product_gpus(session, region_id, product_id)
-    config = request.worker_config or WorkerConfig.model_validate(row.worker_config)
+    config = WorkerConfig.model_validate(row.worker_config)
+    if request.worker_config is not None:  # merged onto the current one: what it leaves out is kept
+        sent = request.worker_config.model_dump(include=request.worker_config.model_fields_set)
+        config = WorkerConfig.model_validate({**row.worker_config, **sent})
     worker_config = _worker_config(config, product_gpus)
     ports = current.ports if request.ports is None else _ports(request.ports)
     if request.volumes is not None:
