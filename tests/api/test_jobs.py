@@ -276,7 +276,14 @@ async def test_health_counts(harness: Harness, client: httpx.AsyncClient) -> Non
     async with harness.context.db.write() as session:
         workers = [
             WorkerModel(endpoint_id=endpoint_id, org_id="", generation=1, status=status)
-            for status in (WorkerStatus.READY, WorkerStatus.READY, WorkerStatus.STARTING)
+            for status in (
+                WorkerStatus.READY,
+                WorkerStatus.READY,
+                WorkerStatus.STARTING,
+                WorkerStatus.PENDING,
+                WorkerStatus.FAILED,
+                WorkerStatus.DRAINING,
+            )
         ]
         session.add_all(workers)
         await session.flush()
@@ -291,10 +298,12 @@ async def test_health_counts(harness: Harness, client: httpx.AsyncClient) -> Non
     assert answer.status_code == 200, answer.text
     assert answer.json() == {
         "jobs": {"completed": 1, "failed": 1, "inProgress": 1, "inQueue": 2, "retried": 0},
-        "workers": {"idle": 1, "running": 1},
+        # RunPod's six worker states, from ours.
+        "workers": {"idle": 1, "initializing": 2, "ready": 2, "running": 1, "throttled": 0, "unhealthy": 1},
     }
     await take(harness, endpoint_id, ready_b)
-    assert (await client.get(f"/v2/{endpoint_id}/health")).json()["workers"] == {"idle": 0, "running": 2}
+    workers_now = (await client.get(f"/v2/{endpoint_id}/health")).json()["workers"]
+    assert (workers_now["idle"], workers_now["ready"], workers_now["running"]) == (0, 2, 2)
 
 
 async def _add_part(harness: Harness, job_id: str, seq: int, output: Any) -> None:
@@ -498,7 +507,7 @@ async def test_the_sdk_clients_work_unchanged(served: tuple[str, str, str], monk
         assert await asyncio.to_thread(task.status) == "IN_QUEUE"
         await work("w2", [], [1, 2, 3])
         assert await asyncio.to_thread(task.output, 10) == [1, 2, 3]
-        assert (await asyncio.to_thread(ppio.health))["workers"] == {"idle": 0, "running": 0}
+        assert set((await asyncio.to_thread(ppio.health))["workers"].values()) == {0}
         assert (await asyncio.to_thread(ppio.purge_queue))["removed"] == 0
     finally:
         await db.dispose()

@@ -124,8 +124,14 @@ class JobCounts(BaseModel):
 
 
 class WorkerCounts(BaseModel):
+    """RunPod's worker states, counted from Dockyard's worker statuses."""
+
     idle: int = Field(description="ready workers running no job")
-    running: int = Field(description="workers running a job")
+    initializing: int = Field(description="workers being placed or started (`pending`, `starting`)")
+    ready: int = Field(description="workers taking jobs (`ready`, not draining), idle or running")
+    running: int = Field(description="workers running a job, a draining one finishing its own included")
+    throttled: int = Field(description="always 0: a worker waiting for room on a node is initializing")
+    unhealthy: int = Field(description="workers that failed (`failed`, with the reason on the endpoint)")
 
 
 class EndpointHealth(BaseModel):

@@ -52,6 +52,7 @@ _WAIT_SLICE = 5.0  # seconds between database reads while waiting, for changes m
 _MAX_INT_MS = 2**31 - 1  # the job's millisecond columns are 32-bit integers
 _RETRYABLE = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
 _STALE_RETRIES = 3
+_INITIALIZING = (WorkerStatus.PENDING, WorkerStatus.STARTING)
 
 
 async def async_endpoint(session: AsyncSession, principal: Principal, endpoint_id: str) -> EndpointModel:
@@ -380,7 +381,7 @@ async def purge_queue(
 
 
 async def health(session: AsyncSession, principal: Principal, endpoint_id: str) -> dict[str, Any]:
-    """Job counts by status, and workers running a job versus ready and idle, all from the database."""
+    """Job counts by status, and worker counts in RunPod's states (`WorkerCounts`), all from the database."""
     endpoint = await async_endpoint(session, principal, endpoint_id)
     of_endpoint = JobModel.endpoint_id == endpoint.id
     by_status = await session.execute(
@@ -397,13 +398,12 @@ async def health(session: AsyncSession, principal: Principal, endpoint_id: str) 
             .where(of_endpoint, JobModel.status == JobStatus.IN_PROGRESS, JobModel.worker_id != "")
         )
     )
-    ready = set(
-        await session.scalars(
-            select(WorkerModel.id).where(
-                WorkerModel.endpoint_id == endpoint.id, WorkerModel.status == WorkerStatus.READY
-            )
+    workers = (
+        await session.execute(
+            select(WorkerModel.id, WorkerModel.status, WorkerModel.drain).where(WorkerModel.endpoint_id == endpoint.id)
         )
-    )
+    ).all()
+    ready = {worker.id for worker in workers if worker.status == WorkerStatus.READY and not worker.drain}
     return {
         "jobs": {
             "completed": counts.get(JobStatus.COMPLETED, 0),
@@ -412,7 +412,16 @@ async def health(session: AsyncSession, principal: Principal, endpoint_id: str) 
             "inQueue": counts.get(JobStatus.IN_QUEUE, 0),
             "retried": retried,
         },
-        "workers": {"idle": len(ready - busy), "running": len(busy)},
+        # RunPod's worker states, from ours: a worker being placed or started is initializing, a failed one
+        # unhealthy; Dockyard has no throttled worker (one waiting for room on a node is initializing).
+        "workers": {
+            "idle": len(ready - busy),
+            "initializing": sum(worker.status in _INITIALIZING for worker in workers),
+            "ready": len(ready),
+            "running": len(busy),
+            "throttled": 0,
+            "unhealthy": sum(worker.status == WorkerStatus.FAILED for worker in workers),
+        },
     }
 
 
