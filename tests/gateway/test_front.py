@@ -1,5 +1,6 @@
-"""Front: a request whose first path segment is an endpoint in the routing table reaches the gateway (and the
-worker behind it); every other path, websocket and lifespan event reaches the API app."""
+"""Front: a request whose first path segment is an endpoint id reaches the gateway (and, for an endpoint in the
+routing table, the worker behind it); every other path, websocket and lifespan event reaches the API app. And over
+the whole app: the gateway answers an unknown id exactly as another organization's endpoint."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dockyard.core.status import EndpointType
 from dockyard.gateway.front import Front
 from dockyard.gateway.proxy import GatewayApp
 from dockyard.gateway.routes import EndpointConfig, RouteTable
+from tests.conftest import Harness
 from tests.gateway.upstream import Worker, serve
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,29 +75,75 @@ async def test_endpoint_paths_reach_the_gateway_and_the_rest_the_api() -> None:
                 assert proxied.headers["x-dockyard-worker"] == "w1"
                 assert "api" not in proxied.json()
 
-            unknown = str(uuid.uuid4())
-            for path in ("/gpus/v2/endpoints", "/healthz", f"/{unknown}/x", f"/api/v1/{EP}", f"/{EP}x/y", "/"):
+            for path in ("/gpus/v2/endpoints", "/healthz", f"/api/v1/{EP}", f"/{EP}x/y", f"/{EP.upper()}/y", "/"):
                 answer = await client.get(path)
                 assert answer.json() == {"api": path.split("?")[0]}, path
                 assert "x-dockyard-worker" not in answer.headers
+            unknown = str(uuid.uuid4())
+            answer = await client.get(f"/{unknown}/x")  # an id not in the table: the gateway's 404, not the API's
+            assert (answer.status_code, answer.json()["message"]) == (404, f"endpoint {unknown} not found")
         await gateway.aclose()
     assert [path for kind, path in api.seen if kind == "http"] == [
         "/gpus/v2/endpoints",
         "/healthz",
-        f"/{unknown}/x",
         f"/api/v1/{EP}",
         f"/{EP}x/y",
+        f"/{EP.upper()}/y",
         "/",
     ]
 
 
-async def test_a_removed_endpoint_falls_through_to_the_api() -> None:
-    front, _, gateway, routes = make_front()
+async def test_a_removed_endpoint_is_the_gateways_404() -> None:
+    front, api, gateway, routes = make_front()
     async with serve(front) as url, httpx.AsyncClient(base_url=url, headers=HEADERS, trust_env=False) as client:
         routes.configure([])
         answer = await client.get(f"/{EP}/x")
     await gateway.aclose()
-    assert answer.json() == {"api": f"/{EP}/x"}
+    assert (answer.status_code, answer.json()["message"]) == (404, f"endpoint {EP} not found")
+    assert api.seen == []
+
+
+async def test_an_unknown_id_is_answered_as_another_organizations_endpoint(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Through the whole app (Front, gateway, API): status, body, headers and the work done (a key lookup, then the
+    # answer) are the same for an endpoint of another organization and for an id that names nothing.
+    body = {"type": "sync", "name": "s", "product_id": "serverless.cpu", "image": "localhost/w:1", "ports": [8080]}
+    created = await harness.client.post("/gpus/v2/endpoints", json={**body, "worker_config": {"max_replicas": 1}})
+    theirs, unknown = created.json()["id"], str(uuid.uuid4())
+    lookups: list[str] = []
+    gateway = harness.app.front.gateway
+    real_authenticate = gateway.authenticate
+
+    async def counted(token: str) -> str | None:
+        lookups.append(token)
+        return await real_authenticate(token)
+
+    monkeypatch.setattr(gateway, "authenticate", counted)
+    other = await harness.new_client("globex")
+    key = other.headers["Authorization"].removeprefix("Bearer ")
+    try:
+        for authorization in (f"Bearer {key}", key, "", "Bearer dy_wrong", "Basic a2V5"):
+            headers = {"Authorization": authorization} if authorization else {}
+            for method, path in (("GET", "/{id}/v1/models"), ("POST", "/{id}/"), ("GET", "/{id}")):
+                answers = []
+                for endpoint_id in (theirs, unknown):
+                    before = len(lookups)
+                    answer = await harness.client.request(
+                        method, path.format(id=endpoint_id), headers={"Authorization": "", **headers}
+                    )
+                    answers.append(
+                        (
+                            answer.status_code,
+                            answer.text.replace(endpoint_id, "ID"),
+                            list(answer.headers.items()),
+                            len(lookups) - before,
+                        )
+                    )
+                assert answers[0] == answers[1], (authorization, method, path)
+                assert answers[0][0] == (404 if authorization.endswith(key) else 401)
+    finally:
+        await other.aclose()
 
 
 async def test_websockets_and_lifespan_go_to_the_api_and_shutdown_closes_the_gateway(

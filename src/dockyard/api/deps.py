@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dockyard.context import ServerContext
 from dockyard.errors import Forbidden, Unauthorized
 from dockyard.services.idempotency import Answer
-from dockyard.services.keys import Principal, authenticate
+from dockyard.services.keys import Principal, authenticate, presented_key
 
 
 async def get_context(request: Request) -> ServerContext:
@@ -41,15 +41,13 @@ WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session)]
 
 
 def bearer_token(authorization: str | None) -> str:
+    """The key of `Authorization` (`keys.presented_key`: Bearer or bare); 401 when it carries none."""
     if not authorization:
         raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <api key>'")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        # PPIO's SDKs send the bare key; accept it as they do.
-        token = authorization if " " not in authorization.strip() else ""
-    if not token.strip():
+    token = presented_key(authorization)
+    if token is None:
         raise Unauthorized("malformed Authorization header; send 'Authorization: Bearer <api key>'")
-    return token.strip()
+    return token
 
 
 async def get_principal(context: ContextDep, authorization: Annotated[str | None, Header()] = None) -> Principal:

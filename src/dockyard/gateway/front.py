@@ -1,13 +1,13 @@
 """The server's outermost ASGI app: endpoint traffic to the sync gateway, everything else to the API.
 
 The gateway shares the server's port, so an endpoint's URL is `{public_url}/{endpoint_id}/...`. `Front` looks at
-the first path segment of each HTTP request: when it names an endpoint in the routing table, the request goes to
+the first path segment of each HTTP request: when it is shaped like an endpoint id (a UUID), the request goes to
 the `GatewayApp` untouched (no API middleware, no FastAPI routing on the hot path); any other path, and every
 websocket and lifespan event, goes to the API app (which app.py gives as api/jobs_lean.py's `LeanJobs` over
 FastAPI: the job API's `run` and `status` skip FastAPI the same way). The two never collide: endpoint ids are
 UUIDs, and the API's paths start with fixed words (`/gpus`, `/api`, `/admin`, `/metrics`, `/healthz`, `/docs`,
-...). An id that is not in the table (a mistyped or deleted endpoint) falls through to the API, which answers 404
-with the same error body the gateway would.
+...). An id that is not in the table (a mistyped or deleted endpoint, or one that never was) goes to the gateway
+too, which answers it exactly as it answers another organization's endpoint: which ids exist does not leak.
 
 The lifespan goes to the API app as it is. When the API reports its startup complete, `Front` freezes the
 garbage collector's view of every object made so far (`gc.freeze()`): the app, its imports and its caches live
@@ -19,11 +19,15 @@ gateway's upstream connections, so the server leaves no pooled sockets behind.
 from __future__ import annotations
 
 import gc
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dockyard.gateway.proxy import GatewayApp
 from dockyard.gateway.routes import RouteTable
+
+_ENDPOINT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # db.base.new_id's shape
+_ID_LENGTH = 36
 
 
 class Front:
@@ -39,7 +43,8 @@ class Front:
         if kind == "http":
             path: str = scope["path"]
             end = path.find("/", 1)
-            if (path[1:] if end < 0 else path[1:end]) in self.routes:
+            segment = path[1:] if end < 0 else path[1:end]
+            if segment in self.routes or (len(segment) == _ID_LENGTH and _ENDPOINT_ID.fullmatch(segment)):
                 await self.gateway(scope, receive, send)
                 return
         elif kind == "lifespan":

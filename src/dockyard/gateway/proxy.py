@@ -5,9 +5,11 @@ costs one header scan, one `await authenticate(token)`, a dictionary lookup in t
 the endpoint's `EndpointDispatcher` and one exchange over a shared connection pool; no database, no pydantic.
 
 1. Arrival. The path's first segment is the endpoint id; the rest, percent-encoding and query string as the
-   client sent them, is the path on the worker (`/{id}` alone is `/`). A missing or wrong `Authorization:
-   Bearer` key is 401; an endpoint that is unknown or belongs to another organization is 404, never 403, so
-   that existence does not leak; an async endpoint is 404 too, saying that its jobs go to `/v1/{id}/run`.
+   client sent them, is the path on the worker (`/{id}` alone is `/`). A missing or wrong key (`Authorization:
+   Bearer <key>` or the bare key, as the rest of the API takes it) is 401; an endpoint that is unknown or belongs
+   to another organization is 404, never 403, and the two are answered alike in every respect (status, body,
+   headers, the same work first, and the metrics' `unknown` label, as every refused request's is), so that
+   existence does not leak; an async endpoint is 404 too, saying that its jobs go to `/v1/{id}/run`.
 2. Queueing. The deadline is the arrival time plus the endpoint's `request_timeout`. `dispatcher.acquire`
    hands out the least-loaded ready worker with a free slot, or queues the request: a full queue is 429 with
    `Retry-After`, the deadline passing in the queue is 504. The slot is held until the response body has
@@ -60,6 +62,7 @@ from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.metrics import EndpointMetrics, request_metrics
 from dockyard.gateway.routes import RouteTable
 from dockyard.gateway.upstream import ConnectFailed, UpstreamError, UpstreamPool, UpstreamResponse
+from dockyard.services.keys import presented_key
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ _DROP_REQUEST = frozenset(
 # `Date` and `Server` are dropped as nginx drops them: the ASGI server adds its own, and a second `Date` is
 # invalid. `X-Dockyard-Worker` is ours to set.
 _DROP_RESPONSE = frozenset([*_HOP_BY_HOP, b"date", b"server", b"x-dockyard-worker"])
-_UNKNOWN = "unknown"  # the endpoint label of requests that named no endpoint in the table
+_UNKNOWN = "unknown"  # the endpoint label of requests refused before reaching an endpoint of their caller
 
 
 class _Refused(Exception):
@@ -149,7 +152,7 @@ class GatewayApp:
         endpoint_bytes, _, rest = raw_path[1:].partition(b"/")
         endpoint = endpoint_bytes.decode("latin-1")
         route = self.routes.get(endpoint)
-        metrics = self._metrics[endpoint if route is not None else _UNKNOWN]
+        refused = self._metrics[_UNKNOWN]
 
         headers: list[tuple[bytes, bytes]] = []
         authorization = host = forwarded_for = b""
@@ -169,15 +172,16 @@ class GatewayApp:
                 has_body = value != b"0"
             headers.append((name, value))
 
-        token = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else b""
-        org = await self.authenticate(token.decode("latin-1")) if token else None
+        token = presented_key(authorization.decode("latin-1"))
+        org = await self.authenticate(token) if token else None
         if org is None:
             message = "missing or invalid API key; send the header Authorization: Bearer <api key>"
-            await _reply(send, metrics, arrival, 401, message)
+            await _reply(send, refused, arrival, 401, message)
             return
         if route is None or route.config.org_id != org:
-            await _reply(send, metrics, arrival, 404, f"endpoint {endpoint} not found")
+            await _reply(send, refused, arrival, 404, f"endpoint {endpoint} not found")
             return
+        metrics = self._metrics[endpoint]
         if route.config.type is EndpointType.ASYNC:
             message = f"endpoint {endpoint} is an async endpoint; submit jobs with POST /v1/{endpoint}/run"
             await _reply(send, metrics, arrival, 404, message)

@@ -54,6 +54,16 @@ _cache: dict[str, tuple[float, Principal | None]] = {}
 _lookups: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[Principal | None]] = {}
 
 
+def presented_key(authorization: str | None) -> str | None:
+    """The key an `Authorization` header carries, `Bearer <key>` or the bare key (the PPIO and RunPod clients and
+    worker SDKs send it bare); None when it carries none. Every door takes a key the same way: the API, the job
+    API, the sync gateway and the worker webhooks."""
+    value = (authorization or "").strip()
+    scheme, _, rest = value.partition(" ")
+    key = rest.strip() if scheme.lower() == "bearer" else value
+    return key if key and " " not in key else None
+
+
 def forget_cached_keys() -> None:
     _cache.clear()
     _lookups.clear()

@@ -66,6 +66,7 @@ from dockyard.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavai
 from dockyard.secrets import hash_api_key
 from dockyard.services import events, jobs
 from dockyard.services.endpoints import LOOP
+from dockyard.services.keys import presented_key
 from dockyard.services.worker_runspec import ping_interval_ms
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,8 @@ KIND_ENDPOINT = "endpoint"
 
 def worker_key(authorization: str | None) -> str:
     """The key in an Authorization header, `Bearer <key>` or bare (the SDKs send their env value as it is)."""
-    value = (authorization or "").strip()
-    scheme, _, rest = value.partition(" ")
-    key = rest.strip() if scheme.lower() == "bearer" else value
-    if not key or " " in key:
+    key = presented_key(authorization)
+    if key is None:
         raise Unauthorized("missing or malformed worker key; a worker sends its PPIO_AI_API_KEY or RUNPOD_AI_API_KEY")
     return key
 
