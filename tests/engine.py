@@ -120,7 +120,7 @@ def worker_images(python_image: str) -> dict[str, str]:
     return images
 
 
-SDK_WORKERS = {"ppio": ("ppio-gpus", "0.0.2"), "runpod": ("runpod", "1.12.0")}
+SDK_WORKERS = {"ppio": ("ppio-gpus", "0.0.2"), "runpod": ("runpod", "1.12.0"), "novita": ("novita-gpus", "0.0.1")}
 """The example worker of each official SDK: its directory under examples/ (`{name}-worker`) and its pinned
 package on PyPI."""
 
@@ -155,7 +155,7 @@ def _sdk_packages(package: str, version: str) -> Path:
 
 @pytest.fixture(scope="session")
 def sdk_worker_images(python_image: str) -> dict[str, str]:
-    """The async-endpoint workers written with the official SDKs (examples/ppio-worker, examples/runpod-worker):
+    """The async-endpoint workers written with the official SDKs (examples/ppio-worker, runpod-worker, novita-worker):
     {"ppio": "localhost/dockyard-ppio-worker:test-<digest>", "runpod": "..."}. Built every session from the example
     sources, so the images never lag behind them; the SDK layer comes from the build cache after the first time. The
     tag carries a digest of the sources and the SDK's version: the engine's image store is shared by every checkout

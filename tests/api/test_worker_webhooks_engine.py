@@ -34,8 +34,9 @@ def server(
 
 
 def client(server: EngineServer, sdk: str, endpoint_id: str) -> Any:
-    """The SDK's own client of the endpoint, at the base it uses (ppio-gpus: /v1, runpod: /v2)."""
-    if sdk == "ppio":
+    """The SDK's own client of the endpoint, at the base it uses (ppio-gpus: /v1, runpod: /v2). novita-gpus's client
+    is ppio-gpus's under other names, at the same /v1."""
+    if sdk in ("ppio", "novita"):
         return ppio_gpus.Endpoint(endpoint_id, api_key=server.key, endpoint_url_base=f"{server.url}/v1")
     runpod.api_key = server.key
     runpod.endpoint_url_base = f"{server.url}/v2"
@@ -48,7 +49,7 @@ def listed(server: EngineServer, endpoint_id: str) -> dict[str, Any]:
         return job
 
 
-@pytest.mark.parametrize("sdk", SDKS)
+@pytest.mark.parametrize("sdk", [*SDKS, "novita"])
 def test_a_plain_synchronous_handler_of_8_s_completes_once_with_its_output(
     server: EngineServer, sdk_worker_images: dict[str, str], sdk: str
 ) -> None:

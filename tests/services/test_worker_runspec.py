@@ -1,4 +1,4 @@
-"""An endpoint worker's run spec: an async worker gets both worker SDKs' environment, with URL templates the SDKs
+"""An endpoint worker's run spec: an async worker gets every worker SDK's environment, with URL templates the SDKs
 expand into paths the webhook router serves; a sync worker gets none of it."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dockyard.services.worker_runspec import WebhookAccess, build_worker_run_spe
 
 BASE = "http://10.1.2.3:8080"
 KEY = "worker-key-0123456789"
-SDKS = ("PPIO", "RUNPOD")
+SDKS = ("PPIO", "RUNPOD", "NOVITA")  # novita-gpus 0.0.1 reads the NOVITA_ twins of ppio-gpus' variables
 
 
 def rows(kind: EndpointType, envs: list[EnvVar] | None = None) -> tuple[EndpointModel, WorkerModel, ProductModel]:
@@ -121,7 +121,7 @@ def test_sync_worker_has_no_webhook_env_and_async_worker_publishes_no_probe_port
     endpoint, worker, product = rows(EndpointType.SYNC)
     box = SecretBox(Fernet.generate_key().decode())
     sync = build_worker_run_spec(endpoint, worker, product=product, box=box, gpus=[], node_id="", registry_auth=None)
-    assert not [name for name in sync.env if re.match(r"(PPIO|RUNPOD)_", name)]
+    assert not [name for name in sync.env if re.match(r"(PPIO|RUNPOD|NOVITA)_", name)]
     assert sorted(p.container_port for p in sync.ports) == [8000, 9000]
     endpoint.type = EndpointType.ASYNC
     access = WebhookAccess(BASE, KEY, 10000)

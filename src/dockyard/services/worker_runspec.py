@@ -10,19 +10,19 @@ generation the worker was made for. What goes in:
 - the product's limits (CPU, memory, pids) and the GPUs allocated to the worker, by UUID;
 - the registry credentials (`registry_auths.resolve`), which the caller resolves just before `create`.
 
-An async endpoint's worker runs an unmodified `ppio-gpus` or `runpod` worker SDK, which serves no HTTP: it
-calls Dockyard's worker webhooks instead (api/worker_webhooks.py). So it publishes only the spec's own ports,
-is never health-probed, and gets both SDKs' environment (`webhook_env`): the four webhook URL templates, its
-id as the pod id, its own webhook key, the endpoint id and the ping interval. The templates are written for
-the SDKs' substitutions: `$ID` in the job-take URL becomes the worker id; `$PPIO_POD_ID` / `$RUNPOD_POD_ID`
-in the others become the worker id at start and `$ID` in job-done and stream the job id per job. The SDKs
-append `&job_in_progress=`, `&batch_size=` and `&isStream=` and derive `/job-take-batch/` and runpod's
-`/job-stop/` by replacing `/job-take/`, so every template carries a query string (`?sdk=...`, naming the
-SDK in the server's logs) and the job-take path holds `/job-take/`. runpod's start-up fitness checks are
-turned off by default where they cannot pass on Dockyard (the network check dials 8.8.8.8, which an isolated
-region cannot reach; the memory check wants 4 GB free, more than small CPU products have; the GPU check on a
-CPU product); the product's limits are enforced by the runtime instead. An endpoint's own envs may set those
-switches back, but never the webhook variables.
+An async endpoint's worker runs an unmodified `ppio-gpus`, `runpod` or `novita-gpus` worker SDK (Novita's is PPIO's
+under `NOVITA_` names), which serves no HTTP: it calls Dockyard's worker webhooks instead (api/worker_webhooks.py).
+So it publishes only the spec's own ports, is never health-probed, and gets every SDK's environment (`webhook_env`):
+the four webhook URL templates, its id as the pod id, its own webhook key, the endpoint id and the ping interval. The
+templates are written for the SDKs' substitutions: `$ID` in the job-take URL becomes the worker id; `$PPIO_POD_ID`,
+`$RUNPOD_POD_ID`, `$NOVITA_POD_ID` in the others become the worker id at start and `$ID` in job-done and stream the
+job id per job. The SDKs append `&job_in_progress=`, `&batch_size=` and `&isStream=` and derive `/job-take-batch/`
+and runpod's `/job-stop/` by replacing `/job-take/`, so every template carries a query string (`?sdk=...`, naming the
+SDK in the server's logs) and the job-take path holds `/job-take/`. runpod's start-up fitness checks are turned off
+by default where they cannot pass on Dockyard (the network check dials 8.8.8.8, which an isolated region cannot
+reach; the memory check wants 4 GB free, more than small CPU products have; the GPU check on a CPU product); the
+product's limits are enforced by the runtime instead. An endpoint's own envs may set those switches back, but never
+the webhook variables.
 
 Build it just before `create` and drop it after, like the container's (services/runspec.py).
 """
@@ -67,7 +67,7 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 WEBHOOK_PREFIX = "/gpus/v2/workers"
 # What a container on the engine's default bridge network calls the host (Podman writes it into /etc/hosts).
 CONTAINER_HOST = "host.containers.internal"
-_SDKS = ("PPIO", "RUNPOD")
+_SDKS = ("PPIO", "RUNPOD", "NOVITA")  # the prefixes of the worker SDKs' variables
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def ping_interval_ms(settings: Settings) -> int:
 
 
 def webhook_env(endpoint: EndpointModel, worker: WorkerModel, access: WebhookAccess) -> dict[str, str]:
-    """Both worker SDKs' environment for `worker` (see the module docstring for the URL templates)."""
+    """Every worker SDK's environment for `worker` (see the module docstring for the URL templates)."""
     base = f"{access.base_url}{WEBHOOK_PREFIX}/{endpoint.id}"
     env: dict[str, str] = {}
     for sdk in _SDKS:
