@@ -71,6 +71,15 @@ def test_bad_number_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
+def test_bad_webhook_allow_list_names_the_setting_and_the_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().webhook_allowed_hosts == "external"  # a fresh install: the public internet only
+    monkeypatch.setenv("DOCKYARD_WEBHOOK_ALLOWED_HOSTS", "external, 10.0.0.0/33")
+    with pytest.raises(ConfigError, match=r"webhook_allowed_hosts: '10\.0\.0\.0/33' is not a network"):
+        load_settings()
+    monkeypatch.setenv("DOCKYARD_WEBHOOK_ALLOWED_HOSTS", "loopback,fd00::/8,hooks.internal")
+    assert load_settings().webhook_allowed_hosts == "loopback,fd00::/8,hooks.internal"
+
+
 def test_missing_config_file_is_an_error_not_silent_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DOCKYARD_CONFIG", str(tmp_path / "typo.yaml"))
     with pytest.raises(ConfigError, match=r"typo\.yaml, which is not a file"):

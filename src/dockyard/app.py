@@ -46,6 +46,7 @@ from dockyard.logs import configure_logging
 from dockyard.middleware import BodyLimitMiddleware, MetricsMiddleware
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.reconcilers.endpoints import EndpointReconciler
+from dockyard.reconcilers.job_webhooks import WebhookDeliveries
 from dockyard.reconcilers.jobs import JobReaper
 from dockyard.reconcilers.network_storages import NetworkStorageReconciler
 from dockyard.reconcilers.supervisor import Loop, Supervisor
@@ -78,7 +79,14 @@ def build_loops(context: ServerContext) -> list[Loop]:
     context.routes.on_demand = autoscaler.on_demand
     endpoints = EndpointReconciler(context)
     context.routes.on_worker_error = endpoints.prober.recheck  # a worker the proxy could not reach: probe it now
-    return [ContainerReconciler(context), NetworkStorageReconciler(context), endpoints, autoscaler, JobReaper(context)]
+    return [
+        ContainerReconciler(context),
+        NetworkStorageReconciler(context),
+        endpoints,
+        autoscaler,
+        JobReaper(context),
+        WebhookDeliveries(context),
+    ]
 
 
 async def _on_stale(_: object, exc: Exception) -> object:

@@ -21,6 +21,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from dockyard.outbound import host_policy
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -114,6 +116,17 @@ class Settings(BaseSettings):
     job_take_wait_seconds: float = Field(default=20.0, ge=0)  # how long an empty job-take is held open
     job_reap_interval: float = Field(default=1.0, gt=0)  # leases, timeouts, TTLs and webhooks are checked this often
     webhook_max_attempts: int = Field(default=5, ge=1)
+    # Where job webhooks may go (outbound.py), in the terms of Gitea's ALLOWED_HOST_LIST: keywords `external` (the
+    # public internet), `loopback`, `private` and `*`, networks and host-name patterns; the list replaces the
+    # default, so an operator adding a private receiver writes `external,10.1.2.3`.
+    webhook_allowed_hosts: str = "external"
+    # Deliveries in flight at once, and of one organization (reconcilers/job_webhooks.py): one tenant's hanging
+    # receivers hold only its own slots.
+    webhook_concurrency: int = Field(default=32, ge=1)
+    webhook_concurrency_per_org: int = Field(default=4, ge=1)
+    webhook_connect_timeout: float = Field(default=3.0, gt=0)
+    # A whole delivery, connecting included: GitHub gives its webhook receivers 10 s.
+    webhook_timeout: float = Field(default=10.0, gt=0)
 
     @classmethod
     def settings_customise_sources(
@@ -137,6 +150,12 @@ class Settings(BaseSettings):
     def _known_format(cls, value: str) -> str:
         if value not in ("console", "json"):
             raise ValueError("log_format must be 'console' or 'json'")
+        return value
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _host_list(cls, value: str) -> str:
+        host_policy(value)  # raises ValueError naming a bad entry
         return value
 
     @cached_property

@@ -254,7 +254,7 @@ async def done(context: ServerContext, worker: WorkerModel, job_id: str, payload
             raise Conflict(f"result not recorded: {refused}")
         context.job_signals.notify_changed(job_id)
         if webhook:
-            context.wake(jobs.LOOP)
+            context.wake(jobs.WEBHOOK_LOOP)
         if payload.get("stopPod") is True:
             context.wake(LOOP)
         return
