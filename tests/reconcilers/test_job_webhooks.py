@@ -408,6 +408,34 @@ async def test_hanging_receivers_of_one_org_hold_up_neither_another_org_nor_the_
         await other.aclose()
 
 
+async def test_scarce_slots_go_round_robin_between_organizations(harness: Harness, client: httpx.AsyncClient) -> None:
+    """Two slots, three organizations with deliveries due: one slot each for two of them, then the third goes
+    first, whatever the order their jobs came in."""
+    clients = [client, await harness.new_client("beta"), await harness.new_client("gamma")]
+    try:
+        async with (
+            stalling(hang=10**6) as (_, hanging_url),
+            pool(harness, webhook_concurrency=2, webhook_concurrency_per_org=2) as deliveries,
+        ):
+            jobs = [await finished_with_webhook(harness, tenant, hanging_url) for tenant in clients for _ in range(3)]
+            served: list[set[str]] = []
+            for _ in range(2):
+                await deliveries.reconcile_once()
+                served.append(set(deliveries.deliveries.values()))
+                for task in deliveries.deliveries:
+                    task.cancel()
+                await asyncio.gather(*deliveries.deliveries, return_exceptions=True)
+                async with harness.context.db.write() as session:  # the claims ran out
+                    await session.execute(update(JobModel).values(webhook_next_at=utcnow()))
+        assert len(served[0]) == 2
+        orgs = {(await must_job(harness, job_id)).org_id for job_id in jobs}
+        assert (orgs - served[0]) <= served[1]
+        assert len(served[1]) == 2
+    finally:
+        for other in clients[1:]:
+            await other.aclose()
+
+
 @pytest.mark.parametrize("scheme", ["http", "https"])
 async def test_a_failed_delivery_writes_no_credentials(
     harness: Harness,
