@@ -14,9 +14,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
+from docker.models.containers import Container
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX_IMAGE = "localhost/dockyard-busybox:latest"
@@ -87,6 +89,45 @@ def python_image(engine_url: str) -> str:
     """A Debian minbase root with python3 (debootstrap, built once per machine)."""
     _ensure_image(PYTHON_IMAGE)
     return PYTHON_IMAGE
+
+
+def remove_networks(installation_id: str) -> None:
+    """Remove the networks an installation's runtime made (after its containers, which hold them). Through
+    Podman's CLI: the Docker-compatible API's network list strips `isolate` from Podman's cached networks
+    before Podman 5.1 (see dockyard.runtimes.engine_networks)."""
+    listed = subprocess.run(
+        ["podman", "network", "ls", "-q", "--filter", f"label=dockyard.installation={installation_id}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    if names := listed.stdout.split():
+        subprocess.run(["podman", "network", "rm", *names], check=True, capture_output=True)
+
+
+def network_of(container: Container) -> tuple[str, dict[str, Any]]:
+    """The one network `container` is on: its name and the engine's settings for it (`IPAddress`, `Gateway`)."""
+    container.reload()
+    ((name, settings),) = container.attrs["NetworkSettings"]["Networks"].items()
+    return name, settings
+
+
+# Bounds every probe: a connection that is dropped times out instead of hanging the test.
+PROBE_SECONDS = 5
+
+
+def http_probe(container: Container, host: str, port: int, path: str = "/") -> tuple[int, str]:
+    """From inside `container` (busybox), `GET path` from host:port over a plain TCP connection: the exit code
+    and what came back. A refused or dropped connection gives a non-zero code and no HTTP status line."""
+    request = f"GET {path} HTTP/1.0\\r\\n\\r\\n"
+    script = f"printf '{request}' | timeout {PROBE_SECONDS} nc -w {PROBE_SECONDS - 2} {host} {port}"
+    code, output = container.exec_run(["sh", "-c", script])
+    return int(code), output.decode(errors="replace")
+
+
+def answered(probe: tuple[int, str]) -> bool:
+    """Whether an HTTP server answered the probe."""
+    return "HTTP/1." in probe[1]
 
 
 WORKER_IMAGE = "localhost/dockyard-worker"

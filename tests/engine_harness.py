@@ -4,7 +4,7 @@ containers. A test module takes them by importing them:
     from tests.engine_harness import database_url, fake_runtime  # noqa: F401
 
 `fake_runtime` then replaces the harness's in-memory runtime with the engine (the harness sets its
-installation id) and removes every object of that installation at the end; `database_url` is SQLite only,
+installation id) and removes every object and network of that installation at the end; `database_url` is SQLite only,
 since runtime behaviour does not depend on the backend, which the in-memory runtime tests cover on both."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import docker
 import pytest
 
 from dockyard.runtimes.engine import EngineRuntime
+from tests.engine import remove_networks
 
 
 @pytest.fixture
@@ -32,3 +33,4 @@ async def fake_runtime(engine_url: str, docker_client: docker.DockerClient) -> A
             all=True, filters={"label": f"dockyard.installation={runtime.installation_id}"}
         ):
             container.remove(force=True)
+        remove_networks(runtime.installation_id)

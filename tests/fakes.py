@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from dockyard.runtimes.base import (
     LABEL_INSTALLATION,
     LABEL_MANAGED,
+    LABEL_ORG,
     ExecResult,
     ObjectState,
     PublishedPort,
@@ -28,6 +29,7 @@ class FakeRuntime:
         self.objects: dict[str, RuntimeObject] = {}
         self.specs: dict[str, RunSpec] = {}
         self.volumes: dict[str, dict[str, str]] = {}
+        self.networks: dict[str, dict[str, str]] = {}  # name -> labels
         self.output: dict[str, list[bytes]] = {}
         self.calls: list[tuple[str, str]] = []
         self.available = True
@@ -56,6 +58,9 @@ class FakeRuntime:
         if spec.image not in self.images:
             raise RuntimeFailure(f"image {spec.image} not found")
         labels = {**spec.labels, LABEL_MANAGED: "true", LABEL_INSTALLATION: self.installation_id}
+        if spec.network:
+            own = {LABEL_MANAGED: "true", LABEL_INSTALLATION: self.installation_id}
+            self.networks.setdefault(spec.network, {**own, LABEL_ORG: spec.labels.get(LABEL_ORG, "")})
         obj = RuntimeObject(id=f"c{next(self._ids):06d}", name=spec.name, labels=labels, state=ObjectState.CREATED)
         self.objects[obj.id] = obj
         self.specs[obj.id] = spec
@@ -71,7 +76,9 @@ class FakeRuntime:
         spec = self.specs[obj.id]
         if reason := self.fail_start.get(spec.image):
             raise RuntimeFailure(reason)
-        ports = [PublishedPort(p.container_port, p.host_port or next(self._ports), p.protocol) for p in spec.ports]
+        ports = [
+            PublishedPort(p.container_port, p.host_port or next(self._ports), p.protocol, p.host_ip) for p in spec.ports
+        ]
         obj = replace(obj, state=ObjectState.RUNNING, ports=ports, started_at=datetime.now(UTC), exit_code=None)
         self.objects[obj.id] = obj
         return obj
@@ -134,6 +141,16 @@ class FakeRuntime:
 
     async def remove_volume(self, name: str) -> None:
         self.volumes.pop(name, None)
+
+    async def list_networks(self) -> list[str]:
+        self._check()
+        return sorted(n for n, labels in self.networks.items() if labels[LABEL_INSTALLATION] == self.installation_id)
+
+    async def remove_network(self, name: str) -> None:
+        self._check()
+        if any((spec := self.specs.get(obj.id)) and spec.network == name for obj in self.objects.values()):
+            raise RuntimeFailure(f"network {name} is in use")
+        self.networks.pop(name, None)
 
     async def close(self) -> None:
         return None

@@ -1,6 +1,6 @@
 """A whole Dockyard server on the real container engine, for the end-to-end tests: uvicorn on a free port,
-SQLite, every loop running, an organization with a key, and every container of its installation removed at
-the end."""
+SQLite, every loop running, an organization with a key, and every container and network of its installation
+removed at the end."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dockyard.config import Settings
 from dockyard.services import keys
 from dockyard.services.worker_runspec import CONTAINER_HOST
 from tests.conftest import ADMIN_TOKEN
+from tests.engine import remove_networks
 from tests.live import free_port, serving
 
 
@@ -66,6 +67,7 @@ def remove_installation(engine_url: str, installation_id: str) -> None:
             all=True, filters={"label": f"dockyard.installation={installation_id}"}
         ):
             container.remove(force=True)
+        remove_networks(installation_id)
     finally:
         engine.close()
 

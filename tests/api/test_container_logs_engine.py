@@ -17,6 +17,7 @@ from dockyard.context import ServerContext
 from dockyard.db.models import IdcModel
 from dockyard.runtimes.engine import EngineRuntime
 from tests.conftest import ADMIN_TOKEN
+from tests.engine import remove_networks
 from tests.live import serving
 
 pytestmark = pytest.mark.engine
@@ -55,6 +56,7 @@ def server(tmp_path: Path, engine_url: str, busybox_image: str) -> Iterator[tupl
                 all=True, filters={"label": f"dockyard.installation={installation[0]}"}
             ):
                 container.remove(force=True)
+            remove_networks(installation[0])
             engine.close()
 
 

@@ -26,6 +26,7 @@ from dockyard.config import Settings
 from dockyard.gateway.standalone import create_gateway_app
 from dockyard.services import keys
 from tests.conftest import ADMIN_TOKEN
+from tests.engine import remove_networks
 from tests.live import free_port, serving
 from tests.servers import new_key, wait_for
 
@@ -58,6 +59,7 @@ def cleanup(engine_url: str) -> Iterator[list[str]]:
     for installation in installations:
         for container in engine.containers.list(all=True, filters={"label": f"dockyard.installation={installation}"}):
             container.remove(force=True)
+        remove_networks(installation)
     engine.close()
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from dockyard.core.status import ContainerStatus
 from dockyard.db.models import ContainerModel, SettingModel
 from dockyard.db.session import Database
+from tests.engine import remove_networks
 from tests.live import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
@@ -261,3 +262,4 @@ def test_sigkill_mid_work_then_restart_converges(
         server.stop()
         for obj in managed_objects(engine, installation):
             obj.remove(force=True)
+        remove_networks(installation)

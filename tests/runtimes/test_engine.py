@@ -1,6 +1,6 @@
 """EngineRuntime against a real Podman: every behaviour the runtime contract promises, seen on the engine.
 
-Each test gets its own installation id; the fixture removes every object and volume labelled with it.
+Each test gets its own installation id (the `runtime` fixture, in conftest.py).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import asyncio
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,28 +36,6 @@ pytestmark = pytest.mark.engine
 
 # A guard against a hang turning into a stuck test run; never an assertion about speed.
 PATIENCE_SECONDS = 30
-
-
-@pytest.fixture
-def engine(engine_url: str) -> Iterator[docker.DockerClient]:
-    """A plain SDK client, to look at what the engine really holds."""
-    client = docker.DockerClient(base_url=engine_url, version="auto")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-async def runtime(engine_url: str, busybox_image: str, engine: docker.DockerClient) -> AsyncIterator[EngineRuntime]:
-    installation = f"test-{uuid.uuid4().hex[:12]}"
-    runtime = EngineRuntime(engine_url, installation_id=installation)
-    try:
-        yield runtime
-    finally:
-        for obj in await runtime.list_managed():
-            await runtime.remove(obj.id)
-        for volume in engine.volumes.list(filters={"label": f"{LABEL_INSTALLATION}={installation}"}):
-            volume.remove(force=True)
-        await runtime.close()
 
 
 def spec_for(runtime: EngineRuntime, image: str, suffix: str, command: list[str], **fields: Any) -> RunSpec:

@@ -56,6 +56,7 @@ class PortBinding:
     container_port: int
     host_port: int | None = None  # requested; None lets the runtime choose
     protocol: str = "tcp"
+    host_ip: str = ""  # the host address it is published on; "" = every interface
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,16 @@ class GpuDevice:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything needed to create one object. Plaintext secrets: build it just before `create`."""
+    """Everything needed to create one object. Plaintext secrets: build it just before `create`.
+
+    `network` names the network the object joins: objects naming the same one reach each other, and no object
+    of another network reaches them. "" joins the runtime's default network. A runtime set to a network mode
+    of its own (slirp4netns) ignores it."""
 
     name: str
     image: str
     labels: dict[str, str]
+    network: str = ""
     entrypoint: list[str] | None = None  # None keeps the image's
     command: list[str] | None = None  # None keeps the image's
     env: dict[str, str] = field(default_factory=dict)
@@ -163,8 +169,9 @@ class Runtime(Protocol):
         """Create (not start) an object named `spec.name`, labelled as managed by this installation.
 
         Idempotent by name: if it exists already, return it. Ensures the image is present (pulling it with
-        `spec.registry_auth`) and any named volumes exist. Raises `RuntimeFailure` for a missing image,
-        a refused GPU, a bad mount. Takes ~0.1 s with the image present; a pull can take minutes.
+        `spec.registry_auth`) and any named volumes and `spec.network` exist; the network is labelled as
+        managed by this installation and with the object's `dockyard.org`. Raises `RuntimeFailure` for a
+        missing image, a refused GPU, a bad mount. Takes ~0.1 s with the image present; a pull can take minutes.
         """
         ...
 
@@ -210,6 +217,15 @@ class Runtime(Protocol):
 
     async def remove_volume(self, name: str) -> None:
         """Remove the named volume; missing is fine. `RuntimeFailure` while an object uses it."""
+        ...
+
+    async def list_networks(self) -> list[str]:
+        """The names of the networks `create` made for this installation (those labelled with it)."""
+        ...
+
+    async def remove_network(self, name: str) -> None:
+        """Remove the named network; missing is fine. `RuntimeFailure` while an object, created or running, is
+        on it. Never races a `create` joining it: one waits for the other."""
         ...
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ engine is down, and construction does no I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from docker.utils import parse_repository_tag
 from dockyard.runtimes.base import (
     LABEL_INSTALLATION,
     LABEL_MANAGED,
+    LABEL_ORG,
     ExecResult,
     GpuDevice,
     RegistryAuth,
@@ -33,6 +35,7 @@ from dockyard.runtimes.base import (
     RuntimeObject,
     RuntimeUnavailable,
 )
+from dockyard.runtimes.engine_networks import EngineNetworks, port_bindings
 from dockyard.runtimes.engine_objects import (
     is_name_conflict,
     is_storage_opt_unsupported,
@@ -93,7 +96,8 @@ def gpu_options(gpus: list[GpuDevice], engine_kind: str) -> dict[str, Any]:
 
 class EngineRuntime:
     """`Runtime` over Docker or Podman. `network_mode` is handed to every container when set ("slirp4netns"
-    where the host has no iptables); it may never be "host", since containers run unprivileged."""
+    where the host has no iptables), in place of `RunSpec.network`; it may never be "host", since containers
+    run unprivileged."""
 
     def __init__(self, url: str, *, installation_id: str, network_mode: str = "") -> None:
         if network_mode == "host":
@@ -108,6 +112,7 @@ class EngineRuntime:
         self._facts: EngineFacts | None = None
         self._probe_lock = asyncio.Lock()
         self._storage_opt_supported = True  # until the engine refuses it once
+        self._networks = EngineNetworks(self._call)
         # The last inspect of each managed object, for what the list endpoint lacks (OOM, error, start and
         # finish times); it holds while the object stays in the state it was inspected in.
         self._details: dict[str, RuntimeObject] = {}
@@ -180,7 +185,8 @@ class EngineRuntime:
                 await self.ensure_volume(mount.volume, self._own_labels())
         options = self._create_options(spec, facts)
         try:
-            container_id = await self._create_container(client, options)
+            async with self._joining(client, spec, facts):
+                container_id = await self._create_container(client, options)
         except APIError as error:
             message = str(error.explanation or error)
             if is_name_conflict(error.status_code, message) and (existing := await self.inspect(spec.name)):
@@ -207,6 +213,17 @@ class EngineRuntime:
     def _own_labels(self) -> dict[str, str]:
         return {LABEL_MANAGED: "true", LABEL_INSTALLATION: self.installation_id}
 
+    def _joining(
+        self, client: docker.DockerClient, spec: RunSpec, facts: EngineFacts
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Holds `spec.network`, made if missing, while the object joining it is created."""
+        if self.network_mode or not spec.network:
+            return contextlib.nullcontext()
+        labels = self._own_labels()
+        if org := spec.labels.get(LABEL_ORG):
+            labels[LABEL_ORG] = org
+        return self._networks.joining(client, spec.network, labels, podman=facts.kind == "podman")
+
     def _create_options(self, spec: RunSpec, facts: EngineFacts) -> dict[str, Any]:
         """Keyword arguments for `containers.create`: unprivileged, limited, labelled."""
         environment = dict(spec.env)
@@ -217,7 +234,7 @@ class EngineRuntime:
             "detach": True,
             "privileged": False,
             "security_opt": ["no-new-privileges"],
-            "ports": {f"{port.container_port}/{port.protocol}": port.host_port for port in spec.ports},
+            "ports": port_bindings(spec.ports),
             "mounts": [
                 DockerMount(
                     target=mount.target,
@@ -234,6 +251,8 @@ class EngineRuntime:
             options["command"] = spec.command
         if self.network_mode:
             options["network_mode"] = self.network_mode
+        elif spec.network:
+            options["network"] = spec.network
         if spec.cpu > 0:
             cpu = spec.cpu
             if facts.cpus and cpu > facts.cpus:
@@ -428,6 +447,14 @@ class EngineRuntime:
                     f"volume {name} is in use by a container: remove that container first, then the volume"
                 ) from error
             raise RuntimeFailure(f"could not remove volume {name}: {error.explanation or error}") from error
+
+    async def list_networks(self) -> list[str]:
+        client, facts = await self._ready()
+        return await self._networks.names(client, self.installation_id, podman=facts.kind == "podman")
+
+    async def remove_network(self, name: str) -> None:
+        client, facts = await self._ready()
+        await self._networks.remove(client, name, podman=facts.kind == "podman")
 
     async def close(self) -> None:
         async with self._probe_lock:
