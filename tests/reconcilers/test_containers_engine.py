@@ -1,12 +1,14 @@
 """The containers reconciler against real Podman: a container reaches running and its published port
 answers; exit codes, a missing image, stop/start, restart, delete, a container removed behind Dockyard's back
-and an orphan are all seen as they happen on a real engine.
+and an orphan are all seen as they happen on a real engine; each organization's containers are on a network
+no other organization reaches.
 
 Each test's objects carry the fresh installation id of its own database, and are removed at the end."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +28,7 @@ from dockyard.core.status import ContainerStatus
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.runtimes.engine import EngineRuntime
 from tests.conftest import Harness
+from tests.engine import answered, http_probe, network_of
 from tests.engine_harness import database_url, fake_runtime  # noqa: F401
 from tests.reconcilers.conftest import make_containers, make_template, must_row, row_of
 
@@ -254,3 +257,73 @@ async def test_unreachable_engine_is_unknown_then_recovers(
         service.terminate()
         service.wait(timeout=30)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def podman_network(name: str) -> dict[str, Any] | None:
+    """Podman's own view of a network (the compatible API leaves out its options), None when it does not exist."""
+    done = subprocess.run(["podman", "network", "inspect", name], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    (network,) = json.loads(done.stdout)
+    return dict(network)
+
+
+async def test_each_organization_has_a_network_that_no_other_organization_reaches(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    """The attack as found: every organization's containers shared one bridge, so one tenant's container opened
+    connections to another's. Now each organization's containers join a network of its own: a second container
+    of the same organization reaches the first, another organization's container reaches neither, and the
+    network goes once its organization has no container left."""
+    first, second = await make_containers(
+        harness.client, await make_template(harness.client, image=busybox_image), count=2
+    )
+    async with await harness.new_client("network-neighbour") as other:
+        (theirs,) = await make_containers(other, await make_template(other, image=busybox_image))
+
+        async def all_running() -> bool:
+            return all(
+                [await status_is(harness, row_id, ContainerStatus.RUNNING) for row_id in (first, second, theirs)]
+            )
+
+        await until(engine_reconciler, all_running, "the three containers running")
+        org_a, org_b = (await must_row(harness, first)).org_id, (await must_row(harness, theirs)).org_id
+        (a1,), (a2,), (b1,) = (objects_of(docker_client, row_id) for row_id in (first, second, theirs))
+        on_a = network_of(a1)[1]
+        end = time.monotonic() + DEADLINE
+        while not answered(http_probe(a2, on_a["IPAddress"], 8080)):
+            assert time.monotonic() < end, "a container never reached the other container of its organization"
+            await asyncio.sleep(0.2)
+        for target in (a1, a2):
+            code, output = http_probe(b1, network_of(target)[1]["IPAddress"], 8080)
+            assert code != 0, output
+            assert not answered((code, output)), output
+
+        net_a = network_of(a1)[0]
+        assert net_a == network_of(a2)[0] == f"dockyard-org-{org_a}"
+        assert network_of(b1)[0] == f"dockyard-org-{org_b}"
+        for network, org in ((net_a, org_a), (f"dockyard-org-{org_b}", org_b)):
+            details = podman_network(network)
+            assert details is not None
+            assert details["labels"] == {
+                "dockyard.managed": "true",
+                "dockyard.installation": harness.context.installation_id,
+                "dockyard.org": org,
+            }
+            assert details["options"] == {"isolate": "true"}
+        # A container publishes exactly the ports its owner asked for, on every interface, and nothing else.
+        assert a1.attrs["HostConfig"]["PublishAllPorts"] is False
+        assert list(a1.attrs["NetworkSettings"]["Ports"]) == ["8080/tcp"]
+
+        assert (await other.delete(f"/api/v1/containers/{theirs}")).status_code == 200
+        await until(
+            engine_reconciler,
+            lambda: _network_gone(f"dockyard-org-{org_b}"),
+            "the network of an organization with no container left removed",
+        )
+    assert podman_network(net_a) is not None
+    assert (await must_row(harness, first)).status == ContainerStatus.RUNNING
+
+
+async def _network_gone(name: str) -> bool:
+    return podman_network(name) is None

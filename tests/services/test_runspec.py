@@ -58,7 +58,9 @@ def test_spec_carries_plaintext_secrets_limits_gpus_and_labels(tmp_path: Path) -
     assert spec.command == ["python", "serve.py", "--port", "8000"]
     assert spec.entrypoint is None
     assert spec.env == {"TOKEN": "tok-123", "EMPTY": ""}
+    # Exactly the ports the owner asked for, on every interface: a public port is what a container offers.
     assert spec.ports == [PortBinding(8000, None, "tcp"), PortBinding(53, 5353, "udp")]
+    assert spec.network == "dockyard-org-org-1"
     assert spec.mounts == [Mount(target="/workspace", volume="dockyard-ns-ns1")]
     assert spec.gpus == [GpuDevice("GPU-abc", 2, False)]
     assert (spec.cpu, spec.memory_mb, spec.pids_limit) == (16.0, 131072, 4096)
