@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str = ""
     engine_url: str = Field(default_factory=default_engine_url)
+    # Every container's network mode in place of the organizations' networks ("slirp4netns" where the host has
+    # no iptables); empty: each organization's containers and workers join a network of its own.
     engine_network_mode: str = ""
     public_address: str = Field(default_factory=default_public_address)
     public_url: str = ""

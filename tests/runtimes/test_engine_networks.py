@@ -56,6 +56,18 @@ async def probe_until_answered(container: Any, host: str, port: int) -> tuple[in
             await asyncio.sleep(0.2)
 
 
+async def loopback_answers(port: int) -> None:
+    """The host's loopback gets an HTTP answer on `port` (the server behind it may still be starting)."""
+    async with asyncio.timeout(PATIENCE_SECONDS):
+        while True:
+            try:
+                answer = await asyncio.to_thread(http_get, port)
+                break
+            except OSError:  # not listening yet
+                await asyncio.sleep(0.05)
+    assert answer.startswith(b"HTTP/1."), answer
+
+
 async def test_objects_of_one_network_reach_each_other_and_none_of_another(
     runtime: EngineRuntime, busybox_image: str, engine: docker.DockerClient
 ) -> None:
@@ -95,13 +107,7 @@ async def test_a_port_given_a_host_address_is_published_there_only(
     assert obj is not None
     (port,) = obj.ports
     assert (port.container_port, port.host_ip) == (8080, "127.0.0.1")
-    async with asyncio.timeout(PATIENCE_SECONDS):
-        while True:
-            try:
-                assert (await asyncio.to_thread(http_get, port.host_port)).startswith(b"HTTP/1.")
-                break
-            except OSError:  # httpd not listening yet
-                await asyncio.sleep(0.05)
+    await loopback_answers(port.host_port)
 
     # Even a container of the same network reaches the published port neither on its bridge's gateway (the
     # host as containers see it) nor on the host's outward address.
@@ -165,16 +171,27 @@ async def test_list_networks_holds_only_this_installations(
         await neighbour.close()
 
 
-async def test_a_network_mode_replaces_networks(
+async def test_a_network_mode_replaces_networks_and_a_loopback_port_stays_out_of_reach(
     runtime: EngineRuntime, busybox_image: str, engine_url: str, engine: docker.DockerClient
 ) -> None:
+    """With slirp4netns each container has a network stack of its own: no network is made, and a port published
+    on loopback answers the host but not another container knocking on the host's address."""
     # The same installation, so the `runtime` fixture removes what this one makes.
     slirp = EngineRuntime(engine_url, installation_id=runtime.installation_id, network_mode="slirp4netns")
+    network = f"{slirp.installation_id}-a"
     try:
-        created = await slirp.create(
-            spec_for(slirp, busybox_image, "slirp", SLEEP, network=f"{slirp.installation_id}-a")
-        )
-        assert engine.containers.get(created.id).attrs["HostConfig"]["NetworkMode"] == "slirp4netns"
+        ports = [PortBinding(8080, host_ip="127.0.0.1")]
+        server_id = await started(slirp, busybox_image, "slirp-web", HTTPD, network=network, ports=ports)
+        other = engine.containers.get(await started(slirp, busybox_image, "slirp-peer", SLEEP, network=network))
+        assert engine.containers.get(server_id).attrs["HostConfig"]["NetworkMode"] == "slirp4netns"
         assert await slirp.list_networks() == []
+        obj = await slirp.inspect(server_id)
+        assert obj is not None
+        (port,) = obj.ports
+        assert port.host_ip == "127.0.0.1"
+        await loopback_answers(port.host_port)
+        code, output = await asyncio.to_thread(http_probe, other, default_public_address(), port.host_port)
+        assert code != 0, output
+        assert not answered((code, output)), output
     finally:
         await slirp.close()
