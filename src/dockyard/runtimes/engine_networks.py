@@ -72,8 +72,10 @@ class EngineNetworks:
         return lock
 
     async def _libpod(self, client: docker.DockerClient, method: str, path: str, **kwargs: Any) -> requests.Response:
+        # The SDK's own calls carry its timeout; a plain request must be given it.
+        url = f"{client.api.base_url}{_LIBPOD_NETWORKS}{path}"
         response: requests.Response = await self._call(
-            client.api.request, method, f"{client.api.base_url}{_LIBPOD_NETWORKS}{path}", **kwargs
+            client.api.request, method, url, timeout=client.api.timeout, **kwargs
         )
         return response
 
