@@ -15,6 +15,8 @@ from dockyard.runtimes.base import (
     ExecResult,
     ObjectState,
     PublishedPort,
+    PullPolicy,
+    RegistryAuth,
     RunSpec,
     RuntimeFailure,
     RuntimeObject,
@@ -34,6 +36,9 @@ class FakeRuntime:
         self.calls: list[tuple[str, str]] = []
         self.available = True
         self.fail_start: dict[str, str] = {}  # image -> reason
+        # image -> the only credentials its registry accepts; in `images` too once pulled, which a create with
+        # `PullPolicy.IF_NOT_PRESENT` then runs whoever asks (the host's cache is shared)
+        self.private: dict[str, RegistryAuth] = {}
         self._ids = itertools.count(1)
         self._ports = itertools.count(30000)
 
@@ -55,6 +60,9 @@ class FakeRuntime:
         self.calls.append(("create", spec.name))
         if existing := self._find(spec.name):
             return existing
+        accepted = self.private.get(spec.image)
+        if accepted is not None and spec.pull_policy == PullPolicy.ALWAYS and spec.registry_auth != accepted:
+            raise RuntimeFailure(f"image {spec.image} needs registry credentials that can pull it: unauthorized")
         if spec.image not in self.images:
             raise RuntimeFailure(f"image {spec.image} not found")
         labels = {**spec.labels, LABEL_MANAGED: "true", LABEL_INSTALLATION: self.installation_id}

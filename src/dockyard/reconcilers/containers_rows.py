@@ -36,7 +36,7 @@ from dockyard.gpus.allocation import GpuAllocator, NoFreeGpu, allocate_and_recor
 from dockyard.gpus.inventory import GpuInfo
 from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
 from dockyard.secrets import SecretBox
-from dockyard.services import events
+from dockyard.services import events, private_images
 from dockyard.services.runspec import (
     KIND_CONTAINER,
     build_run_spec,
@@ -484,6 +484,7 @@ class RowTask:
         run_spec = build_run_spec(
             row, product=product, box=self.state.box, data_dir=data_dir, public_keys=keys, gpus=gpus, node_id=node_id
         )
+        run_spec = await private_images.with_pull_policy(self.state.db, row.idc_id, run_spec)
         try:
             obj = await runtime.create(run_spec)
             obj = await runtime.start(obj.id)

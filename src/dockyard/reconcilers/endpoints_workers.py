@@ -46,7 +46,7 @@ from dockyard.gpus.inventory import GpuInfo
 from dockyard.reconcilers.containers_rows import exit_reason
 from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
 from dockyard.secrets import SecretBox, hash_api_key
-from dockyard.services import events, registry_auths
+from dockyard.services import events, private_images, registry_auths
 from dockyard.services.worker_runspec import (
     WebhookAccess,
     build_worker_run_spec,
@@ -352,6 +352,7 @@ class WorkerTask:
             registry_auth=registry_auth,
             webhook=webhook,
         )
+        run_spec = await private_images.with_pull_policy(self.state.db, endpoint.idc_id, run_spec)
         try:
             obj = await self.runtime.create(run_spec)
             obj = await self.runtime.start(obj.id)

@@ -75,6 +75,14 @@ class RegistryAuth:
     password: str
 
 
+class PullPolicy(StrEnum):
+    """When `create` pulls the image: Kubernetes' `imagePullPolicy`, which a Kubernetes runtime hands on as is.
+    The control plane chooses it (services/private_images.py), since only it knows who pulled what before."""
+
+    IF_NOT_PRESENT = "IfNotPresent"  # pull only when no local image has exactly this name
+    ALWAYS = "Always"  # pull with `registry_auth` (anonymously without) even when the image is present
+
+
 @dataclass(frozen=True)
 class GpuDevice:
     """A GPU to attach, chosen by UUID; `minor` locates /dev/nvidiaN where device nodes are used."""
@@ -102,6 +110,7 @@ class RunSpec:
     ports: list[PortBinding] = field(default_factory=list)
     mounts: list[Mount] = field(default_factory=list)
     registry_auth: RegistryAuth | None = None
+    pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
     gpus: list[GpuDevice] = field(default_factory=list)
     cpu: float = 0.0  # cores; 0 = unlimited
     memory_mb: int = 0  # 0 = unlimited
@@ -168,10 +177,15 @@ class Runtime(Protocol):
     async def create(self, spec: RunSpec) -> RuntimeObject:
         """Create (not start) an object named `spec.name`, labelled as managed by this installation.
 
-        Idempotent by name: if it exists already, return it. Ensures the image is present (pulling it with
-        `spec.registry_auth`) and any named volumes and `spec.network` exist; the network is labelled as
-        managed by this installation and with the object's `dockyard.org`. Raises `RuntimeFailure` for a
-        missing image, a refused GPU, a bad mount. Takes ~0.1 s with the image present; a pull can take minutes.
+        Idempotent by name: if it exists already, return it. Ensures the image is present and any named volumes
+        and `spec.network` exist; the network is labelled as managed by this installation and with the object's
+        `dockyard.org`. The image: with `PullPolicy.ALWAYS` it is pulled with `spec.registry_auth` (anonymously
+        without) even when present, and a pull the registry refuses raises `RuntimeFailure`, so the registry
+        decides whether these credentials may run it; with `IF_NOT_PRESENT` a local image counts only when
+        `spec.image` is one of its names (never one an engine finds by a short name or an id prefix), else it is
+        pulled with `spec.registry_auth`. The object runs the image so checked, whatever is tagged later. Raises
+        `RuntimeFailure` for a missing image, a refused GPU, a bad mount. Takes ~0.1 s with the image present
+        and `IF_NOT_PRESENT`; a pull can take minutes.
         """
         ...
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -21,7 +21,6 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 from docker.types import Mount as DockerMount
-from docker.utils import parse_repository_tag
 
 from dockyard.runtimes.base import (
     LABEL_INSTALLATION,
@@ -29,7 +28,7 @@ from dockyard.runtimes.base import (
     LABEL_ORG,
     ExecResult,
     GpuDevice,
-    RegistryAuth,
+    PullPolicy,
     RunSpec,
     RuntimeFailure,
     RuntimeObject,
@@ -43,6 +42,7 @@ from dockyard.runtimes.engine_objects import (
     object_from_listing,
     start_failure_reason,
 )
+from dockyard.runtimes.images import ImageReference, names_image, parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +179,12 @@ class EngineRuntime:
         client, facts = await self._ready()
         if existing := await self.inspect(spec.name):
             return existing
-        await self._ensure_image(client, spec.image, spec.registry_auth)
+        image_id = await self._ensure_image(client, spec)
         for mount in spec.mounts:
             if mount.volume:
                 await self.ensure_volume(mount.volume, self._own_labels())
-        options = self._create_options(spec, facts)
+        # By id: the object runs the image `_ensure_image` checked, even if its name is re-tagged meanwhile.
+        options = self._create_options(replace(spec, image=image_id), facts)
         try:
             async with self._joining(client, spec, facts):
                 container_id = await self._create_container(client, options)
@@ -275,29 +276,42 @@ class EngineRuntime:
         options["environment"] = environment
         return options
 
-    async def _ensure_image(self, client: docker.DockerClient, image: str, auth: RegistryAuth | None) -> None:
-        try:
-            await self._call(client.images.get, image)
-            return
-        except ImageNotFound:
-            pass
+    async def _ensure_image(self, client: docker.DockerClient, spec: RunSpec) -> str:
+        """The id of the local image `spec.image` names, pulled as `spec.pull_policy` says (the contract's
+        `create`). Looked up by its fully qualified name and then checked to be one of the image's own names:
+        the engine's lookup also answers short names and id prefixes with images pulled for someone else."""
+        reference = parse_reference(spec.image)
+        auth = spec.registry_auth
         auth_config = {"username": auth.username, "password": auth.password} if auth else None
-        why = await self._call(self._pull, client, image, auth_config)
-        try:
-            await self._call(client.images.get, image)
-        except ImageNotFound as error:
-            detail = f" ({why})" if why else ""
+        always = spec.pull_policy == PullPolicy.ALWAYS
+        if not always and (present := await self._named_image(client, reference)) is not None:
+            return present
+        why = await self._call(self._pull, client, reference, auth_config)
+        if why and always:
             raise RuntimeFailure(
-                f"image {image} not found{detail}: build or push it, or fix the template's image"
-            ) from error
+                f"image {spec.image} needs registry credentials that can pull it: {why}; "
+                "give it credentials that its registry accepts"
+            )
+        if (pulled := await self._named_image(client, reference)) is not None:
+            return pulled
+        detail = f" ({why})" if why else ""
+        raise RuntimeFailure(f"image {spec.image} not found{detail}: build or push it, or fix the template's image")
+
+    async def _named_image(self, client: docker.DockerClient, reference: ImageReference) -> str | None:
+        """The id of the local image that has `reference` among its names, or None."""
+        try:
+            image = await self._call(client.images.get, reference.full)
+        except ImageNotFound:
+            return None
+        tags, digests = image.attrs.get("RepoTags") or [], image.attrs.get("RepoDigests") or []
+        return str(image.id) if names_image(reference, tags, digests) else None
 
     @staticmethod
-    def _pull(client: docker.DockerClient, image: str, auth_config: dict[str, str] | None) -> str:
+    def _pull(client: docker.DockerClient, reference: ImageReference, auth_config: dict[str, str] | None) -> str:
         """Pull it; returns the engine's error, if any. Errors arrive inside the progress stream, not as a status."""
-        repository, tag = parse_repository_tag(image)
         try:
             for event in client.api.pull(
-                repository, tag=tag or "latest", stream=True, decode=True, auth_config=auth_config
+                reference.repository, tag=reference.pull_tag, stream=True, decode=True, auth_config=auth_config
             ):
                 if isinstance(event, dict) and event.get("error"):
                     return str(event["error"])
