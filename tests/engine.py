@@ -43,6 +43,16 @@ def _ensure_image(name: str) -> None:
         pytest.fail(f"test image {name} is missing and scripts/build-test-images did not make it")
 
 
+def _stop(process: subprocess.Popen[bytes], directory: Path) -> None:
+    """End a server this module started, then remove its directory."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 @contextmanager
 def podman_service(env: dict[str, str] | None = None) -> Iterator[str]:
     """`unix://...` of a Podman API service of its own, with `env` added to its environment (the session's
@@ -69,12 +79,7 @@ def podman_service(env: dict[str, str] | None = None) -> Iterator[str]:
     try:
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        shutil.rmtree(directory, ignore_errors=True)
+        _stop(process, directory)
 
 
 @pytest.fixture(scope="session")
@@ -327,9 +332,4 @@ def private_registry(busybox_image: str) -> Iterator[Registry]:
         with podman_service({"CONTAINERS_REGISTRIES_CONF": str(directory / "registries.conf")}) as url:
             yield Registry(address, username, password, url)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        shutil.rmtree(directory, ignore_errors=True)
+        _stop(process, directory)
