@@ -143,3 +143,51 @@ async def test_a_container_created_through_the_api_holds_its_storage(client: htt
     assert (await client.delete(f"/api/v1/containers/{container_id}")).status_code == 200
     assert (await client.get(url)).json()["mounted_by"] == []
     assert (await client.delete(url)).status_code == 200
+
+
+async def test_delete_refused_while_an_endpoints_workers_mount_it(client: httpx.AsyncClient) -> None:
+    storage_id = (await client.post("/gpus/v2/network-storages", json=STORAGE)).json()["id"]
+    url = f"/gpus/v2/network-storages/{storage_id}"
+    template_id = (
+        await client.post("/api/v1/templates", json={"name": "t", "path": "localhost/busybox:latest"})
+    ).json()
+    created = await client.post(
+        "/api/v1/containers",
+        json={
+            "count": 1,
+            "idc": "local",
+            "product": "cpu.small",
+            "name": "trainer",
+            "templateId": template_id["id"],
+            "storages": [{"containerPath": "/data", "id": storage_id}],
+        },
+    )
+    container_id = created.json()[0]["id"]
+    endpoint = await client.post(
+        "/gpus/v2/endpoints",
+        json={
+            "type": "sync",
+            "name": "chat",
+            "product_id": "serverless.cpu",
+            "image": "localhost/busybox:latest",
+            "worker_config": {"min_replicas": 0, "max_replicas": 1},
+            "volumes": [{"id": storage_id, "type": "network", "size": 10, "mount_point": "/data"}],
+        },
+    )
+    assert endpoint.status_code == 200, endpoint.text
+    endpoint_id = endpoint.json()["id"]
+
+    assert (await client.get(url)).json()["mounted_by"] == [container_id, endpoint_id]
+    body = assert_error(await client.delete(url), 409)
+    assert body["message"] == (
+        f"network storage {storage_id} is mounted by containers {container_id} and endpoints {endpoint_id}; "
+        "delete them or remove the storage from them first"
+    )
+    assert (await client.delete(f"/api/v1/containers/{container_id}")).status_code == 200
+    body = assert_error(await client.delete(url), 409)
+    assert body["message"].startswith(f"network storage {storage_id} is mounted by endpoints {endpoint_id};")
+    assert (await client.get(url)).json()["status"] == "available"
+
+    assert (await client.delete(f"/gpus/v2/endpoints/{endpoint_id}")).status_code == 200
+    assert (await client.get(url)).json()["mounted_by"] == []
+    assert (await client.delete(url)).status_code == 200

@@ -30,7 +30,7 @@ class NetworkStorage(SnakeModel):
     region_id: str
     size_gb: int
     status: NetworkStorageStatus
-    mounted_by: list[str] = Field(description="ids of the containers that mount it")
+    mounted_by: list[str] = Field(description="ids of the containers, then the endpoints, whose workers mount it")
     created_at: UnixSeconds
 
 
