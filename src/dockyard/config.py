@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     worker_webhook_url: str = ""
     secret_key: str = ""
     admin_token: str = ""
+    # A bearer token that reads `/metrics` and nothing else, for Prometheus' scrape config (the admin token and
+    # admin keys read it too). Empty: only those.
+    metrics_token: str = ""
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"

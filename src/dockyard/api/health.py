@@ -1,13 +1,16 @@
-"""Liveness and Prometheus metrics; neither needs a key."""
+"""Liveness, without a key, and Prometheus metrics, the operator's (`keys.authorize_metrics`)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from dockyard import __version__
 from dockyard.api.deps import ContextDep
+from dockyard.services import keys
 
 router = APIRouter(tags=["health"])
 
@@ -19,6 +22,11 @@ async def healthz(context: ContextDep) -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(context: ContextDep) -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics, with DOCKYARD_METRICS_TOKEN, the admin token or an admin key",
+    response_class=Response,
+)
+async def metrics(context: ContextDep, authorization: Annotated[str | None, Header()] = None) -> Response:
+    await keys.authorize_metrics(context, authorization)
     return Response(generate_latest(context.registry), media_type=CONTENT_TYPE_LATEST)
