@@ -1,10 +1,12 @@
 """`/metrics` is the operator's: it names every organization's endpoints, so it answers only the metrics token, the
-admin token and admin keys; an anonymous scrape or a tenant's key learns nothing from it."""
+admin token and admin keys; an anonymous scrape or a tenant's key learns nothing from it. `/healthz` needs no key
+(an unreachable runtime's `degraded`: tests/api/test_idcs.py)."""
 
 from __future__ import annotations
 
 import httpx
 
+from dockyard.db.session import Database
 from dockyard.reconcilers.endpoints import EndpointReconciler
 from tests.api.test_admin import assert_error
 from tests.conftest import ADMIN_TOKEN, Harness
@@ -43,9 +45,19 @@ async def test_metrics_answer_only_the_operators_credentials(harness: Harness) -
             assert f'dockyard_gateway_ready_workers{{endpoint="{endpoint_id}"}}' in answer.text
 
 
-async def test_healthz_needs_no_key(harness: Harness) -> None:
+async def test_healthz_needs_no_key_and_is_503_without_a_database(harness: Harness) -> None:
     transport = httpx.ASGITransport(app=harness.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://dockyard.test") as anonymous:
         answer = await anonymous.get("/healthz")
-    assert answer.status_code == 200
-    assert answer.json()["status"] == "ok"
+        assert answer.status_code == 200
+        assert (answer.json()["status"], answer.json()["reasons"]) == ("ok", [])
+
+        context = harness.context
+        working, context.db = context.db, Database("postgresql+asyncpg://dockyard:secret@127.0.0.1:1/nowhere")
+        try:
+            answer = await anonymous.get("/healthz")
+        finally:
+            await context.db.dispose()
+            context.db = working
+    assert answer.status_code == 503
+    assert (answer.json()["status"], answer.json()["reasons"]) == ("unavailable", ["the database cannot be reached"])

@@ -244,7 +244,7 @@ async def test_unreachable_engine_is_unknown_then_recovers(
         (directory / "podman.sock").unlink(missing_ok=True)
         await until(engine_reconciler, lambda: status_is(harness, container_id, ContainerStatus.UNKNOWN), "unknown")
         row = await must_row(harness, container_id)
-        assert row.reason.startswith("cannot reach the container engine")
+        assert row.reason == "the container runtime of IDC local cannot be reached; the operator has been told"
         (obj,) = objects_of(docker_client, container_id)
         assert obj.status == "running"  # nothing was torn down while the engine could not be seen
 

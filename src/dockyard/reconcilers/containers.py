@@ -99,7 +99,7 @@ from dockyard.runtimes.base import (
     RuntimeObject,
     RuntimeUnavailable,
 )
-from dockyard.services import events
+from dockyard.services import events, idcs
 from dockyard.services.runspec import KIND_CONTAINER, load_ssh_keys, org_network
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,10 @@ class ContainerReconciler:
         loaded = await self._load()
         objects, unreachable = await self._observe(
             {row.idc_id for row in loaded.rows} | {row.idc_id for row in loaded.resting}
+        )
+        # Every pass lists every runtime, rows or not: an engine missing from the start is reported at once.
+        await idcs.record_runtime_errors(
+            self.context, {idc_id: unreachable.get(idc_id, "") for idc_id in self.context.runtimes}
         )
         await self._wake(loaded, objects, unreachable)
         allocator = GpuAllocator(loaded.inventory)
