@@ -1,8 +1,11 @@
-"""Configuration precedence (environment over the YAML file over defaults) and clear errors for bad values."""
+"""Configuration precedence (environment over the YAML file over defaults), clear errors for bad values, and a data
+dir open to its owner only."""
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +114,24 @@ def test_the_public_url_of_a_server_on_loopback_is_the_loopback_address() -> Non
     explicit = Settings(host="127.0.0.1", public_url="https://gpu.example/", gateway_url="https://run.example/")
     assert explicit.resolved_public_url == "https://gpu.example"
     assert explicit.resolved_gateway_url == "https://run.example"
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_data_dir_is_private(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = load_settings()
+    assert mode(settings.data_dir) == 0o700
+    assert settings.resolved_secret_key  # generated into the data dir
+    assert mode(settings.data_dir / "secret.key") == 0o600
+
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)  # whatever the umask
+    with caplog.at_level(logging.WARNING, logger="dockyard.config"):
+        load_settings(data_dir=loose)
+    assert mode(loose) == 0o700
+    assert [r.getMessage() for r in caplog.records] == [
+        f"data dir {loose} was open to other users (mode 755); it is now 700"
+    ]

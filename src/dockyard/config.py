@@ -6,9 +6,11 @@ a container orchestrator sets variables, an operator on a single machine edits a
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
+import stat
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from pydantic_settings import (
 )
 
 from dockyard.outbound import host_policy
+
+log = logging.getLogger(__name__)
 
 
 def default_data_dir() -> Path:
@@ -54,6 +58,23 @@ def default_public_address() -> str:
             return address
     except OSError:
         return "127.0.0.1"
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Make `path` if missing, open to its owner only: the data dir holds the database and the secret key. One that
+    others may read (made by hand, or before Dockyard made it 0700) is tightened at start with a warning rather
+    than refused as PostgreSQL refuses its data directory: the fix is the same, and a server that will not start
+    is worse for nothing."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        path.chmod(mode & 0o700)
+    except OSError as exc:
+        log.warning("data dir %s is open to other users (mode %03o) and cannot be tightened: %s", path, mode, exc)
+        return
+    log.warning("data dir %s was open to other users (mode %03o); it is now %03o", path, mode, mode & 0o700)
 
 
 class ConfigError(ValueError):
@@ -190,7 +211,7 @@ class Settings(BaseSettings):
             return path.read_text().strip()
         from cryptography.fernet import Fernet
 
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.data_dir)
         key = Fernet.generate_key().decode()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -216,7 +237,7 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(
             f"invalid configuration ({problems}); fix the DOCKYARD_* variable or the DOCKYARD_CONFIG file that sets it"
         ) from exc
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(settings.data_dir)
     return settings
 
 
