@@ -89,7 +89,7 @@ def dockyard_server(workdir: Path, engine_url: str, *, for_workers: bool = False
     are more `DOCKYARD_*` variables (names without the prefix). On exit, whatever happened: the server is
     stopped and every container labelled with its installation removed."""
     data_dir = workdir / "dockyard-data"
-    data_dir.mkdir()
+    data_dir.mkdir(mode=0o700)  # as the server makes it (a looser one it tightens, warning)
     port = processes.free_port()
     url = f"http://127.0.0.1:{port}"
     database_url = f"sqlite+aiosqlite:///{data_dir / 'dockyard.db'}"
