@@ -11,6 +11,7 @@ from dockyard.core.status import DesiredState, NetworkStorageStatus
 from dockyard.db.models import ContainerModel, NetworkStorageModel
 from tests.api.test_admin import add_container, assert_error
 from tests.conftest import Harness
+from tests.reconcilers.test_endpoints import make_endpoint
 
 STORAGE = {"name": "datasets", "region_id": "local", "size_gb": 100}
 
@@ -118,8 +119,8 @@ async def test_delete_refused_while_mounted(harness: Harness, client: httpx.Asyn
         assert row.status == NetworkStorageStatus.DELETING
 
 
-async def test_a_container_created_through_the_api_holds_its_storage(client: httpx.AsyncClient) -> None:
-    storage_id = (await client.post("/gpus/v2/network-storages", json=STORAGE)).json()["id"]
+async def container_mounting(client: httpx.AsyncClient, storage_id: str) -> str:
+    """A container created through the API with the storage at /data; its id."""
     template = {"name": "t", "path": "localhost/busybox:latest"}
     template_id = (await client.post("/api/v1/templates", json=template)).json()["id"]
     created = await client.post(
@@ -134,7 +135,13 @@ async def test_a_container_created_through_the_api_holds_its_storage(client: htt
         },
     )
     assert created.status_code == 200, created.text
-    container_id = created.json()[0]["id"]
+    container_id: str = created.json()[0]["id"]
+    return container_id
+
+
+async def test_a_container_created_through_the_api_holds_its_storage(client: httpx.AsyncClient) -> None:
+    storage_id = (await client.post("/gpus/v2/network-storages", json=STORAGE)).json()["id"]
+    container_id = await container_mounting(client, storage_id)
 
     url = f"/gpus/v2/network-storages/{storage_id}"
     assert (await client.get(url)).json()["mounted_by"] == [container_id]
@@ -148,34 +155,9 @@ async def test_a_container_created_through_the_api_holds_its_storage(client: htt
 async def test_delete_refused_while_an_endpoints_workers_mount_it(client: httpx.AsyncClient) -> None:
     storage_id = (await client.post("/gpus/v2/network-storages", json=STORAGE)).json()["id"]
     url = f"/gpus/v2/network-storages/{storage_id}"
-    template_id = (
-        await client.post("/api/v1/templates", json={"name": "t", "path": "localhost/busybox:latest"})
-    ).json()
-    created = await client.post(
-        "/api/v1/containers",
-        json={
-            "count": 1,
-            "idc": "local",
-            "product": "cpu.small",
-            "name": "trainer",
-            "templateId": template_id["id"],
-            "storages": [{"containerPath": "/data", "id": storage_id}],
-        },
-    )
-    container_id = created.json()[0]["id"]
-    endpoint = await client.post(
-        "/gpus/v2/endpoints",
-        json={
-            "type": "sync",
-            "name": "chat",
-            "product_id": "serverless.cpu",
-            "image": "localhost/busybox:latest",
-            "worker_config": {"min_replicas": 0, "max_replicas": 1},
-            "volumes": [{"id": storage_id, "type": "network", "size": 10, "mount_point": "/data"}],
-        },
-    )
-    assert endpoint.status_code == 200, endpoint.text
-    endpoint_id = endpoint.json()["id"]
+    container_id = await container_mounting(client, storage_id)
+    volume = {"id": storage_id, "type": "network", "size": 10, "mount_point": "/data"}
+    endpoint_id = await make_endpoint(client, volumes=[volume])
 
     assert (await client.get(url)).json()["mounted_by"] == [container_id, endpoint_id]
     body = assert_error(await client.delete(url), 409)
