@@ -34,9 +34,6 @@ class ServerContext:
     gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Wake-ups for async jobs (a job queued, finished or streamed), so job-take and runsync need not poll.
     job_signals: JobSignals = field(default_factory=JobSignals)
-    # Each IDC's runtime error as this process last recorded it ("" while it answers): a pass writes only changes
-    # (services/idcs.record_runtime_errors).
-    runtime_errors: dict[str, str] = field(default_factory=dict)
 
     def wake(self, loop: str) -> None:
         """Ask reconcile loop `loop` to run now rather than at its next tick (after an API write)."""

@@ -159,7 +159,7 @@ class ContainerReconciler:
         )
         # Every pass lists every runtime, rows or not: an engine missing from the start is reported at once.
         await idcs.record_runtime_errors(
-            self.context, {idc_id: unreachable.get(idc_id, "") for idc_id in self.context.runtimes}
+            self.context.db, {idc_id: unreachable.get(idc_id, "") for idc_id in self.context.runtimes}
         )
         await self._wake(loaded, objects, unreachable)
         allocator = GpuAllocator(loaded.inventory)

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dockyard.context import ServerContext
 from dockyard.core.status import IdcStatus
 from dockyard.db.base import utcnow
 from dockyard.db.models import GpuModel, IdcModel, NodeModel
+from dockyard.db.session import Database
 from dockyard.errors import InvalidField
 from dockyard.schemas.idcs import IdcInfo
 from dockyard.services.inventory import gpu_holders
@@ -32,14 +32,17 @@ def unreachable_reason(idc_id: str) -> str:
     return f"the container runtime of IDC {idc_id} cannot be reached; the operator has been told"
 
 
-async def record_runtime_errors(context: ServerContext, errors: Mapping[str, str]) -> None:
-    """Record each IDC's runtime error ("" while its runtime answers) where it differs from what this process last
-    recorded, and tell the operator in the log when one stops or starts answering. Rows keep the time the error
-    began across changes of its wording."""
+async def record_runtime_errors(db: Database, errors: Mapping[str, str]) -> None:
+    """Record each IDC's runtime error ("" while its runtime answers) where it differs from the row, and tell the
+    operator in the log when one stops or starts answering. Read first, so a pass that changes nothing writes
+    nothing; rows keep the time the error began across changes of its wording."""
+    async with db.read() as session:
+        rows = await session.execute(select(IdcModel.id, IdcModel.runtime_error).where(IdcModel.id.in_(errors)))
+        recorded: dict[str, str] = {idc_id: error for idc_id, error in rows}
     for idc_id, error in errors.items():
-        if context.runtime_errors.get(idc_id) == error:
+        if recorded.get(idc_id, error) == error:
             continue
-        async with context.db.write() as session:
+        async with db.write() as session:
             result = await session.execute(
                 update(IdcModel)
                 .where(IdcModel.id == idc_id, IdcModel.runtime_error != error)
@@ -48,9 +51,8 @@ async def record_runtime_errors(context: ServerContext, errors: Mapping[str, str
                     runtime_error_since=func.coalesce(IdcModel.runtime_error_since, utcnow()) if error else None,
                 )
             )
-        context.runtime_errors[idc_id] = error
         if getattr(result, "rowcount", 0) != 1:
-            continue
+            continue  # written by another server meanwhile
         if error:
             log.warning(
                 "IDC %s: its container runtime cannot be reached (%s); its containers show unknown and it takes "
