@@ -51,6 +51,8 @@ async def test_validation_names_the_field(client: httpx.AsyncClient) -> None:
     url = "/gpus/v2/network-storages"
     assert_error(await client.post(url, json={**STORAGE, "name": ""}), 422, "name")
     assert_error(await client.post(url, json={**STORAGE, "name": "n" * 256}), 422, "name")
+    body = assert_error(await client.post(url, json={**STORAGE, "name": "data\n[ERROR] forged"}), 422, "name")
+    assert "control characters" in body["message"]
     assert_error(await client.post(url, json={**STORAGE, "size_gb": 0}), 422, "size_gb")
     assert_error(await client.post(url, json={**STORAGE, "size_gb": 65537}), 422, "size_gb")
     body = assert_error(await client.post(url, json={**STORAGE, "region_id": "mars"}), 422, "region_id")

@@ -29,6 +29,7 @@ from dockyard.schemas.containers import (
     CreateContainerRequest,
     IpAddress,
     Storage,
+    StorageIn,
     UpdateContainerRequest,
 )
 from dockyard.schemas.gmi import Port
@@ -124,7 +125,7 @@ async def _product(session: AsyncSession, idc: IdcModel, product_id: str) -> Pro
 
 
 async def _volumes(
-    session: AsyncSession, principal: Principal, idc_id: str, storages: Sequence[Storage]
+    session: AsyncSession, principal: Principal, idc_id: str, storages: Sequence[StorageIn]
 ) -> list[VolumeSpec]:
     requested = [(storage.id, storage.container_path) for storage in storages]
     return await network_storages.volume_specs(

@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dockyard.core.inputs import AUTHORIZED_KEYS_TARGET
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.models import ContainerModel, ProductModel, SshKeyModel
 from dockyard.gpus.inventory import GpuInfo
@@ -39,10 +40,9 @@ from dockyard.runtimes.base import (
     RunSpec,
 )
 from dockyard.secrets import SecretBox
-from dockyard.services.workloads import decrypt_envs
+from dockyard.services.workloads import runtime_envs
 
 KIND_CONTAINER = "container"
-AUTHORIZED_KEYS_TARGET = "/root/.ssh/authorized_keys"
 
 
 def object_name(container_id: str, generation: int) -> str:
@@ -120,7 +120,7 @@ def build_run_spec(
     """The request for the row's current generation. `gpus` are the row's allocation (empty for CPU
     products); when `public_keys` is not empty the caller writes them with `write_authorized_keys` first."""
     spec = WorkloadSpec.model_validate(row.spec)
-    env = decrypt_envs(box, spec.envs)
+    env = runtime_envs(box, spec.envs)
     mounts = [Mount(target=volume.mount_path, volume=storage_volume(volume.storage_id)) for volume in spec.volumes]
     if public_keys:
         env["SSH_KEY"] = "\n".join(key.strip() for key in public_keys)

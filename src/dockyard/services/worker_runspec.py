@@ -24,7 +24,9 @@ SDK in the server's logs) and the job-take path holds `/job-take/`. runpod's sta
 turned off by default where they cannot pass on Dockyard (the network check dials 8.8.8.8, which an isolated
 region cannot reach; the memory check wants 4 GB free, more than small CPU products have; the GPU check on a
 CPU product); the product's limits are enforced by the runtime instead. An endpoint's own envs may set those
-switches back, but never the webhook variables.
+switches back (they are among the SDK switches `dockyard.core.inputs.USER_SDK_SWITCHES` lets users set), but
+never the webhook variables: every other `PPIO_*`, `RUNPOD_*` and `DOCKYARD_*` name is refused by the API and
+dropped from envs stored before that.
 
 Build it just before `create` and drop it after, like the container's (services/runspec.py).
 """
@@ -58,7 +60,7 @@ from dockyard.runtimes.base import (
 )
 from dockyard.secrets import SecretBox
 from dockyard.services.runspec import org_network, storage_volume
-from dockyard.services.workloads import decrypt_envs
+from dockyard.services.workloads import runtime_envs
 
 KIND_WORKER = "worker"
 LABEL_ENDPOINT = "dockyard.endpoint"
@@ -175,7 +177,7 @@ def build_worker_run_spec(
     spec = WorkloadSpec.model_validate(endpoint.spec)
     is_async = endpoint.type == EndpointType.ASYNC
     env = _fitness_defaults(len(gpus)) if is_async else {}
-    env.update(decrypt_envs(box, spec.envs))
+    env.update(runtime_envs(box, spec.envs))
     env["DOCKYARD_ENDPOINT_ID"] = endpoint.id
     env["DOCKYARD_WORKER_ID"] = worker.id
     if is_async:
