@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -23,9 +24,12 @@ def engine(engine_url: str) -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture
-async def runtime(engine_url: str, busybox_image: str, engine: docker.DockerClient) -> AsyncIterator[EngineRuntime]:
+async def runtime(
+    engine_url: str, busybox_image: str, engine: docker.DockerClient, tmp_path: Path
+) -> AsyncIterator[EngineRuntime]:
+    """A runtime of a fresh installation whose data dir (the only host directory it mounts from) is tmp_path."""
     installation = f"test-{uuid.uuid4().hex[:12]}"
-    runtime = EngineRuntime(engine_url, installation_id=installation)
+    runtime = EngineRuntime(engine_url, installation_id=installation, host_path_root=tmp_path)
     try:
         yield runtime
     finally:

@@ -293,15 +293,16 @@ async def test_stop_restart_remove_and_their_idempotence(runtime: EngineRuntime,
 async def test_env_and_mounts_are_visible_inside(
     runtime: EngineRuntime, busybox_image: str, engine: docker.DockerClient, tmp_path: Path
 ) -> None:
-    volume = f"{runtime.installation_id}-data"
-    (tmp_path / "config.txt").write_text("from the host\n")
+    volume = f"dockyard-ns-{uuid.uuid4()}"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.txt").write_text("from the host\n")
     spec = spec_for(
         runtime,
         busybox_image,
         "env",
         ["sh", "-c", "echo $GREETING > /data/greeting; sleep 30"],
         env={"GREETING": "hello"},
-        mounts=[Mount("/data", volume=volume), Mount("/config", host_path=str(tmp_path), read_only=True)],
+        mounts=[Mount("/data", volume=volume), Mount("/config", host_path=str(tmp_path / "config"), read_only=True)],
     )
     created = await runtime.create(spec)
     assert engine.volumes.get(volume).attrs["Labels"][LABEL_INSTALLATION] == runtime.installation_id
@@ -324,6 +325,44 @@ async def test_env_and_mounts_are_visible_inside(
     await runtime.remove_volume(volume)
     with pytest.raises(docker.errors.NotFound):
         engine.volumes.get(volume)
+
+
+async def test_host_paths_outside_the_data_dir_are_refused_before_the_engine_sees_them(
+    runtime: EngineRuntime, busybox_image: str, tmp_path: Path
+) -> None:
+    for mount, why in [
+        (Mount("/host", host_path="/etc", read_only=True), "only files under"),
+        (Mount("/host", host_path=f"{tmp_path}/../etc", read_only=True), "without . or .."),
+        (Mount("/host", host_path=str(tmp_path / "keys"), read_only=False), "read-only"),
+        (Mount("/proc/sys", host_path=str(tmp_path / "keys"), read_only=True), "/proc"),
+    ]:
+        spec = spec_for(runtime, busybox_image, "host", ["sleep", "30"], mounts=[mount])
+        with pytest.raises(RuntimeFailure, match=why) as raised:
+            await runtime.create(spec)
+        assert "nothing was created" in raised.value.reason
+        assert await runtime.inspect(spec.name) is None
+    unmounting = EngineRuntime(runtime.url, installation_id=runtime.installation_id)  # no data dir: no host path
+    try:
+        keys = Mount("/root/.ssh/authorized_keys", host_path=str(tmp_path / "keys"), read_only=True)
+        with pytest.raises(RuntimeFailure, match="mounts no host path"):
+            await unmounting.create(spec_for(unmounting, busybox_image, "host", ["sleep", "30"], mounts=[keys]))
+    finally:
+        await unmounting.close()
+
+
+async def test_a_container_without_gpus_is_told_it_has_none(runtime: EngineRuntime, busybox_image: str) -> None:
+    """`NVIDIA_VISIBLE_DEVICES=void` inside, so the NVIDIA toolkit's hook attaches no GPU whatever the image's ENV
+    says; a request that sets a GPU variable itself is refused."""
+    created = await runtime.create(spec_for(runtime, busybox_image, "cpu", ["sleep", "30"], env={"MODE": "cpu"}))
+    await runtime.start(created.id)
+    env = (await runtime.exec(created.id, ["env"])).output.splitlines()
+    assert "NVIDIA_VISIBLE_DEVICES=void" in env
+    assert "MODE=cpu" in env
+    for name in ("NVIDIA_VISIBLE_DEVICES", "nvidia_driver_capabilities", "CUDA_VISIBLE_DEVICES"):
+        spec = spec_for(runtime, busybox_image, "wants-gpus", ["sleep", "30"], env={name: "all"})
+        with pytest.raises(RuntimeFailure, match="set by the runtime from the GPUs allocated"):
+            await runtime.create(spec)
+        assert await runtime.inspect(spec.name) is None
 
 
 async def test_exec_in_a_stopped_object_is_a_failure(runtime: EngineRuntime, busybox_image: str) -> None:

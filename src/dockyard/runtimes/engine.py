@@ -14,6 +14,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -43,6 +44,7 @@ from dockyard.runtimes.engine_objects import (
     start_failure_reason,
 )
 from dockyard.runtimes.images import ImageReference, names_image, parse_reference
+from dockyard.runtimes.spec_check import check_run_spec
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ T = TypeVar("T")
 
 # Device nodes every CUDA process needs besides its GPUs' /dev/nvidiaN; attached where the host has them.
 NVIDIA_CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+# The NVIDIA Container Toolkit's value for "no GPU": without it, an image's own `ENV NVIDIA_VISIBLE_DEVICES=all`
+# (every CUDA base image has one) hands a container every GPU of a host whose engine runs the toolkit's hook.
+NO_GPUS = "void"
 
 
 @dataclass(frozen=True)
@@ -97,9 +102,13 @@ def gpu_options(gpus: list[GpuDevice], engine_kind: str) -> dict[str, Any]:
 class EngineRuntime:
     """`Runtime` over Docker or Podman. `network_mode` is handed to every container when set ("slirp4netns"
     where the host has no iptables), in place of `RunSpec.network`; it may never be "host", since containers
-    run unprivileged."""
+    run unprivileged. `host_path_root` is the only directory whose files may be bind-mounted (the server's data
+    dir, for SSH keys); None mounts no host path. Every `RunSpec` is checked (runtimes/spec_check.py) before
+    `create` builds an engine option from it."""
 
-    def __init__(self, url: str, *, installation_id: str, network_mode: str = "") -> None:
+    def __init__(
+        self, url: str, *, installation_id: str, network_mode: str = "", host_path_root: Path | None = None
+    ) -> None:
         if network_mode == "host":
             raise ValueError(
                 "engine_network_mode 'host' would give containers the host's network: "
@@ -108,6 +117,7 @@ class EngineRuntime:
         self.url = url
         self.installation_id = installation_id
         self.network_mode = network_mode
+        self.host_path_root = host_path_root
         self._client: docker.DockerClient | None = None
         self._facts: EngineFacts | None = None
         self._probe_lock = asyncio.Lock()
@@ -176,6 +186,7 @@ class EngineRuntime:
         return facts.description
 
     async def create(self, spec: RunSpec) -> RuntimeObject:
+        check_run_spec(spec, host_root=self.host_path_root)
         client, facts = await self._ready()
         if existing := await self.inspect(spec.name):
             return existing
@@ -273,6 +284,8 @@ class EngineRuntime:
         if spec.gpus:
             environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu.uuid for gpu in spec.gpus)
             options.update(gpu_options(spec.gpus, facts.kind))
+        else:
+            environment["NVIDIA_VISIBLE_DEVICES"] = NO_GPUS
         options["environment"] = environment
         return options
 
