@@ -138,7 +138,7 @@ class FakeRuntime:
         if obj is None:
             raise RuntimeFailure(f"container {object_id} not found")
         lines = self.output[obj.id]
-        for line in lines[-tail:] if tail else lines:
+        for line in lines if tail is None else lines[max(len(lines) - tail, 0) :]:  # tail=0: none, as engines
             yield line
 
     async def exec(self, object_id: str, command: list[str]) -> ExecResult:

@@ -208,6 +208,21 @@ async def test_logs_tail(runtime: EngineRuntime, busybox_image: str) -> None:
     assert await read_logs(runtime, created.id) == b"".join(f"line{i}\n".encode() for i in range(1, 6))
 
 
+async def test_logs_since_the_epoch_or_before_is_everything_and_tail_zero_nothing(
+    runtime: EngineRuntime, busybox_image: str
+) -> None:
+    """The docker SDK refuses a `since` at or before the epoch (InvalidArgument), which was an unhandled error on
+    the logs routes; the runtime reads it as "from the beginning"."""
+    two = ["sh", "-c", "echo one; echo two"]
+    created = await runtime.create(spec_for(runtime, busybox_image, "epoch", two))
+    await runtime.start(created.id)
+    await wait_exited(runtime, created.id)
+    for since in (datetime(1970, 1, 1, tzinfo=UTC), datetime(1969, 12, 31, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC)):
+        assert await read_logs(runtime, created.id, since=since) == b"one\ntwo\n", since
+    assert await read_logs(runtime, created.id, since=datetime(9999, 12, 31, tzinfo=UTC)) == b""
+    assert await read_logs(runtime, created.id, tail=0) == b""
+
+
 async def test_logs_since(runtime: EngineRuntime, busybox_image: str) -> None:
     """`since` keeps what was printed after it: the cut is taken after "one" was read back and before the
     container is told to print "two", so the two lines lie on either side of it."""

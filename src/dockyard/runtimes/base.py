@@ -217,8 +217,9 @@ class Runtime(Protocol):
     def logs(
         self, object_id: str, *, tail: int | None = None, follow: bool = False, since: datetime | None = None
     ) -> AsyncIterator[bytes]:
-        """Its output (stdout and stderr interleaved), the last `tail` lines; with `follow`, until it stops
-        or the consumer closes the iterator. Raises `RuntimeFailure` when the object does not exist."""
+        """Its output (stdout and stderr interleaved), the last `tail` lines, since `since` (at or before the
+        epoch: from the beginning); with `follow`, until it stops or the consumer closes the iterator. Raises
+        `RuntimeFailure` when the object does not exist or the runtime refuses the read."""
         ...
 
     async def exec(self, object_id: str, command: list[str]) -> ExecResult:

@@ -411,6 +411,8 @@ class EngineRuntime:
         self, object_id: str, *, tail: int | None = None, follow: bool = False, since: datetime | None = None
     ) -> AsyncIterator[bytes]:
         client, _ = await self._ready()
+        # The SDK refuses a `since` at or before the epoch (InvalidArgument) where the engine would answer all.
+        seconds = since.timestamp() if since is not None else 0.0
         try:
             stream = await self._call(
                 client.api.logs,
@@ -420,10 +422,13 @@ class EngineRuntime:
                 stream=True,
                 follow=follow,
                 tail=tail if tail is not None else "all",
-                since=since.timestamp() if since else None,
+                since=seconds if seconds > 0 else None,
             )
         except NotFound as error:
             raise RuntimeFailure(f"container {object_id} not found: it may have been removed") from error
+        except DockerException as error:
+            detail = error.explanation if isinstance(error, APIError) and error.explanation else str(error)
+            raise RuntimeFailure(f"the engine refused to read the logs of {object_id}: {detail}") from error
         try:
             while True:
                 chunk: bytes | None = await self._call(next, stream, None)
