@@ -135,3 +135,19 @@ def test_the_data_dir_is_private(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     assert [r.getMessage() for r in caplog.records] == [
         f"data dir {loose} was open to other users (mode 755); it is now 700"
     ]
+
+
+def test_repr_and_str_hold_no_secret() -> None:
+    """As found: repr(Settings) held the Fernet key, the admin token and the database password."""
+    planted = ("planted-fernet-key-0123456789", "planted-admin-token-0123", "planted-db-password", "planted-metrics")
+    settings = Settings(
+        secret_key=planted[0],
+        admin_token=planted[1],
+        database_url=f"postgresql+asyncpg://dockyard:{planted[2]}@db.example/dockyard",
+        metrics_token=planted[3],
+    )
+    assert settings.resolved_database_url.endswith("@db.example/dockyard")  # cached on the instance now
+    assert settings.resolved_secret_key == planted[0]
+    for shown in (repr(settings), str(settings), f"{settings}", repr([settings])):
+        assert not [secret for secret in planted if secret in shown], shown
+    assert "port=8080" in repr(settings)  # the rest is still there

@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from dockyard.outbound import host_policy
+from dockyard.redaction import masked_url, url_password
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DOCKYARD_", extra="ignore")
 
     data_dir: Path = Field(default_factory=default_data_dir)
-    database_url: str = ""
+    # Secret values (the database URL may hold a password) are left out of repr() and str(): a settings object
+    # in a log line or a traceback shows none of them. `log_secrets` lists them for the log's redaction.
+    database_url: str = Field(default="", repr=False)
     engine_url: str = Field(default_factory=default_engine_url)
     # Every container's network mode in place of the organizations' networks ("slirp4netns" where the host has
     # no iptables); empty: each organization's containers and workers join a network of its own.
@@ -101,11 +104,11 @@ class Settings(BaseSettings):
     # The server's base URL as a worker container reaches it (async workers' webhooks). Empty: `public_url`, with
     # a loopback host replaced by `host.containers.internal` (services/worker_runspec.webhook_base_url).
     worker_webhook_url: str = ""
-    secret_key: str = ""
-    admin_token: str = ""
+    secret_key: str = Field(default="", repr=False)
+    admin_token: str = Field(default="", repr=False)
     # A bearer token that reads `/metrics` and nothing else, for Prometheus' scrape config (the admin token and
     # admin keys read it too). Empty: only those.
-    metrics_token: str = ""
+    metrics_token: str = Field(default="", repr=False)
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
@@ -187,6 +190,16 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'dockyard.db'}"
+
+    @property
+    def masked_database_url(self) -> str:
+        """The database URL with its password (its whole userinfo) masked, for logs and messages."""
+        return masked_url(self.resolved_database_url)
+
+    def log_secrets(self) -> list[str]:
+        """The configured secrets a log line must never show: the admin and metrics tokens, the Fernet key when
+        given (the generated one is added where it is read, app.py), and the database password."""
+        return [self.admin_token, self.metrics_token, self.secret_key, *url_password(self.database_url)]
 
     @cached_property
     def resolved_public_url(self) -> str:

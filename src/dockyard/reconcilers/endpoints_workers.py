@@ -32,7 +32,7 @@ from prometheus_client import Histogram
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dockyard.config import Settings, new_token
+from dockyard.config import Settings
 from dockyard.core.status import EndpointType, WorkerStatus
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import guarded_update, utcnow
@@ -57,7 +57,7 @@ from dockyard.services.worker_runspec import (
     worker_object_name,
     worker_ports,
 )
-from dockyard.services.worker_webhooks import held_jobs
+from dockyard.services.worker_webhooks import held_jobs, new_worker_key
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +386,7 @@ class WorkerTask:
         if self.object is not None:
             await self.runtime.remove(self.object.id)
             self.object = None
-        key = new_token()
+        key = new_worker_key()
         if not await self.apply(key_hash=hash_api_key(key)):
             return None
         settings = self.state.settings

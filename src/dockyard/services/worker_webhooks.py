@@ -52,6 +52,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
+from dockyard.config import new_token
 from dockyard.context import ServerContext
 from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, utcnow
@@ -69,6 +70,13 @@ TAKING = (WorkerStatus.PENDING, WorkerStatus.STARTING, WorkerStatus.READY)
 SEEN_EVERY = timedelta(seconds=1)
 RETRIES = 3  # writes that lost a race to a concurrent one are redone from fresh rows this often
 KIND_ENDPOINT = "endpoint"
+# A worker key's prefix: a key that reaches a log by mistake is recognized and masked (redaction.py), as an API
+# key is by its `dy_`. Keys made before it had one still authenticate: only their hash is looked up.
+WORKER_KEY_PREFIX = "dyw_"
+
+
+def new_worker_key() -> str:
+    return WORKER_KEY_PREFIX + new_token()
 
 
 def worker_key(authorization: str | None) -> str:
