@@ -27,7 +27,7 @@ def _run(factory: str, host: str | None, port: int | None, config: str | None, w
     from dockyard.server_protocol import HttpProtocol
 
     settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings)
     uvicorn.run(
         factory,
         factory=True,

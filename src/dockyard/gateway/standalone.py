@@ -106,5 +106,5 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
 def create_gateway_app_from_env() -> ASGIApp:
     """uvicorn's factory entry point for `dockyard gateway`."""
     settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings)
     return create_gateway_app(settings)
