@@ -43,7 +43,7 @@ from dockyard.gateway.autoscaler import Autoscaler
 from dockyard.gateway.front import Front
 from dockyard.gateway.proxy import GatewayApp
 from dockyard.logs import add_secrets, configure_logging
-from dockyard.middleware import BodyLimitMiddleware, MetricsMiddleware
+from dockyard.middleware import BodyLimitMiddleware, JsonDepthMiddleware, MetricsMiddleware
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.reconcilers.endpoints import EndpointReconciler
 from dockyard.reconcilers.job_webhooks import WebhookDeliveries
@@ -187,6 +187,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         endpoint_workers.router,
     ):
         app.include_router(router)
+    app.add_middleware(JsonDepthMiddleware)  # inside the size bound: it holds what it checks
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, registry=context.registry)
     gateway = GatewayApp(

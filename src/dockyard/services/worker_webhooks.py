@@ -58,6 +58,7 @@ from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import JobModel, JobStreamModel, WorkerModel
 from dockyard.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
+from dockyard.json_depth import too_deep, too_deep_message
 from dockyard.secrets import hash_api_key
 from dockyard.services import events, jobs
 from dockyard.services.endpoints import LOOP
@@ -191,6 +192,8 @@ async def _claim(session: AsyncSession, job: JobModel, worker_id: str, now: date
 
 def parse_result(body: bytes) -> dict[str, Any]:
     """The JSON object the SDKs post (as `application/x-www-form-urlencoded`, though it is JSON text)."""
+    if too_deep(body):
+        raise BadRequest(too_deep_message())
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
