@@ -3,6 +3,7 @@ that need a socket (streamed request bodies, clients that speak HTTP rather than
 
 from __future__ import annotations
 
+import resource
 import socket
 import threading
 import time
@@ -13,7 +14,8 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
-from dockyard.server_protocol import HttpProtocol
+from dockyard.config import Settings
+from dockyard.server_protocol import connection_cap, protocol_for
 
 
 @contextmanager
@@ -25,8 +27,19 @@ def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[st
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.bind((host, port))
     port = listener.getsockname()[1]
-    # The servers' own HTTP protocol (server_protocol.py), so what these tests see is what `dockyard server` serves.
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", http=HttpProtocol)
+    # The servers' own HTTP protocol (server_protocol.py) with the app's connection settings (the defaults for an
+    # app that has none), so what these tests see is what `dockyard server` serves.
+    context = getattr(getattr(app, "state", None), "context", None)
+    settings = context.settings if context is not None else Settings()
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        http=protocol_for(settings, connection_cap(settings.max_connections, fd_limit)),
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()

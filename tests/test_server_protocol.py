@@ -5,6 +5,7 @@ sockets, answers whole, streamed, HEAD, pipelined and closing all arrive intact.
 from __future__ import annotations
 
 import asyncio
+import resource
 import socket
 import threading
 from collections.abc import Iterator
@@ -13,7 +14,13 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from dockyard.server_protocol import HeadHoldingTransport
+from dockyard.server_protocol import (
+    MIN_CONNECTIONS,
+    RESERVED_FDS,
+    UNLIMITED_FDS,
+    HeadHoldingTransport,
+    connection_cap,
+)
 from tests.live import serving
 
 
@@ -164,3 +171,11 @@ def test_pipelined_requests_are_answered_in_order(url: str) -> None:
     assert received.count(b"HTTP/1.1 200 OK") == 4
     bodies = [part.rsplit(b"\r\n\r\n", 1)[-1] for part in received.split(b"HTTP/1.1 ")[1:]]
     assert bodies == [b"/p0", b"/p1", b"/p2", b"/last"]
+
+
+def test_the_connection_cap_is_half_the_descriptors_left_and_caps_a_setting() -> None:
+    assert connection_cap(0, 1024) == (1024 - RESERVED_FDS) // 2
+    assert connection_cap(100, 1024) == 100
+    assert connection_cap(100_000, 1024) == (1024 - RESERVED_FDS) // 2  # a setting cannot outgrow the limit
+    assert connection_cap(0, 64) == MIN_CONNECTIONS
+    assert connection_cap(0, resource.RLIM_INFINITY) == (UNLIMITED_FDS - RESERVED_FDS) // 2

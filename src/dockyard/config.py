@@ -114,6 +114,19 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = "console"
     max_body_bytes: int = 10 * 1024 * 1024
+    # Connections (server_protocol.py). An idle keep-alive connection is kept this long for its next request: 75 s
+    # as nginx's keepalive_timeout, so a client pausing between calls, as a worker SDK does while a synchronous
+    # handler holds its loop, reuses its connection instead of finding it closed (uvicorn's own default is 5 s).
+    keep_alive_timeout_seconds: int = Field(default=75, ge=1)
+    # A request's head must arrive whole within this of its first byte, or the client is answered 408 and closed:
+    # 20 s as Apache's mod_reqtimeout, made against slowloris (a real client sends its head at once).
+    header_timeout_seconds: float = Field(default=20.0, gt=0)
+    # A request body may pause this long between reads: 60 s as nginx's client_body_timeout.
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Connections one server process holds at most; past it the one idle the longest is closed for the newcomer
+    # (503 when none is idle). 0: derived from the open-files limit (raised to its hard limit at start), which
+    # also caps a value set here.
+    max_connections: int = Field(default=0, ge=0)
     reconcile_interval: float = 2.0
     missing_debounce_seconds: float = 10.0
     zombie_grace_seconds: float = 60.0

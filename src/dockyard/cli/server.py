@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Annotated
 
@@ -24,17 +25,25 @@ def _run(factory: str, host: str | None, port: int | None, config: str | None, w
         os.environ["DOCKYARD_PORT"] = str(port)
     from dockyard.config import load_settings
     from dockyard.logs import configure_logging
-    from dockyard.server_protocol import HttpProtocol
+    from dockyard.server_protocol import connection_cap, protocol_for, raise_fd_limit
 
     settings = load_settings()
     configure_logging(settings)
+    before, fd_limit = raise_fd_limit()  # the worker processes inherit it
+    max_connections = connection_cap(settings.max_connections, fd_limit)
+    logging.getLogger(__name__).info(
+        "open files limit %d (raised from %d); at most %d connections per process", fd_limit, before, max_connections
+    )
     uvicorn.run(
         factory,
         factory=True,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=HttpProtocol,  # uvicorn's httptools protocol, writing a response's head with its body
+        # uvicorn's httptools protocol, writing a response's head with its body, with header and body timeouts and
+        # the connection cap; uvicorn's own keep-alive timeout between requests.
+        http=protocol_for(settings, max_connections),
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
         log_config=None,
         access_log=False,
         # The gateway builds X-Forwarded-For from the peer and the header as it came; uvicorn's rewrite of the
