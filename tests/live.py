@@ -19,9 +19,10 @@ from dockyard.server_protocol import connection_cap, protocol_for
 
 
 @contextmanager
-def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, settings: Settings | None = None) -> Iterator[str]:
     """Run `app` (its lifespan included) on `host` and `port` (0: a free one) until the block ends; yields its
-    base URL (on loopback, which reaches any address the app listens on)."""
+    base URL (on loopback, which reaches any address the app listens on). Its connections are bounded by
+    `settings`, else by those of the app, else by the defaults."""
     # IPPROTO_TCP named explicitly: asyncio only turns Nagle off (TCP_NODELAY) on accepted sockets of a listener
     # made so, and with Nagle on each small keep-alive answer stalls about 40 ms.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -30,7 +31,7 @@ def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[st
     # The servers' own HTTP protocol (server_protocol.py) with the app's connection settings (the defaults for an
     # app that has none), so what these tests see is what `dockyard server` serves.
     context = getattr(getattr(app, "state", None), "context", None)
-    settings = context.settings if context is not None else Settings()
+    settings = settings or (context.settings if context is not None else Settings())
     fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     config = uvicorn.Config(
         app,

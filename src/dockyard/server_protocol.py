@@ -293,7 +293,8 @@ class HttpProtocol(HttpToolsProtocol):
 
     def deadline_passed(self, now: float) -> None:
         """What `waiting` names did not arrive in time: 408 where no answer has started, then close."""
-        if self.flow.read_paused:  # the server stopped reading, not the client sending: wait on
+        held_back = self.waiting is _Waiting.BODY and self.cycle is not None and self.cycle.waiting_for_100_continue
+        if self.flow.read_paused or held_back:  # the server, not the client, holds the bytes back: wait on
             timeout = self.limits.body_timeout if self.waiting is _Waiting.BODY else self.limits.header_timeout
             self.deadline = now + (timeout or 0.0)
             return
