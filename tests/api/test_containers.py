@@ -516,6 +516,8 @@ async def test_if_match_and_etag(client: httpx.AsyncClient) -> None:
     assert stale.json()["reason"] == "CONFLICT"
     assert "GET it again" in stale.json()["message"]
     assert field_of(await client.put(url, json=body, headers={"If-Match": "yesterday"})) == "If-Match"
+    superscript = "\N{SUPERSCRIPT TWO}".encode("latin-1")  # a digit to str.isdigit, not to int(): it was a 500
+    assert field_of(await client.put(url, json=body, headers={"If-Match": superscript})) == "If-Match"
     assert (await client.put(url, json=body, headers={"If-Match": f"W/{new_etag}"})).status_code == 200
 
 

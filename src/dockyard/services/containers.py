@@ -56,7 +56,7 @@ def check_if_match(row: ContainerModel, if_match: str | None) -> None:
     if if_match is None:
         return
     value = if_match.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # isdigit alone takes "²", which int() refuses
         raise InvalidField("If-Match", 'expected the ETag a GET answered, like "3"')
     if int(value) != row.version:
         raise Conflict(
