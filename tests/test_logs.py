@@ -146,6 +146,17 @@ def test_a_huge_record_is_cut_in_the_middle(captured: Captured) -> None:
     assert "characters cut" in text
 
 
+@pytest.mark.parametrize("offset", range(-40, 41, 4))
+def test_a_secret_the_cut_goes_through_is_never_shown_in_part(offset: int) -> None:
+    keep = logs.MAX_RECORD_CHARS // 2
+    for at in (keep + offset, 3 * logs.MAX_RECORD_CHARS - keep + offset):  # across the head's cut, the tail's
+        text = "x " * (at // 2) + KEY + " y" * (2 * logs.MAX_RECORD_CHARS)
+        text = text[: 3 * logs.MAX_RECORD_CHARS]
+        shown = logs.redact(text)
+        assert len(shown) < logs.MAX_RECORD_CHARS + 100
+        assert not any(KEY[:n] in shown or KEY[-n:] in shown for n in range(8, len(KEY) + 1)), at
+
+
 def test_a_flood_is_dropped_and_counted_instead_of_blocking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer is stuck (a stderr that does not take writes); logging still returns at once, and once the
     writer moves again the log says how many records it lost."""

@@ -31,6 +31,7 @@ from dockyard.redaction import Redactor
 # a few tens of KiB; what is cut is the middle, so the event and the exception that ended the traceback stay.
 MAX_RECORD_CHARS = 64 * 1024
 QUEUE_RECORDS = 10_000  # records waiting for the writer thread; beyond, new ones are dropped and counted
+_MARGIN = 4096  # longer than any secret `Redactor` masks (a key, a token, a JWT in an Authorization header)
 
 _redactor = Redactor()
 _listener: QueueListener | None = None
@@ -41,17 +42,17 @@ def add_secrets(*values: str) -> None:
     _redactor.add(*values)
 
 
-def redact(text: str) -> str:
-    """`text` as a log line would show it: secrets masked."""
-    return _redactor.redact(text)
-
-
-def bounded(text: str, limit: int = MAX_RECORD_CHARS) -> str:
-    """`text`, or its head and tail with the middle cut out and the cut said, when it is over `limit` characters."""
+def redact(text: str, limit: int = MAX_RECORD_CHARS) -> str:
+    """`text` as a log line shows it: secrets masked and, over `limit` characters, only its head and tail kept
+    with the cut said. Only what is kept is searched for secrets, with `_MARGIN` characters more on the side of
+    the cut, dropped after: a search of megabytes would hold the interpreter lock, and so the event loop, for a
+    tenth of a second a megabyte, and a secret the cut goes through is masked or dropped, never shown in part."""
     if len(text) <= limit:
-        return text
+        return _redactor.redact(text)
     keep = limit // 2
-    return f"{text[:keep]}\n[... {len(text) - 2 * keep} characters cut ...]\n{text[-keep:]}"
+    head = _redactor.redact(text[: keep + _MARGIN])[:-_MARGIN]
+    tail = _redactor.redact(text[-keep - _MARGIN :])[_MARGIN:]
+    return f"{head}\n[... {len(text) - 2 * keep} characters cut ...]\n{tail}"
 
 
 def _timestamp(_: Any, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
@@ -71,10 +72,10 @@ def _capture_exc_info(_: Any, __: str, event: structlog.types.EventDict) -> stru
 
 
 class _SafeFormatter(structlog.stdlib.ProcessorFormatter):
-    """structlog's formatter, with each rendering redacted and bounded."""
+    """structlog's formatter, with each rendering passed through `redact`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return bounded(_redactor.redact(super().format(record)))
+        return redact(super().format(record))
 
 
 def _report_handler_error(record: logging.LogRecord) -> None:
