@@ -3,8 +3,9 @@
 Python's `json` recurses once per level: a body nested a few thousand deep raised RecursionError (a 500, or a reset
 connection where it escaped uvicorn), and one allowed through would fail again wherever it is serialized back
 (`json.dumps` recurses too). `MAX_JSON_DEPTH` is 128, serde_json's default recursion limit: real inputs nest a
-handful of levels (a chat's messages, a tensor's dimensions), and 128 stays well within both Python's recursion
-limit and pydantic's JSON parser's own (200), so what passes here parses and serializes anywhere in the server.
+handful of levels (a chat's messages, a tensor's dimensions), and 128 stays well within Python's recursion limit,
+pydantic's JSON parser's (200) and its serializer's (about 255), with room for the levels an answer wraps around
+a job's input or output: what passes here parses and serializes anywhere in the server.
 """
 
 from __future__ import annotations
