@@ -82,7 +82,7 @@ class Run:
 
 
 async def _sample(http: httpx.AsyncClient, server: Server, endpoint_id: str, started: float) -> Sample:
-    figures_page = await http.get(f"{server.url}/metrics", headers=server.headers)
+    figures_page = await http.get(f"{server.url}/metrics", headers=server.metrics_headers)
     endpoint = await http.get(f"{server.url}/gpus/v2/endpoints/{endpoint_id}", headers=server.headers)
     figures_page.raise_for_status()
     endpoint.raise_for_status()
@@ -141,7 +141,7 @@ async def _step(server: Server, endpoint_id: str, url: str, load_s: float, run: 
                 task.cancel()
             await asyncio.gather(*clients, return_exceptions=True)
         after = serverless.parse_metrics(
-            (await http.get(f"{server.url}/metrics", headers=server.headers)).text, endpoint_id
+            (await http.get(f"{server.url}/metrics", headers=server.metrics_headers)).text, endpoint_id
         )
         if after.get(f"{DECISION}_count") == 1:
             run.first_decision_s = after[f"{DECISION}_sum"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench import podman, processes
 from dockyard.client import ApiError, Client
+from dockyard.config import new_token
 from dockyard.services.worker_runspec import CONTAINER_HOST
 
 START_TIMEOUT_S = 120.0
@@ -63,16 +64,22 @@ def delete_endpoint(client: Client, endpoint_id: str) -> None:
 
 @dataclass(frozen=True)
 class Server:
-    """A running server: its base URL, an API key of the `bench` organization, and its database's URL."""
+    """A running server: its base URL, an API key of the `bench` organization, its database's URL, and the token
+    that reads its `/metrics`."""
 
     url: str
     key: str
     database_url: str
     pid: int
+    metrics_token: str
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
+
+    @property
+    def metrics_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.metrics_token}"}
 
 
 @contextmanager
@@ -82,10 +89,11 @@ def dockyard_server(workdir: Path, engine_url: str, *, for_workers: bool = False
     are more `DOCKYARD_*` variables (names without the prefix). On exit, whatever happened: the server is
     stopped and every container labelled with its installation removed."""
     data_dir = workdir / "dockyard-data"
-    data_dir.mkdir()
+    data_dir.mkdir(mode=0o700)  # as the server makes it (a looser one it tightens, warning)
     port = processes.free_port()
     url = f"http://127.0.0.1:{port}"
     database_url = f"sqlite+aiosqlite:///{data_dir / 'dockyard.db'}"
+    metrics_token = new_token()
     env = {
         "DOCKYARD_DATA_DIR": str(data_dir),
         "DOCKYARD_ENGINE_URL": engine_url,
@@ -93,6 +101,7 @@ def dockyard_server(workdir: Path, engine_url: str, *, for_workers: bool = False
         "DOCKYARD_PORT": str(port),
         "DOCKYARD_PUBLIC_URL": url,
         "DOCKYARD_LOG_LEVEL": "warning",
+        "DOCKYARD_METRICS_TOKEN": metrics_token,
         **{f"DOCKYARD_{name.upper()}": value for name, value in settings.items()},
     }
     if for_workers:
@@ -103,7 +112,7 @@ def dockyard_server(workdir: Path, engine_url: str, *, for_workers: bool = False
         key = create_key({**os.environ, **env}, workdir)
         server = processes.start([sys.executable, "-m", "dockyard", "server"], log, env)
         processes.wait_http(f"{url}/healthz", server, log, START_TIMEOUT_S)
-        yield Server(url, key, database_url, server.pid)
+        yield Server(url, key, database_url, server.pid, metrics_token)
     finally:
         if server is not None:
             processes.stop(server)

@@ -64,7 +64,8 @@ def published_port(engine_url: str, worker_id: str, container_port: int) -> int:
 
 def remove_installation_containers(engine_url: str, installation_id: str) -> list[str]:
     """Force-remove every container labelled with this run's Dockyard installation (its database is the run's
-    own, so no other installation's containers carry that id); the names removed."""
+    own, so no other installation's containers carry that id), then the networks they were on; the names of
+    the containers removed."""
     client = docker.DockerClient(base_url=engine_url)
     try:
         removed = []
@@ -72,6 +73,10 @@ def remove_installation_containers(engine_url: str, installation_id: str) -> lis
         for container in client.containers.list(all=True, filters={"label": label}):
             container.remove(force=True)
             removed.append(container.name or container.id or "?")
+        # Podman's CLI, not the compatible API, whose network list strips `isolate` from Podman's cached networks.
+        networks = subprocess.run(["podman", "network", "ls", "-q", "--filter", f"label={label}"], capture_output=True)
+        if names := networks.stdout.decode().split():
+            subprocess.run(["podman", "network", "rm", *names], capture_output=True)
         return removed
     finally:
         client.close()

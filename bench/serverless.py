@@ -102,6 +102,6 @@ def parse_metrics(text: str, endpoint_id: str) -> dict[str, float]:
 
 def metrics(http: httpx.Client, server: Server, endpoint_id: str) -> dict[str, float]:
     """This endpoint's samples on the server's `/metrics` now (see `parse_metrics`)."""
-    response = http.get(f"{server.url}/metrics", headers=server.headers)
+    response = http.get(f"{server.url}/metrics", headers=server.metrics_headers)
     response.raise_for_status()
     return parse_metrics(response.text, endpoint_id)

@@ -13,11 +13,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
+from docker.models.containers import Container
+
+from tests.live import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX_IMAGE = "localhost/dockyard-busybox:latest"
@@ -35,9 +44,20 @@ def _ensure_image(name: str) -> None:
         pytest.fail(f"test image {name} is missing and scripts/build-test-images did not make it")
 
 
-@pytest.fixture(scope="session")
-def engine_url() -> Iterator[str]:
-    """`unix://...` of a Podman API service started for this test session."""
+def _stop(process: subprocess.Popen[bytes], directory: Path) -> None:
+    """End a server this module started, then remove its directory."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def podman_service(env: dict[str, str] | None = None) -> Iterator[str]:
+    """`unix://...` of a Podman API service of its own, with `env` added to its environment (the session's
+    service gets none; `private_registry`'s gets the registries.conf that trusts the test registry)."""
     if shutil.which("podman") is None:
         pytest.skip("needs Podman (apt-get install podman runc; scripts/install-deps does it)")
     directory = Path(tempfile.mkdtemp(prefix="dockyard-engine-"))
@@ -48,6 +68,7 @@ def engine_url() -> Iterator[str]:
     process = subprocess.Popen(
         ["podman", "system", "service", "--time=0", url],
         cwd=directory,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=open(directory / "service.log", "wb"),  # noqa: SIM115 - lives as long as the service
     )
@@ -56,16 +77,18 @@ def engine_url() -> Iterator[str]:
         if process.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"podman system service did not start: {(directory / 'service.log').read_text()}")
         time.sleep(0.05)
-    os.environ.setdefault("DOCKYARD_TEST_ENGINE_URL", url)
     try:
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        shutil.rmtree(directory, ignore_errors=True)
+        _stop(process, directory)
+
+
+@pytest.fixture(scope="session")
+def engine_url() -> Iterator[str]:
+    """`unix://...` of a Podman API service started for this test session."""
+    with podman_service() as url:
+        os.environ.setdefault("DOCKYARD_TEST_ENGINE_URL", url)
+        yield url
 
 
 @pytest.fixture
@@ -88,6 +111,48 @@ def python_image(engine_url: str) -> str:
     """A Debian minbase root with python3 (debootstrap, built once per machine)."""
     _ensure_image(PYTHON_IMAGE)
     return PYTHON_IMAGE
+
+
+def remove_networks(installation_id: str) -> None:
+    """Remove the networks an installation's runtime made (after its containers, which hold them). Through
+    Podman's CLI: the Docker-compatible API's network list strips `isolate` from Podman's cached networks
+    before Podman 5.1 (see dockyard.runtimes.engine_networks)."""
+    listed = subprocess.run(
+        ["podman", "network", "ls", "-q", "--filter", f"label=dockyard.installation={installation_id}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    for name in listed.stdout.split():
+        removed = subprocess.run(["podman", "network", "rm", name], capture_output=True, text=True)
+        # A server still running may have removed it meanwhile, as it removes networks nothing is on.
+        if removed.returncode != 0 and "network not found" not in removed.stderr:
+            pytest.fail(f"podman network rm {name} failed: {removed.stderr}")
+
+
+def network_of(container: Container) -> tuple[str, dict[str, Any]]:
+    """The one network `container` is on: its name and the engine's settings for it (`IPAddress`, `Gateway`)."""
+    container.reload()
+    ((name, settings),) = container.attrs["NetworkSettings"]["Networks"].items()
+    return name, settings
+
+
+# Bounds every probe: a connection that is dropped times out instead of hanging the test.
+PROBE_SECONDS = 5
+
+
+def http_probe(container: Container, host: str, port: int, path: str = "/") -> tuple[int, str]:
+    """From inside `container` (busybox), `GET path` from host:port over a plain TCP connection: the exit code
+    and what came back. A refused or dropped connection gives a non-zero code and no HTTP status line."""
+    request = f"GET {path} HTTP/1.0\\r\\n\\r\\n"
+    script = f"printf '{request}' | timeout {PROBE_SECONDS} nc -w {PROBE_SECONDS - 2} {host} {port}"
+    code, output = container.exec_run(["sh", "-c", script])
+    return int(code), output.decode(errors="replace")
+
+
+def answered(probe: tuple[int, str]) -> bool:
+    """Whether an HTTP server answered the probe."""
+    return "HTTP/1." in probe[1]
 
 
 WORKER_IMAGE = "localhost/dockyard-worker"
@@ -187,3 +252,91 @@ def sdk_worker_images(python_image: str) -> dict[str, str]:
             pytest.fail(f"podman build of {image} failed: {build.stderr[-2000:]}")
         images[name] = image
     return images
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A private image registry on loopback (the distribution registry, with htpasswd authentication) and a Podman
+    API service that reaches it over plain HTTP. Images pushed there are not tagged in the host's storage until an
+    engine pulls them."""
+
+    address: str  # 127.0.0.1:PORT
+    username: str
+    password: str
+    engine_url: str
+
+    def push(self, source: str, repository: str) -> str:
+        """Push local image `source` as `repository` (`org/name:tag`) with the registry's credentials; returns the
+        image's reference there."""
+        reference = f"{self.address}/{repository}"
+        subprocess.run(
+            [
+                "podman",
+                "push",
+                "--quiet",
+                "--tls-verify=false",
+                "--creds",
+                f"{self.username}:{self.password}",
+                source,
+                f"docker://{reference}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return reference
+
+    @staticmethod
+    def forget(reference: str) -> None:
+        """Remove the name `reference` from the host's storage (a pull made it), leaving the image and its other
+        names as they are."""
+        subprocess.run(["podman", "untag", reference, reference], capture_output=True)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True  # 401: it serves, and asks for credentials
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def private_registry(busybox_image: str) -> Iterator[Registry]:
+    """A `Registry` for the session. Needs Debian's docker-registry (the distribution registry) and apache2-utils'
+    htpasswd; scripts/install-deps installs both."""
+    for binary, package in (("docker-registry", "docker-registry"), ("htpasswd", "apache2-utils")):
+        if shutil.which(binary) is None:
+            pytest.skip(f"needs {binary} for a private registry (apt-get install {package}; scripts/install-deps)")
+    directory = Path(tempfile.mkdtemp(prefix="dockyard-registry-"))
+    username, password = "robot", f"pw-{uuid.uuid4().hex}"
+    hashed = subprocess.run(["htpasswd", "-Bbn", username, password], check=True, capture_output=True, text=True)
+    (directory / "htpasswd").write_text(hashed.stdout)
+    address = f"127.0.0.1:{free_port()}"
+    (directory / "config.yml").write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {directory / 'storage'}}}}}\n"
+        f"http: {{addr: '{address}'}}\n"
+        f"auth: {{htpasswd: {{realm: dockyard-test, path: {directory / 'htpasswd'}}}}}\n"
+    )
+    # Short names resolve nowhere, and the test registry is reached over plain HTTP.
+    (directory / "registries.conf").write_text(
+        f'unqualified-search-registries = []\n\n[[registry]]\nlocation = "{address}"\ninsecure = true\n'
+    )
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(directory / "config.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=open(directory / "registry.log", "wb"),  # noqa: SIM115 - lives as long as the registry
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(f"http://{address}/v2/"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"docker-registry did not start: {(directory / 'registry.log').read_text()}")
+            time.sleep(0.05)
+        with podman_service({"CONTAINERS_REGISTRIES_CONF": str(directory / "registries.conf")}) as url:
+            yield Registry(address, username, password, url)
+    finally:
+        _stop(process, directory)

@@ -11,9 +11,12 @@ from datetime import UTC, datetime
 from dockyard.runtimes.base import (
     LABEL_INSTALLATION,
     LABEL_MANAGED,
+    LABEL_ORG,
     ExecResult,
     ObjectState,
     PublishedPort,
+    PullPolicy,
+    RegistryAuth,
     RunSpec,
     RuntimeFailure,
     RuntimeObject,
@@ -28,10 +31,14 @@ class FakeRuntime:
         self.objects: dict[str, RuntimeObject] = {}
         self.specs: dict[str, RunSpec] = {}
         self.volumes: dict[str, dict[str, str]] = {}
+        self.networks: dict[str, dict[str, str]] = {}  # name -> labels
         self.output: dict[str, list[bytes]] = {}
         self.calls: list[tuple[str, str]] = []
         self.available = True
         self.fail_start: dict[str, str] = {}  # image -> reason
+        # image -> the only credentials its registry accepts; in `images` too once pulled, which a create with
+        # `PullPolicy.IF_NOT_PRESENT` then runs whoever asks (the host's cache is shared)
+        self.private: dict[str, RegistryAuth] = {}
         self._ids = itertools.count(1)
         self._ports = itertools.count(30000)
 
@@ -53,9 +60,15 @@ class FakeRuntime:
         self.calls.append(("create", spec.name))
         if existing := self._find(spec.name):
             return existing
+        accepted = self.private.get(spec.image)
+        if accepted is not None and spec.pull_policy == PullPolicy.ALWAYS and spec.registry_auth != accepted:
+            raise RuntimeFailure(f"image {spec.image} needs registry credentials that can pull it: unauthorized")
         if spec.image not in self.images:
             raise RuntimeFailure(f"image {spec.image} not found")
         labels = {**spec.labels, LABEL_MANAGED: "true", LABEL_INSTALLATION: self.installation_id}
+        if spec.network:
+            own = {LABEL_MANAGED: "true", LABEL_INSTALLATION: self.installation_id}
+            self.networks.setdefault(spec.network, {**own, LABEL_ORG: spec.labels.get(LABEL_ORG, "")})
         obj = RuntimeObject(id=f"c{next(self._ids):06d}", name=spec.name, labels=labels, state=ObjectState.CREATED)
         self.objects[obj.id] = obj
         self.specs[obj.id] = spec
@@ -71,7 +84,9 @@ class FakeRuntime:
         spec = self.specs[obj.id]
         if reason := self.fail_start.get(spec.image):
             raise RuntimeFailure(reason)
-        ports = [PublishedPort(p.container_port, p.host_port or next(self._ports), p.protocol) for p in spec.ports]
+        ports = [
+            PublishedPort(p.container_port, p.host_port or next(self._ports), p.protocol, p.host_ip) for p in spec.ports
+        ]
         obj = replace(obj, state=ObjectState.RUNNING, ports=ports, started_at=datetime.now(UTC), exit_code=None)
         self.objects[obj.id] = obj
         return obj
@@ -123,7 +138,7 @@ class FakeRuntime:
         if obj is None:
             raise RuntimeFailure(f"container {object_id} not found")
         lines = self.output[obj.id]
-        for line in lines[-tail:] if tail else lines:
+        for line in lines if tail is None else lines[max(len(lines) - tail, 0) :]:  # tail=0: none, as engines
             yield line
 
     async def exec(self, object_id: str, command: list[str]) -> ExecResult:
@@ -134,6 +149,16 @@ class FakeRuntime:
 
     async def remove_volume(self, name: str) -> None:
         self.volumes.pop(name, None)
+
+    async def list_networks(self) -> list[str]:
+        self._check()
+        return sorted(n for n, labels in self.networks.items() if labels[LABEL_INSTALLATION] == self.installation_id)
+
+    async def remove_network(self, name: str) -> None:
+        self._check()
+        if any((spec := self.specs.get(obj.id)) and spec.network == name for obj in self.objects.values()):
+            raise RuntimeFailure(f"network {name} is in use")
+        self.networks.pop(name, None)
 
     async def close(self) -> None:
         return None

@@ -3,6 +3,7 @@ that need a socket (streamed request bodies, clients that speak HTTP rather than
 
 from __future__ import annotations
 
+import resource
 import socket
 import threading
 import time
@@ -13,27 +14,32 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
-from dockyard.server_protocol import HttpProtocol
+from dockyard.config import Settings
+from dockyard.server_protocol import connection_cap, protocol_for
 
 
 @contextmanager
-def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, keep_alive: int = 75) -> Iterator[str]:
+def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, settings: Settings | None = None) -> Iterator[str]:
     """Run `app` (its lifespan included) on `host` and `port` (0: a free one) until the block ends; yields its
-    base URL (on loopback, which reaches any address the app listens on). An idle connection is closed after
-    `keep_alive` seconds, `dockyard server`'s default."""
+    base URL (on loopback, which reaches any address the app listens on). Its connections are bounded by
+    `settings`, else by those of the app, else by the defaults."""
     # IPPROTO_TCP named explicitly: asyncio only turns Nagle off (TCP_NODELAY) on accepted sockets of a listener
     # made so, and with Nagle on each small keep-alive answer stalls about 40 ms.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.bind((host, port))
     port = listener.getsockname()[1]
-    # The servers' own HTTP protocol (server_protocol.py), so what these tests see is what `dockyard server` serves.
+    # The servers' own HTTP protocol (server_protocol.py) with the app's connection settings (the defaults for an
+    # app that has none), so what these tests see is what `dockyard server` serves.
+    context = getattr(getattr(app, "state", None), "context", None)
+    settings = settings or (context.settings if context is not None else Settings())
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     config = uvicorn.Config(
         app,
         log_config=None,
         access_log=False,
         lifespan="on",
-        http=HttpProtocol,
-        timeout_keep_alive=keep_alive,
+        http=protocol_for(settings, connection_cap(settings.max_connections, fd_limit)),
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)

@@ -1,11 +1,16 @@
-"""A whole Dockyard server on the real container engine, for the end-to-end tests: uvicorn on a free port,
-SQLite, every loop running, an organization with a key, and every container of its installation removed at
-the end."""
+"""Whole Dockyard servers for the end-to-end tests: `engine_server`, one on the real container engine in this
+process (uvicorn on a free port, SQLite, every loop running, an organization with a key, and every container and
+network of its installation removed at the end), and `ServerProcess`, `dockyard server` as a child process of its
+own."""
 
 from __future__ import annotations
 
+import resource
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +25,7 @@ from dockyard.config import Settings
 from dockyard.services import keys
 from dockyard.services.worker_runspec import CONTAINER_HOST
 from tests.conftest import ADMIN_TOKEN
+from tests.engine import remove_networks
 from tests.live import free_port, serving
 
 
@@ -66,17 +72,15 @@ def remove_installation(engine_url: str, installation_id: str) -> None:
             all=True, filters={"label": f"dockyard.installation={installation_id}"}
         ):
             container.remove(force=True)
+        remove_networks(installation_id)
     finally:
         engine.close()
 
 
 @contextmanager
-def engine_server(
-    data: Path, engine_url: str, *, host: str = "127.0.0.1", keep_alive: int = 75, **overrides: Any
-) -> Iterator[EngineServer]:
+def engine_server(data: Path, engine_url: str, *, host: str = "127.0.0.1", **overrides: Any) -> Iterator[EngineServer]:
     """Serve Dockyard on `host` with fast loops (overridable) until the block ends. Its port is chosen first, so
-    the URLs it hands out (endpoint URLs, async workers' webhooks on the bridge's host address) are right.
-    `keep_alive`: seconds an idle connection is kept (`serving`)."""
+    the URLs it hands out (endpoint URLs, async workers' webhooks on the bridge's host address) are right."""
     port = free_port()
     values: dict[str, Any] = {
         "port": port,
@@ -98,10 +102,78 @@ def engine_server(
     app = create_app(settings)
     installation = ""
     try:
-        with serving(app, host, port, keep_alive) as url:
+        with serving(app, host, port) as url:
             installation = app.state.context.installation_id
             yield EngineServer(url, new_key(url, "e2e"), installation, settings)
     finally:
         keys.forget_cached_keys()
         if installation:
             remove_installation(engine_url, installation)
+
+
+SERVER_START_SECONDS = 60.0
+
+
+class ServerProcess:
+    """`python -m dockyard server` as a child process, killable at any moment, its output in `log_path`.
+    `command` replaces the command line (`{host}` and `{port}` in it are filled in); `nofile` sets the child's
+    open-files limits (soft, hard) before it starts."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        command: Sequence[str] = (sys.executable, "-m", "dockyard", "server", "--host", "{host}", "--port", "{port}"),
+        nofile: tuple[int, int] | None = None,
+    ) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.host = host
+        self.port = port or free_port()
+        self.command = [part.format(host=self.host, port=self.port) for part in command]
+        self.nofile = nofile
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        nofile = self.nofile
+        limit = None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit
+            )
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while True:
+            assert self.process.poll() is None, f"the server exited at start:\n{self.log_tail()}"
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"the server did not answer in time:\n{self.log_tail()}"
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self) -> str:
+        return self.log()[-4000:]

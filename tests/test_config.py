@@ -1,8 +1,11 @@
-"""Configuration precedence (environment over the YAML file over defaults) and clear errors for bad values."""
+"""Configuration precedence (environment over the YAML file over defaults), clear errors for bad values, and a data
+dir open to its owner only."""
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +74,15 @@ def test_bad_number_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
+def test_bad_webhook_allow_list_names_the_setting_and_the_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().webhook_allowed_hosts == "external"  # a fresh install: the public internet only
+    monkeypatch.setenv("DOCKYARD_WEBHOOK_ALLOWED_HOSTS", "external, 10.0.0.0/33")
+    with pytest.raises(ConfigError, match=r"webhook_allowed_hosts: '10\.0\.0\.0/33' is not a network"):
+        load_settings()
+    monkeypatch.setenv("DOCKYARD_WEBHOOK_ALLOWED_HOSTS", "loopback,fd00::/8,hooks.internal")
+    assert load_settings().webhook_allowed_hosts == "loopback,fd00::/8,hooks.internal"
+
+
 def test_missing_config_file_is_an_error_not_silent_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DOCKYARD_CONFIG", str(tmp_path / "typo.yaml"))
     with pytest.raises(ConfigError, match=r"typo\.yaml, which is not a file"):
@@ -102,3 +114,40 @@ def test_the_public_url_of_a_server_on_loopback_is_the_loopback_address() -> Non
     explicit = Settings(host="127.0.0.1", public_url="https://gpu.example/", gateway_url="https://run.example/")
     assert explicit.resolved_public_url == "https://gpu.example"
     assert explicit.resolved_gateway_url == "https://run.example"
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_data_dir_is_private(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = load_settings()
+    assert mode(settings.data_dir) == 0o700
+    assert settings.resolved_secret_key  # generated into the data dir
+    assert mode(settings.data_dir / "secret.key") == 0o600
+
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)  # whatever the umask
+    with caplog.at_level(logging.WARNING, logger="dockyard.config"):
+        load_settings(data_dir=loose)
+    assert mode(loose) == 0o700
+    assert [r.getMessage() for r in caplog.records] == [
+        f"data dir {loose} was open to other users (mode 755); it is now 700"
+    ]
+
+
+def test_repr_and_str_hold_no_secret() -> None:
+    """As found: repr(Settings) held the Fernet key, the admin token and the database password."""
+    planted = ("planted-fernet-key-0123456789", "planted-admin-token-0123", "planted-db-password", "planted-metrics")
+    settings = Settings(
+        secret_key=planted[0],
+        admin_token=planted[1],
+        database_url=f"postgresql+asyncpg://dockyard:{planted[2]}@db.example/dockyard",
+        metrics_token=planted[3],
+    )
+    assert settings.resolved_database_url.endswith("@db.example/dockyard")  # cached on the instance now
+    assert settings.resolved_secret_key == planted[0]
+    for shown in (repr(settings), str(settings), f"{settings}", repr([settings])):
+        assert not [secret for secret in planted if secret in shown], shown
+    assert "port=8080" in repr(settings)  # the rest is still there

@@ -5,15 +5,24 @@ sockets, answers whole, streamed, HEAD, pipelined and closing all arrive intact.
 from __future__ import annotations
 
 import asyncio
+import resource
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from dockyard.server_protocol import HeadHoldingTransport
+from dockyard.config import Settings
+from dockyard.server_protocol import (
+    MIN_CONNECTIONS,
+    RESERVED_FDS,
+    UNLIMITED_FDS,
+    HeadHoldingTransport,
+    connection_cap,
+)
 from tests.live import serving
 
 
@@ -164,3 +173,45 @@ def test_pipelined_requests_are_answered_in_order(url: str) -> None:
     assert received.count(b"HTTP/1.1 200 OK") == 4
     bodies = [part.rsplit(b"\r\n\r\n", 1)[-1] for part in received.split(b"HTTP/1.1 ")[1:]]
     assert bodies == [b"/p0", b"/p1", b"/p2", b"/last"]
+
+
+def test_the_connection_cap_is_half_the_descriptors_left_and_caps_a_setting() -> None:
+    assert connection_cap(0, 1024) == (1024 - RESERVED_FDS) // 2
+    assert connection_cap(100, 1024) == 100
+    assert connection_cap(100_000, 1024) == (1024 - RESERVED_FDS) // 2  # a setting cannot outgrow the limit
+    assert connection_cap(0, 64) == MIN_CONNECTIONS
+    assert connection_cap(0, resource.RLIM_INFINITY) == (UNLIMITED_FDS - RESERVED_FDS) // 2
+
+
+async def slow_reader(scope: Scope, receive: Receive, send: Send) -> None:
+    """Reads its request body only after a second, then answers its length."""
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(1.0)
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = str(size).encode()
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_a_body_the_server_holds_back_is_not_timed_out(tmp_path: Path) -> None:
+    """The body timeout is the client's silence: a client waiting for `100 Continue`, or one the server stopped
+    reading from (a body past its buffer), is not cut off while the app takes its time."""
+    quick = Settings(data_dir=tmp_path, body_timeout_seconds=0.3, header_timeout_seconds=0.3)
+    with serving(slow_reader, settings=quick) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            raw.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            assert raw.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+            raw.sendall(b"hello")
+            assert raw.recv(65536).endswith(b"\r\n\r\n5")
+        large = 1024 * 1024
+        answer = httpx.post(f"{url}/x", content=b"x" * large, timeout=10)
+        assert answer.status_code == 200
+        assert answer.text == str(large)

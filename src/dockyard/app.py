@@ -42,10 +42,11 @@ from dockyard.gateway import metrics as gateway_metrics
 from dockyard.gateway.autoscaler import Autoscaler
 from dockyard.gateway.front import Front
 from dockyard.gateway.proxy import GatewayApp
-from dockyard.logs import configure_logging
-from dockyard.middleware import BodyLimitMiddleware, MetricsMiddleware
+from dockyard.logs import add_secrets, configure_logging
+from dockyard.middleware import BodyLimitMiddleware, JsonDepthMiddleware, MetricsMiddleware
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.reconcilers.endpoints import EndpointReconciler
+from dockyard.reconcilers.job_webhooks import WebhookDeliveries
 from dockyard.reconcilers.jobs import JobReaper
 from dockyard.reconcilers.network_storages import NetworkStorageReconciler
 from dockyard.reconcilers.supervisor import Loop, Supervisor
@@ -78,7 +79,14 @@ def build_loops(context: ServerContext) -> list[Loop]:
     context.routes.on_demand = autoscaler.on_demand
     endpoints = EndpointReconciler(context)
     context.routes.on_worker_error = endpoints.prober.recheck  # a worker the proxy could not reach: probe it now
-    return [ContainerReconciler(context), NetworkStorageReconciler(context), endpoints, autoscaler, JobReaper(context)]
+    return [
+        ContainerReconciler(context),
+        NetworkStorageReconciler(context),
+        endpoints,
+        autoscaler,
+        JobReaper(context),
+        WebhookDeliveries(context),
+    ]
 
 
 async def _on_stale(_: object, exc: Exception) -> object:
@@ -111,6 +119,7 @@ class DockyardApp(FastAPI):
 def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFactory | None = None) -> DockyardApp:
     """Build the application. `runtime_factory` replaces the real runtimes (tests give an in-memory one)."""
     settings = settings or load_settings()
+    add_secrets(settings.resolved_secret_key, *settings.log_secrets())
     db = Database(settings.resolved_database_url)
     context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key))
     context.runtime_factory = runtime_factory or (
@@ -135,7 +144,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         context.waker = supervisor.wake
         if settings.run_reconcilers:
             await supervisor.start()
-        log.info("dockyard %s serving on %s (installation %s)", __version__, db.url.split("://")[0], install_id)
+        log.info("dockyard %s serving on %s (installation %s)", __version__, settings.masked_database_url, install_id)
         try:
             yield
         finally:
@@ -178,6 +187,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         endpoint_workers.router,
     ):
         app.include_router(router)
+    app.add_middleware(JsonDepthMiddleware)  # inside the size bound: it holds what it checks
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, registry=context.registry)
     gateway = GatewayApp(
@@ -193,5 +203,5 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
 def create_app_from_env() -> DockyardApp:
     """uvicorn's factory entry point: settings from the environment and the config file."""
     settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings)
     return create_app(settings)

@@ -6,9 +6,11 @@ a container orchestrator sets variables, an operator on a single machine edits a
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
+import stat
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,11 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from dockyard.outbound import host_policy
+from dockyard.redaction import masked_url, url_password
+
+log = logging.getLogger(__name__)
 
 
 def default_data_dir() -> Path:
@@ -54,6 +61,23 @@ def default_public_address() -> str:
         return "127.0.0.1"
 
 
+def ensure_private_dir(path: Path) -> None:
+    """Make `path` if missing, open to its owner only: the data dir holds the database and the secret key. One that
+    others may read (made by hand, or before Dockyard made it 0700) is tightened at start with a warning rather
+    than refused as PostgreSQL refuses its data directory: the fix is the same, and a server that will not start
+    is worse for nothing."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        path.chmod(mode & 0o700)
+    except OSError as exc:
+        log.warning("data dir %s is open to other users (mode %03o) and cannot be tightened: %s", path, mode, exc)
+        return
+    log.warning("data dir %s was open to other users (mode %03o); it is now %03o", path, mode, mode & 0o700)
+
+
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names the setting and says where it comes from."""
 
@@ -67,8 +91,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DOCKYARD_", extra="ignore")
 
     data_dir: Path = Field(default_factory=default_data_dir)
-    database_url: str = ""
+    # Secret values (the database URL may hold a password) are left out of repr() and str(): a settings object
+    # in a log line or a traceback shows none of them. `log_secrets` lists them for the log's redaction.
+    database_url: str = Field(default="", repr=False)
     engine_url: str = Field(default_factory=default_engine_url)
+    # Every container's network mode in place of the organizations' networks ("slirp4netns" where the host has
+    # no iptables); empty: each organization's containers and workers join a network of its own.
     engine_network_mode: str = ""
     public_address: str = Field(default_factory=default_public_address)
     public_url: str = ""
@@ -76,13 +104,29 @@ class Settings(BaseSettings):
     # The server's base URL as a worker container reaches it (async workers' webhooks). Empty: `public_url`, with
     # a loopback host replaced by `host.containers.internal` (services/worker_runspec.webhook_base_url).
     worker_webhook_url: str = ""
-    secret_key: str = ""
-    admin_token: str = ""
+    secret_key: str = Field(default="", repr=False)
+    admin_token: str = Field(default="", repr=False)
+    # A bearer token that reads `/metrics` and nothing else, for Prometheus' scrape config (the admin token and
+    # admin keys read it too). Empty: only those.
+    metrics_token: str = Field(default="", repr=False)
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
     log_format: str = "console"
     max_body_bytes: int = 10 * 1024 * 1024
+    # Connections (server_protocol.py). An idle keep-alive connection is kept this long for its next request: 75 s
+    # as nginx's keepalive_timeout, so a client pausing between calls, as a worker SDK does while a synchronous
+    # handler holds its loop, reuses its connection instead of finding it closed (uvicorn's own default is 5 s).
+    keep_alive_timeout_seconds: int = Field(default=75, ge=1)
+    # A request's head must arrive whole within this of its first byte, or the client is answered 408 and closed:
+    # 20 s as Apache's mod_reqtimeout, made against slowloris (a real client sends its head at once).
+    header_timeout_seconds: float = Field(default=20.0, gt=0)
+    # A request body may pause this long between reads: 60 s as nginx's client_body_timeout.
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Connections one server process holds at most; past it the one idle the longest is closed for the newcomer
+    # (503 when none is idle). 0: derived from the open-files limit (raised to its hard limit at start), which
+    # also caps a value set here.
+    max_connections: int = Field(default=0, ge=0)
     reconcile_interval: float = 2.0
     missing_debounce_seconds: float = 10.0
     zombie_grace_seconds: float = 60.0
@@ -117,6 +161,17 @@ class Settings(BaseSettings):
     job_take_wait_seconds: float = Field(default=20.0, ge=0)  # how long an empty job-take is held open
     job_reap_interval: float = Field(default=1.0, gt=0)  # leases, timeouts, TTLs and webhooks are checked this often
     webhook_max_attempts: int = Field(default=5, ge=1)
+    # Where job webhooks may go (outbound.py), in the terms of Gitea's ALLOWED_HOST_LIST: keywords `external` (the
+    # public internet), `loopback`, `private` and `*`, networks and host-name patterns; the list replaces the
+    # default, so an operator adding a private receiver writes `external,10.1.2.3`.
+    webhook_allowed_hosts: str = "external"
+    # Deliveries in flight at once, and of one organization (reconcilers/job_webhooks.py): one tenant's hanging
+    # receivers hold only its own slots.
+    webhook_concurrency: int = Field(default=32, ge=1)
+    webhook_concurrency_per_org: int = Field(default=4, ge=1)
+    webhook_connect_timeout: float = Field(default=3.0, gt=0)
+    # A whole delivery, connecting included: GitHub gives its webhook receivers 10 s.
+    webhook_timeout: float = Field(default=10.0, gt=0)
 
     @classmethod
     def settings_customise_sources(
@@ -142,9 +197,25 @@ class Settings(BaseSettings):
             raise ValueError("log_format must be 'console' or 'json'")
         return value
 
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _host_list(cls, value: str) -> str:
+        host_policy(value)  # raises ValueError naming a bad entry
+        return value
+
     @cached_property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'dockyard.db'}"
+
+    @property
+    def masked_database_url(self) -> str:
+        """The database URL with its password (its whole userinfo) masked, for logs and messages."""
+        return masked_url(self.resolved_database_url)
+
+    def log_secrets(self) -> list[str]:
+        """The configured secrets a log line must never show: the admin and metrics tokens, the Fernet key when
+        given (the generated one is added where it is read, app.py), and the database password."""
+        return [self.admin_token, self.metrics_token, self.secret_key, *url_password(self.database_url)]
 
     @cached_property
     def resolved_public_url(self) -> str:
@@ -169,7 +240,7 @@ class Settings(BaseSettings):
             return path.read_text().strip()
         from cryptography.fernet import Fernet
 
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.data_dir)
         key = Fernet.generate_key().decode()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -195,7 +266,7 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(
             f"invalid configuration ({problems}); fix the DOCKYARD_* variable or the DOCKYARD_CONFIG file that sets it"
         ) from exc
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(settings.data_dir)
     return settings
 
 

@@ -1,4 +1,4 @@
-"""ASGI middleware: the request-body bound (413) and per-route request metrics.
+"""ASGI middleware: the request-body bounds (413 for size, 400 for JSON nesting) and per-route request metrics.
 
 Pure ASGI rather than `BaseHTTPMiddleware`, which buffers streaming bodies and costs a task per request.
 """
@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dockyard.errors import error_body
+from dockyard.json_depth import too_deep, too_deep_message
 from dockyard.metrics_registry import per_registry
 
 
@@ -89,6 +90,51 @@ class _TooLarge(HTTPException):
 
     def __init__(self, message: str) -> None:
         super().__init__(413, message)
+
+
+def _is_json(scope: Scope) -> bool:
+    """Whether the request says its body is JSON (`application/json` or `application/...+json`), as FastAPI reads
+    it: a body FastAPI will parse."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            kind: bytes = value.partition(b";")[0].strip().lower()
+            return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
+    return False
+
+
+class JsonDepthMiddleware:
+    """Answers 400 when a JSON request body nests deeper than `json_depth.MAX_JSON_DEPTH`: the check runs on the
+    body's bytes as the app reads its last chunk, before anything parses it (Python's parser recurses per level,
+    and a body a few thousand deep was a RecursionError: a 500)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+
+        async def checking_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    chunks.clear()
+                    if too_deep(body):
+                        raise _TooDeep(too_deep_message())
+            return message
+
+        await self.app(scope, checking_receive, send)
+
+
+class _TooDeep(HTTPException):
+    """Raised from `receive`: an `HTTPException` for the reason `_TooLarge` is (FastAPI re-raises it as it is)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
 
 
 class HttpMetrics:

@@ -100,13 +100,21 @@ async def _row(harness: Harness, container_id: str) -> ContainerModel:
         ("2024-05-01T12:00:00Z", datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
         ("2024-05-01T14:00:00+02:00", datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
         ("", None),
+        # At or before the epoch: from the beginning (the docker SDK refuses such a `since`).
+        ("0", None),
+        ("-1", None),
+        ("-1e300", None),
+        ("1970-01-01T00:00:00Z", None),
+        ("0001-01-01T00:00:00", None),
+        ("9999-12-31T23:59:59Z", datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)),  # the future: nothing yet
     ],
 )
 def test_parse_since(text: str, expected: datetime | None) -> None:
     assert parse_since(text) == expected
 
 
-def test_parse_since_refuses_words() -> None:
+@pytest.mark.parametrize("text", ["yesterday", "nan", "inf", "1e300", "10000-01-01T00:00:00Z"])
+def test_parse_since_refuses_what_is_not_a_time(text: str) -> None:
     with pytest.raises(InvalidField) as caught:
-        parse_since("yesterday")
+        parse_since(text)
     assert caught.value.details[0]["field"] == "since"

@@ -1,8 +1,10 @@
-"""`GET /api/v1/containers/{id}/logs` on real Podman over a real socket: `tail` gives the last lines, and
-`follow` streams lines as the container prints them and ends when it exits."""
+"""`GET /api/v1/containers/{id}/logs` on real Podman over a real socket: `tail` gives the last lines, `follow`
+streams lines as the container prints them and ends when it exits, and no `since` or `tail` a user sends is an
+unhandled error."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from dockyard.context import ServerContext
 from dockyard.db.models import IdcModel
 from dockyard.runtimes.engine import EngineRuntime
 from tests.conftest import ADMIN_TOKEN
+from tests.engine import remove_networks
 from tests.live import serving
 
 pytestmark = pytest.mark.engine
@@ -55,6 +58,7 @@ def server(tmp_path: Path, engine_url: str, busybox_image: str) -> Iterator[tupl
                 all=True, filters={"label": f"dockyard.installation={installation[0]}"}
             ):
                 container.remove(force=True)
+            remove_networks(installation[0])
             engine.close()
 
 
@@ -103,3 +107,38 @@ def test_follow_streams_lines_as_printed_then_tail_reads_the_last(server: tuple[
         tail = client.get(f"/api/v1/containers/{container_id}/logs", params={"tail": 2})
         assert tail.status_code == 200
         assert tail.text.splitlines() == ["line5", "late"]
+
+
+def test_since_at_or_before_the_epoch_answers_everything_and_no_value_is_an_unhandled_error(
+    server: tuple[str, str], busybox_image: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As found: `since=0` (also `-1` and the epoch in RFC 3339) was a 500 whose traceback, rendered with its
+    locals on the event loop, froze every tenant for seconds; it reads from the beginning now."""
+    url, key = server
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=DEADLINE) as client:
+        container_id = _start(client, busybox_image)
+        logs = f"/api/v1/containers/{container_id}/logs"
+        end = time.monotonic() + DEADLINE
+        while "late" not in client.get(logs).text:  # the container has printed everything
+            assert time.monotonic() < end, "the container never printed its last line"
+            time.sleep(0.2)
+        everything = ["line1", "line2", "line3", "line4", "line5", "late"]
+        caplog.clear()
+        for since in ("0", "-1", "-1e300", "1970-01-01T00:00:00Z", "0001-01-01T00:00:00+00:00"):
+            answer = client.get(logs, params={"since": since})
+            assert answer.status_code == 200, (since, answer.text)
+            assert answer.text.splitlines() == everything, since
+        for since in ("99999999999", "9999-12-31T23:59:59Z"):  # the future: nothing yet
+            answer = client.get(logs, params={"since": since})
+            assert answer.status_code == 200, (since, answer.text)
+            assert answer.text == ""
+        for since in ("1e300", "nan", "inf", "10000-01-01T00:00:00Z"):
+            answer = client.get(logs, params={"since": since})
+            assert answer.status_code == 422, (since, answer.text)
+            assert answer.json()["details"][0]["field"] == "since"
+        assert client.get(logs, params={"tail": 0}).text == ""
+        with client.stream("GET", logs, params={"since": "0", "follow": "true", "tail": 1}) as followed:
+            assert followed.status_code == 200
+            assert followed.read().decode().splitlines() == ["late"]
+    unhandled = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert unhandled == []

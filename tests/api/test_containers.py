@@ -10,10 +10,12 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from dockyard.config import Settings
+from dockyard.core.inputs import USER_SDK_SWITCHES
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.models import ContainerModel, IdcModel, NetworkStorageModel
 from dockyard.services import keys
 from tests.conftest import Harness
+from tests.core.test_inputs import BAD_MOUNT_PATHS, GOOD_MOUNT_PATHS, RESERVED_ENVS
 
 TEMPLATE = {
     "name": "web",
@@ -514,6 +516,8 @@ async def test_if_match_and_etag(client: httpx.AsyncClient) -> None:
     assert stale.json()["reason"] == "CONFLICT"
     assert "GET it again" in stale.json()["message"]
     assert field_of(await client.put(url, json=body, headers={"If-Match": "yesterday"})) == "If-Match"
+    superscript = "\N{SUPERSCRIPT TWO}".encode("latin-1")  # a digit to str.isdigit, not to int(): it was a 500
+    assert field_of(await client.put(url, json=body, headers={"If-Match": superscript})) == "If-Match"
     assert (await client.put(url, json=body, headers={"If-Match": f"W/{new_etag}"})).status_code == 200
 
 
@@ -566,3 +570,65 @@ async def test_stop_start_restart_record_desired_state(harness: Harness, client:
             update(ContainerModel).where(ContainerModel.id == container_id).values(status="running", reason="up")
         )
     assert (await client.post(f"{url}/start")).json() == {"id": container_id, "status": "running", "reason": "up"}
+
+
+def refused(answer: httpx.Response, field: str, says: str) -> None:
+    assert field_of(answer) == field, answer.text
+    assert says in answer.json()["details"][0]["message"], answer.text
+
+
+async def test_unsafe_storage_paths_are_refused_on_create_and_update(
+    harness: Harness, client: httpx.AsyncClient
+) -> None:
+    """Podman's compatible API writes a mount as `--mount` CSV: a containerPath with a comma once mounted another
+    organization's storage or the host's /etc. Only a strict path passes, on create and on update."""
+    template_id = await make_template(client)
+    container_id = await create_one(client, template_id)
+    storage_id = await add_storage(harness, "acme")
+    for path, says in BAD_MOUNT_PATHS:
+        storages = [{"containerPath": path, "id": storage_id}]
+        created = await client.post("/api/v1/containers", json=container_body(template_id, storages=storages))
+        refused(created, "storages[0].containerPath", says)
+        update = {"name": "box", "templateId": template_id, "storages": storages}
+        refused(await client.put(f"/api/v1/containers/{container_id}", json=update), "storages[0].containerPath", says)
+    async with harness.context.db.read_session() as session:
+        assert list(await session.scalars(select(ContainerModel.id))) == [container_id]
+        row = await session.get(ContainerModel, container_id)
+        assert row is not None
+        assert row.spec["volumes"] == []
+
+    storages = [{"containerPath": path, "id": storage_id} for path in GOOD_MOUNT_PATHS]
+    accepted = await create_one(client, template_id, storages=storages)
+    got = (await client.get(f"/api/v1/containers/{accepted}")).json()
+    assert [s["containerPath"] for s in got["storages"]] == [path.rstrip("/") for path in GOOD_MOUNT_PATHS]
+
+
+async def test_reserved_variables_are_refused_in_container_envs(client: httpx.AsyncClient) -> None:
+    template_id = await make_template(client)
+    container_id = await create_one(client, template_id)
+    for name in RESERVED_ENVS:
+        envs = [{"name": name, "value": "all"}]
+        refused(
+            await client.post("/api/v1/containers", json=container_body(template_id, envs=envs)),
+            "envs[0].name",
+            f"{name} is reserved",
+        )
+        update = {"name": "box", "templateId": template_id, "envs": envs}
+        refused(
+            await client.put(f"/api/v1/containers/{container_id}", json=update), "envs[0].name", f"{name} is reserved"
+        )
+    switches = [{"name": name, "value": "true"} for name in sorted(USER_SDK_SWITCHES)]
+    accepted = await create_one(client, template_id, envs=switches)
+    got = (await client.get(f"/api/v1/containers/{accepted}")).json()
+    assert set(USER_SDK_SWITCHES) <= {env["name"] for env in got["envs"]}
+
+
+async def test_nul_in_commands_and_values_is_refused(client: httpx.AsyncClient) -> None:
+    template_id = await make_template(client)
+    post = client.post
+    refused(await post("/api/v1/containers", json=container_body(template_id, command="sleep\x001")), "command", "NUL")
+    refused(await post("/api/v1/containers", json=container_body(template_id, args=["ok", "a\x00"])), "args[1]", "NUL")
+    envs = [{"name": "A", "value": "x\x00y"}]
+    refused(await post("/api/v1/containers", json=container_body(template_id, envs=envs)), "envs[0].value", "NUL")
+    multiline = [{"name": "A", "value": "line one\nline 'two'; $(three)"}]
+    assert (await post("/api/v1/containers", json=container_body(template_id, envs=multiline))).status_code == 200

@@ -15,6 +15,7 @@ from dockyard.db.models import EndpointModel, IdcModel, ProductModel, WorkerMode
 from dockyard.secrets import mask
 from tests.api.test_admin import assert_error
 from tests.conftest import Harness
+from tests.core.test_inputs import BAD_IMAGES, BAD_MOUNT_PATHS, BAD_URL_PATHS, GOOD_MOUNT_PATHS, RESERVED_ENVS
 
 URL = "/gpus/v2/endpoints"
 SECRET = "sk-0123456789abcdef"
@@ -552,3 +553,39 @@ async def test_writes_wake_the_endpoints_loop(harness: Harness, client: httpx.As
     assert woken == ["endpoints"] * 3
     await client.get(f"{URL}/{endpoint_id}")
     assert len(woken) == 3
+
+
+async def test_unsafe_paths_images_variables_and_names_are_refused(harness: Harness, client: httpx.AsyncClient) -> None:
+    """Create and update alike: mount points and the health-check path are strict paths, the image a registry
+    reference, no variable Dockyard reserves, names one printable line, no NUL in a command."""
+    endpoint_id = await create(client)
+    url = f"{URL}/{endpoint_id}"
+    storage = await new_storage(client)
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        *(({"volumes": [{"id": storage, "mount_point": p}]}, "volumes[0].mount_point", s) for p, s in BAD_MOUNT_PATHS),
+        *(({"health_check": {"path": p, "port": 80}}, "health_check.path", s) for p, s in BAD_URL_PATHS),
+        *(({"image": image}, "image", says) for image, says in BAD_IMAGES),
+        *(({"envs": [{"key": name, "value": "x"}]}, "envs[0].key", f"{name} is reserved") for name in RESERVED_ENVS),
+        ({"envs": [{"key": "A", "value": "\x00"}]}, "envs[0].value", "NUL"),
+        ({"entrypoint": "/bin/sh\x00"}, "entrypoint", "NUL"),
+        ({"command": "serve\x00"}, "command", "NUL"),
+        ({"name": "chat\r\nforged"}, "name", "control characters"),
+    ]
+    for change, field, says in cases:
+        for answer in (await client.post(URL, json={**MINIMAL, **change}), await client.put(url, json=change)):
+            body = assert_error(answer, 422, field)
+            assert says in body["details"][0]["message"], body
+    body = assert_error(await client.post(URL, json={**MINIMAL, "app_name": "app\x00"}), 422, "app_name")
+    assert "control characters" in body["message"]
+    assert [endpoint["id"] for endpoint in (await client.get(URL)).json()["data"]] == [endpoint_id]
+    row = await endpoint_row(harness, endpoint_id)
+    assert (row.generation, row.spec["volumes"], row.spec["image"]) == (1, [], "localhost/worker:1")
+
+    switches = [{"key": "RUNPOD_SKIP_GPU_CHECK", "value": "false"}, {"key": "RUNPOD_DEBUG_LEVEL", "value": "DEBUG"}]
+    volumes = [{"id": storage, "mount_point": path} for path in GOOD_MOUNT_PATHS]
+    changed = {"envs": switches, "volumes": volumes, "health_check": {"path": "/ready?full=1", "port": 80}}
+    assert (await client.put(url, json=changed)).status_code == 200
+    got = await get(client, endpoint_id)
+    assert [env["key"] for env in got["envs"]] == ["RUNPOD_SKIP_GPU_CHECK", "RUNPOD_DEBUG_LEVEL"]
+    assert [volume["mount_point"] for volume in got["volumes"]] == [p.rstrip("/") for p in GOOD_MOUNT_PATHS]
+    assert got["health_check"]["path"] == "/ready?full=1"

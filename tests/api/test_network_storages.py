@@ -11,6 +11,7 @@ from dockyard.core.status import DesiredState, NetworkStorageStatus
 from dockyard.db.models import ContainerModel, NetworkStorageModel
 from tests.api.test_admin import add_container, assert_error
 from tests.conftest import Harness
+from tests.reconcilers.test_endpoints import make_endpoint
 
 STORAGE = {"name": "datasets", "region_id": "local", "size_gb": 100}
 
@@ -50,6 +51,8 @@ async def test_validation_names_the_field(client: httpx.AsyncClient) -> None:
     url = "/gpus/v2/network-storages"
     assert_error(await client.post(url, json={**STORAGE, "name": ""}), 422, "name")
     assert_error(await client.post(url, json={**STORAGE, "name": "n" * 256}), 422, "name")
+    body = assert_error(await client.post(url, json={**STORAGE, "name": "data\n[ERROR] forged"}), 422, "name")
+    assert "control characters" in body["message"]
     assert_error(await client.post(url, json={**STORAGE, "size_gb": 0}), 422, "size_gb")
     assert_error(await client.post(url, json={**STORAGE, "size_gb": 65537}), 422, "size_gb")
     body = assert_error(await client.post(url, json={**STORAGE, "region_id": "mars"}), 422, "region_id")
@@ -118,8 +121,8 @@ async def test_delete_refused_while_mounted(harness: Harness, client: httpx.Asyn
         assert row.status == NetworkStorageStatus.DELETING
 
 
-async def test_a_container_created_through_the_api_holds_its_storage(client: httpx.AsyncClient) -> None:
-    storage_id = (await client.post("/gpus/v2/network-storages", json=STORAGE)).json()["id"]
+async def container_mounting(client: httpx.AsyncClient, storage_id: str) -> str:
+    """A container created through the API with the storage at /data; its id."""
     template = {"name": "t", "path": "localhost/busybox:latest"}
     template_id = (await client.post("/api/v1/templates", json=template)).json()["id"]
     created = await client.post(
@@ -134,12 +137,41 @@ async def test_a_container_created_through_the_api_holds_its_storage(client: htt
         },
     )
     assert created.status_code == 200, created.text
-    container_id = created.json()[0]["id"]
+    container_id: str = created.json()[0]["id"]
+    return container_id
+
+
+async def test_a_container_created_through_the_api_holds_its_storage(client: httpx.AsyncClient) -> None:
+    storage_id = (await client.post("/gpus/v2/network-storages", json=STORAGE)).json()["id"]
+    container_id = await container_mounting(client, storage_id)
 
     url = f"/gpus/v2/network-storages/{storage_id}"
     assert (await client.get(url)).json()["mounted_by"] == [container_id]
     assert_error(await client.delete(url), 409)
 
     assert (await client.delete(f"/api/v1/containers/{container_id}")).status_code == 200
+    assert (await client.get(url)).json()["mounted_by"] == []
+    assert (await client.delete(url)).status_code == 200
+
+
+async def test_delete_refused_while_an_endpoints_workers_mount_it(client: httpx.AsyncClient) -> None:
+    storage_id = (await client.post("/gpus/v2/network-storages", json=STORAGE)).json()["id"]
+    url = f"/gpus/v2/network-storages/{storage_id}"
+    container_id = await container_mounting(client, storage_id)
+    volume = {"id": storage_id, "type": "network", "size": 10, "mount_point": "/data"}
+    endpoint_id = await make_endpoint(client, volumes=[volume])
+
+    assert (await client.get(url)).json()["mounted_by"] == [container_id, endpoint_id]
+    body = assert_error(await client.delete(url), 409)
+    assert body["message"] == (
+        f"network storage {storage_id} is mounted by containers {container_id} and endpoints {endpoint_id}; "
+        "delete them or remove the storage from them first"
+    )
+    assert (await client.delete(f"/api/v1/containers/{container_id}")).status_code == 200
+    body = assert_error(await client.delete(url), 409)
+    assert body["message"].startswith(f"network storage {storage_id} is mounted by endpoints {endpoint_id};")
+    assert (await client.get(url)).json()["status"] == "available"
+
+    assert (await client.delete(f"/gpus/v2/endpoints/{endpoint_id}")).status_code == 200
     assert (await client.get(url)).json()["mounted_by"] == []
     assert (await client.delete(url)).status_code == 200

@@ -53,6 +53,8 @@ async def test_create_get_list_never_answer_the_password(harness: Harness, clien
 async def test_validation_names_the_field(client: httpx.AsyncClient) -> None:
     for field, bad in (("name", ""), ("name", "n" * 256), ("username", ""), ("username", "u" * 256)):
         assert_error(await client.post(URL, json={**AUTH, field: bad}), 422, field)
+    body = assert_error(await client.post(URL, json={**AUTH, "name": "hub\r\nforged"}), 422, "name")
+    assert "control characters" in body["message"]
     assert_error(await client.post(URL, json={**AUTH, "password": ""}), 422, "password")
     assert_error(await client.post(URL, json={**AUTH, "password": "p" * 4097}), 422, "password")
     assert (await client.post(URL, json={**AUTH, "password": "p" * 4096})).status_code == 200

@@ -58,7 +58,12 @@ async def test_malformed_keys_name_the_field(client: httpx.AsyncClient, public_k
 
 
 @pytest.mark.parametrize(
-    ("body", "field"), [({"name": "", "publicKey": ED25519}, "name"), ({"name": "x"}, "publicKey")]
+    ("body", "field"),
+    [
+        ({"name": "", "publicKey": ED25519}, "name"),
+        ({"name": "laptop\x1b[2J", "publicKey": ED25519}, "name"),
+        ({"name": "x"}, "publicKey"),
+    ],
 )
 async def test_schema_validation(client: httpx.AsyncClient, body: dict[str, str], field: str) -> None:
     answer = await client.post("/api/v1/ssh-keys", json=body)

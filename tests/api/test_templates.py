@@ -6,7 +6,9 @@ import httpx
 import pytest
 from sqlalchemy.orm.exc import StaleDataError
 
+from tests.api.test_admin import assert_error
 from tests.conftest import Harness
+from tests.core.test_inputs import BAD_IMAGES, GOOD_IMAGES, RESERVED_ENVS
 
 TEMPLATE = {
     "name": "web",
@@ -111,3 +113,34 @@ async def test_stale_update_is_409(harness: Harness, client: httpx.AsyncClient) 
         row.name = "lost-update"
         with pytest.raises(StaleDataError):
             await first.commit()
+
+
+def refused(answer: httpx.Response, field: str, says: str) -> None:
+    body = assert_error(answer, 422, field)
+    assert says in body["details"][0]["message"], body
+
+
+async def test_unsafe_images_names_variables_and_commands_are_refused(client: httpx.AsyncClient) -> None:
+    """Create and update alike: an image must be a registry reference, a name one printable line, no variable
+    Dockyard reserves, no NUL in a command."""
+    template_id = (await client.post("/api/v1/templates", json=TEMPLATE)).json()["id"]
+    url = f"/api/v1/templates/{template_id}"
+    cases: list[tuple[dict[str, object], str, str]] = [
+        *(({"path": image}, "path", says) for image, says in BAD_IMAGES),
+        *(
+            ({"envs": [{"name": name, "value": "all"}]}, "envs[0].name", f"{name} is reserved")
+            for name in RESERVED_ENVS
+        ),
+        ({"name": "web\n[ERROR] forged log line"}, "name", "control characters"),
+        ({"name": "\x1b[31mred"}, "name", "control characters"),
+        ({"command": "sh\x00"}, "command", "NUL"),
+        ({"args": ["\x00"]}, "args[0]", "NUL"),
+        ({"envs": [{"name": "A", "value": "\x00"}]}, "envs[0].value", "NUL"),
+    ]
+    for change, field, says in cases:
+        refused(await client.post("/api/v1/templates", json={**TEMPLATE, **change}), field, says)
+        refused(await client.put(url, json={**TEMPLATE, **change}), field, says)
+    assert (await client.get("/api/v1/templates")).json()["total"] == 1
+    for image in GOOD_IMAGES:
+        assert (await client.put(url, json={**TEMPLATE, "path": image})).status_code == 200, image
+    assert (await client.get(url)).json()["path"] == GOOD_IMAGES[-1]

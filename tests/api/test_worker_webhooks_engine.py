@@ -99,7 +99,7 @@ def short_keep_alive_server(
     """A server that closes idle connections after 3 s, as uvicorn's default of 5 s did when the issue was found, and
     whose leases (15 s) outlast the detection of a lost result (at the worker's next ping, within 5 s)."""
     data = tmp_path_factory.mktemp("short-keep-alive")
-    with engine_server(data, engine_url, host="0.0.0.0", keep_alive=3, job_lease_seconds=15) as running:
+    with engine_server(data, engine_url, host="0.0.0.0", keep_alive_timeout_seconds=3, job_lease_seconds=15) as running:
         yield running
 
 

@@ -1,11 +1,12 @@
 """Migrations at start: two server processes migrating one database at once both succeed and the schema
 reaches head exactly once (SQLite through its lock file, PostgreSQL through its advisory lock); the
-migration matches the models."""
+migration matches the models; SQLite's files are readable by their owner only."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from sqlalchemy.pool import NullPool
 
 from dockyard.db.base import Base
 from dockyard.db.migrate import alembic_config, migrate
+from dockyard.db.session import Database
 from dockyard.services.bootstrap import DEFAULT_PRODUCTS
 
 # What a server does at start (migrate, then bootstrap under the same exclusion), in a process of its own.
@@ -118,3 +120,23 @@ async def test_migration_matches_the_models(database_url: str) -> None:
     finally:
         await engine.dispose()
     assert diff == [], "the models changed without a migration: regenerate it (scripts/new-migration)"
+
+
+async def test_the_sqlite_files_are_private(tmp_path: Path) -> None:
+    """Created 0600 whatever the umask, the -wal and -shm SQLite makes beside the database included; a database an
+    earlier version left readable by others is tightened."""
+    database = tmp_path / "fresh" / "dockyard.db"
+    url = f"sqlite+aiosqlite:///{database}"
+    await migrate(url)
+    db = Database(url)
+    try:
+        async with db.write() as session:  # a write: the -wal and -shm files exist while a connection is open
+            await session.execute(text("UPDATE settings SET value = value"))
+        files = [database, Path(f"{database}-wal"), Path(f"{database}-shm"), Path(f"{database}.migrate.lock")]
+        assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {path.name: 0o600 for path in files}
+    finally:
+        await db.dispose()
+
+    database.chmod(0o644)
+    await migrate(url)
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, bindparam, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from dockyard.db.session import Database
 
@@ -119,3 +120,20 @@ async def test_on_sqlite_a_busy_point_read_waits_off_the_event_loop(sqlite_db: t
     assert row is not None
     assert row.size == 7  # read after the writer let go, through the async engine
     assert ticks >= 10  # the loop kept running while the read waited: it did not sleep on the lock
+
+
+async def test_an_errors_message_says_the_statement_but_not_its_parameters(db: Database) -> None:
+    """A statement's parameters are user data (a job's input, an env value): the message of the error it raises,
+    which reaches the log when nobody handles it, leaves them out."""
+    planted = "planted-secret-parameter"
+    async with db.write() as session:
+        await session.execute(insert(things).values(id=planted, size=3, made_at=MADE_AT))
+    with pytest.raises(IntegrityError) as caught:
+        await _insert_again(db, planted)
+    assert "INSERT INTO things" in str(caught.value)
+    assert planted not in str(caught.value)
+
+
+async def _insert_again(db: Database, thing_id: str) -> None:
+    async with db.write() as session:
+        await session.execute(insert(things).values(id=thing_id, size=3, made_at=MADE_AT))

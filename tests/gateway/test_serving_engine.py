@@ -7,6 +7,7 @@ over real sockets.
 - A rolling update: a new image is PUT while a client sends requests without pause; the workers roll to
   the new version and no request fails.
 - The `openai` client gets a streamed chat completion through the gateway.
+- A worker's ports answer the gateway only: another organization's container reaches them on no address.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import docker
 import httpx
 import openai
 import pytest
 
-from tests.servers import EngineServer, engine_server, wait_for
+from dockyard.config import default_public_address
+from tests.engine import answered, http_probe, network_of
+from tests.servers import EngineServer, engine_server, new_key, wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -188,3 +192,55 @@ def test_the_openai_client_streams_a_chat_completion_through_the_gateway(server:
     whole = client.chat.completions.create(model="dockyard-test", messages=[{"role": "user", "content": "hi"}])
     assert whole.choices[0].message.content == "Hello from worker 1."
     delete_endpoint(server, endpoint_id)
+
+
+def test_a_sync_worker_is_reached_through_the_gateway_only(
+    server: EngineServer, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    """The attack as found: a sync worker's ports were published on every interface, so another organization's
+    container (and anyone who reached the host) got answers from it with no key, bypassing the gateway. Now
+    they are published on loopback only, where the gateway and the prober on the same host reach them."""
+    endpoint_id = create_endpoint(server, "localhost/dockyard-worker:1", min_replicas=1, max_replicas=1)
+    wait_for("a ready worker", lambda: [w for w in get_endpoint(server, endpoint_id)["workers"] if ready(w)])
+    (worker,) = docker_client.containers.list(filters={"label": f"dockyard.endpoint={endpoint_id}"})
+    bindings = [b for entries in worker.attrs["NetworkSettings"]["Ports"].values() for b in entries or []]
+    assert bindings, "the worker publishes its serving port"
+    port = int(bindings[0]["HostPort"])
+    worker_ip = network_of(worker)[1]["IPAddress"]
+
+    # Another organization runs a container of its own through the API.
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {new_key(server.url, 'intruder')}"}
+    ) as api:
+        template = api.post("/api/v1/templates", json={"name": "probe", "path": busybox_image, "command": "sleep 600"})
+        assert template.status_code == 200, template.text
+        body = {
+            "count": 1,
+            "idc": "local",
+            "product": "cpu.small",
+            "name": "probe",
+            "templateId": template.json()["id"],
+        }
+        created = api.post("/api/v1/containers", json=body)
+        assert created.status_code == 200, created.text
+        container_id = created.json()[0]["id"]
+        wait_for(
+            "the intruder's container running",
+            lambda: api.get(f"/api/v1/containers/{container_id}").json()["status"] == "running",
+        )
+    (intruder,) = docker_client.containers.list(filters={"label": f"dockyard.id={container_id}"})
+    gateway = network_of(intruder)[1]["Gateway"]
+    for host, target in ((default_public_address(), port), (gateway, port), (worker_ip, 8080)):
+        code, output = http_probe(intruder, host, target, "/health")
+        assert code != 0, (host, target, output)
+        assert not answered((code, output)), (host, target, output)
+    assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}
+
+    answer = httpx.post(f"{server.url}/{endpoint_id}/echo", content=b"through", headers=server.headers, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["body"] == "through"
+    delete_endpoint(server, endpoint_id)
+
+
+def ready(worker: dict[str, Any]) -> bool:
+    return bool(worker["status"]["status"] == "ready")

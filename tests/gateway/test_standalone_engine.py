@@ -26,10 +26,13 @@ from dockyard.config import Settings
 from dockyard.gateway.standalone import create_gateway_app
 from dockyard.services import keys
 from tests.conftest import ADMIN_TOKEN
+from tests.engine import remove_networks
 from tests.live import free_port, serving
 from tests.servers import new_key, wait_for
 
 pytestmark = pytest.mark.engine
+
+OPERATOR = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # what reads `/metrics`
 
 
 @pytest.fixture
@@ -58,6 +61,7 @@ def cleanup(engine_url: str) -> Iterator[list[str]]:
     for installation in installations:
         for container in engine.containers.list(all=True, filters={"label": f"dockyard.installation={installation}"}):
             container.remove(force=True)
+        remove_networks(installation)
     engine.close()
 
 
@@ -116,7 +120,8 @@ def test_a_standalone_gateway_serves_an_endpoint_from_zero(settings: Settings, c
             assert fast.status_code == 200, fast.text
             assert fast.json()["body"] == "through the gateway"
             assert fast.headers["x-dockyard-worker"] == slow.headers["x-dockyard-worker"]
-            metrics = httpx.get(f"{gateway_url}/metrics").text
+            assert httpx.get(f"{gateway_url}/metrics").status_code == 401  # the operator's, as the server's
+            metrics = httpx.get(f"{gateway_url}/metrics", headers=OPERATOR).text
             assert f'dockyard_gateway_requests_total{{code="200",endpoint="{endpoint_id}"}} 2.0' in metrics
 
         events = api.get(f"/gpus/v2/endpoints/{endpoint_id}/events").json()["data"]
@@ -148,9 +153,13 @@ def test_a_worker_drained_while_a_standalone_gateway_holds_its_request_answers_i
             gateway = httpx.Client(base_url=gateway_url, headers=auth, timeout=30)
             wait_for("the gateway routing", lambda: gateway.post(f"/{endpoint_id}/echo").status_code == 200)
             in_flight = f'dockyard_gateway_in_flight{{endpoint="{endpoint_id}"}} 1.0'
+
+            def held() -> bool:
+                return in_flight in gateway.get("/metrics", headers=OPERATOR).text
+
             with ThreadPoolExecutor(1) as pool:
                 slow = pool.submit(gateway.get, f"/{endpoint_id}/sleep?s=3")
-                wait_for("the request at the worker", lambda: in_flight in gateway.get("/metrics").text)
+                wait_for("the request at the worker", held)
                 time.sleep(3 * settings.gateway_report_interval)  # reported: the server's reads see it held
                 scaled = api.put(
                     f"/gpus/v2/endpoints/{endpoint_id}", json={"worker_config": {"min_replicas": 0, "max_replicas": 0}}

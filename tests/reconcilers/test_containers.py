@@ -345,3 +345,32 @@ async def test_exited_object_found_after_restart_of_dockyard_is_recorded(
     await ContainerReconciler(harness.context).reconcile_once()
     row = await must_row(harness, container_id)
     assert (row.status, row.reason) == (ContainerStatus.ERROR, "exited with code 2")
+
+
+async def test_a_network_goes_when_its_organization_has_no_object_left_on_the_runtime(
+    harness: Harness, reconciler: ContainerReconciler, runtime: FakeRuntime
+) -> None:
+    container_id = await running_container(harness, reconciler)
+    org_network = f"dockyard-org-{(await must_row(harness, container_id)).org_id}"
+    assert runtime.specs[only_object(runtime).id].network == org_network
+    # A network no object is on any more (its organization's last worker went), and a worker's object of another
+    # organization: only the first goes, since networks are kept for objects of any kind.
+    runtime.networks["dockyard-org-gone"] = {"dockyard.installation": runtime.installation_id}
+    worker_spec = RunSpec(name="dy-w-1", image="localhost/busybox:latest", labels={}, network="dockyard-org-w")
+    worker = await runtime.create(replace(worker_spec, labels={"dockyard.kind": "worker", "dockyard.org": "w"}))
+
+    await reconciler.reconcile_once()
+    assert await runtime.list_networks() == sorted([org_network, "dockyard-org-w"])
+
+    await harness.client.delete(f"/api/v1/containers/{container_id}")
+    await reconciler.reconcile_once()  # removes the object; the listing it acts on still held it
+    await reconciler.reconcile_once()
+    assert await runtime.list_networks() == ["dockyard-org-w"]
+
+    runtime.vanish(worker.id)
+    runtime.available = False  # a runtime that cannot be listed keeps every network
+    await reconciler.reconcile_once()
+    assert list(runtime.networks) == ["dockyard-org-w"]
+    runtime.available = True
+    await reconciler.reconcile_once()
+    assert runtime.networks == {}

@@ -194,8 +194,7 @@ async def test_a_row_at_rest_on_an_unreachable_idc_becomes_unknown(
     row = await must_row(harness, elsewhere)
     assert (row.status, row.reason) == (
         ContainerStatus.UNKNOWN,
-        "cannot reach the container engine: no runtime is configured for IDC nowhere; "
-        "status will refresh when it is back",
+        "the container runtime of IDC nowhere cannot be reached; the operator has been told",
     )
     registry = harness.context.registry
     assert registry.get_sample_value("dockyard_containers", {"status": "unknown"}) == 2

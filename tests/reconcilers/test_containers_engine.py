@@ -1,12 +1,14 @@
 """The containers reconciler against real Podman: a container reaches running and its published port
 answers; exit codes, a missing image, stop/start, restart, delete, a container removed behind Dockyard's back
-and an orphan are all seen as they happen on a real engine.
+and an orphan are all seen as they happen on a real engine; each organization's containers are on a network
+no other organization reaches.
 
 Each test's objects carry the fresh installation id of its own database, and are removed at the end."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import tempfile
@@ -21,11 +23,15 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import update
 
 from dockyard.core.status import ContainerStatus
+from dockyard.db.models import ContainerModel
 from dockyard.reconcilers.containers import ContainerReconciler
+from dockyard.runtimes.base import Mount, RunSpec, RuntimeFailure
 from dockyard.runtimes.engine import EngineRuntime
 from tests.conftest import Harness
+from tests.engine import answered, http_probe, network_of
 from tests.engine_harness import database_url, fake_runtime  # noqa: F401
 from tests.reconcilers.conftest import make_containers, make_template, must_row, row_of
 
@@ -241,7 +247,7 @@ async def test_unreachable_engine_is_unknown_then_recovers(
         (directory / "podman.sock").unlink(missing_ok=True)
         await until(engine_reconciler, lambda: status_is(harness, container_id, ContainerStatus.UNKNOWN), "unknown")
         row = await must_row(harness, container_id)
-        assert row.reason.startswith("cannot reach the container engine")
+        assert row.reason == "the container runtime of IDC local cannot be reached; the operator has been told"
         (obj,) = objects_of(docker_client, container_id)
         assert obj.status == "running"  # nothing was torn down while the engine could not be seen
 
@@ -254,3 +260,236 @@ async def test_unreachable_engine_is_unknown_then_recovers(
         service.terminate()
         service.wait(timeout=30)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def podman_network(name: str) -> dict[str, Any] | None:
+    """Podman's own view of a network (the compatible API leaves out its options), None when it does not exist."""
+    done = subprocess.run(["podman", "network", "inspect", name], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    (network,) = json.loads(done.stdout)
+    return dict(network)
+
+
+async def test_each_organization_has_a_network_that_no_other_organization_reaches(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    """The attack as found: every organization's containers shared one bridge, so one tenant's container opened
+    connections to another's. Now each organization's containers join a network of its own: a second container
+    of the same organization reaches the first, another organization's container reaches neither, and the
+    network goes once its organization has no container left."""
+    first, second = await make_containers(
+        harness.client, await make_template(harness.client, image=busybox_image), count=2
+    )
+    async with await harness.new_client("network-neighbour") as other:
+        (theirs,) = await make_containers(other, await make_template(other, image=busybox_image))
+
+        async def all_running() -> bool:
+            return all(
+                [await status_is(harness, row_id, ContainerStatus.RUNNING) for row_id in (first, second, theirs)]
+            )
+
+        await until(engine_reconciler, all_running, "the three containers running")
+        org_a, org_b = (await must_row(harness, first)).org_id, (await must_row(harness, theirs)).org_id
+        (a1,), (a2,), (b1,) = (objects_of(docker_client, row_id) for row_id in (first, second, theirs))
+        on_a = network_of(a1)[1]
+        end = time.monotonic() + DEADLINE
+        while not answered(http_probe(a2, on_a["IPAddress"], 8080)):
+            assert time.monotonic() < end, "a container never reached the other container of its organization"
+            await asyncio.sleep(0.2)
+        for target in (a1, a2):
+            code, output = http_probe(b1, network_of(target)[1]["IPAddress"], 8080)
+            assert code != 0, output
+            assert not answered((code, output)), output
+
+        net_a = network_of(a1)[0]
+        assert net_a == network_of(a2)[0] == f"dockyard-org-{org_a}"
+        assert network_of(b1)[0] == f"dockyard-org-{org_b}"
+        for network, org in ((net_a, org_a), (f"dockyard-org-{org_b}", org_b)):
+            details = podman_network(network)
+            assert details is not None
+            assert details["labels"] == {
+                "dockyard.managed": "true",
+                "dockyard.installation": harness.context.installation_id,
+                "dockyard.org": org,
+            }
+            assert details["options"] == {"isolate": "true"}
+        # A container publishes exactly the ports its owner asked for, on every interface, and nothing else.
+        assert a1.attrs["HostConfig"]["PublishAllPorts"] is False
+        assert list(a1.attrs["NetworkSettings"]["Ports"]) == ["8080/tcp"]
+
+        assert (await other.delete(f"/api/v1/containers/{theirs}")).status_code == 200
+        await until(
+            engine_reconciler,
+            lambda: _network_gone(f"dockyard-org-{org_b}"),
+            "the network of an organization with no container left removed",
+        )
+    assert podman_network(net_a) is not None
+    assert (await must_row(harness, first)).status == ContainerStatus.RUNNING
+
+
+async def _network_gone(name: str) -> bool:
+    return podman_network(name) is None
+
+
+async def new_storage(client: httpx.AsyncClient) -> str:
+    answer = await client.post("/gpus/v2/network-storages", json={"name": "data", "region_id": "local", "size_gb": 1})
+    assert answer.status_code == 200, answer.text
+    storage_id: str = answer.json()["id"]
+    return storage_id
+
+
+async def store_spec(harness: Harness, container_id: str, change: Callable[[dict[str, Any]], None]) -> None:
+    """Rewrite a row's stored spec, as a row written before the API's checks existed could hold it."""
+    row = await must_row(harness, container_id)
+    spec = dict(row.spec)
+    change(spec)
+    async with harness.context.db.write() as session:
+        await session.execute(update(ContainerModel).where(ContainerModel.id == container_id).values(spec=spec))
+
+
+async def test_a_storage_path_carrying_mount_options_mounts_nothing(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    """The attack as found: Podman's compatible API writes each mount as `--mount` CSV, so a containerPath of
+    `/x,source=dockyard-ns-<another organization's storage>` mounted that storage read-write, and the
+    volume-opt variant bind-mounted the host's /etc. The API refuses both; a row stored before that check ends
+    `error` with the reason and nothing created; the runtime refuses such a request by itself."""
+    runtime = harness.context.runtimes["local"]
+    assert isinstance(runtime, EngineRuntime)
+    globex = await harness.new_client("globex")
+    try:
+        theirs = await new_storage(globex)
+        writer = await make_template(
+            globex, image=busybox_image, command="sh -c 'echo secret-of-globex > /data/file; sleep 600'", ports=[]
+        )
+        (their_box,) = await make_containers(globex, writer, storages=[{"containerPath": "/data", "id": theirs}])
+    finally:
+        await globex.aclose()
+    await until(engine_reconciler, lambda: status_is(harness, their_box, ContainerStatus.RUNNING), "theirs running")
+    (their_object,) = objects_of(docker_client, their_box)
+
+    def their_file() -> str:
+        code, output = their_object.exec_run(["cat", "/data/file"])
+        return output.decode() if code == 0 else ""
+
+    end = time.monotonic() + DEADLINE
+    while their_file() != "secret-of-globex\n":
+        assert time.monotonic() < end, "the other organization's container never wrote its file"
+        await asyncio.sleep(0.1)
+
+    their_volume = f"dockyard-ns-{theirs}"
+    host_etc_volume = f"dockyard-ns-{uuid.uuid4()}"
+    attacks = [
+        f"/x,source={their_volume}",
+        f"/x,volume-opt=device=/etc,volume-opt=o=bind,volume-opt=type=none,source={host_etc_volume}",
+    ]
+    ours = await new_storage(harness.client)
+    template = await make_template(harness.client, image=busybox_image, command="sleep 600", ports=[])
+    try:
+        for path in attacks:
+            body = {
+                "count": 1,
+                "idc": "local",
+                "product": "cpu.small",
+                "name": "box",
+                "templateId": template,
+                "storages": [{"containerPath": path, "id": ours}],
+            }
+            answer = await harness.client.post("/api/v1/containers", json=body)
+            assert answer.status_code == 422, answer.text
+            (detail,) = answer.json()["details"]
+            assert detail["field"] == "storages[0].containerPath"
+            assert "may hold only letters, digits and _ . - /" in detail["message"]
+
+        stored = await make_containers(
+            harness.client, template, count=2, storages=[{"containerPath": "/x", "id": ours}]
+        )
+        for container_id, path in zip(stored, attacks, strict=True):
+
+            def inject(spec: dict[str, Any], path: str = path) -> None:
+                spec["volumes"] = [{"storage_id": ours, "mount_path": path}]
+
+            await store_spec(harness, container_id, inject)
+        for container_id in stored:
+            await until(engine_reconciler, lambda c=container_id: status_is(harness, c, ContainerStatus.ERROR), "error")
+            row = await must_row(harness, container_id)
+            assert row.reason.startswith(f"refused to create dy-{container_id[:12]}-g1: mount target '/x,")
+            assert "may hold only letters, digits and _ . - /" in row.reason
+            assert objects_of(docker_client, container_id) == []
+
+        for path in attacks:
+            spec = RunSpec(
+                name=f"dy-attack-{uuid.uuid4().hex[:8]}",
+                image=busybox_image,
+                labels={"dockyard.id": "attack"},
+                command=["sleep", "600"],
+                mounts=[Mount(path, volume=f"dockyard-ns-{ours}")],
+            )
+            with pytest.raises(RuntimeFailure, match="mount target") as raised:
+                await runtime.create(spec)
+            assert "nothing was created" in raised.value.reason
+            assert await runtime.inspect(spec.name) is None
+
+        assert host_etc_volume not in {volume.name for volume in docker_client.volumes.list()}
+        assert their_file() == "secret-of-globex\n"
+    finally:
+        # Against an engine that took the injection, the volume it made has none of Dockyard's labels, so the
+        # harness would not remove it: remove what uses it first, then the volume.
+        for obj in docker_client.containers.list(all=True, filters={"volume": host_etc_volume}):
+            obj.remove(force=True)
+        for volume in docker_client.volumes.list(filters={"name": host_etc_volume}):
+            volume.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def image_wanting_every_gpu(busybox_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """busybox with `ENV NVIDIA_VISIBLE_DEVICES=all`, as every CUDA base image has."""
+    image = "localhost/dockyard-wants-gpus:test"
+    context = tmp_path_factory.mktemp("wants-gpus")
+    (context / "Containerfile").write_text(f"FROM {busybox_image}\nENV NVIDIA_VISIBLE_DEVICES=all\n")
+    subprocess.run(["podman", "build", "-q", "-t", image, str(context)], check=True, capture_output=True)
+    return image
+
+
+async def test_a_cpu_container_is_handed_no_gpu_whatever_its_env_says(
+    harness: Harness,
+    engine_reconciler: ContainerReconciler,
+    image_wanting_every_gpu: str,
+    docker_client: docker.DockerClient,
+) -> None:
+    """`NVIDIA_VISIBLE_DEVICES=all` passed through on CPU products: with the NVIDIA toolkit on the host that
+    hands a container every GPU. The API refuses the reserved variables; inside a CPU container the variable
+    is `void` even when its image and a row stored before the check say `all`, and no other reserved
+    variable stored then reaches it."""
+    client = harness.client
+    wants = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}
+    answer = await client.post(
+        "/api/v1/templates", json={"name": "gpus", "path": image_wanting_every_gpu, "envs": [wants]}
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["details"][0]["field"] == "envs[0].name"
+    assert "NVIDIA_VISIBLE_DEVICES is reserved" in answer.json()["details"][0]["message"]
+
+    template = await make_template(client, image=image_wanting_every_gpu, command="sleep 600", ports=[])
+    (container_id,) = await make_containers(client, template, envs=[{"name": "RUNPOD_DEBUG_LEVEL", "value": "debug"}])
+    box = harness.context.box
+    stored = {
+        "NVIDIA_VISIBLE_DEVICES": "all",
+        "NVIDIA_DRIVER_CAPABILITIES": "all",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "RUNPOD_POD_ID": "someone-else",
+    }
+
+    def add_reserved(spec: dict[str, Any]) -> None:
+        spec["envs"] = [*spec["envs"], *({"name": k, "value": box.encrypt(v)} for k, v in stored.items())]
+
+    await store_spec(harness, container_id, add_reserved)
+    await until(engine_reconciler, lambda: status_is(harness, container_id, ContainerStatus.RUNNING), "running")
+    (obj,) = objects_of(docker_client, container_id)
+    code, output = obj.exec_run(["env"])
+    env = dict(line.split("=", 1) for line in output.decode().splitlines() if "=" in line)
+    assert code == 0
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert env["RUNPOD_DEBUG_LEVEL"] == "debug"  # an SDK switch users may set
+    assert not {"NVIDIA_DRIVER_CAPABILITIES", "CUDA_VISIBLE_DEVICES", "RUNPOD_POD_ID"} & set(env)

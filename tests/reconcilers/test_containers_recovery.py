@@ -209,12 +209,12 @@ async def test_unreachable_runtime_makes_rows_unknown_and_changes_nothing_else(
     for container_id in (running, stopped):
         row = await must_row(harness, container_id)
         assert row.status == ContainerStatus.UNKNOWN
-        assert row.reason == (
-            "cannot reach the container engine: fake runtime is down; status will refresh when it is back"
-        )
+        assert row.reason == "the container runtime of IDC local cannot be reached; the operator has been told"
         assert row.gpu_uuids == gpus_before[container_id]
     assert (await must_row(harness, deleting)).status == ContainerStatus.TERMINATING
     assert (await must_row(harness, waiting)).status == ContainerStatus.CREATING
+    (idc,) = (await harness.admin.get("/admin/v1/idcs")).json()
+    assert idc["runtime_error"] == "fake runtime is down"  # why, for the operator only
 
     runtime.available = True
     await reconciler.reconcile_once()
@@ -222,3 +222,5 @@ async def test_unreachable_runtime_makes_rows_unknown_and_changes_nothing_else(
     assert (await must_row(harness, stopped)).status == ContainerStatus.STOPPED
     assert (await must_row(harness, waiting)).status == ContainerStatus.RUNNING
     assert await row_of(harness, deleting) is None
+    (idc,) = (await harness.admin.get("/admin/v1/idcs")).json()
+    assert (idc["runtime_error"], idc["runtime_error_since"]) == ("", None)

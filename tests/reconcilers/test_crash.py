@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,62 +25,12 @@ from sqlalchemy import select
 from dockyard.core.status import ContainerStatus
 from dockyard.db.models import ContainerModel, SettingModel
 from dockyard.db.session import Database
-from tests.live import free_port
+from tests.engine import remove_networks
+from tests.servers import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
 CONVERGE_SECONDS = 90.0
-SERVER_START_SECONDS = 60.0
-
-
-class Server:
-    """`python -m dockyard server` as a child process, killable at any moment."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.host = host
-        self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "dockyard", "server", "--host", self.host, "--port", str(self.port)],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while True:
-            assert self.process.poll() is None, f"the server exited at start:\n{self.log_tail()}"
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"the server did not answer in time:\n{self.log_tail()}"
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
 
 @pytest.fixture
@@ -173,7 +122,7 @@ def test_sigkill_mid_work_then_restart_converges(
 ) -> None:
     key = create_key(crash_env)  # migrates and bootstraps the database, installation id included
     installation = asyncio.run(installation_of(database_url))
-    server = Server(crash_env, tmp_path / "server.log")
+    server = ServerProcess(crash_env, tmp_path / "server.log")
     try:
         server.start()
         headers = {"Authorization": f"Bearer {key}"}
@@ -261,3 +210,4 @@ def test_sigkill_mid_work_then_restart_converges(
         server.stop()
         for obj in managed_objects(engine, installation):
             obj.remove(force=True)
+        remove_networks(installation)

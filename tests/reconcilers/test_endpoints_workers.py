@@ -1,5 +1,6 @@
 """A worker's drain and the scale-down choice across gateways: the stand-alone gateways' reports (written by their
-real `Reporter` into the real database) count with the server's own routing table."""
+real `Reporter` into the real database) count with the server's own routing table. A worker's image pulled with
+another organization's credentials is refused it, on the in-memory runtime's shared image cache."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dockyard.core.status import WorkerStatus
 from dockyard.gateway.reports import Reporter
 from dockyard.gateway.routes import RouteTable
 from dockyard.reconcilers.endpoints import EndpointReconciler
+from dockyard.runtimes.base import RegistryAuth
 from dockyard.services.worker_runspec import worker_address
 from tests.conftest import Harness
 from tests.fakes import FakeRuntime
@@ -115,3 +117,27 @@ async def test_scale_down_keeps_the_worker_busy_in_a_standalone_gateway(
     kept = [w for w in await workers_of(harness, endpoint_id) if not w.drain]
     assert [w.id for w in kept] == [idle_longest]
     assert worker_address(kept[0].published_ports) == route.addresses[idle_longest]
+
+
+async def test_another_organizations_worker_cannot_run_an_image_pulled_with_credentials(
+    harness: Harness, endpoints: EndpointReconciler, runtime: FakeRuntime
+) -> None:
+    image = "registry.example/team/app:1"
+    runtime.private[image] = RegistryAuth("robot", "s3cret")
+    auth = await harness.client.post(
+        "/gpus/v2/registry-auths", json={"name": "robot", "username": "robot", "password": "s3cret"}
+    )
+    assert auth.status_code == 200, auth.text
+    owned = await make_endpoint(harness.client, image=image, min_replicas=1, registry_auth_id=auth.json()["id"])
+    runtime.images.add(image)  # what the owner's pull leaves in the cache
+    await endpoints.reconcile_once()
+    (worker,) = await workers_of(harness, owned)
+    assert worker.status == WorkerStatus.STARTING, worker.reason
+
+    other = await make_endpoint(await harness.new_client("umbrella"), image=image, min_replicas=1)
+    await endpoints.reconcile_once()
+    (refused,) = await workers_of(harness, other)
+    assert (refused.status, refused.reason) == (
+        WorkerStatus.FAILED,
+        f"image {image} needs registry credentials that can pull it: unauthorized",
+    )

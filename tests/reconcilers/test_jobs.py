@@ -1,11 +1,10 @@
 """The job reaper over a real database: lost leases requeue (then FAIL once attempts run out, with the
-history), execution timeouts, TTL purges, and webhook delivery to a real HTTP server on a local socket."""
+history), execution timeouts, lifetimes (`ttl`) and result purges. Webhook deliveries are their own pool's
+(test_job_webhooks.py)."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,6 @@ import pytest
 import requests
 import runpod  # type: ignore[import-untyped]
 from sqlalchemy import select, update
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from dockyard.app import create_app
 from dockyard.config import Settings
@@ -37,10 +32,8 @@ __all__ = ["job_routes"]  # the API tests' autouse fixture, so that `run` is ser
 
 
 @pytest.fixture
-async def reaper(harness: Harness) -> AsyncIterator[JobReaper]:
-    loop = JobReaper(harness.context)
-    yield loop
-    await loop.close()
+def reaper(harness: Harness) -> JobReaper:
+    return JobReaper(harness.context)
 
 
 async def set_job(harness: Harness, job_id: str, **values: Any) -> None:
@@ -147,92 +140,6 @@ async def test_ttl_purge(harness: Harness, client: httpx.AsyncClient, reaper: Jo
         assert list(await session.scalars(select(JobStreamModel).where(JobStreamModel.job_id == expired))) == []
     for job_id in (fresh, hooked, queued):
         assert await job_row(harness, job_id) is not None
-
-
-class Hooks:
-    """A webhook receiver on a real socket: answers the scripted status codes in turn, records each body."""
-
-    def __init__(self, codes: list[int]) -> None:
-        self.codes = codes
-        self.bodies: list[Any] = []
-        self.lock = threading.Lock()
-
-    async def receive(self, request: Request) -> JSONResponse:
-        body = await request.json()
-        with self.lock:
-            self.bodies.append(body)
-            code = self.codes[min(len(self.bodies), len(self.codes)) - 1]
-        return JSONResponse({}, status_code=code)
-
-
-@pytest.fixture
-def hooks() -> Iterator[tuple[Hooks, str]]:
-    receiver = Hooks([200])
-    app = Starlette(routes=[Route("/hook", receiver.receive, methods=["POST"])])
-    with serving(app) as url:
-        yield receiver, f"{url}/hook"
-
-
-async def finished_with_webhook(harness: Harness, client: httpx.AsyncClient, url: str) -> str:
-    endpoint_id = await make_endpoint(client)
-    job_id = await submit(client, endpoint_id, {"input": 1, "webhook": url})
-    await take(harness, endpoint_id)
-    await finish(harness, job_id, JobStatus.COMPLETED, output={"answer": 42})
-    return job_id
-
-
-async def test_webhook_delivered(
-    harness: Harness, client: httpx.AsyncClient, reaper: JobReaper, hooks: tuple[Hooks, str]
-) -> None:
-    receiver, url = hooks
-    job_id = await finished_with_webhook(harness, client, url)
-    await reaper.reconcile_once()
-    row = await must_job(harness, job_id)
-    assert (row.webhook_state, row.webhook_attempts, row.webhook_error) == (WebhookState.DELIVERED, 1, "")
-    assert len(receiver.bodies) == 1
-    assert receiver.bodies[0]["id"] == job_id
-    assert (receiver.bodies[0]["status"], receiver.bodies[0]["output"]) == ("COMPLETED", {"answer": 42})
-    await reaper.reconcile_once()
-    assert len(receiver.bodies) == 1  # delivered once
-
-
-async def test_webhook_retries_with_backoff_then_fails(
-    harness: Harness, client: httpx.AsyncClient, reaper: JobReaper, hooks: tuple[Hooks, str]
-) -> None:
-    receiver, url = hooks
-    receiver.codes = [500]
-    harness.context.settings.webhook_max_attempts = 3
-    job_id = await finished_with_webhook(harness, client, url)
-    for attempt in (1, 2):
-        await reaper.reconcile_once()
-        row = await must_job(harness, job_id)
-        assert (row.webhook_state, row.webhook_attempts) == (WebhookState.PENDING, attempt)
-        assert row.webhook_error.startswith(f"POST {url} answered 500")
-        assert row.webhook_next_at is not None
-        wait = (row.webhook_next_at - row.modified_at).total_seconds()
-        assert 2 ** (attempt - 1) - 0.5 < wait <= 2 ** (attempt - 1)  # 1 s, then 2 s
-        await reaper.reconcile_once()  # not due yet: nothing is sent
-        assert len(receiver.bodies) == attempt
-        await set_job(harness, job_id, webhook_next_at=utcnow())
-    await reaper.reconcile_once()
-    row = await must_job(harness, job_id)
-    assert (row.webhook_state, row.webhook_attempts) == (WebhookState.FAILED, 3)
-    assert "answered 500" in row.webhook_error
-    assert len(receiver.bodies) == 3
-
-
-async def test_webhook_unreachable_is_an_error(harness: Harness, client: httpx.AsyncClient) -> None:
-    with serving(Starlette()) as url:
-        gone = f"{url}/hook"
-    reaper = JobReaper(harness.context)
-    try:
-        job_id = await finished_with_webhook(harness, client, gone)
-        await reaper.reconcile_once()
-    finally:
-        await reaper.close()
-    row = await must_job(harness, job_id)
-    assert (row.webhook_state, row.webhook_attempts) == (WebhookState.PENDING, 1)
-    assert row.webhook_error.startswith(f"POST {gone} failed: ConnectError")
 
 
 def test_the_runpod_client_sees_a_job_no_worker_took_within_its_ttl_timed_out(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ from dockyard.db.models import JobModel
 from dockyard.db.session import Database
 from dockyard.services.worker_runspec import CONTAINER_HOST
 from tests.live import free_port
-from tests.reconcilers.test_crash import Server, create_key, installation_of
-from tests.servers import remove_installation
+from tests.reconcilers.test_crash import create_key, installation_of
+from tests.servers import ServerProcess, remove_installation
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -65,7 +65,7 @@ def test_every_job_completes_across_a_sigkill_of_the_server(
         DOCKYARD_JOB_MAX_ATTEMPTS="5",
         DOCKYARD_LOG_LEVEL="warning",
     )
-    server = Server(env, tmp_path / "server.log", host="0.0.0.0", port=port)
+    server = ServerProcess(env, tmp_path / "server.log", host="0.0.0.0", port=port)
     installation = ""
     try:
         server.start()

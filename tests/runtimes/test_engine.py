@@ -1,6 +1,6 @@
 """EngineRuntime against a real Podman: every behaviour the runtime contract promises, seen on the engine.
 
-Each test gets its own installation id; the fixture removes every object and volume labelled with it.
+Each test gets its own installation id (the `runtime` fixture, in conftest.py).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import asyncio
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,28 +36,6 @@ pytestmark = pytest.mark.engine
 
 # A guard against a hang turning into a stuck test run; never an assertion about speed.
 PATIENCE_SECONDS = 30
-
-
-@pytest.fixture
-def engine(engine_url: str) -> Iterator[docker.DockerClient]:
-    """A plain SDK client, to look at what the engine really holds."""
-    client = docker.DockerClient(base_url=engine_url, version="auto")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-async def runtime(engine_url: str, busybox_image: str, engine: docker.DockerClient) -> AsyncIterator[EngineRuntime]:
-    installation = f"test-{uuid.uuid4().hex[:12]}"
-    runtime = EngineRuntime(engine_url, installation_id=installation)
-    try:
-        yield runtime
-    finally:
-        for obj in await runtime.list_managed():
-            await runtime.remove(obj.id)
-        for volume in engine.volumes.list(filters={"label": f"{LABEL_INSTALLATION}={installation}"}):
-            volume.remove(force=True)
-        await runtime.close()
 
 
 def spec_for(runtime: EngineRuntime, image: str, suffix: str, command: list[str], **fields: Any) -> RunSpec:
@@ -231,6 +208,21 @@ async def test_logs_tail(runtime: EngineRuntime, busybox_image: str) -> None:
     assert await read_logs(runtime, created.id) == b"".join(f"line{i}\n".encode() for i in range(1, 6))
 
 
+async def test_logs_since_the_epoch_or_before_is_everything_and_tail_zero_nothing(
+    runtime: EngineRuntime, busybox_image: str
+) -> None:
+    """The docker SDK refuses a `since` at or before the epoch (InvalidArgument), which was an unhandled error on
+    the logs routes; the runtime reads it as "from the beginning"."""
+    two = ["sh", "-c", "echo one; echo two"]
+    created = await runtime.create(spec_for(runtime, busybox_image, "epoch", two))
+    await runtime.start(created.id)
+    await wait_exited(runtime, created.id)
+    for since in (datetime(1970, 1, 1, tzinfo=UTC), datetime(1969, 12, 31, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC)):
+        assert await read_logs(runtime, created.id, since=since) == b"one\ntwo\n", since
+    assert await read_logs(runtime, created.id, since=datetime(9999, 12, 31, tzinfo=UTC)) == b""
+    assert await read_logs(runtime, created.id, tail=0) == b""
+
+
 async def test_logs_since(runtime: EngineRuntime, busybox_image: str) -> None:
     """`since` keeps what was printed after it: the cut is taken after "one" was read back and before the
     container is told to print "two", so the two lines lie on either side of it."""
@@ -316,15 +308,16 @@ async def test_stop_restart_remove_and_their_idempotence(runtime: EngineRuntime,
 async def test_env_and_mounts_are_visible_inside(
     runtime: EngineRuntime, busybox_image: str, engine: docker.DockerClient, tmp_path: Path
 ) -> None:
-    volume = f"{runtime.installation_id}-data"
-    (tmp_path / "config.txt").write_text("from the host\n")
+    volume = f"dockyard-ns-{uuid.uuid4()}"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.txt").write_text("from the host\n")
     spec = spec_for(
         runtime,
         busybox_image,
         "env",
         ["sh", "-c", "echo $GREETING > /data/greeting; sleep 30"],
         env={"GREETING": "hello"},
-        mounts=[Mount("/data", volume=volume), Mount("/config", host_path=str(tmp_path), read_only=True)],
+        mounts=[Mount("/data", volume=volume), Mount("/config", host_path=str(tmp_path / "config"), read_only=True)],
     )
     created = await runtime.create(spec)
     assert engine.volumes.get(volume).attrs["Labels"][LABEL_INSTALLATION] == runtime.installation_id
@@ -347,6 +340,44 @@ async def test_env_and_mounts_are_visible_inside(
     await runtime.remove_volume(volume)
     with pytest.raises(docker.errors.NotFound):
         engine.volumes.get(volume)
+
+
+async def test_host_paths_outside_the_data_dir_are_refused_before_the_engine_sees_them(
+    runtime: EngineRuntime, busybox_image: str, tmp_path: Path
+) -> None:
+    for mount, why in [
+        (Mount("/host", host_path="/etc", read_only=True), "only files under"),
+        (Mount("/host", host_path=f"{tmp_path}/../etc", read_only=True), "without . or .."),
+        (Mount("/host", host_path=str(tmp_path / "keys"), read_only=False), "read-only"),
+        (Mount("/proc/sys", host_path=str(tmp_path / "keys"), read_only=True), "/proc"),
+    ]:
+        spec = spec_for(runtime, busybox_image, "host", ["sleep", "30"], mounts=[mount])
+        with pytest.raises(RuntimeFailure, match=why) as raised:
+            await runtime.create(spec)
+        assert "nothing was created" in raised.value.reason
+        assert await runtime.inspect(spec.name) is None
+    unmounting = EngineRuntime(runtime.url, installation_id=runtime.installation_id)  # no data dir: no host path
+    try:
+        keys = Mount("/root/.ssh/authorized_keys", host_path=str(tmp_path / "keys"), read_only=True)
+        with pytest.raises(RuntimeFailure, match="mounts no host path"):
+            await unmounting.create(spec_for(unmounting, busybox_image, "host", ["sleep", "30"], mounts=[keys]))
+    finally:
+        await unmounting.close()
+
+
+async def test_a_container_without_gpus_is_told_it_has_none(runtime: EngineRuntime, busybox_image: str) -> None:
+    """`NVIDIA_VISIBLE_DEVICES=void` inside, so the NVIDIA toolkit's hook attaches no GPU whatever the image's ENV
+    says; a request that sets a GPU variable itself is refused."""
+    created = await runtime.create(spec_for(runtime, busybox_image, "cpu", ["sleep", "30"], env={"MODE": "cpu"}))
+    await runtime.start(created.id)
+    env = (await runtime.exec(created.id, ["env"])).output.splitlines()
+    assert "NVIDIA_VISIBLE_DEVICES=void" in env
+    assert "MODE=cpu" in env
+    for name in ("NVIDIA_VISIBLE_DEVICES", "nvidia_driver_capabilities", "CUDA_VISIBLE_DEVICES"):
+        spec = spec_for(runtime, busybox_image, "wants-gpus", ["sleep", "30"], env={name: "all"})
+        with pytest.raises(RuntimeFailure, match="set by the runtime from the GPUs allocated"):
+            await runtime.create(spec)
+        assert await runtime.inspect(spec.name) is None
 
 
 async def test_exec_in_a_stopped_object_is_a_failure(runtime: EngineRuntime, busybox_image: str) -> None:

@@ -58,7 +58,9 @@ def test_spec_carries_plaintext_secrets_limits_gpus_and_labels(tmp_path: Path) -
     assert spec.command == ["python", "serve.py", "--port", "8000"]
     assert spec.entrypoint is None
     assert spec.env == {"TOKEN": "tok-123", "EMPTY": ""}
+    # Exactly the ports the owner asked for, on every interface: a public port is what a container offers.
     assert spec.ports == [PortBinding(8000, None, "tcp"), PortBinding(53, 5353, "udp")]
+    assert spec.network == "dockyard-org-org-1"
     assert spec.mounts == [Mount(target="/workspace", volume="dockyard-ns-ns1")]
     assert spec.gpus == [GpuDevice("GPU-abc", 2, False)]
     assert (spec.cpu, spec.memory_mb, spec.pids_limit) == (16.0, 131072, 4096)
@@ -104,3 +106,18 @@ def test_args_alone_replace_the_image_cmd_and_nothing_keeps_it(tmp_path: Path) -
     container.spec = {**container.spec, "args": ["-v"], "entrypoint": ["/bin/sh", "-c"]}
     spec = build_run_spec(container, product=product(), box=box, data_dir=tmp_path, public_keys=[], gpus=[], node_id="")
     assert (spec.entrypoint, spec.command) == (["/bin/sh", "-c"], ["-v"])
+
+
+def test_reserved_variables_stored_before_the_api_refused_them_never_reach_the_runtime(tmp_path: Path) -> None:
+    box = SecretBox(Fernet.generate_key().decode())
+    stored = {
+        "NVIDIA_VISIBLE_DEVICES": "all",
+        "cuda_visible_devices": "0",
+        "RUNPOD_POD_ID": "w-2",
+        "RUNPOD_DEBUG_LEVEL": "x",
+    }
+    container = row(box)
+    envs = [*container.spec["envs"], *({"name": k, "value": box.encrypt(v)} for k, v in stored.items())]
+    container.spec = {**container.spec, "envs": envs}
+    spec = build_run_spec(container, product=product(), box=box, data_dir=tmp_path, public_keys=[], gpus=[], node_id="")
+    assert spec.env == {"TOKEN": "tok-123", "EMPTY": "", "RUNPOD_DEBUG_LEVEL": "x"}

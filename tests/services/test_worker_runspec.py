@@ -123,12 +123,14 @@ def test_sync_worker_has_no_webhook_env_and_async_worker_publishes_no_probe_port
     sync = build_worker_run_spec(endpoint, worker, product=product, box=box, gpus=[], node_id="", registry_auth=None)
     assert not [name for name in sync.env if re.match(r"(PPIO|RUNPOD|NOVITA)_", name)]
     assert sorted(p.container_port for p in sync.ports) == [8000, 9000]
+    assert {p.host_ip for p in sync.ports} == {"127.0.0.1"}  # the gateway's host only, never another's
+    assert sync.network == f"dockyard-org-{worker.org_id}"
     endpoint.type = EndpointType.ASYNC
     access = WebhookAccess(BASE, KEY, 10000)
     made = build_worker_run_spec(
         endpoint, worker, product=product, box=box, gpus=[], node_id="", registry_auth=None, webhook=access
     )
-    assert [p.container_port for p in made.ports] == [9000]
+    assert [(p.container_port, p.host_ip) for p in made.ports] == [(9000, "127.0.0.1")]
     with pytest.raises(ValueError, match="webhook access"):
         build_worker_run_spec(endpoint, worker, product=product, box=box, gpus=[], node_id="", registry_auth=None)
 

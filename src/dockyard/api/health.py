@@ -1,24 +1,50 @@
-"""Liveness and Prometheus metrics; neither needs a key."""
+"""Liveness (`/healthz`), without a key, and Prometheus metrics, the operator's (`keys.authorize_metrics`)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from dockyard import __version__
 from dockyard.api.deps import ContextDep
+from dockyard.services import idcs, keys
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: the server answers and its database does")
-async def healthz(context: ContextDep) -> dict[str, str]:
-    async with context.db.read_session() as session:
-        await session.execute(text("SELECT 1"))
-    return {"status": "ok", "version": __version__}
+@router.get(
+    "/healthz",
+    summary="Liveness: 200 while the server and its database answer (`degraded` with reasons when an IDC's runtime "
+    "cannot be reached), 503 when the database cannot be",
+)
+async def healthz(context: ContextDep) -> JSONResponse:
+    """An unreachable container runtime leaves this 200: restarting the server (a Kubernetes liveness probe) or
+    taking it out of a load balancer would not bring the engine back, and the API, the gateway and the job queues
+    still serve; `degraded` and the reasons are for monitoring. Without its database the server can serve nothing,
+    so that is 503."""
+    try:
+        async with context.db.read_session() as session:
+            problems = await idcs.health_problems(session)
+    except (SQLAlchemyError, OSError) as exc:  # a driver's refused connection may surface as a bare OSError
+        log.warning("healthz: the database cannot be reached (%s)", type(exc).__name__)
+        body = {"status": "unavailable", "version": __version__, "reasons": ["the database cannot be reached"]}
+        return JSONResponse(body, status_code=503)
+    status = "degraded" if problems else "ok"
+    return JSONResponse({"status": status, "version": __version__, "reasons": problems})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(context: ContextDep) -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics, with DOCKYARD_METRICS_TOKEN, the admin token or an admin key",
+    response_class=Response,
+)
+async def metrics(context: ContextDep, authorization: Annotated[str | None, Header()] = None) -> Response:
+    await keys.authorize_metrics(context, authorization)
     return Response(generate_latest(context.registry), media_type=CONTENT_TYPE_LATEST)

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dockyard.api.deps import bearer_token
 from dockyard.context import ServerContext
 from dockyard.errors import ApiError, api_error_response, internal_error_response
+from dockyard.json_depth import too_deep
 from dockyard.middleware import http_metrics
 from dockyard.schemas.jobs import JobView, RunRequest
 from dockyard.services import job_requests, keys
@@ -140,6 +141,9 @@ def _declared(headers: dict[bytes, bytes]) -> int:
 
 
 def _run_request(body: bytes) -> RunRequest | None:
+    """The request, or None for FastAPI to refuse in its words (a body too deep included: JsonDepthMiddleware)."""
+    if too_deep(body):
+        return None
     try:
         return RunRequest.model_validate_json(body)
     except ValidationError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Annotated
 
@@ -24,26 +25,31 @@ def _run(factory: str, host: str | None, port: int | None, config: str | None, w
         os.environ["DOCKYARD_PORT"] = str(port)
     from dockyard.config import load_settings
     from dockyard.logs import configure_logging
-    from dockyard.server_protocol import HttpProtocol
+    from dockyard.server_protocol import connection_cap, protocol_for, raise_fd_limit
 
     settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings)
+    before, fd_limit = raise_fd_limit()  # the worker processes inherit it
+    max_connections = connection_cap(settings.max_connections, fd_limit)
+    logging.getLogger(__name__).info(
+        "open files limit %d (raised from %d); at most %d connections per process", fd_limit, before, max_connections
+    )
     uvicorn.run(
         factory,
         factory=True,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=HttpProtocol,  # uvicorn's httptools protocol, writing a response's head with its body
+        # uvicorn's httptools protocol, writing a response's head with its body, with header and body timeouts and
+        # the connection cap; uvicorn's own keep-alive timeout between requests.
+        http=protocol_for(settings, max_connections),
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
         log_config=None,
         access_log=False,
         # The gateway builds X-Forwarded-For from the peer and the header as it came; uvicorn's rewrite of the
         # peer from that same header would name the client twice, and the API uses no client address.
         proxy_headers=False,
         timeout_graceful_shutdown=15,
-        # nginx's default: the worker SDKs post a result on the connection their job-take left idle while a
-        # synchronous handler held their event loop; uvicorn's 5 s closed it under them and the result was lost.
-        timeout_keep_alive=75,
         workers=workers,
     )
 

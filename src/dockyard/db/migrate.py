@@ -8,7 +8,10 @@ finds the schema at head and does nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import os
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -58,6 +61,18 @@ async def _upgrade_async(url: str, after: Callable[[], Awaitable[object]] | None
         await engine.dispose()
 
 
+def _own_files(database: Path, lock: Path) -> None:
+    """Make the database file (and the lock file) before SQLite does, readable and writable by the owner only, and
+    tighten one an earlier version left open to others. SQLite creates the -wal and -shm files with the database's
+    permissions, so they follow; any left from before are tightened too."""
+    for path in (database, lock):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for path in (database, lock, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                path.chmod(0o600)
+
+
 async def migrate(url: str, after: Callable[[], Awaitable[object]] | None = None) -> None:
     """Bring the schema to head, then run `after` (idempotent bootstrap) under the same exclusion."""
     database = make_url(url).database if is_sqlite(url) else None
@@ -65,7 +80,8 @@ async def migrate(url: str, after: Callable[[], Awaitable[object]] | None = None
         await _upgrade_async(url, after)
         return
     lock_path = Path(f"{database}.migrate.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    await asyncio.to_thread(_own_files, Path(database), lock_path)
     lock_file = await asyncio.to_thread(lock_path.open, "a")
     with lock_file:
         await asyncio.to_thread(fcntl.flock, lock_file.fileno(), fcntl.LOCK_EX)

@@ -75,6 +75,10 @@ class IdcModel(Versioned, Base):
     status: Mapped[IdcStatus] = mapped_column(_enum(IdcStatus), default=IdcStatus.AVAILABLE)
     runtime_kind: Mapped[RuntimeKind] = mapped_column(_enum(RuntimeKind), default=RuntimeKind.ENGINE)
     runtime_url: Mapped[str] = mapped_column(String(512), default="")
+    # Why the runtime cannot be reached, as the reconciling server last saw it ("" while it answers), and since
+    # when: for the operator (the admin API) only; tenants see the IDC in maintenance.
+    runtime_error: Mapped[str] = mapped_column(Text, default="")
+    runtime_error_since: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ProductModel(Versioned, Base):
@@ -153,6 +157,19 @@ class NetworkStorageModel(Versioned, Base):
     status: Mapped[NetworkStorageStatus] = mapped_column(
         _enum(NetworkStorageStatus), default=NetworkStorageStatus.AVAILABLE, index=True
     )
+
+
+class PrivateImageModel(Base):
+    """An image repository some workload pulled with registry credentials in an IDC. From then on every create of
+    it there re-pulls with the requester's own credentials (services/private_images.py), so the host's image
+    cache never hands it to an organization its registry would refuse. Never deleted: a repository that was
+    private once is treated as private for good."""
+
+    __tablename__ = "private_images"
+
+    idc_id: Mapped[str] = mapped_column(ForeignKey("idcs.id", ondelete="CASCADE"), primary_key=True)
+    repository: Mapped[str] = mapped_column(String(512), primary_key=True)  # `ImageReference.repository`
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class RegistryAuthModel(Versioned, Base):

@@ -81,7 +81,9 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"echo": echo}
+        # A statement's parameters are user data (job inputs, env values): an error's message, which may reach the
+        # log, says the statement but not them.
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if not is_sqlite(url):
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine = create_async_engine(url, **kwargs)
@@ -90,12 +92,14 @@ class Database:
         if is_sqlite(url):
             _configure_sqlite(self.engine.sync_engine)
             if not _in_memory(url):
-                self._write_engine = create_async_engine(url, echo=echo, **_WRITERS)
+                self._write_engine = create_async_engine(url, echo=echo, hide_parameters=True, **_WRITERS)
                 _configure_sqlite(self._write_engine.sync_engine)
                 # One connection: point reads run one at a time, on the event loop's thread; it never waits for a
                 # lock, not even while it connects (the driver's own timeout is zero as well).
                 point_url = make_url(url).set(drivername="sqlite")
-                self._point_engine = create_engine(point_url, echo=echo, pool_size=1, connect_args={"timeout": 0})
+                self._point_engine = create_engine(
+                    point_url, echo=echo, hide_parameters=True, pool_size=1, connect_args={"timeout": 0}
+                )
                 _configure_sqlite(self._point_engine, busy_timeout_ms=0)
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write = async_sessionmaker(

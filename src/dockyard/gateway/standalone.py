@@ -1,6 +1,7 @@
 """`dockyard gateway`: the sync gateway in a process of its own, beside the server, to spread request load.
 
-It serves the same `GatewayApp` as the server does, at `/{endpoint_id}/...`, plus `/healthz` and `/metrics`.
+It serves the same `GatewayApp` as the server does, at `/{endpoint_id}/...`, plus `/healthz` and `/metrics` (read as
+the server's is, with the metrics token, the admin token or an admin key).
 It never migrates nor writes desired state: the server owns the schema and every row. What it needs comes
 from the database in the background, never on a request:
 - the endpoints and workers to route to, every `gateway_sync_interval` (`RouteSync`), with its own prober
@@ -34,7 +35,7 @@ from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
 from dockyard.db.base import new_id
 from dockyard.db.session import Database
-from dockyard.errors import error_body
+from dockyard.errors import ApiError, error_body
 from dockyard.gateway import metrics as gateway_metrics
 from dockyard.gateway.front import Front
 from dockyard.gateway.prober import HealthProber
@@ -70,6 +71,10 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
         return JSONResponse({"status": "ok", "version": __version__, "gateway": gateway_id, "endpoints": len(routes)})
 
     async def metrics(request: Request) -> Response:
+        try:
+            await keys.authorize_metrics(context, request.headers.get("authorization"))
+        except ApiError as exc:
+            return JSONResponse(error_body(exc.status_code, exc.message), exc.status_code, headers=exc.headers)
         return Response(generate_latest(context.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def unknown(request: Request) -> JSONResponse:
@@ -101,5 +106,5 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
 def create_gateway_app_from_env() -> ASGIApp:
     """uvicorn's factory entry point for `dockyard gateway`."""
     settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings)
     return create_gateway_app(settings)

@@ -53,6 +53,11 @@ One pass:
    inserted for it (when its organization still exists) so users and operators see it; once older than
    `zombie_grace_seconds` it is removed like any deleted container. Objects without Dockyard's labels are
    never listed, so never touched.
+6. **Networks**: an organization's network (`runspec.org_network`) on an IDC whose listing holds no object of
+   that organization, of any kind (containers and endpoint workers), is removed: each holds a subnet of the
+   engine's address pools, which are finite (Docker's defaults hold about 30 bridge networks). An object
+   created on it since the listing keeps it, as the runtime never removes a network an object is on, and a
+   create that comes after the removal makes it again.
 """
 
 from __future__ import annotations
@@ -85,9 +90,17 @@ from dockyard.reconcilers.containers_rows import (
     needs_task,
     resting_row,
 )
-from dockyard.runtimes.base import LABEL_KIND, LABEL_NODE, LABEL_ORG, RuntimeObject, RuntimeUnavailable
-from dockyard.services import events
-from dockyard.services.runspec import KIND_CONTAINER, load_ssh_keys
+from dockyard.runtimes.base import (
+    LABEL_KIND,
+    LABEL_NODE,
+    LABEL_ORG,
+    Runtime,
+    RuntimeFailure,
+    RuntimeObject,
+    RuntimeUnavailable,
+)
+from dockyard.services import events, idcs
+from dockyard.services.runspec import KIND_CONTAINER, load_ssh_keys, org_network
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +149,17 @@ class ContainerReconciler:
         # Orphans whose organization is gone get no row; their first sighting is remembered here instead.
         self._orphans_seen: dict[str, float] = {}
         self._idc_by_object: dict[str, str] = {}  # runtime object id -> the IDC that listed it, this pass
+        self._orgs_by_idc: dict[str, set[str]] = {}  # IDC listed this pass -> organizations with an object on it
         self._metrics = _metrics_for(context.registry)
 
     async def reconcile_once(self) -> None:
         loaded = await self._load()
         objects, unreachable = await self._observe(
             {row.idc_id for row in loaded.rows} | {row.idc_id for row in loaded.resting}
+        )
+        # Every pass lists every runtime, rows or not: an engine missing from the start is reported at once.
+        await idcs.record_runtime_errors(
+            self.context.db, {idc_id: unreachable.get(idc_id, "") for idc_id in self.context.runtimes}
         )
         await self._wake(loaded, objects, unreachable)
         allocator = GpuAllocator(loaded.inventory)
@@ -177,6 +195,7 @@ class ContainerReconciler:
                 allocator.release(row.id)
         results += await asyncio.gather(*(self._row(limit, state, row) for row in staying))
         await self._orphans(state, loaded.org_ids, {rid: objs for rid, objs in objects.items() if rid not in row_ids})
+        await self._remove_unused_networks()
         settled = [RowResult(row.status, tuple(row.gpu_uuids)) for row in loaded.resting]
         self._export(state, [result for result in results if result is not None] + settled, loaded.bare_counts, objects)
 
@@ -241,6 +260,7 @@ class ContainerReconciler:
         unreachable: dict[str, str] = {}
         idcs = list(self.context.runtimes)
         self._idc_by_object = {}
+        self._orgs_by_idc = {}
 
         async def listing(idc_id: str) -> list[RuntimeObject]:
             try:
@@ -250,6 +270,8 @@ class ContainerReconciler:
                 return []
 
         for idc_id, listed in zip(idcs, await asyncio.gather(*(listing(idc_id) for idc_id in idcs)), strict=True):
+            if idc_id not in unreachable:
+                self._orgs_by_idc[idc_id] = {obj.labels.get(LABEL_ORG, "") for obj in listed}
             for obj in listed:
                 if obj.labels.get(LABEL_KIND) == KIND_CONTAINER and obj.resource_id:
                     objects[obj.resource_id].append(obj)
@@ -290,6 +312,27 @@ class ContainerReconciler:
                     del self._orphans_seen[resource_id]
             except Exception:
                 log.exception("handling orphan container %s failed; the next pass retries", resource_id)
+
+    async def _remove_unused_networks(self) -> None:
+        """Step 6: remove each listed IDC's networks that no organization with an object there joins."""
+        for idc_id, orgs in self._orgs_by_idc.items():
+            runtime = self.context.runtimes[idc_id]
+            keep = {org_network(org_id) for org_id in orgs}
+            try:
+                for name in await runtime.list_networks():
+                    if name not in keep:
+                        await self._remove_network(runtime, name)
+            except (RuntimeUnavailable, RuntimeFailure) as exc:
+                log.info("networks of IDC %s not pruned this pass: %s", idc_id, exc)
+
+    @staticmethod
+    async def _remove_network(runtime: Runtime, name: str) -> None:
+        try:
+            await runtime.remove_network(name)
+        except RuntimeFailure as exc:  # an object joined it since the listing
+            log.debug("network %s kept: %s", name, exc.reason)
+        else:
+            log.info("removed network %s: no object of its organization is left", name)
 
     async def _insert_zombie(
         self, resource_id: str, org_id: str, idc_id: str, objs: list[RuntimeObject], grace: float

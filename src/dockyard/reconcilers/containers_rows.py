@@ -36,7 +36,8 @@ from dockyard.gpus.allocation import GpuAllocator, NoFreeGpu, allocate_and_recor
 from dockyard.gpus.inventory import GpuInfo
 from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
 from dockyard.secrets import SecretBox
-from dockyard.services import events
+from dockyard.services import events, private_images
+from dockyard.services.idcs import unreachable_reason
 from dockyard.services.runspec import (
     KIND_CONTAINER,
     build_run_spec,
@@ -72,7 +73,7 @@ class PassState:
     ssh_keys: dict[tuple[str, str], str]
     allocator: GpuAllocator
     objects: dict[str, list[RuntimeObject]]  # by container id
-    unreachable: dict[str, str]  # IDC id -> why its runtime cannot be reached
+    unreachable: dict[str, str]  # IDC id -> why its runtime cannot be reached (for the operator only)
     # container id -> failed removal passes in a row; the reconciler keeps it across passes
     remove_failures: dict[str, int] = field(default_factory=dict)
     # Held while GPUs are chosen and recorded: the server's `ServerContext.gpu_lock`, which the endpoint
@@ -287,11 +288,10 @@ class RowTask:
 
     async def _unreachable(self) -> None:
         """Nothing is known about the IDC's objects: say so on rows that claim a live object, change nothing
-        else (no GPU released, no row deleted) until a pass reaches the runtime again."""
+        else (no GPU released, no row deleted) until a pass reaches the runtime again. Why it cannot be reached
+        is the operator's (services/idcs.record_runtime_errors), never in a tenant's reason."""
         if self.row.status in (ContainerStatus.RUNNING, ContainerStatus.STOPPED):
-            why = self.state.unreachable.get(self.row.idc_id, f"no runtime is configured for IDC {self.row.idc_id}")
-            reason = f"cannot reach the container engine: {why}; status will refresh when it is back"
-            await self.set_status(ContainerStatus.UNKNOWN, reason, "Unreachable")
+            await self.set_status(ContainerStatus.UNKNOWN, unreachable_reason(self.row.idc_id), "Unreachable")
 
     async def _terminate(self, runtime: Runtime) -> RowResult | None:
         row = self.row
@@ -484,6 +484,7 @@ class RowTask:
         run_spec = build_run_spec(
             row, product=product, box=self.state.box, data_dir=data_dir, public_keys=keys, gpus=gpus, node_id=node_id
         )
+        run_spec = await private_images.with_pull_policy(self.state.db, row.idc_id, run_spec)
         try:
             obj = await runtime.create(run_spec)
             obj = await runtime.start(obj.id)

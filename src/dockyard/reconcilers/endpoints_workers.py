@@ -32,7 +32,7 @@ from prometheus_client import Histogram
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dockyard.config import Settings, new_token
+from dockyard.config import Settings
 from dockyard.core.status import EndpointType, WorkerStatus
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import guarded_update, utcnow
@@ -46,7 +46,7 @@ from dockyard.gpus.inventory import GpuInfo
 from dockyard.reconcilers.containers_rows import exit_reason
 from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
 from dockyard.secrets import SecretBox, hash_api_key
-from dockyard.services import events, registry_auths
+from dockyard.services import events, private_images, registry_auths
 from dockyard.services.worker_runspec import (
     WebhookAccess,
     build_worker_run_spec,
@@ -57,7 +57,7 @@ from dockyard.services.worker_runspec import (
     worker_object_name,
     worker_ports,
 )
-from dockyard.services.worker_webhooks import held_jobs
+from dockyard.services.worker_webhooks import held_jobs, new_worker_key
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +352,7 @@ class WorkerTask:
             registry_auth=registry_auth,
             webhook=webhook,
         )
+        run_spec = await private_images.with_pull_policy(self.state.db, endpoint.idc_id, run_spec)
         try:
             obj = await self.runtime.create(run_spec)
             obj = await self.runtime.start(obj.id)
@@ -385,7 +386,7 @@ class WorkerTask:
         if self.object is not None:
             await self.runtime.remove(self.object.id)
             self.object = None
-        key = new_token()
+        key = new_worker_key()
         if not await self.apply(key_hash=hash_api_key(key)):
             return None
         settings = self.state.settings

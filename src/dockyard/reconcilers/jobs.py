@@ -8,22 +8,19 @@ Each pass, in order:
    the queue, their attempt closed as "lease expired on worker W" (at-least-once delivery); a job that has
    been taken `job_max_attempts` times FAILS instead, its error naming every attempt.
 3. Finished jobs past `expires_at` are deleted with their stream parts, unless their webhook is still due.
-4. Due webhooks are POSTed the job's status view; a 2xx is DELIVERED, anything else is retried after 1 s,
-   2 s, 4 s ... until `webhook_max_attempts`, then FAILED with the last error.
 
 Every step is load → decide outside any transaction → guarded apply (`guarded_update` on the version loaded),
-so a job that a worker or a client changed meanwhile is left alone and judged afresh next pass. Webhooks go
-out with no transaction open, `_DELIVERIES` at a time, at most `_WEBHOOK_BATCH` per pass.
+so a job that a worker or a client changed meanwhile is left alone and judged afresh next pass. Webhooks are
+not the reaper's: their own pool delivers them (reconcilers/job_webhooks.py), which a job finished here wakes,
+so no receiver, however slow, delays a timeout or a lease.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-import httpx
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import defer
 
@@ -33,39 +30,27 @@ from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import JobModel
 from dockyard.services.jobs import (
     LOOP,
+    WEBHOOK_LOOP,
     execution_deadline,
     expired,
     expiry_values,
     finish_values,
-    job_view,
     lost_attempt_values,
 )
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_TIMEOUT = 10.0
-_DELIVERIES = 16
-_WEBHOOK_BATCH = 100
-_ERROR_BODY_CHARS = 200
-
 
 class JobReaper:
     name = LOOP
 
-    def __init__(
-        self, context: ServerContext, interval: float | None = None, http: httpx.AsyncClient | None = None
-    ) -> None:
+    def __init__(self, context: ServerContext, interval: float | None = None) -> None:
         self.context = context
         self.interval = interval if interval is not None else context.settings.job_reap_interval
-        self._http = http or httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT, follow_redirects=False)
-
-    async def close(self) -> None:
-        await self._http.aclose()
 
     async def reconcile_once(self) -> None:
         await self._running(utcnow())
         await self._purge(utcnow())
-        await self._webhooks(utcnow())
 
     async def _running(self, now: datetime) -> None:
         """Steps 1 and 2: timeouts first, since a job both late and unpinged ran out of time by its own fault."""
@@ -119,7 +104,7 @@ class JobReaper:
         for endpoint_id in requeued:
             signals.notify_queued(endpoint_id)
         if wake:
-            self.context.wake(LOOP)
+            self.context.wake(WEBHOOK_LOOP)
 
     async def _purge(self, now: datetime) -> None:
         """Step 3; the delete's own conditions guard it (a job retried meanwhile is no longer final)."""
@@ -131,50 +116,3 @@ class JobReaper:
                     JobModel.webhook_state != WebhookState.PENDING,
                 )
             )
-
-    async def _webhooks(self, now: datetime) -> None:
-        """Step 4."""
-        async with self.context.db.read() as session:
-            due = [
-                (job.id, job.version, job.webhook, job.webhook_attempts, job_view(job))
-                for job in await session.scalars(
-                    select(JobModel)
-                    .options(defer(JobModel.input))
-                    .where(JobModel.webhook_state == WebhookState.PENDING, JobModel.webhook_next_at <= now)
-                    .order_by(JobModel.webhook_next_at)
-                    .limit(_WEBHOOK_BATCH)
-                )
-            ]
-        if not due:
-            return
-        gate = asyncio.Semaphore(_DELIVERIES)
-
-        async def deliver(url: str, view: dict[str, Any]) -> str:
-            async with gate:
-                return await self._post(url, view)
-
-        errors = await asyncio.gather(*(deliver(url, view) for _, _, url, _, view in due))
-        max_attempts = self.context.settings.webhook_max_attempts
-        async with self.context.db.write() as session:
-            for (job_id, version, url, attempts, _), error in zip(due, errors, strict=True):
-                attempts += 1
-                done_at = utcnow()
-                values: dict[str, Any] = {"webhook_attempts": attempts, "webhook_error": error}
-                if not error:
-                    values.update(webhook_state=WebhookState.DELIVERED, webhook_next_at=None)
-                elif attempts >= max_attempts:
-                    log.warning("job %s: webhook to %s failed %d times: %s", job_id, url, attempts, error)
-                    values.update(webhook_state=WebhookState.FAILED, webhook_next_at=None)
-                else:
-                    values["webhook_next_at"] = done_at + timedelta(seconds=2 ** (attempts - 1))
-                await guarded_update(session, JobModel, job_id, version, **values)
-
-    async def _post(self, url: str, view: dict[str, Any]) -> str:
-        """POST the view to `url`; the error in words, or "" when it answered 2xx."""
-        try:
-            answer = await self._http.post(url, json=view)
-        except httpx.HTTPError as exc:
-            return f"POST {url} failed: {type(exc).__name__}: {exc}"
-        if answer.is_success:
-            return ""
-        return f"POST {url} answered {answer.status_code}: {answer.text[:_ERROR_BODY_CHARS]}"

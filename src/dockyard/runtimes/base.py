@@ -56,6 +56,7 @@ class PortBinding:
     container_port: int
     host_port: int | None = None  # requested; None lets the runtime choose
     protocol: str = "tcp"
+    host_ip: str = ""  # the host address it is published on; "" = every interface
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,14 @@ class RegistryAuth:
     password: str
 
 
+class PullPolicy(StrEnum):
+    """When `create` pulls the image: Kubernetes' `imagePullPolicy`, which a Kubernetes runtime hands on as is.
+    The control plane chooses it (services/private_images.py), since only it knows who pulled what before."""
+
+    IF_NOT_PRESENT = "IfNotPresent"  # pull only when no local image has exactly this name
+    ALWAYS = "Always"  # pull with `registry_auth` (anonymously without) even when the image is present
+
+
 @dataclass(frozen=True)
 class GpuDevice:
     """A GPU to attach, chosen by UUID; `minor` locates /dev/nvidiaN where device nodes are used."""
@@ -85,17 +94,23 @@ class GpuDevice:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything needed to create one object. Plaintext secrets: build it just before `create`."""
+    """Everything needed to create one object. Plaintext secrets: build it just before `create`.
+
+    `network` names the network the object joins: objects naming the same one reach each other, and no object
+    of another network reaches them. "" joins the runtime's default network. A runtime set to a network mode
+    of its own (slirp4netns) ignores it."""
 
     name: str
     image: str
     labels: dict[str, str]
+    network: str = ""
     entrypoint: list[str] | None = None  # None keeps the image's
     command: list[str] | None = None  # None keeps the image's
     env: dict[str, str] = field(default_factory=dict)
     ports: list[PortBinding] = field(default_factory=list)
     mounts: list[Mount] = field(default_factory=list)
     registry_auth: RegistryAuth | None = None
+    pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
     gpus: list[GpuDevice] = field(default_factory=list)
     cpu: float = 0.0  # cores; 0 = unlimited
     memory_mb: int = 0  # 0 = unlimited
@@ -162,9 +177,15 @@ class Runtime(Protocol):
     async def create(self, spec: RunSpec) -> RuntimeObject:
         """Create (not start) an object named `spec.name`, labelled as managed by this installation.
 
-        Idempotent by name: if it exists already, return it. Ensures the image is present (pulling it with
-        `spec.registry_auth`) and any named volumes exist. Raises `RuntimeFailure` for a missing image,
-        a refused GPU, a bad mount. Takes ~0.1 s with the image present; a pull can take minutes.
+        Idempotent by name: if it exists already, return it. Ensures the image is present and any named volumes
+        and `spec.network` exist; the network is labelled as managed by this installation and with the object's
+        `dockyard.org`. The image: with `PullPolicy.ALWAYS` it is pulled with `spec.registry_auth` (anonymously
+        without) even when present, and a pull the registry refuses raises `RuntimeFailure`, so the registry
+        decides whether these credentials may run it; with `IF_NOT_PRESENT` a local image counts only when
+        `spec.image` is one of its names (never one an engine finds by a short name or an id prefix), else it is
+        pulled with `spec.registry_auth`. The object runs the image so checked, whatever is tagged later. Raises
+        `RuntimeFailure` for a missing image, a refused GPU, a bad mount. Takes ~0.1 s with the image present
+        and `IF_NOT_PRESENT`; a pull can take minutes.
         """
         ...
 
@@ -196,8 +217,9 @@ class Runtime(Protocol):
     def logs(
         self, object_id: str, *, tail: int | None = None, follow: bool = False, since: datetime | None = None
     ) -> AsyncIterator[bytes]:
-        """Its output (stdout and stderr interleaved), the last `tail` lines; with `follow`, until it stops
-        or the consumer closes the iterator. Raises `RuntimeFailure` when the object does not exist."""
+        """Its output (stdout and stderr interleaved), the last `tail` lines, since `since` (at or before the
+        epoch: from the beginning); with `follow`, until it stops or the consumer closes the iterator. Raises
+        `RuntimeFailure` when the object does not exist or the runtime refuses the read."""
         ...
 
     async def exec(self, object_id: str, command: list[str]) -> ExecResult:
@@ -210,6 +232,15 @@ class Runtime(Protocol):
 
     async def remove_volume(self, name: str) -> None:
         """Remove the named volume; missing is fine. `RuntimeFailure` while an object uses it."""
+        ...
+
+    async def list_networks(self) -> list[str]:
+        """The names of the networks `create` made for this installation (those labelled with it)."""
+        ...
+
+    async def remove_network(self, name: str) -> None:
+        """Remove the named network; missing is fine. `RuntimeFailure` while an object, created or running, is
+        on it. Never races a `create` joining it: one waits for the other."""
         ...
 
     async def close(self) -> None:

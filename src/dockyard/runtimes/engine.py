@@ -8,11 +8,13 @@ engine is down, and construction does no I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -20,19 +22,20 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 from docker.types import Mount as DockerMount
-from docker.utils import parse_repository_tag
 
 from dockyard.runtimes.base import (
     LABEL_INSTALLATION,
     LABEL_MANAGED,
+    LABEL_ORG,
     ExecResult,
     GpuDevice,
-    RegistryAuth,
+    PullPolicy,
     RunSpec,
     RuntimeFailure,
     RuntimeObject,
     RuntimeUnavailable,
 )
+from dockyard.runtimes.engine_networks import EngineNetworks, port_bindings
 from dockyard.runtimes.engine_objects import (
     is_name_conflict,
     is_storage_opt_unsupported,
@@ -40,6 +43,8 @@ from dockyard.runtimes.engine_objects import (
     object_from_listing,
     start_failure_reason,
 )
+from dockyard.runtimes.images import ImageReference, names_image, parse_reference
+from dockyard.runtimes.spec_check import check_run_spec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,9 @@ T = TypeVar("T")
 
 # Device nodes every CUDA process needs besides its GPUs' /dev/nvidiaN; attached where the host has them.
 NVIDIA_CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+# The NVIDIA Container Toolkit's value for "no GPU": without it, an image's own `ENV NVIDIA_VISIBLE_DEVICES=all`
+# (every CUDA base image has one) hands a container every GPU of a host whose engine runs the toolkit's hook.
+NO_GPUS = "void"
 
 
 @dataclass(frozen=True)
@@ -93,9 +101,14 @@ def gpu_options(gpus: list[GpuDevice], engine_kind: str) -> dict[str, Any]:
 
 class EngineRuntime:
     """`Runtime` over Docker or Podman. `network_mode` is handed to every container when set ("slirp4netns"
-    where the host has no iptables); it may never be "host", since containers run unprivileged."""
+    where the host has no iptables), in place of `RunSpec.network`; it may never be "host", since containers
+    run unprivileged. `host_path_root` is the only directory whose files may be bind-mounted (the server's data
+    dir, for SSH keys); None mounts no host path. Every `RunSpec` is checked (runtimes/spec_check.py) before
+    `create` builds an engine option from it."""
 
-    def __init__(self, url: str, *, installation_id: str, network_mode: str = "") -> None:
+    def __init__(
+        self, url: str, *, installation_id: str, network_mode: str = "", host_path_root: Path | None = None
+    ) -> None:
         if network_mode == "host":
             raise ValueError(
                 "engine_network_mode 'host' would give containers the host's network: "
@@ -104,10 +117,12 @@ class EngineRuntime:
         self.url = url
         self.installation_id = installation_id
         self.network_mode = network_mode
+        self.host_path_root = host_path_root
         self._client: docker.DockerClient | None = None
         self._facts: EngineFacts | None = None
         self._probe_lock = asyncio.Lock()
         self._storage_opt_supported = True  # until the engine refuses it once
+        self._networks = EngineNetworks(self._call)
         # The last inspect of each managed object, for what the list endpoint lacks (OOM, error, start and
         # finish times); it holds while the object stays in the state it was inspected in.
         self._details: dict[str, RuntimeObject] = {}
@@ -171,16 +186,19 @@ class EngineRuntime:
         return facts.description
 
     async def create(self, spec: RunSpec) -> RuntimeObject:
+        check_run_spec(spec, host_root=self.host_path_root)
         client, facts = await self._ready()
         if existing := await self.inspect(spec.name):
             return existing
-        await self._ensure_image(client, spec.image, spec.registry_auth)
+        image_id = await self._ensure_image(client, spec)
         for mount in spec.mounts:
             if mount.volume:
                 await self.ensure_volume(mount.volume, self._own_labels())
-        options = self._create_options(spec, facts)
+        # By id: the object runs the image `_ensure_image` checked, even if its name is re-tagged meanwhile.
+        options = self._create_options(replace(spec, image=image_id), facts)
         try:
-            container_id = await self._create_container(client, options)
+            async with self._joining(client, spec, facts):
+                container_id = await self._create_container(client, options)
         except APIError as error:
             message = str(error.explanation or error)
             if is_name_conflict(error.status_code, message) and (existing := await self.inspect(spec.name)):
@@ -207,6 +225,17 @@ class EngineRuntime:
     def _own_labels(self) -> dict[str, str]:
         return {LABEL_MANAGED: "true", LABEL_INSTALLATION: self.installation_id}
 
+    def _joining(
+        self, client: docker.DockerClient, spec: RunSpec, facts: EngineFacts
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Holds `spec.network`, made if missing, while the object joining it is created."""
+        if self.network_mode or not spec.network:
+            return contextlib.nullcontext()
+        labels = self._own_labels()
+        if org := spec.labels.get(LABEL_ORG):
+            labels[LABEL_ORG] = org
+        return self._networks.joining(client, spec.network, labels, podman=facts.kind == "podman")
+
     def _create_options(self, spec: RunSpec, facts: EngineFacts) -> dict[str, Any]:
         """Keyword arguments for `containers.create`: unprivileged, limited, labelled."""
         environment = dict(spec.env)
@@ -217,7 +246,7 @@ class EngineRuntime:
             "detach": True,
             "privileged": False,
             "security_opt": ["no-new-privileges"],
-            "ports": {f"{port.container_port}/{port.protocol}": port.host_port for port in spec.ports},
+            "ports": port_bindings(spec.ports),
             "mounts": [
                 DockerMount(
                     target=mount.target,
@@ -234,6 +263,8 @@ class EngineRuntime:
             options["command"] = spec.command
         if self.network_mode:
             options["network_mode"] = self.network_mode
+        elif spec.network:
+            options["network"] = spec.network
         if spec.cpu > 0:
             cpu = spec.cpu
             if facts.cpus and cpu > facts.cpus:
@@ -253,32 +284,47 @@ class EngineRuntime:
         if spec.gpus:
             environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu.uuid for gpu in spec.gpus)
             options.update(gpu_options(spec.gpus, facts.kind))
+        else:
+            environment["NVIDIA_VISIBLE_DEVICES"] = NO_GPUS
         options["environment"] = environment
         return options
 
-    async def _ensure_image(self, client: docker.DockerClient, image: str, auth: RegistryAuth | None) -> None:
-        try:
-            await self._call(client.images.get, image)
-            return
-        except ImageNotFound:
-            pass
+    async def _ensure_image(self, client: docker.DockerClient, spec: RunSpec) -> str:
+        """The id of the local image `spec.image` names, pulled as `spec.pull_policy` says (the contract's
+        `create`). Looked up by its fully qualified name and then checked to be one of the image's own names:
+        the engine's lookup also answers short names and id prefixes with images pulled for someone else."""
+        reference = parse_reference(spec.image)
+        auth = spec.registry_auth
         auth_config = {"username": auth.username, "password": auth.password} if auth else None
-        why = await self._call(self._pull, client, image, auth_config)
-        try:
-            await self._call(client.images.get, image)
-        except ImageNotFound as error:
-            detail = f" ({why})" if why else ""
+        always = spec.pull_policy == PullPolicy.ALWAYS
+        if not always and (present := await self._named_image(client, reference)) is not None:
+            return present
+        why = await self._call(self._pull, client, reference, auth_config)
+        if why and always:
             raise RuntimeFailure(
-                f"image {image} not found{detail}: build or push it, or fix the template's image"
-            ) from error
+                f"image {spec.image} needs registry credentials that can pull it: {why}; "
+                "give it credentials that its registry accepts"
+            )
+        if (pulled := await self._named_image(client, reference)) is not None:
+            return pulled
+        detail = f" ({why})" if why else ""
+        raise RuntimeFailure(f"image {spec.image} not found{detail}: build or push it, or fix the template's image")
+
+    async def _named_image(self, client: docker.DockerClient, reference: ImageReference) -> str | None:
+        """The id of the local image that has `reference` among its names, or None."""
+        try:
+            image = await self._call(client.images.get, reference.full)
+        except ImageNotFound:
+            return None
+        tags, digests = image.attrs.get("RepoTags") or [], image.attrs.get("RepoDigests") or []
+        return str(image.id) if names_image(reference, tags, digests) else None
 
     @staticmethod
-    def _pull(client: docker.DockerClient, image: str, auth_config: dict[str, str] | None) -> str:
+    def _pull(client: docker.DockerClient, reference: ImageReference, auth_config: dict[str, str] | None) -> str:
         """Pull it; returns the engine's error, if any. Errors arrive inside the progress stream, not as a status."""
-        repository, tag = parse_repository_tag(image)
         try:
             for event in client.api.pull(
-                repository, tag=tag or "latest", stream=True, decode=True, auth_config=auth_config
+                reference.repository, tag=reference.pull_tag, stream=True, decode=True, auth_config=auth_config
             ):
                 if isinstance(event, dict) and event.get("error"):
                     return str(event["error"])
@@ -365,6 +411,8 @@ class EngineRuntime:
         self, object_id: str, *, tail: int | None = None, follow: bool = False, since: datetime | None = None
     ) -> AsyncIterator[bytes]:
         client, _ = await self._ready()
+        # The SDK refuses a `since` at or before the epoch (InvalidArgument) where the engine would answer all.
+        seconds = since.timestamp() if since is not None else 0.0
         try:
             stream = await self._call(
                 client.api.logs,
@@ -374,10 +422,13 @@ class EngineRuntime:
                 stream=True,
                 follow=follow,
                 tail=tail if tail is not None else "all",
-                since=since.timestamp() if since else None,
+                since=seconds if seconds > 0 else None,
             )
         except NotFound as error:
             raise RuntimeFailure(f"container {object_id} not found: it may have been removed") from error
+        except DockerException as error:
+            detail = error.explanation if isinstance(error, APIError) and error.explanation else str(error)
+            raise RuntimeFailure(f"the engine refused to read the logs of {object_id}: {detail}") from error
         try:
             while True:
                 chunk: bytes | None = await self._call(next, stream, None)
@@ -428,6 +479,14 @@ class EngineRuntime:
                     f"volume {name} is in use by a container: remove that container first, then the volume"
                 ) from error
             raise RuntimeFailure(f"could not remove volume {name}: {error.explanation or error}") from error
+
+    async def list_networks(self) -> list[str]:
+        client, facts = await self._ready()
+        return await self._networks.names(client, self.installation_id, podman=facts.kind == "podman")
+
+    async def remove_network(self, name: str) -> None:
+        client, facts = await self._ready()
+        await self._networks.remove(client, name, podman=facts.kind == "podman")
 
     async def close(self) -> None:
         async with self._probe_lock:

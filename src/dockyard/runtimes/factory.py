@@ -19,5 +19,6 @@ def build_runtime(idc: IdcModel, settings: Settings, installation_id: str) -> Ru
             idc.runtime_url or settings.engine_url,
             installation_id=installation_id,
             network_mode=settings.engine_network_mode,
+            host_path_root=settings.data_dir,
         )
     raise ValueError(f"IDC {idc.id}: runtime kind {idc.runtime_kind} is not available in this build")

@@ -70,6 +70,10 @@ class Idc(SnakeModel):
     status: IdcStatus
     runtime_kind: RuntimeKind
     runtime_url: str
+    runtime_error: str = Field(
+        description="why its runtime cannot be reached, as the reconciling server last saw it; empty while it answers"
+    )
+    runtime_error_since: Rfc3339 | None = Field(description="when its runtime stopped answering; null while it does")
     created_at: Rfc3339
 
 

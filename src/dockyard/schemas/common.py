@@ -2,20 +2,73 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
+
+from dockyard.core import inputs
 
 T = TypeVar("T")
 
-ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
-IMAGE_PATTERN = r"^[^\s]+$"
+ENV_NAME_PATTERN = inputs.ENV_NAME_PATTERN
 MAX_ENVS = 200
 MAX_ENV_VALUE = 32 * 1024
 MAX_ARGS = 256
 MAX_ARG = 4096
+
+
+def _rule(problem: Callable[[str], str | None]) -> AfterValidator:
+    """A validator from a `dockyard.core.inputs` rule: its sentence becomes the 422's message for the field."""
+
+    def check(value: str) -> str:
+        if (why := problem(value)) is not None:
+            raise ValueError(why)
+        return value
+
+    return AfterValidator(check)
+
+
+RESERVED_ENV_HELP = (
+    ", ".join([*inputs.RESERVED_ENV_NAMES, *(f"{prefix}*" for prefix in inputs.RESERVED_ENV_PREFIXES)])
+    + " are reserved for Dockyard, except "
+    + ", ".join(sorted(inputs.USER_SDK_SWITCHES))
+)
+MOUNT_PATH_HELP = (
+    "absolute path of letters, digits and _ . - /; not /, not at or under "
+    + ", ".join(inputs.SYSTEM_MOUNT_ROOTS)
+    + f", not a system directory itself (/etc, /usr, /bin, ...) nor {inputs.AUTHORIZED_KEYS_TARGET}; each path once"
+)
+
+# Request-only types: the answers' models stay plain, so a row stored before a rule existed is still readable.
+MountPath = Annotated[
+    str,
+    Field(max_length=inputs.MAX_MOUNT_PATH, json_schema_extra={"pattern": inputs.MOUNT_PATH_PATTERN}),
+    _rule(inputs.mount_path_problem),
+]
+"""An absolute mount path of letters, digits and `_ . - /`, not at or under a system path."""
+ImageReference = Annotated[str, Field(min_length=1, max_length=inputs.MAX_IMAGE_REFERENCE), _rule(inputs.image_problem)]
+"""A Docker image reference: `[host[:port]/]path[:tag][@digest]`."""
+UserEnvName = Annotated[
+    str,
+    Field(min_length=1, max_length=inputs.MAX_ENV_NAME, json_schema_extra={"pattern": inputs.ENV_NAME_PATTERN}),
+    _rule(inputs.user_env_name_problem),
+]
+"""A variable name a user may set: the POSIX-like charset, and none of the names Dockyard reserves."""
+EnvValue = Annotated[str, Field(max_length=MAX_ENV_VALUE), _rule(inputs.nul_problem)]
+Argument = Annotated[str, Field(max_length=MAX_ARG), _rule(inputs.nul_problem)]
+"""A command, entrypoint or argument: split like a shell would where it is a command line, then handed to the
+runtime as JSON array elements: the server never runs a shell on it, nor joins it into an engine option."""
+Text = Annotated[str, _rule(inputs.text_problem)]
+"""A name or free text that is shown and logged: no control characters."""
+UrlPath = Annotated[
+    str,
+    Field(max_length=inputs.MAX_URL_PATH, json_schema_extra={"pattern": inputs.URL_PATH_PATTERN}),
+    _rule(inputs.url_path_problem),
+]
+"""A URL path Dockyard requests on a worker: RFC 3986 path characters without `@`, `#`, `\\` or spaces."""
 
 
 def _rfc3339(value: datetime) -> str:

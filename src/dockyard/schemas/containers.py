@@ -7,8 +7,8 @@ from typing import Annotated
 from pydantic import Field
 
 from dockyard.core.status import ContainerStatus, IPStatus
-from dockyard.schemas.common import MAX_ARG, MAX_ARGS, MAX_ENVS, CamelModel, Rfc3339
-from dockyard.schemas.gmi import Env, Port
+from dockyard.schemas.common import MAX_ARGS, MAX_ENVS, MOUNT_PATH_HELP, Argument, CamelModel, MountPath, Rfc3339
+from dockyard.schemas.gmi import Env, EnvIn, Port
 
 MAX_COUNT = 100
 MAX_PORTS = 5
@@ -16,7 +16,6 @@ MAX_STORAGES = 16
 ID_PATTERN = r"^[a-zA-Z0-9._-]+$"
 NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9_\-. ]*)?[A-Za-z0-9]$"
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-PATH_PATTERN = r"^/[^\x00]*$"
 
 Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
 
@@ -36,13 +35,20 @@ _PORTS = (
 _STORAGES = "Network storages of the same IDC to mount; their data outlives the container (ours, as in PUT)."
 
 
-class Storage(CamelModel):
-    container_path: str = Field(
-        min_length=1, max_length=1024, pattern=PATH_PATTERN, description="absolute mount path", examples=["/workspace"]
-    )
+class StorageIn(CamelModel):
+    """A storage as a request mounts it."""
+
+    container_path: MountPath = Field(description=MOUNT_PATH_HELP, examples=["/workspace"])
     id: str = Field(
         pattern=UUID_PATTERN, description="a network storage id", examples=["550e8400-e29b-41d4-a716-446655440000"]
     )
+
+
+class Storage(CamelModel):
+    """A storage as an answer shows it."""
+
+    container_path: str = Field(description="absolute mount path", examples=["/workspace"])
+    id: str = Field(description="a network storage id", examples=["550e8400-e29b-41d4-a716-446655440000"])
 
 
 class CreateContainerRequest(CamelModel):
@@ -56,16 +62,16 @@ class CreateContainerRequest(CamelModel):
         examples=["LLM training"],
     )
     template_id: str = Field(pattern=UUID_PATTERN, description="the template whose image and defaults are used")
-    command: str = Field(default="", max_length=MAX_ARG, description=_COMMAND)
-    args: list[str] = Field(default_factory=list, max_length=MAX_ARGS, description=_ARGS)
-    envs: list[Env] = Field(default_factory=list, max_length=MAX_ENVS, description=_ENVS)
+    command: Argument = Field(default="", description=_COMMAND)
+    args: list[Argument] = Field(default_factory=list, max_length=MAX_ARGS, description=_ARGS)
+    envs: list[EnvIn] = Field(default_factory=list, max_length=MAX_ENVS, description=_ENVS)
     ports: list[Port] = Field(default_factory=list, max_length=MAX_PORTS, description=_PORTS)
     ssh_key_id_list: list[Uuid] = Field(
         default_factory=list,
         max_length=50,
         description="SSH keys of your organization, installed as authorized keys and in env SSH_KEY",
     )
-    storages: list[Storage] = Field(default_factory=list, max_length=MAX_STORAGES, description=_STORAGES)
+    storages: list[StorageIn] = Field(default_factory=list, max_length=MAX_STORAGES, description=_STORAGES)
 
 
 class UpdateContainerRequest(CamelModel):
@@ -74,11 +80,11 @@ class UpdateContainerRequest(CamelModel):
 
     name: str = Field(max_length=255, pattern=NAME_PATTERN, examples=["LLM training"])
     template_id: str = Field(pattern=UUID_PATTERN)
-    command: str | None = Field(default=None, max_length=MAX_ARG, description=_COMMAND)
-    args: list[str] | None = Field(default=None, max_length=MAX_ARGS, description=_ARGS)
-    envs: list[Env] | None = Field(default=None, max_length=MAX_ENVS, description=_ENVS)
+    command: Argument | None = Field(default=None, description=_COMMAND)
+    args: list[Argument] | None = Field(default=None, max_length=MAX_ARGS, description=_ARGS)
+    envs: list[EnvIn] | None = Field(default=None, max_length=MAX_ENVS, description=_ENVS)
     ports: list[Port] | None = Field(default=None, max_length=MAX_PORTS, description=_PORTS)
-    storages: list[Storage] | None = Field(default=None, max_length=MAX_STORAGES, description=_STORAGES)
+    storages: list[StorageIn] | None = Field(default=None, max_length=MAX_STORAGES, description=_STORAGES)
 
 
 class IpAddress(CamelModel):

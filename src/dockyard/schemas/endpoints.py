@@ -8,20 +8,24 @@ from pydantic import Field
 
 from dockyard.core.status import EndpointType, PolicyType
 from dockyard.schemas.common import (
-    ENV_NAME_PATTERN,
-    IMAGE_PATTERN,
-    MAX_ARG,
-    MAX_ENV_VALUE,
     MAX_ENVS,
+    MOUNT_PATH_HELP,
+    RESERVED_ENV_HELP,
+    Argument,
+    EnvValue,
+    ImageReference,
+    MountPath,
     SnakeModel,
+    Text,
     UnixSeconds,
+    UrlPath,
+    UserEnvName,
 )
 
 MAX_REPLICAS = 1000
 MAX_PORTS = 16
 MAX_VOLUMES = 16
 MAX_CURSOR = 1024
-PATH_PATTERN = r"^/[^\x00]*$"
 CUDA_PATTERN = r"^(\d{1,3}\.\d{1,3})?$"
 
 _COMMAND = "The start command as a shell would split it; replaces the image's CMD. Empty keeps the image's."
@@ -65,7 +69,7 @@ class VolumeIn(SnakeModel):
     id: str = Field(min_length=1, max_length=64, description="a network storage of the endpoint's region")
     type: Literal["network"] = "network"
     size: int = Field(default=0, ge=0, le=65536, description="informative; the storage's own size applies")
-    mount_point: str = Field(min_length=1, max_length=1024, pattern=PATH_PATTERN, examples=["/data"])
+    mount_point: MountPath = Field(description=MOUNT_PATH_HELP, examples=["/data"])
 
 
 class Volume(SnakeModel):
@@ -74,13 +78,22 @@ class Volume(SnakeModel):
     mount_point: str
 
 
+class EndpointEnvIn(SnakeModel):
+    """A variable as a request sets it."""
+
+    key: UserEnvName = Field(description=RESERVED_ENV_HELP)
+    value: EnvValue
+
+
 class EndpointEnv(SnakeModel):
-    key: str = Field(min_length=1, max_length=255, pattern=ENV_NAME_PATTERN)
-    value: str = Field(max_length=MAX_ENV_VALUE)
+    """A variable as an answer shows it."""
+
+    key: str
+    value: str
 
 
 class HealthCheckIn(SnakeModel):
-    path: str = Field(default="/health", min_length=1, max_length=1024, pattern=PATH_PATTERN)
+    path: UrlPath = Field(default="/health", description="requested as http://<worker>:<port><path>")
     port: int = Field(ge=1, le=65535)
 
 
@@ -94,18 +107,18 @@ PortNumber = Annotated[int, Field(ge=1, le=65535)]
 
 class CreateEndpointRequest(SnakeModel):
     type: EndpointType
-    name: str = Field(min_length=1, max_length=255, examples=["example-endpoint"])
-    app_name: str = Field(default="", max_length=255)
+    name: Text = Field(min_length=1, max_length=255, examples=["example-endpoint"])
+    app_name: Text = Field(default="", max_length=255)
     product_id: str = Field(min_length=1, max_length=255, examples=["serverless.cpu"])
     region_id: str = Field(default="local", min_length=1, max_length=50, description="the IDC running the workers")
-    image: str = Field(min_length=1, max_length=500, pattern=IMAGE_PATTERN, examples=["localhost/worker:latest"])
+    image: ImageReference = Field(examples=["localhost/worker:latest"])
     registry_auth_id: str = Field(default="", max_length=64, description="one of yours; empty: a public image")
-    entrypoint: str = Field(default="", max_length=MAX_ARG, description=_ENTRYPOINT)
-    command: str = Field(default="", max_length=MAX_ARG, description=_COMMAND)
+    entrypoint: Argument = Field(default="", description=_ENTRYPOINT)
+    command: Argument = Field(default="", description=_COMMAND)
     worker_config: WorkerConfig
     policy: Policy | None = Field(default=None, description="default: concurrency, one request per worker")
     volumes: list[VolumeIn] = Field(default_factory=list, max_length=MAX_VOLUMES)
-    envs: list[EndpointEnv] = Field(default_factory=list, max_length=MAX_ENVS, description=_ENVS)
+    envs: list[EndpointEnvIn] = Field(default_factory=list, max_length=MAX_ENVS, description=_ENVS)
     ports: list[PortNumber] = Field(default_factory=list, max_length=MAX_PORTS)
     health_check: HealthCheckIn | None = Field(default=None, description=_HEALTH)
 
@@ -115,17 +128,17 @@ class UpdateEndpointRequest(SnakeModel):
     `worker_config` must hold `max_replicas` and is merged onto the current one: the fields it leaves out keep
     their values."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=255)
+    name: Text | None = Field(default=None, min_length=1, max_length=255)
     product_id: str | None = Field(default=None, min_length=1, max_length=255)
     region_id: str | None = Field(default=None, min_length=1, max_length=50)
-    image: str | None = Field(default=None, min_length=1, max_length=500, pattern=IMAGE_PATTERN)
+    image: ImageReference | None = None
     registry_auth_id: str | None = Field(default=None, max_length=64)
-    entrypoint: str | None = Field(default=None, max_length=MAX_ARG, description=_ENTRYPOINT)
-    command: str | None = Field(default=None, max_length=MAX_ARG, description=_COMMAND)
+    entrypoint: Argument | None = Field(default=None, description=_ENTRYPOINT)
+    command: Argument | None = Field(default=None, description=_COMMAND)
     worker_config: WorkerConfig | None = None
     policy: Policy | None = None
     volumes: list[VolumeIn] | None = Field(default=None, max_length=MAX_VOLUMES)
-    envs: list[EndpointEnv] | None = Field(default=None, max_length=MAX_ENVS, description=_ENVS)
+    envs: list[EndpointEnvIn] | None = Field(default=None, max_length=MAX_ENVS, description=_ENVS)
     ports: list[PortNumber] | None = Field(default=None, max_length=MAX_PORTS)
     health_check: HealthCheckIn | None = Field(default=None, description=_HEALTH)
 

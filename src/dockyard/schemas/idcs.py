@@ -14,5 +14,6 @@ class IdcInfo(CamelModel):
     country: str
     country_subdivision: str
     status: IdcStatus = Field(
-        description="maintenance when the operator says so; full when it has GPUs and none is free; else available"
+        description="maintenance when the operator says so or its runtime cannot be reached; full when it has GPUs "
+        "and none is free; else available"
     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pydantic import Field
 
 from dockyard.core.status import NetworkStorageStatus
-from dockyard.schemas.common import SnakeModel, UnixSeconds
+from dockyard.schemas.common import SnakeModel, Text, UnixSeconds
 
 MAX_SIZE_GB = 65536
 
 
 class CreateNetworkStorageRequest(SnakeModel):
-    name: str = Field(min_length=1, max_length=255, examples=["datasets"])
+    name: Text = Field(min_length=1, max_length=255, examples=["datasets"])
     region_id: str = Field(min_length=1, max_length=50, description="the IDC (region) holding it", examples=["local"])
     size_gb: int = Field(ge=1, le=MAX_SIZE_GB, examples=[100])
 
@@ -30,7 +30,7 @@ class NetworkStorage(SnakeModel):
     region_id: str
     size_gb: int
     status: NetworkStorageStatus
-    mounted_by: list[str] = Field(description="ids of the containers that mount it")
+    mounted_by: list[str] = Field(description="ids of the containers, then the endpoints, whose workers mount it")
     created_at: UnixSeconds
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from dockyard.schemas.common import SnakeModel, UnixSeconds
+from dockyard.schemas.common import SnakeModel, Text, UnixSeconds
 
 
 class CreateRegistryAuthRequest(SnakeModel):
-    name: str = Field(min_length=1, max_length=255, examples=["docker-hub"])
+    name: Text = Field(min_length=1, max_length=255, examples=["docker-hub"])
     username: str = Field(min_length=1, max_length=255, examples=["robot"])
     password: str = Field(min_length=1, max_length=4096, description="stored encrypted; never answered")
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from dockyard.schemas.common import CamelModel, Rfc3339
+from dockyard.schemas.common import CamelModel, Rfc3339, Text
 
 MAX_PUBLIC_KEY = 16 * 1024
 
 
 class CreateSshKeyRequest(CamelModel):
-    name: str = Field(min_length=1, max_length=255, examples=["laptop"])
+    name: Text = Field(min_length=1, max_length=255, examples=["laptop"])
     public_key: str = Field(
         min_length=1,
         max_length=MAX_PUBLIC_KEY,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from dockyard.schemas.common import IMAGE_PATTERN, MAX_ARG, MAX_ARGS, CamelModel, Rfc3339
-from dockyard.schemas.gmi import Env, Port
+from dockyard.schemas.common import MAX_ARGS, MAX_ENVS, Argument, CamelModel, ImageReference, Rfc3339, Text
+from dockyard.schemas.gmi import Env, EnvIn, Port
 
 
 class TemplateCredential(CamelModel):
@@ -14,18 +14,12 @@ class TemplateCredential(CamelModel):
 
 
 class CreateTemplateRequest(CamelModel):
-    name: str = Field(min_length=1, max_length=255, examples=["pytorch"])
-    path: str = Field(
-        min_length=1,
-        max_length=500,
-        pattern=IMAGE_PATTERN,
-        description="the image",
-        examples=["localhost/app:1"],
-    )
+    name: Text = Field(min_length=1, max_length=255, examples=["pytorch"])
+    path: ImageReference = Field(description="the image", examples=["localhost/app:1"])
     credential: TemplateCredential | None = None
-    command: str = Field(default="", max_length=MAX_ARG)
-    args: list[str] = Field(default_factory=list, max_length=MAX_ARGS)
-    envs: list[Env] = Field(default_factory=list, max_length=200)
+    command: Argument = ""
+    args: list[Argument] = Field(default_factory=list, max_length=MAX_ARGS)
+    envs: list[EnvIn] = Field(default_factory=list, max_length=MAX_ENVS)
     ports: list[Port] = Field(default_factory=list, max_length=5)
 
 

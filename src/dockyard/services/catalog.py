@@ -36,6 +36,8 @@ def idc_wire(row: IdcModel) -> Idc:
         status=row.status,
         runtime_kind=row.runtime_kind,
         runtime_url=row.runtime_url,
+        runtime_error=row.runtime_error,
+        runtime_error_since=row.runtime_error_since,
         created_at=row.created_at,
     )
 

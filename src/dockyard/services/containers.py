@@ -29,6 +29,7 @@ from dockyard.schemas.containers import (
     CreateContainerRequest,
     IpAddress,
     Storage,
+    StorageIn,
     UpdateContainerRequest,
 )
 from dockyard.schemas.gmi import Port
@@ -55,7 +56,7 @@ def check_if_match(row: ContainerModel, if_match: str | None) -> None:
     if if_match is None:
         return
     value = if_match.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # isdigit alone takes "²", which int() refuses
         raise InvalidField("If-Match", 'expected the ETag a GET answered, like "3"')
     if int(value) != row.version:
         raise Conflict(
@@ -124,7 +125,7 @@ async def _product(session: AsyncSession, idc: IdcModel, product_id: str) -> Pro
 
 
 async def _volumes(
-    session: AsyncSession, principal: Principal, idc_id: str, storages: Sequence[Storage]
+    session: AsyncSession, principal: Principal, idc_id: str, storages: Sequence[StorageIn]
 ) -> list[VolumeSpec]:
     requested = [(storage.id, storage.container_path) for storage in storages]
     return await network_storages.volume_specs(

@@ -33,6 +33,7 @@ from dockyard.core.workload import HealthCheck, PortSpec, VolumeSpec, WorkloadSp
 from dockyard.db.models import EndpointModel, IdcModel, WorkerModel
 from dockyard.errors import Conflict, InvalidField, NotFound
 from dockyard.gateway.routes import EndpointConfig
+from dockyard.json_depth import too_deep
 from dockyard.schemas.endpoints import (
     CreateEndpointRequest,
     Endpoint,
@@ -304,7 +305,10 @@ def encode_cursor(created_at: datetime, endpoint_id: str) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """The (created_at, id) a cursor resumes after; anything not made by `encode_cursor` is an InvalidField."""
     try:
-        created_at, endpoint_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        if too_deep(raw):
+            raise ValueError("nested too deep")
+        created_at, endpoint_id = json.loads(raw)
         return datetime.fromisoformat(created_at), str(endpoint_id)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise InvalidField(

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.exc import StaleDataError
 
+from dockyard import outbound
 from dockyard.context import ServerContext
 from dockyard.core.status import DesiredState, EndpointType, JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, new_id, utcnow
@@ -43,7 +44,7 @@ from dockyard.errors import Conflict, InvalidField, NotFound, PayloadTooLarge
 from dockyard.gateway.autoscaler import LOOP as AUTOSCALER
 from dockyard.schemas.jobs import JobPolicy, RunRequest
 from dockyard.services import endpoints, idempotency, job_inserts
-from dockyard.services.jobs import LOOP, VIEW_COLUMNS, finish_values, job_view, retry_values
+from dockyard.services.jobs import VIEW_COLUMNS, WEBHOOK_LOOP, finish_values, job_view, retry_values
 from dockyard.services.keys import Principal
 
 T = TypeVar("T")
@@ -109,7 +110,8 @@ async def submit(
 ) -> idempotency.Answer:
     """Commit a new IN_QUEUE job and answer `{"id", "status"}`; with an Idempotency-Key, a repeat of the same
     request answers the job the first one made (its current status), a different request with the key is a
-    422. An input over `job_max_payload_bytes` is a 413.
+    422. An input over `job_max_payload_bytes` is a 413; a webhook that can be seen to go where webhooks may not
+    (a literal loopback, private, link-local ... address, outbound.py) is a 422.
 
     The endpoint is checked in the write transaction that inserts the job, so an endpoint being deleted never
     gets one. Without a key that transaction is a group commit shared with the jobs submitted at the same
@@ -122,6 +124,9 @@ async def submit(
             f"input is {size} bytes, over the job limit of {settings.job_max_payload_bytes} bytes; "
             "pass large data by reference (a URL, or a path on a network storage)"
         )
+    allowed_hosts = outbound.host_policy(settings.webhook_allowed_hosts)
+    if request.webhook and (refused := outbound.url_refusal(request.webhook, allowed_hosts)):
+        raise InvalidField("webhook", refused)
     policy = request.policy or JobPolicy()
     now = utcnow()
     ttl_ms = _resolved_ms(policy.ttl, settings.job_lifetime_seconds)
@@ -324,7 +329,7 @@ async def cancel(
     if holder:
         context.job_signals.notify_worker(holder)  # its held job-stop poll answers now
     if changed:
-        context.wake(LOOP)
+        context.wake(WEBHOOK_LOOP)
     return view
 
 
@@ -376,7 +381,7 @@ async def purge_queue(
     for job in removed:
         context.job_signals.notify_changed(job.id)
     if any(job.webhook for job in removed):
-        context.wake(LOOP)
+        context.wake(WEBHOOK_LOOP)
     return {"removed": len(removed), "status": "completed"}
 
 

@@ -27,7 +27,7 @@ from dockyard.config import new_token
 from dockyard.context import ServerContext
 from dockyard.db.base import utcnow
 from dockyard.db.models import ApiKeyModel, MemberModel, OrganizationModel
-from dockyard.errors import NotFound, Unauthorized
+from dockyard.errors import Forbidden, NotFound, Unauthorized
 from dockyard.secrets import hash_api_key
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,27 @@ async def authenticate(context: ServerContext, token: str, *, allow_admin_token:
     if principal is None:
         raise Unauthorized("invalid API key; create one with 'dockyard admin create-key --org NAME'")
     return principal
+
+
+async def authorize_metrics(context: ServerContext, authorization: str | None) -> None:
+    """Let the caller read `/metrics`, or raise `Unauthorized` (401, with a `WWW-Authenticate` challenge) or
+    `Forbidden`. The metrics name every organization's endpoints, so they are the operator's, as the Kubernetes
+    API server's and Vault's are: read with `DOCKYARD_METRICS_TOKEN` (a scrape-only bearer token for Prometheus'
+    `authorization` setting), the admin token, or an admin key."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    metrics_token = context.settings.metrics_token
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized(
+            "/metrics needs 'Authorization: Bearer <token>' with DOCKYARD_METRICS_TOKEN, "
+            "DOCKYARD_ADMIN_TOKEN or an admin key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if metrics_token and hmac.compare_digest(token.encode(), metrics_token.encode()):
+        return
+    principal = await authenticate(context, token, allow_admin_token=True)
+    if not principal.is_admin:
+        raise Forbidden("/metrics is the operator's: scrape it with DOCKYARD_METRICS_TOKEN or an admin key")
 
 
 async def _look_up(context: ServerContext, digest: str) -> Principal | None:

@@ -5,13 +5,14 @@ the volume, then the row."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.core.status import DesiredState, NetworkStorageStatus
 from dockyard.core.workload import VolumeSpec
-from dockyard.db.models import ContainerModel, IdcModel, NetworkStorageModel
+from dockyard.db.models import ContainerModel, EndpointModel, IdcModel, NetworkStorageModel
 from dockyard.errors import Conflict, InvalidField, NotFound
 from dockyard.schemas.network_storages import (
     CreateNetworkStorageRequest,
@@ -23,31 +24,52 @@ from dockyard.services.keys import Principal
 from dockyard.services.tenancy import owned_row
 
 
-async def mounts(session: AsyncSession, org_id: str, storage_ids: Iterable[str]) -> dict[str, list[str]]:
-    """Storage id -> ids of the organization's containers (not being deleted) whose spec mounts it."""
+@dataclass
+class Mounters:
+    """Who mounts one storage: containers, and endpoints (each of whose workers does)."""
+
+    containers: list[str] = field(default_factory=list)
+    endpoints: list[str] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[str]:
+        return [*self.containers, *self.endpoints]
+
+    def __str__(self) -> str:
+        """ "containers A, B and endpoints C", for a sentence."""
+        kinds = (("containers", self.containers), ("endpoints", self.endpoints))
+        return " and ".join(f"{kind} {', '.join(ids)}" for kind, ids in kinds if ids)
+
+
+async def mounts(session: AsyncSession, org_id: str, storage_ids: Iterable[str]) -> dict[str, Mounters]:
+    """Storage id -> the organization's containers and endpoints, not being deleted, whose spec mounts it."""
     wanted = set(storage_ids)
-    result: dict[str, list[str]] = {storage_id: [] for storage_id in wanted}
-    rows = await session.execute(
-        select(ContainerModel.id, ContainerModel.spec)
-        .where(ContainerModel.org_id == org_id, ContainerModel.desired != DesiredState.DELETED)
-        .order_by(ContainerModel.id)
-    )
-    for container_id, spec in rows:
-        for volume in (spec or {}).get("volumes") or ():
-            storage_id = volume.get("storage_id")
-            if storage_id in wanted and container_id not in result[storage_id]:
-                result[storage_id].append(container_id)
+    result = {storage_id: Mounters() for storage_id in wanted}
+    for model in (ContainerModel, EndpointModel):
+        rows = await session.execute(
+            select(model.id, model.spec)
+            .where(model.org_id == org_id, model.desired != DesiredState.DELETED)
+            .order_by(model.id)
+        )
+        for owner_id, spec in rows:
+            for volume in (spec or {}).get("volumes") or ():
+                storage_id = volume.get("storage_id")
+                if storage_id not in wanted:
+                    continue
+                owners = result[storage_id].containers if model is ContainerModel else result[storage_id].endpoints
+                if owner_id not in owners:
+                    owners.append(owner_id)
     return result
 
 
-def _wire(row: NetworkStorageModel, mounted_by: list[str]) -> NetworkStorage:
+def _wire(row: NetworkStorageModel, mounted_by: Mounters) -> NetworkStorage:
     return NetworkStorage(
         id=row.id,
         name=row.name,
         region_id=row.idc_id,
         size_gb=row.size_gb,
         status=row.status,
-        mounted_by=mounted_by,
+        mounted_by=mounted_by.ids,
         created_at=row.created_at,
     )
 
@@ -120,11 +142,10 @@ async def delete(session: AsyncSession, principal: Principal, storage_id: str) -
     """Mark it `deleting` (the reconciler removes the volume, then the row); refused while mounted."""
     row = await get_row(session, principal, storage_id)
     users = (await mounts(session, principal.org_id, [row.id]))[row.id]
-    if users:
+    if users.ids:
         raise Conflict(
-            f"network storage {storage_id} is mounted by containers {', '.join(users)}; "
-            "delete them or remove the storage from them first",
-            details=[{"field": "id", "message": f"mounted by {container}"} for container in users],
+            f"network storage {storage_id} is mounted by {users}; delete them or remove the storage from them first",
+            details=[{"field": "id", "message": f"mounted by {user}"} for user in users.ids],
         )
     if row.status != NetworkStorageStatus.DELETING:
         row.status = NetworkStorageStatus.DELETING

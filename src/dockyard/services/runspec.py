@@ -4,6 +4,7 @@ Build it just before `create` and drop it after: it is the only place env values
 exist decrypted. What goes in:
 - the workload spec copied from the template at creation (image, credential, command, args, envs, ports,
   network storages as the named volumes `dockyard-ns-<storage id>`);
+- the organization's network (`org_network`), which every container and worker of the organization joins;
 - the product's limits (CPU, memory, pids);
 - the GPUs allocated to the row, by UUID;
 - the organization's SSH keys the row names: as env `SSH_KEY` (the public keys joined by newlines, the
@@ -21,6 +22,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dockyard.core.inputs import AUTHORIZED_KEYS_TARGET
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.models import ContainerModel, ProductModel, SshKeyModel
 from dockyard.gpus.inventory import GpuInfo
@@ -38,10 +40,9 @@ from dockyard.runtimes.base import (
     RunSpec,
 )
 from dockyard.secrets import SecretBox
-from dockyard.services.workloads import decrypt_envs
+from dockyard.services.workloads import runtime_envs
 
 KIND_CONTAINER = "container"
-AUTHORIZED_KEYS_TARGET = "/root/.ssh/authorized_keys"
 
 
 def object_name(container_id: str, generation: int) -> str:
@@ -51,6 +52,14 @@ def object_name(container_id: str, generation: int) -> str:
 
 def storage_volume(storage_id: str) -> str:
     return f"dockyard-ns-{storage_id}"
+
+
+ORG_NETWORK_PREFIX = "dockyard-org-"
+
+
+def org_network(org_id: str) -> str:
+    """The network of every container and worker of one organization, isolated from every other's."""
+    return f"{ORG_NETWORK_PREFIX}{org_id}"
 
 
 def container_labels(row: ContainerModel, gpu_uuids: Sequence[str], node_id: str) -> dict[str, str]:
@@ -111,7 +120,7 @@ def build_run_spec(
     """The request for the row's current generation. `gpus` are the row's allocation (empty for CPU
     products); when `public_keys` is not empty the caller writes them with `write_authorized_keys` first."""
     spec = WorkloadSpec.model_validate(row.spec)
-    env = decrypt_envs(box, spec.envs)
+    env = runtime_envs(box, spec.envs)
     mounts = [Mount(target=volume.mount_path, volume=storage_volume(volume.storage_id)) for volume in spec.volumes]
     if public_keys:
         env["SSH_KEY"] = "\n".join(key.strip() for key in public_keys)
@@ -131,6 +140,7 @@ def build_run_spec(
         name=object_name(row.id, row.generation),
         image=spec.image,
         labels=container_labels(row, [gpu.uuid for gpu in gpus], node_id),
+        network=org_network(row.org_id),
         entrypoint=list(spec.entrypoint) or None,
         command=command,
         env=env,

@@ -4,8 +4,10 @@ where the worker listens.
 A worker runs its endpoint's worker template (one `WorkloadSpec`, DESIGN.md principle 4) as it was at the
 generation the worker was made for. What goes in:
 - the spec's image, entrypoint, command, decrypted envs plus `DOCKYARD_ENDPOINT_ID` and `DOCKYARD_WORKER_ID`;
-- every spec port and the health-check port, published on host ports the runtime picks (read back after
-  start: they are how the gateway reaches the worker);
+- the organization's network (`runspec.org_network`), shared with its containers and other workers;
+- every spec port and the health-check port, published on loopback only, on host ports the runtime picks
+  (read back after start: they are how the gateway, on the same host, reaches the worker); no container and no
+  other host reaches them, so a request gets to a sync worker only through the gateway's key check;
 - network storages as the named volumes `dockyard-ns-<storage id>` (shared with containers);
 - the product's limits (CPU, memory, pids) and the GPUs allocated to the worker, by UUID;
 - the registry credentials (`registry_auths.resolve`), which the caller resolves just before `create`.
@@ -21,8 +23,10 @@ and runpod's `/job-stop/` by replacing `/job-take/`, so every template carries a
 SDK in the server's logs) and the job-take path holds `/job-take/`. runpod's start-up fitness checks are turned off
 by default where they cannot pass on Dockyard (the network check dials 8.8.8.8, which an isolated region cannot
 reach; the memory check wants 4 GB free, more than small CPU products have; the GPU check on a CPU product); the
-product's limits are enforced by the runtime instead. An endpoint's own envs may set those switches back, but never
-the webhook variables.
+product's limits are enforced by the runtime instead. An endpoint's own envs may set those switches back (they are
+among the SDK switches `dockyard.core.inputs.USER_SDK_SWITCHES` lets users set), but never the webhook variables:
+every other `PPIO_*`, `RUNPOD_*`, `NOVITA_*` and `DOCKYARD_*` name is refused by the API and dropped from envs stored
+before that.
 
 Build it just before `create` and drop it after, like the container's (services/runspec.py).
 """
@@ -55,17 +59,19 @@ from dockyard.runtimes.base import (
     RuntimeObject,
 )
 from dockyard.secrets import SecretBox
-from dockyard.services.runspec import storage_volume
-from dockyard.services.workloads import decrypt_envs
+from dockyard.services.runspec import org_network, storage_volume
+from dockyard.services.workloads import runtime_envs
 
 KIND_WORKER = "worker"
 LABEL_ENDPOINT = "dockyard.endpoint"
 # Hosts that mean "every interface" when a runtime reports where it published a port: reach them on loopback.
 _ANY_HOST = {"", "0.0.0.0", "::"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# Where a worker's ports are published: the gateway and the prober run on the engine's host.
+WORKER_HOST_IP = "127.0.0.1"
 # The worker webhooks' path prefix on the server (api/worker_webhooks.py serves it).
 WEBHOOK_PREFIX = "/gpus/v2/workers"
-# What a container on the engine's default bridge network calls the host (Podman writes it into /etc/hosts).
+# What a container on a bridge network calls the host: the bridge's gateway (Podman writes it into /etc/hosts).
 CONTAINER_HOST = "host.containers.internal"
 _SDKS = ("PPIO", "RUNPOD", "NOVITA")  # the prefixes of the worker SDKs' variables
 
@@ -171,23 +177,24 @@ def build_worker_run_spec(
     spec = WorkloadSpec.model_validate(endpoint.spec)
     is_async = endpoint.type == EndpointType.ASYNC
     env = _fitness_defaults(len(gpus)) if is_async else {}
-    env.update(decrypt_envs(box, spec.envs))
+    env.update(runtime_envs(box, spec.envs))
     env["DOCKYARD_ENDPOINT_ID"] = endpoint.id
     env["DOCKYARD_WORKER_ID"] = worker.id
     if is_async:
         if webhook is None:
             raise ValueError(f"worker {worker.id} of async endpoint {endpoint.id} needs its webhook access")
         env.update(webhook_env(endpoint, worker, webhook))
-    ports = [PortBinding(p.container_port, None, p.protocol.value.lower()) for p in spec.ports]
+    ports = [PortBinding(p.container_port, None, p.protocol.value.lower(), WORKER_HOST_IP) for p in spec.ports]
     check_port = health_check(spec).port
     if not is_async and all(not (p.container_port == check_port and p.protocol == "tcp") for p in ports):
-        ports.append(PortBinding(check_port, None, "tcp"))
+        ports.append(PortBinding(check_port, None, "tcp", WORKER_HOST_IP))
     if registry_auth is None and spec.credential is not None:
         registry_auth = RegistryAuth(spec.credential.username, box.decrypt(spec.credential.secret))
     return RunSpec(
         name=worker_object_name(worker.id),
         image=spec.image,
         labels=worker_labels(worker, [gpu.uuid for gpu in gpus], node_id),
+        network=org_network(worker.org_id),
         entrypoint=list(spec.entrypoint) or None,
         command=[*spec.command, *spec.args] or None,
         env=env,

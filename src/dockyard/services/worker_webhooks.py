@@ -57,12 +57,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.exc import StaleDataError
 
-from dockyard.config import Settings
+from dockyard.config import Settings, new_token
 from dockyard.context import ServerContext
 from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import JobModel, JobStreamModel, WorkerModel
 from dockyard.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
+from dockyard.json_depth import too_deep, too_deep_message
 from dockyard.secrets import hash_api_key
 from dockyard.services import events, jobs
 from dockyard.services.endpoints import LOOP
@@ -77,6 +78,13 @@ TAKING = (WorkerStatus.PENDING, WorkerStatus.STARTING, WorkerStatus.READY)
 SEEN_EVERY = timedelta(seconds=1)
 RETRIES = 3  # writes that lost a race to a concurrent one are redone from fresh rows this often
 KIND_ENDPOINT = "endpoint"
+# A worker key's prefix: a key that reaches a log by mistake is recognized and masked (redaction.py), as an API
+# key is by its `dy_`. Keys made before it had one still authenticate: only their hash is looked up.
+WORKER_KEY_PREFIX = "dyw_"
+
+
+def new_worker_key() -> str:
+    return WORKER_KEY_PREFIX + new_token()
 
 
 def worker_key(authorization: str | None) -> str:
@@ -189,6 +197,8 @@ async def _claim(session: AsyncSession, job: JobModel, worker_id: str, now: date
 
 def parse_result(body: bytes) -> dict[str, Any]:
     """The JSON object the SDKs post (as `application/x-www-form-urlencoded`, though it is JSON text)."""
+    if too_deep(body):
+        raise BadRequest(too_deep_message())
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -264,7 +274,7 @@ async def done(context: ServerContext, worker: WorkerModel, job_id: str, payload
             raise Conflict(f"result not recorded: {refused}")
         context.job_signals.notify_changed(job_id)
         if webhook:
-            context.wake(jobs.LOOP)
+            context.wake(jobs.WEBHOOK_LOOP)
         if payload.get("stopPod") is True:
             context.wake(LOOP)
         return
@@ -389,7 +399,7 @@ async def ping(
         else:
             signals.notify_changed(job_id)
             if webhook:
-                context.wake(jobs.LOOP)
+                context.wake(jobs.WEBHOOK_LOOP)
     return renewed
 
 

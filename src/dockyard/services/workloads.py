@@ -3,6 +3,9 @@
 Secrets go in encrypted and come out masked. A client that reads an object and sends it back unchanged
 sends masked values; `encrypt_envs` recognises the mask of the value already stored and keeps that value,
 so a read-modify-write round trip never overwrites a secret with its mask.
+
+The API refuses the variables Dockyard reserves (`dockyard.core.inputs.reserved_env_problem`); `runtime_envs`
+drops them again when a runtime request is built, for rows stored before that check existed.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable, Sequence
 
+from dockyard.core.inputs import reserved_env_problem
 from dockyard.core.status import Protocol
 from dockyard.core.workload import Credential, EnvVar, PortSpec
 from dockyard.errors import InvalidField
-from dockyard.schemas.gmi import Env, Port
+from dockyard.schemas.gmi import Env, EnvIn, Port
 from dockyard.secrets import SecretBox, mask
 
 
@@ -39,11 +43,18 @@ def decrypt_envs(box: SecretBox, envs: Iterable[EnvVar]) -> dict[str, str]:
     return {env.name: box.decrypt(env.value) for env in envs}
 
 
+def runtime_envs(box: SecretBox, envs: Iterable[EnvVar]) -> dict[str, str]:
+    """The user's variables as a runtime request carries them: decrypted, and without any name Dockyard
+    reserves, so a value stored before the API refused it (`NVIDIA_VISIBLE_DEVICES=all`, another worker's
+    `RUNPOD_POD_ID`) never reaches a container."""
+    return {env.name: box.decrypt(env.value) for env in envs if reserved_env_problem(env.name) is None}
+
+
 def masked_envs(box: SecretBox, envs: Iterable[EnvVar]) -> list[tuple[str, str]]:
     return [(env.name, mask(box.decrypt(env.value))) for env in envs]
 
 
-def gmi_envs_in(envs: Iterable[Env]) -> list[tuple[str, str]]:
+def gmi_envs_in(envs: Iterable[EnvIn]) -> list[tuple[str, str]]:
     return [(env.name, env.value) for env in envs]
 
 

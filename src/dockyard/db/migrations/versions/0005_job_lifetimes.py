@@ -1,8 +1,8 @@
 """A job's `ttl` is its lifetime from submission (RunPod's policy.ttl) and its result is kept `keep_ms` once it has
 finished; `low_priority` jobs (RunPod's policy.lowPriority) never make their endpoint add a worker.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-06 05:00:00.000000
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
