@@ -25,6 +25,7 @@ from dockyard.api import (
     jobs,
     network_storages,
     products,
+    quotas,
     regions,
     registry_auths,
     ssh_keys,
@@ -183,6 +184,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         network_storages.router,
         registry_auths.router,
         regions.router,
+        quotas.router,
         endpoints.router,
         endpoint_workers.router,
     ):

@@ -172,6 +172,26 @@ class Settings(BaseSettings):
     webhook_connect_timeout: float = Field(default=3.0, gt=0)
     # A whole delivery, connecting included: GitHub gives its webhook receivers 10 s.
     webhook_timeout: float = Field(default=10.0, gt=0)
+    # Quotas: what one organization may hold at once, unless the operator sets its own limits
+    # (PUT /admin/v1/organizations/{id}/quotas). The defaults let one organization fill one whole node of the
+    # largest default product (gpu.h100.8x: 8 GPUs, 128 vCPUs, 1 TiB) and no more, and bound the rows it can
+    # make (containers, endpoints, workers, queued jobs) well below what degrades a small install's database.
+    quota_gpus: int = Field(default=8, ge=0)
+    quota_vcpus: int = Field(default=128, ge=0)
+    quota_memory_mb: int = Field(default=1024 * 1024, ge=0)
+    quota_containers: int = Field(default=100, ge=0)
+    quota_endpoints: int = Field(default=20, ge=0)
+    quota_workers: int = Field(default=100, ge=0)  # workers wanted by all of an organization's endpoints together
+    quota_storage_gb: int = Field(default=10 * 1024, ge=0)  # network storages' declared sizes together
+    quota_queued_jobs: int = Field(default=10_000, ge=0)  # jobs IN_QUEUE across the organization's endpoints
+    # Placement: the CPUs and memory of each engine host that containers and workers may be given, times the
+    # overcommit ratio. 0 counts what the engine reports (`docker info`: NCPU, MemTotal). The ratios are
+    # OpenStack Nova's defaults: CPU time is shared (a busy container is throttled, not killed), so 4 vCPUs
+    # per core; memory is not (overcommitted memory ends in the OOM killer), so none.
+    node_cpus: float = Field(default=0.0, ge=0)
+    node_memory_mb: int = Field(default=0, ge=0)
+    cpu_overcommit: float = Field(default=4.0, gt=0)
+    memory_overcommit: float = Field(default=1.0, gt=0)
 
     @classmethod
     def settings_customise_sources(

@@ -84,6 +84,17 @@ class ResourceExhausted(ApiError):
     reason = "RESOURCE_EXHAUSTED"
 
 
+class QuotaExceeded(ResourceExhausted):
+    """An ask past one of the organization's quotas. 429 RESOURCE_EXHAUSTED, as Google's APIs answer a quota:
+    the canonical code of our `reason`s for it (403 PERMISSION_DENIED would say the caller may not, which it
+    may), and the ask succeeds later once something is deleted or the limit raised. `details` names the quota
+    with its figures."""
+
+    def __init__(self, message: str, *, quota: str, limit: float, used: float, asked: float) -> None:
+        detail = {"field": quota, "message": message, "limit": limit, "used": used, "asked": asked}
+        super().__init__(message, details=[detail])
+
+
 class Unavailable(ApiError):
     status_code = 503
     reason = "UNAVAILABLE"

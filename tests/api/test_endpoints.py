@@ -326,7 +326,11 @@ async def test_database_validation_names_the_field(harness: Harness, client: htt
     await create(client, region_id="eu-1", product_id="eu.cpu", volumes=[{"id": eu_storage, "mount_point": "/d"}])
 
 
-async def test_cursor_pages_without_duplicates_or_gaps(client: httpx.AsyncClient) -> None:
+async def test_cursor_pages_without_duplicates_or_gaps(harness: Harness, client: httpx.AsyncClient) -> None:
+    # More endpoints than an organization may hold by default (20): the operator lifts its quota.
+    (org,) = (await harness.admin.get("/admin/v1/organizations")).json()
+    answer = await harness.admin.put(f"/admin/v1/organizations/{org['id']}/quotas", json={"endpoints": 45})
+    assert answer.status_code == 200, answer.text
     created = [await create(client, name=f"endpoint-{n}") for n in range(45)]
     seen: list[str] = []
     cursor = ""

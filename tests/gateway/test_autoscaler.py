@@ -179,3 +179,61 @@ async def test_a_scale_up_from_zero_answering_a_request_is_timed(harness: Harnes
     assert context.registry.get_sample_value("dockyard_autoscaler_scale_from_zero_seconds_count", labels) == 1
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
+
+
+async def _events(harness: Harness, endpoint_id: str) -> list[EventModel]:
+    async with harness.context.db.read() as session:
+        query = select(EventModel).where(EventModel.object_id == endpoint_id).order_by(EventModel.id)
+        return list(await session.scalars(query))
+
+
+@pytest.mark.usefixtures("database_url")
+async def test_a_scale_up_is_held_at_the_quota_and_says_so(harness: Harness) -> None:
+    """Demand for 3 workers where the organization's quota leaves room for 2 (another endpoint wants 1 of 3):
+    the count stops at 2 and the event says which quota held it; with no room at all, one `ScaleUpHeld` event,
+    not one per pass; room made elsewhere lets it scale on."""
+    orgs = (await harness.admin.get("/admin/v1/organizations")).json()
+    quota_url = f"/admin/v1/organizations/{orgs[0]['id']}/quotas"
+    assert (await harness.admin.put(quota_url, json={"workers": 3})).status_code == 200
+    other = await _endpoint(harness, min_replicas=1)
+    row = await _endpoint(harness, max_replicas=5)
+    context = harness.context
+    route = context.routes.get(row.id)
+    assert route is not None
+    route.dispatcher.queue_limit = 100
+    tasks = [asyncio.create_task(route.dispatcher.acquire(1e9).__aenter__()) for _ in range(6)]
+    await asyncio.sleep(0)
+    autoscaler = Autoscaler(context)
+
+    await autoscaler.reconcile_once()
+    async with context.db.read() as session:
+        stored = await session.get(EndpointModel, row.id)
+    assert stored is not None
+    assert stored.desired_replicas == 2
+    (scaled,) = await _events(harness, row.id)
+    assert scaled.type == "ScaledUp"
+    assert scaled.message.startswith("0 \N{RIGHTWARDS ARROW} 2 workers: 6 queued")
+    assert "held at 2 by the quota: quota: endpoint workers 1 used + 3 asked > 3 allowed for organization acme" in (
+        scaled.message
+    )
+
+    for _ in range(2):  # no room left, and that was said: nothing more
+        await autoscaler.reconcile_once()
+    assert len(await _events(harness, row.id)) == 1
+    tasks += [asyncio.create_task(route.dispatcher.acquire(1e9).__aenter__()) for _ in range(2)]
+    await asyncio.sleep(0)
+    for _ in range(3):  # more demand and still no room: said once
+        await autoscaler.reconcile_once()
+    held = await _events(harness, row.id)
+    assert [event.type for event in held] == ["ScaledUp", "ScaleUpHeld"]
+    assert held[1].message.startswith("2 workers, 4 wanted: quota: endpoint workers 1 used + 4 asked > 3 allowed")
+
+    assert (await harness.client.delete(f"/gpus/v2/endpoints/{other.id}")).status_code == 200
+    await autoscaler.reconcile_once()
+    async with context.db.read() as session:
+        stored = await session.get(EndpointModel, row.id)
+    assert stored is not None
+    assert stored.desired_replicas == 3
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -35,6 +35,11 @@ async def test_concurrent_creates_never_share_a_gpu(
     harness: Harness, reconciler: ContainerReconciler, runtime: FakeRuntime
 ) -> None:
     uuids = await simulate_gpus(harness, f"{H100}:8")
+    # More containers than GPUs on purpose: the organization's quotas (8 GPUs by default) must let them be asked.
+    orgs = (await harness.admin.get("/admin/v1/organizations")).json()
+    quotas = {"gpus": 12, "vcpus": 12 * 16, "memory_mb": 12 * 128 * 1024}
+    answer = await harness.admin.put(f"/admin/v1/organizations/{orgs[0]['id']}/quotas", json=quotas)
+    assert answer.status_code == 200, answer.text
     ids = await make_containers(harness.client, await make_template(harness.client), product="gpu.h100.1x", count=12)
 
     await reconciler.reconcile_once()

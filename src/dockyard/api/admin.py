@@ -1,4 +1,4 @@
-"""The operator's API, `/admin/v1` (ours): organizations and their keys, IDCs, products, nodes and GPUs."""
+"""The operator's API, `/admin/v1` (ours): organizations, their keys and quotas, IDCs, products, nodes and GPUs."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from dockyard.schemas.admin import (
     Node,
     Organization,
     Product,
+    SetQuotasRequest,
     SimulatedGpusRequest,
     UpdateIdcRequest,
     UpdateProductRequest,
 )
 from dockyard.schemas.common import ERROR_RESPONSES
-from dockyard.services import catalog, inventory, keys
+from dockyard.schemas.quotas import Quotas
+from dockyard.services import catalog, inventory, keys, quotas
 from dockyard.services import organizations as service
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"], responses=ERROR_RESPONSES)
@@ -52,6 +54,29 @@ async def create_api_key(org_id: OrgId, body: CreateKeyRequest, _: AdminDep, ses
 @router.get("/organizations/{org_id}/keys", response_model=list[ApiKey], summary="List an organization's keys")
 async def list_api_keys(org_id: OrgId, _: AdminDep, session: ReadSessionDep) -> list[ApiKey]:
     return await service.list_keys(session, org_id)
+
+
+@router.get(
+    "/organizations/{org_id}/quotas",
+    response_model=Quotas,
+    summary="An organization's quotas and what it holds",
+    description="Each limit in force (`default`: the installation's `DOCKYARD_QUOTA_*`) and the use against it.",
+)
+async def get_quotas(org_id: OrgId, context: ContextDep, _: AdminDep, session: ReadSessionDep) -> Quotas:
+    return await quotas.get(session, context.settings, org_id)
+
+
+@router.put(
+    "/organizations/{org_id}/quotas",
+    response_model=Quotas,
+    summary="Set an organization's quotas",
+    description="Sets the limits sent; one left out keeps its limit, null returns it to the installation's default. "
+    "A limit below what the organization holds refuses new asks; nothing running is stopped.",
+)
+async def set_quotas(
+    org_id: OrgId, body: SetQuotasRequest, context: ContextDep, _: AdminDep, session: WriteSessionDep
+) -> Quotas:
+    return await quotas.set_limits(session, context.settings, org_id, body)
 
 
 @router.delete("/keys/{key_id}", response_model=dict[str, str], summary="Revoke an API key")

@@ -26,11 +26,12 @@ StorageId = Annotated[str, Path(min_length=1, max_length=64)]
 @router.post("", response_model=NetworkStorageId, summary="Create a network storage")
 async def create_network_storage(
     body: CreateNetworkStorageRequest,
+    context: ContextDep,
     principal: PrincipalDep,
     session: WriteSessionDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> Response:
-    return answered(await service.create(session, principal, body, idempotency_key))
+    return answered(await service.create(session, principal, body, idempotency_key, settings=context.settings))
 
 
 @router.get("", response_model=NetworkStorageList, summary="List network storages")
@@ -47,9 +48,13 @@ async def get_network_storage(
 
 @router.put("/{storage_id}", response_model=dict[str, str], summary="Grow a network storage")
 async def resize_network_storage(
-    storage_id: StorageId, body: UpdateNetworkStorageRequest, principal: PrincipalDep, session: WriteSessionDep
+    storage_id: StorageId,
+    body: UpdateNetworkStorageRequest,
+    context: ContextDep,
+    principal: PrincipalDep,
+    session: WriteSessionDep,
 ) -> dict[str, str]:
-    await service.resize(session, principal, storage_id, body)
+    await service.resize(session, principal, storage_id, body, settings=context.settings)
     return {}
 
 

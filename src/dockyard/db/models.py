@@ -41,6 +41,24 @@ class OrganizationModel(Versioned, Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
 
 
+class OrganizationQuotaModel(Base):
+    """The operator's limits for one organization. A null column keeps the installation's default
+    (`DOCKYARD_QUOTA_*`), so a changed default reaches every organization that has not been given its own."""
+
+    __tablename__ = "organization_quotas"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    gpus: Mapped[int | None] = mapped_column(Integer, default=None)
+    vcpus: Mapped[int | None] = mapped_column(Integer, default=None)
+    memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    containers: Mapped[int | None] = mapped_column(Integer, default=None)
+    endpoints: Mapped[int | None] = mapped_column(Integer, default=None)
+    workers: Mapped[int | None] = mapped_column(Integer, default=None)
+    storage_gb: Mapped[int | None] = mapped_column(Integer, default=None)
+    queued_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    modified_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class MemberModel(Versioned, Base):
     __tablename__ = "members"
     __table_args__ = (UniqueConstraint("org_id", "name"),)
@@ -109,6 +127,10 @@ class NodeModel(Versioned, Base):
     gpu_source: Mapped[GpuSource] = mapped_column(_enum(GpuSource), default=GpuSource.NONE)
     driver_version: Mapped[str] = mapped_column(String(32), default="")
     cuda_version: Mapped[str] = mapped_column(String(32), default="")
+    # The host's CPUs and memory as its engine reports them or the operator declares them (0: not known yet);
+    # placement hands out these times the overcommit ratios (gpus/allocation.py).
+    cpus: Mapped[float] = mapped_column(Float, default=0.0)
+    memory_mb: Mapped[int] = mapped_column(Integer, default=0)
     seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -355,12 +377,14 @@ class JobModel(Versioned, Base):
     __table_args__ = (
         # The queue: an endpoint's jobs in a status, oldest first (take, health counts, purge-queue).
         Index("ix_jobs_endpoint_status_created", "endpoint_id", "status", "created_at"),
+        # An organization's queued jobs, counted against its quota at every `run`.
+        Index("ix_jobs_org_id_status", "org_id", "status"),
         UniqueConstraint("endpoint_id", "idempotency_key", name="uq_jobs_endpoint_idempotency_key"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     endpoint_id: Mapped[str] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"))
-    org_id: Mapped[str] = mapped_column(String(36), index=True)
+    org_id: Mapped[str] = mapped_column(String(36))
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.IN_QUEUE)
     input: Mapped[str] = mapped_column(Text)  # the JSON `input` as submitted
     output: Mapped[str | None] = mapped_column(Text, default=None)  # JSON

@@ -23,7 +23,11 @@ reaches an endpoint with no ready worker):
    - The result is clamped to `[min_replicas, max_replicas]`.
 3. **Apply** a changed count with a guarded write (`WHERE id=? AND version=?`) together with an event
    that states the figures behind it (`ScaledUp` / `ScaledDown`), then wake the endpoint reconciler. A
-   write that lost to an API update changes nothing; the next pass decides again.
+   write that lost to an API update changes nothing; the next pass decides again. A scale-up is first held
+   within the organization's quotas (workers, GPUs, vCPUs, memory; services/quotas.py `worker_room`), read
+   under the organization's quota lock in the same transaction as the write, so it never races an API
+   admission. One held back says so: in its `ScaledUp` event, or, when it cannot add a worker at all, in a
+   `ScaleUpHeld` event written once per change of its reason.
 
 A scale-up from zero that answers `on_demand` is timed into `dockyard_autoscaler_scale_from_zero_seconds`:
 from the first request that found the endpoint without a ready worker to the count being written.
@@ -39,15 +43,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
 from dockyard.core.status import DesiredState, PolicyType
 from dockyard.db.base import guarded_update
-from dockyard.db.models import EndpointModel
+from dockyard.db.models import EndpointModel, ProductModel
 from dockyard.gateway.load import load_figures
 from dockyard.gateway.routes import EndpointFigures
 from dockyard.metrics_registry import per_registry
-from dockyard.services import events
+from dockyard.services import events, quotas
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,7 @@ class Window:
     below_since: float | None = None
     peak: int = 0
     given_up: set[str] = field(default_factory=set)
+    held: str = ""  # why the last scale-up was held at the quota, once said in an event
 
 
 @dataclass(frozen=True)
@@ -201,9 +207,10 @@ class Autoscaler:
         for row in rows:
             seen = figures.get(row.id) or EndpointFigures(row.id, 0, 0, 0.0, ())
             bounds = Bounds.of(row.worker_config, row.policy)
-            decision = decide(row.desired_replicas, seen, bounds, self._windows.setdefault(row.id, Window()), now)
+            window = self._windows.setdefault(row.id, Window())
+            decision = decide(row.desired_replicas, seen, bounds, window, now)
             if decision.replicas != row.desired_replicas:
-                applied = await self._apply(row, decision)
+                applied = await self._apply(row, decision, window)
                 since = demand.get(row.id)
                 if applied and row.desired_replicas == 0 and since is not None:
                     self._scale_from_zero.labels(row.id).observe(time.monotonic() - since)
@@ -213,17 +220,41 @@ class Autoscaler:
         if changed:
             self.context.wake(ENDPOINTS_LOOP)
 
-    async def _apply(self, row: EndpointModel, decision: Decision) -> bool:
+    async def _apply(self, row: EndpointModel, decision: Decision, window: Window) -> bool:
         before = row.desired_replicas
+        replicas, reason = decision.replicas, decision.reason
         async with self.context.db.write() as session:
-            if not await guarded_update(
-                session, EndpointModel, row.id, row.version, desired_replicas=decision.replicas
-            ):
+            if replicas > before:
+                replicas, held = await self._within_quota(session, row, replicas)
+                if held:
+                    reason = f"{reason}; held at {replicas} by the quota: {held}"
+                if replicas == before:
+                    if held != window.held:
+                        message = f"{before} workers, {decision.replicas} wanted: {held}"
+                        self._event(session, row, "ScaleUpHeld", message)
+                        log.info("endpoint %s %s", row.id, message)
+                    window.held = held
+                    return False
+                window.held = held
+            if not await guarded_update(session, EndpointModel, row.id, row.version, desired_replicas=replicas):
                 return False
-            kind = "ScaledUp" if decision.replicas > before else "ScaledDown"
-            message = f"{before} \N{RIGHTWARDS ARROW} {decision.replicas} workers: {decision.reason}"
-            events.record(
-                session, org_id=row.org_id, object_kind="endpoint", object_id=row.id, type=kind, message=message
-            )
+            kind = "ScaledUp" if replicas > before else "ScaledDown"
+            message = f"{before} \N{RIGHTWARDS ARROW} {replicas} workers: {reason}"
+            self._event(session, row, kind, message)
         log.info("endpoint %s %s", row.id, message)
         return True
+
+    async def _within_quota(self, session: AsyncSession, row: EndpointModel, replicas: int) -> tuple[int, str]:
+        """`replicas`, or fewer (never below what the endpoint wants now) when the organization's quotas leave
+        room for fewer, with why; the organization's quota lock is held to the end of `session`'s transaction."""
+        product = await session.get(ProductModel, row.product_id)
+        cpu, memory_mb = (product.cpu, product.memory_mb) if product is not None else (0.0, 0)
+        per_worker = quotas.worker_amounts(row.worker_config, cpu, memory_mb, 1)
+        room, why = await quotas.worker_room(session, self.context.settings, row, per_worker)
+        if replicas <= room:
+            return replicas, ""
+        return max(room, row.desired_replicas), why(replicas)
+
+    @staticmethod
+    def _event(session: AsyncSession, row: EndpointModel, kind: str, message: str) -> None:
+        events.record(session, org_id=row.org_id, object_kind="endpoint", object_id=row.id, type=kind, message=message)

@@ -124,6 +124,8 @@ class Node(SnakeModel):
     simulated: bool = Field(description="true when the inventory below is simulated")
     driver_version: str
     cuda_version: str
+    cpus: float = Field(description="the host's CPUs for placement, as its engine reports or the operator declares")
+    memory_mb: int = Field(description="the host's memory for placement; both are counted times the overcommit")
     gpus: list[NodeGpu]
     seen_at: Rfc3339
 
@@ -140,3 +142,20 @@ class SimulatedGpusRequest(SnakeModel):
     memory_mb: int = Field(default=81559, ge=1, le=1024 * 1024)
     driver_version: str = Field(default="550.54.15", min_length=1, max_length=32, pattern=VERSION_PATTERN)
     cuda_version: str = Field(default="12.4", min_length=1, max_length=32, pattern=VERSION_PATTERN)
+
+
+_QUOTA_MAX = 2**31 - 1  # the limits' columns are 32-bit integers
+
+
+class SetQuotasRequest(SnakeModel):
+    """Limits to set for one organization. A field left out keeps its current limit; null returns it to the
+    installation's default (`DOCKYARD_QUOTA_*`); 0 allows none."""
+
+    gpus: int | None = Field(default=None, ge=0, le=_QUOTA_MAX, examples=[8])
+    vcpus: int | None = Field(default=None, ge=0, le=_QUOTA_MAX, examples=[64])
+    memory_mb: int | None = Field(default=None, ge=0, le=_QUOTA_MAX, examples=[262144])
+    containers: int | None = Field(default=None, ge=0, le=_QUOTA_MAX, examples=[50])
+    endpoints: int | None = Field(default=None, ge=0, le=_QUOTA_MAX, examples=[10])
+    workers: int | None = Field(default=None, ge=0, le=_QUOTA_MAX, description="workers all endpoints want together")
+    storage_gb: int | None = Field(default=None, ge=0, le=_QUOTA_MAX, description="network storages' sizes together")
+    queued_jobs: int | None = Field(default=None, ge=0, le=_QUOTA_MAX, examples=[10000])

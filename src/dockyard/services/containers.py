@@ -33,7 +33,7 @@ from dockyard.schemas.containers import (
     UpdateContainerRequest,
 )
 from dockyard.schemas.gmi import Port
-from dockyard.services import idempotency, network_storages, ssh_keys, templates
+from dockyard.services import idempotency, network_storages, quotas, ssh_keys, templates
 from dockyard.services.idcs import get_usable, gpus_by_idc
 from dockyard.services.keys import Principal
 from dockyard.services.products import matching_gpus
@@ -226,6 +226,7 @@ async def _add_rows(
         volumes=await _volumes(session, principal, idc.id, request.storages),
         gpu_count=product.gpu_count,
     )
+    await quotas.admit(session, context.settings, principal.org_id, quotas.container_amounts(product, request.count))
     stored_spec = spec.model_dump(mode="json")
     ids = [new_id() for _ in range(request.count)]
     for number, container_id in enumerate(ids, start=1):

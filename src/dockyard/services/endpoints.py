@@ -30,7 +30,7 @@ from dockyard.core.status import (
     WorkerStatus,
 )
 from dockyard.core.workload import HealthCheck, PortSpec, VolumeSpec, WorkloadSpec
-from dockyard.db.models import EndpointModel, IdcModel, WorkerModel
+from dockyard.db.models import EndpointModel, IdcModel, ProductModel, WorkerModel
 from dockyard.errors import Conflict, InvalidField, NotFound
 from dockyard.gateway.routes import EndpointConfig
 from dockyard.json_depth import too_deep
@@ -51,7 +51,7 @@ from dockyard.schemas.endpoints import (
     WorkerConfigOut,
 )
 from dockyard.secrets import SecretBox
-from dockyard.services import idempotency, network_storages, products, registry_auths
+from dockyard.services import idempotency, network_storages, products, quotas, registry_auths
 from dockyard.services.keys import Principal
 from dockyard.services.tenancy import owned_row
 from dockyard.services.workloads import decrypt_envs, encrypt_envs, masked_envs, split_command
@@ -195,6 +195,8 @@ async def _add_row(
         status=EndpointStatus.DEPLOYING,
         reason=DEPLOYING_REASON,
     )
+    product = await session.get(ProductModel, request.product_id)
+    await quotas.admit(session, context.settings, principal.org_id, quotas.endpoint_amounts(row, product))
     session.add(row)
     await session.flush()
     return {"id": row.id}
@@ -384,6 +386,7 @@ async def update(
         sent = request.worker_config.model_dump(include=request.worker_config.model_fields_set)
         config = WorkerConfig.model_validate({**row.worker_config, **sent})
     worker_config = _worker_config(config, product_gpus)
+    await _admit_update(context, session, row, product_id, worker_config)
     ports = current.ports if request.ports is None else _ports(request.ports)
     if request.volumes is not None:
         volumes = await _volumes(session, principal, region_id, request.volumes)
@@ -438,6 +441,20 @@ async def update(
     await session.commit()
     context.routes.upsert(route_config(row, context.settings))
     context.wake(LOOP)
+
+
+async def _admit_update(
+    context: ServerContext, session: AsyncSession, row: EndpointModel, product_id: str, worker_config: dict[str, Any]
+) -> None:
+    """Refuse a PUT whose workers (their count as wanted after it, their GPUs, CPU and memory) would take the
+    organization past a quota; checked before the row changes, so the organization's lock comes first, as for the
+    autoscaler."""
+    product = await session.get(ProductModel, product_id)
+    wanted = quotas.wanted_workers(row.desired_replicas, worker_config)
+    cpu, memory_mb = (product.cpu, product.memory_mb) if product is not None else (0.0, 0)
+    before = quotas.endpoint_amounts(row, await session.get(ProductModel, row.product_id))
+    asked = quotas.worker_amounts(worker_config, cpu, memory_mb, wanted)
+    await quotas.admit(session, context.settings, row.org_id, asked, before=before, except_endpoint=row.id)
 
 
 async def delete(context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str) -> None:

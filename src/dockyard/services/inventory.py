@@ -33,6 +33,8 @@ def _node_wire(node: NodeModel, gpus: list[GpuModel], holders: dict[str, str]) -
         simulated=node.gpu_source == GpuSource.SIMULATED,
         driver_version=node.driver_version,
         cuda_version=node.cuda_version,
+        cpus=node.cpus,
+        memory_mb=node.memory_mb,
         gpus=[
             NodeGpu(
                 uuid=gpu.uuid,

@@ -1,20 +1,23 @@
 """Group commit of submitted jobs: the `run` calls of one process that arrive together are written in one write
-transaction, so the queue takes submissions as fast as the process answers requests rather than one commit's
-round trips at a time (on SQLite a writer holds the single write lock over every round trip of its
-transaction, so writers one by one are bound by the event loop's latency, not by the database).
+transaction, so the queue takes submissions as fast as the process answers requests rather than one commit's round
+trips at a time (on SQLite a writer holds the single write lock over every round trip of its transaction, so writers
+one by one are bound by the event loop's latency, not by the database).
 
 Contract: `await insert(db, row, check, check_key)` runs `check(session)` in the batch's write transaction, then
 inserts `row` (the column values of a new `JobModel`, its `id` among them) unless `check` raised, and returns what
 `check` returned once the row is committed, so a `run` still answers only a durable job. Rows of one batch with
 equal `check_key`s share one run of the check, the first of them: a check must depend on its key alone (the
-organization and endpoint a job goes to), and a batch of jobs for one endpoint reads that endpoint once. Because
-the check and the insert share the transaction (and on SQLite its write lock), what the check saw still holds at
-the commit: an endpoint it found cannot be deleted in between. A check that raises refuses the rows of its key only;
-their callers get its exception. Rows are written in arrival order. A batch is whatever arrived while the previous one
-was being committed, at most `MAX_BATCH` rows. When a whole batch fails (the database refused it), each of its rows
-is retried in a transaction of its own, so only an offending row's caller gets the error. A caller that is
-cancelled while it waits (its client went away) may still have its job committed, as a client that goes away
-just after a commit always could.
+organization and endpoint a job goes to), and a batch of jobs for one endpoint reads that endpoint once. Because the
+check and the insert share the transaction (and on SQLite its write lock), what the check saw still holds at the
+commit: an endpoint it found cannot be deleted in between. A check that raises refuses the rows of its key only;
+their callers get its exception. A row may also come with a `Limit`, a cap on how many rows its key (an
+organization) may hold: it is read once per key per batch, in that same transaction, after the check and before any
+insert, and the batch's rows are admitted against it one by one in arrival order, so of 50 rows against room for 10
+exactly 10 are written and 40 get the limit's refusal. Rows are written in arrival order. A batch is whatever
+arrived while the previous one was being committed, at most `MAX_BATCH` rows. When a whole batch fails (the database
+refused it), each of its rows is retried in a transaction of its own, so only an offending row's caller gets the
+error. A caller that is cancelled while it waits (its client went away) may still have its job committed, as a
+client that goes away just after a commit always could.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert as insert_statement
@@ -35,7 +39,20 @@ MAX_BATCH = 500
 
 Row = dict[str, Any]
 Check = Callable[[AsyncSession], Awaitable[Any]]
-Entry = tuple[Row, Check, Hashable, "asyncio.Future[Any]"]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `usage`'s second figure rows of `key` (say, jobs IN_QUEUE of an organization). `usage` reads,
+    in the batch's transaction, how many the key holds and how many it may hold (taking whatever lock makes
+    that figure hold until the commit); `refusal` is the error of a row that would go past, given the use."""
+
+    key: Hashable
+    usage: Callable[[AsyncSession], Awaitable[tuple[int, int]]]
+    refusal: Callable[[int, int], ApiError]
+
+
+Entry = tuple[Row, Check, Hashable, Limit | None, "asyncio.Future[Any]"]
 
 
 class _Inserter:
@@ -47,9 +64,9 @@ class _Inserter:
         self._pending: list[Entry] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def insert(self, row: Row, check: Check, check_key: Hashable) -> Any:
+    async def insert(self, row: Row, check: Check, check_key: Hashable, limit: Limit | None) -> Any:
         future: asyncio.Future[Any] = self.loop.create_future()
-        self._pending.append((row, check, check_key, future))
+        self._pending.append((row, check, check_key, limit, future))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_all())
         return await future
@@ -94,16 +111,27 @@ class _Inserter:
         """Check and insert `batch` in one transaction; per entry, the check's result or its refusal."""
         outcomes: list[tuple[Any, Exception | None]] = []
         checked: dict[Hashable, tuple[Any, Exception | None]] = {}
+        # limit key -> the first row's limit (rows sharing a key share it), rows held, rows allowed
+        held: dict[Hashable, tuple[Limit, int, int]] = {}
         rows: list[Row] = []
         async with self.db.write() as session:
-            for row, check, check_key, _ in batch:
+            for row, check, check_key, limit, _ in batch:
                 if check_key not in checked:
                     try:
                         checked[check_key] = (await check(session), None)
                     except ApiError as refused:
                         checked[check_key] = (None, refused)
-                outcomes.append(checked[check_key])
-                if checked[check_key][1] is None:
+                outcome = checked[check_key]
+                if outcome[1] is None and limit is not None:
+                    if limit.key not in held:
+                        held[limit.key] = (limit, *await limit.usage(session))
+                    shared, used, allowed = held[limit.key]
+                    if used + 1 > allowed:
+                        outcome = (None, shared.refusal(used, allowed))
+                    else:
+                        held[limit.key] = (shared, used + 1, allowed)
+                outcomes.append(outcome)
+                if outcome[1] is None:
                     rows.append(row)
             if rows:
                 await session.execute(insert_statement(JobModel), rows)
@@ -122,10 +150,10 @@ def _settle(future: asyncio.Future[Any], result: Any = None, error: BaseExceptio
 _inserters: weakref.WeakKeyDictionary[Database, _Inserter] = weakref.WeakKeyDictionary()
 
 
-async def insert(db: Database, row: Row, check: Check, check_key: Hashable) -> Any:
-    """Commit one new job row after `check`, in a batch with those submitted at the same time (see the module
-    docstring); `check`'s result."""
+async def insert(db: Database, row: Row, check: Check, check_key: Hashable, limit: Limit | None = None) -> Any:
+    """Commit one new job row after `check` and within `limit`, in a batch with those submitted at the same time
+    (see the module docstring); `check`'s result."""
     inserter = _inserters.get(db)
     if inserter is None or inserter.loop is not asyncio.get_running_loop():
         inserter = _inserters[db] = _Inserter(db)
-    return await inserter.insert(row, check, check_key)
+    return await inserter.insert(row, check, check_key, limit)

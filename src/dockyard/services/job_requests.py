@@ -40,10 +40,10 @@ from dockyard.core.status import DesiredState, EndpointType, JobStatus, WorkerSt
 from dockyard.db.base import guarded_update, new_id, utcnow
 from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerModel
 from dockyard.db.session import Database
-from dockyard.errors import Conflict, InvalidField, NotFound, PayloadTooLarge
+from dockyard.errors import ApiError, Conflict, InvalidField, NotFound, PayloadTooLarge
 from dockyard.gateway.autoscaler import LOOP as AUTOSCALER
 from dockyard.schemas.jobs import JobPolicy, RunRequest
-from dockyard.services import endpoints, idempotency, job_inserts
+from dockyard.services import endpoints, idempotency, job_inserts, quotas
 from dockyard.services.jobs import VIEW_COLUMNS, WEBHOOK_LOOP, finish_values, job_view, retry_values
 from dockyard.services.keys import Principal
 
@@ -155,12 +155,21 @@ async def submit(
     if idempotency_key is None:
         job_id = new_id()
         check_key = (principal.org_id, endpoint_id)
-        at_zero = bool(await job_inserts.insert(context.db, {**row, "id": job_id}, open_endpoint, check_key))
+        limit = _queue_limit(context, principal.org_id)
+        at_zero = bool(await job_inserts.insert(context.db, {**row, "id": job_id}, open_endpoint, check_key, limit))
         answer = idempotency.Answer(200, {"id": job_id, "status": JobStatus.IN_QUEUE.value})
     else:
         async with context.db.write_session() as session:
             at_zero = await open_endpoint(session)
-            answer = await _submit_once(session, principal, request, row, idempotency_key)
+            queued = {quotas.Resource.QUEUED_JOBS: 1}
+            answer = await _submit_once(
+                session,
+                principal,
+                request,
+                row,
+                idempotency_key,
+                lambda: quotas.admit(session, settings, principal.org_id, queued),
+            )
         if answer.replayed:
             return answer
     context.job_signals.notify_queued(endpoint_id)
@@ -169,11 +178,33 @@ async def submit(
     return answer
 
 
+def _queue_limit(context: ServerContext, org_id: str) -> job_inserts.Limit:
+    """The organization's `queued_jobs` quota, as the batched insert admits rows against it."""
+
+    name = org_id  # until the lock reads the organization's name
+
+    async def usage(session: AsyncSession) -> tuple[int, int]:
+        nonlocal name
+        name = await quotas.lock(session, org_id)
+        limits, _ = await quotas.limits(session, context.settings, org_id)
+        return await quotas.queued_jobs(session, org_id), limits[quotas.Resource.QUEUED_JOBS]
+
+    def refusal(used: int, allowed: int) -> ApiError:
+        return quotas.refusal(quotas.Resource.QUEUED_JOBS, allowed, used, 1, name, org_id)
+
+    return job_inserts.Limit(org_id, usage, refusal)
+
+
 async def _submit_once(
-    session: AsyncSession, principal: Principal, request: RunRequest, row: dict[str, Any], key: str
+    session: AsyncSession,
+    principal: Principal,
+    request: RunRequest,
+    row: dict[str, Any],
+    key: str,
+    admit: Callable[[], Awaitable[None]],
 ) -> idempotency.Answer:
-    """Commit the job `row` once per Idempotency-Key `key` (see the module docstring); a replay answers the job
-    the key made, with its current status."""
+    """Commit the job `row` once per Idempotency-Key `key` (see the module docstring), after `admit` (the quota
+    check) let it in; a replay answers the job the key made, with its current status."""
     owner = row["endpoint_id"]
 
     def replay(job: JobModel) -> idempotency.Answer:
@@ -184,6 +215,7 @@ async def _submit_once(
         return idempotency.Answer(200, {"id": job.id, "status": job.status.value}, replayed=True)
 
     async def add_job() -> dict[str, str]:
+        await admit()
         job = JobModel(**row)
         session.add(job)
         await session.flush()
@@ -346,6 +378,7 @@ async def retry(
             raise Conflict(
                 f"job {job_id} is {job.status.value}; only FAILED, TIMED_OUT or CANCELLED jobs can be retried"
             )
+        await quotas.admit(session, context.settings, principal.org_id, {quotas.Resource.QUEUED_JOBS: 1})
         for name, value in retry_values(job, now=utcnow()).items():
             setattr(job, name, value)
         await session.flush()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dockyard.config import Settings
 from dockyard.core.status import DesiredState, NetworkStorageStatus
 from dockyard.core.workload import VolumeSpec
 from dockyard.db.models import ContainerModel, EndpointModel, IdcModel, NetworkStorageModel
@@ -19,7 +20,7 @@ from dockyard.schemas.network_storages import (
     NetworkStorage,
     UpdateNetworkStorageRequest,
 )
-from dockyard.services import idempotency
+from dockyard.services import idempotency, quotas
 from dockyard.services.keys import Principal
 from dockyard.services.tenancy import owned_row
 
@@ -86,13 +87,16 @@ async def create(
     principal: Principal,
     request: CreateNetworkStorageRequest,
     idempotency_key: str | None = None,
+    *,
+    settings: Settings,
 ) -> idempotency.Answer:
     """Record the storage (its volume is made when a container first mounts it) and answer `{"id"}`; once per
-    Idempotency-Key."""
+    Idempotency-Key. Its size counts against the organization's `storage_gb` quota."""
 
     async def add() -> dict[str, str]:
         if await session.get(IdcModel, request.region_id) is None:
             raise InvalidField("region_id", f"no region {request.region_id}; GET /gpus/v2/regions lists them")
+        await quotas.admit(session, settings, principal.org_id, {quotas.Resource.STORAGE_GB: request.size_gb})
         row = NetworkStorageModel(
             org_id=principal.org_id, name=request.name, idc_id=request.region_id, size_gb=request.size_gb
         )
@@ -125,8 +129,14 @@ async def list_all(session: AsyncSession, principal: Principal) -> list[NetworkS
 
 
 async def resize(
-    session: AsyncSession, principal: Principal, storage_id: str, request: UpdateNetworkStorageRequest
+    session: AsyncSession,
+    principal: Principal,
+    storage_id: str,
+    request: UpdateNetworkStorageRequest,
+    *,
+    settings: Settings,
 ) -> None:
+    """Grow the storage; the growth counts against the organization's `storage_gb` quota."""
     row = await get_row(session, principal, storage_id)
     if row.status == NetworkStorageStatus.DELETING:
         raise Conflict(f"network storage {storage_id} is being deleted; create a new one")
@@ -134,6 +144,8 @@ async def resize(
         raise InvalidField(
             "size_gb", f"storages only grow: {request.size_gb} is below the current {row.size_gb}; send at least that"
         )
+    growth = request.size_gb - row.size_gb
+    await quotas.admit(session, settings, principal.org_id, {quotas.Resource.STORAGE_GB: growth})
     row.size_gb = request.size_gb
     await session.commit()
 
