@@ -13,6 +13,7 @@ from dockyard.runtimes.base import (
     LABEL_MANAGED,
     LABEL_ORG,
     ExecResult,
+    HostCapacity,
     ObjectState,
     PublishedPort,
     PullPolicy,
@@ -39,6 +40,8 @@ class FakeRuntime:
         # image -> the only credentials its registry accepts; in `images` too once pulled, which a create with
         # `PullPolicy.IF_NOT_PRESENT` then runs whoever asks (the host's cache is shared)
         self.private: dict[str, RegistryAuth] = {}
+        # The host's size: far beyond what a test asks, unless the test is about capacity.
+        self.host = HostCapacity(cpus=1024.0, memory_mb=16 * 1024 * 1024)
         self._ids = itertools.count(1)
         self._ports = itertools.count(30000)
 
@@ -143,6 +146,10 @@ class FakeRuntime:
 
     async def exec(self, object_id: str, command: list[str]) -> ExecResult:
         return ExecResult(0, "")
+
+    async def capacity(self) -> HostCapacity:
+        self._check()
+        return self.host
 
     async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
         self.volumes.setdefault(name, labels)

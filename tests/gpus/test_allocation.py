@@ -1,16 +1,31 @@
-"""GPU allocation logic: by UUID, one node, the product's model, the CUDA floor, holders never shared."""
+"""Placement logic: GPUs by UUID, one node, the product's model, the CUDA floor, holders never shared; CPU and
+memory counted per node the same way."""
 
 from __future__ import annotations
 
 import pytest
 
-from dockyard.gpus.allocation import GpuAllocator, NodeInventory, NoFreeGpu, cuda_satisfies, version_tuple
+from dockyard.gpus.allocation import (
+    GpuAllocator,
+    NodeInventory,
+    Placement,
+    Unschedulable,
+    cuda_satisfies,
+    version_tuple,
+)
 from dockyard.gpus.inventory import GpuInfo
 
 
-def node(node_id: str, count: int, model: str = "NVIDIA H100 80GB HBM3", cuda: str = "12.4") -> NodeInventory:
+def node(
+    node_id: str,
+    count: int,
+    model: str = "NVIDIA H100 80GB HBM3",
+    cuda: str = "12.4",
+    cpus: float = 0.0,
+    memory_mb: int = 0,
+) -> NodeInventory:
     gpus = tuple(GpuInfo(f"GPU-{node_id}-{i}", i, model, 81559, minor_number=i) for i in range(count))
-    return NodeInventory(node_id, "local", cuda, gpus)
+    return NodeInventory(node_id, "local", cuda, gpus, cpus, memory_mb)
 
 
 def test_cuda_versions_compare_numerically() -> None:
@@ -29,14 +44,14 @@ def test_allocates_by_uuid_on_one_node_and_never_twice() -> None:
     assert first.uuids == ["GPU-a-0", "GPU-a-1"]
     assert second.uuids == ["GPU-a-2", "GPU-a-3"]
     assert allocator.allocated == allocator.total == 4
-    with pytest.raises(NoFreeGpu, match=r"needs 1 \u00d7 H100, all 4 on IDC local are in use"):
+    with pytest.raises(Unschedulable, match=r"needs 1 \u00d7 H100, all 4 on IDC local are in use"):
         allocator.allocate("c3", "local", "H100", 1)
 
 
 def test_a_holder_may_keep_its_own_gpus_and_released_ones_are_free_again() -> None:
     allocator = GpuAllocator([node("a", 1)])
     allocator.hold("zombie", ["GPU-a-0"])
-    with pytest.raises(NoFreeGpu):
+    with pytest.raises(Unschedulable):
         allocator.allocate("c1", "local", "H100", 1)
     assert allocator.allocate("zombie", "local", "H100", 1).uuids == ["GPU-a-0"]
     allocator.release("zombie")
@@ -47,15 +62,47 @@ def test_packs_onto_the_fullest_node_that_fits() -> None:
     allocator = GpuAllocator([node("big", 8), node("small", 2)])
     assert allocator.allocate("c1", "local", "H100", 2).node_id == "small"
     assert allocator.allocate("c2", "local", "H100", 4).node_id == "big"
-    with pytest.raises(NoFreeGpu, match="at most 4 of 10 on IDC local are free on one node"):
+    with pytest.raises(Unschedulable, match="at most 4 of 10 on IDC local are free on one node"):
         allocator.allocate("c3", "local", "H100", 5)
 
 
 def test_model_and_cuda_refusals_say_what_to_do() -> None:
     allocator = GpuAllocator([node("a", 2, model="NVIDIA L4", cuda="12.2")])
-    with pytest.raises(NoFreeGpu, match="no H100 GPU exists on IDC local"):
+    with pytest.raises(Unschedulable, match="no H100 GPU exists on IDC local"):
         allocator.allocate("c1", "local", "H100", 1)
-    with pytest.raises(NoFreeGpu, match=r"CUDA 12.4 or newer \(the newest has 12.2\)"):
+    with pytest.raises(Unschedulable, match=r"CUDA 12.4 or newer \(the newest has 12.2\)"):
         allocator.allocate("c1", "local", "L4", 1, "12.4")
-    with pytest.raises(NoFreeGpu, match="no L4 GPU exists on IDC other"):
+    with pytest.raises(Unschedulable, match="no L4 GPU exists on IDC other"):
         allocator.allocate("c1", "other", "L4", 1)
+
+
+def test_cpu_and_memory_are_counted_per_node_and_packed() -> None:
+    allocator = GpuAllocator([node("a", 0, cpus=8, memory_mb=4096), node("b", 0, cpus=8, memory_mb=4096)])
+    allocator.place_all({"running": Placement("b", 2, 1024)})
+    # The fullest node that still fits: b keeps a free for something large.
+    assert allocator.allocate("c1", "local", "", 0, cpu=4, memory_mb=2048).node_id == "b"
+    assert allocator.allocate("c2", "local", "", 0, cpu=4, memory_mb=2048).node_id == "a"
+    with pytest.raises(Unschedulable) as refused:
+        allocator.allocate("c3", "local", "", 0, cpu=4, memory_mb=3000)
+    assert refused.value.reason == (
+        "no node of IDC local has 4 vCPUs and 3000 MB free (the most free on one: 4 of 8 vCPUs and 2048 of 4096 MB); "
+        "stop or delete a container, or try again later"
+    )
+    # Asked again, a holder's own share is its own; released, it is anyone's.
+    assert allocator.allocate("c2", "local", "", 0, cpu=4, memory_mb=2048).node_id == "a"
+    allocator.release("c1")
+    assert allocator.allocate("c3", "local", "", 0, cpu=4, memory_mb=3000).node_id == "b"
+
+
+def test_a_node_of_unknown_size_limits_nothing_and_an_idc_without_nodes_places_nowhere() -> None:
+    allocator = GpuAllocator([node("a", 0)])
+    assert allocator.allocate("c1", "local", "", 0, cpu=1000, memory_mb=10**9).node_id == "a"
+    assert allocator.allocate("c2", "elsewhere", "", 0, cpu=1, memory_mb=1).node_id == ""
+
+
+def test_free_gpus_on_a_node_without_the_cpu_are_not_enough() -> None:
+    allocator = GpuAllocator([node("a", 2, cpus=16, memory_mb=131072)])
+    assert allocator.allocate("c1", "local", "H100", 1, cpu=16, memory_mb=65536).uuids == ["GPU-a-0"]
+    gpus_but_no_cpu = r"has 1 free GPU, 16 vCPUs and 65536 MB free \(the most free on one: 0 of 16 vCPUs"
+    with pytest.raises(Unschedulable, match=gpus_but_no_cpu):
+        allocator.allocate("c2", "local", "H100", 1, cpu=16, memory_mb=65536)

@@ -144,7 +144,7 @@ async def test_stop_then_start(harness: Harness, reconciler: ContainerReconciler
     row = await must_row(harness, container_id)
     assert (row.status, row.reason) == (ContainerStatus.RUNNING, "")
     assert only_object(runtime).state == ObjectState.RUNNING
-    assert await event_types(harness, container_id) == ["Started", "Stopped", "Started"]
+    assert await event_types(harness, container_id) == ["Scheduled", "Started", "Stopped", "Started"]
 
 
 async def test_restart_works_from_error(

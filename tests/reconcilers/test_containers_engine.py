@@ -493,3 +493,32 @@ async def test_a_cpu_container_is_handed_no_gpu_whatever_its_env_says(
     assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
     assert env["RUNPOD_DEBUG_LEVEL"] == "debug"  # an SDK switch users may set
     assert not {"NVIDIA_DRIVER_CAPABILITIES", "CUDA_VISIBLE_DEVICES", "RUNPOD_POD_ID"} & set(env)
+
+
+async def test_placement_counts_the_cpus_podman_reports(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    """The node offers the CPUs and memory Podman's `info` reports; at an overcommit that leaves room for two
+    cpu.small on this host, whatever its core count, the third is refused with the reason and never created."""
+    info = docker_client.info()
+    cpus, memory_mb = int(info["NCPU"]), int(info["MemTotal"]) // (1024 * 1024)
+    settings = harness.context.settings
+    settings.cpu_overcommit = 2 / cpus
+    settings.memory_overcommit = 4096.5 / memory_mb  # 4096 MB: room for four, so the CPUs are what binds
+    template_id = await make_template(harness.client, busybox_image, command="sleep 600", ports=[])
+    ids = await make_containers(harness.client, template_id, count=3)
+
+    async def settled() -> bool:
+        rows = [await must_row(harness, container_id) for container_id in ids]
+        return all(row.status in (ContainerStatus.RUNNING, ContainerStatus.ERROR) for row in rows)
+
+    await until(engine_reconciler, settled, "three containers running or refused")
+    rows = [await must_row(harness, container_id) for container_id in ids]
+    assert sorted(row.status.value for row in rows) == ["error", "running", "running"]
+    (refused,) = [row for row in rows if row.status == ContainerStatus.ERROR]
+    assert refused.reason.startswith(
+        "no node of IDC local has 1 vCPUs and 1024 MB free (the most free on one: 0 of 2 vCPUs and 2048 of 4096 MB)"
+    )
+    assert objects_of(docker_client, refused.id) == []
+    nodes = (await harness.admin.get("/admin/v1/nodes")).json()
+    assert (nodes[0]["cpus"], nodes[0]["memory_mb"]) == (cpus, memory_mb)

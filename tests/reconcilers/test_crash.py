@@ -45,6 +45,10 @@ def crash_env(tmp_path: Path, database_url: str, engine_url: str) -> dict[str, s
         DOCKYARD_ZOMBIE_GRACE_SECONDS="3",
         DOCKYARD_MISSING_DEBOUNCE_SECONDS="3",
         DOCKYARD_SIMULATED_GPUS="NVIDIA H100 80GB HBM3:4",
+        # The host of those 4 GPUs, declared as one is sized (gpu.h100.1x asks 16 vCPUs and 128 GiB each), since
+        # placement counts CPUs and memory: this machine's own would not hold the three GPU containers.
+        DOCKYARD_NODE_CPUS="64",
+        DOCKYARD_NODE_MEMORY_MB=str(512 * 1024),
         DOCKYARD_LOG_LEVEL="info",
     )
     return env

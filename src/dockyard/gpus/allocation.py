@@ -1,4 +1,5 @@
-"""GPU allocation: which GPUs, by UUID, a container or an endpoint worker gets, and on which node.
+"""Placement: the node a container or an endpoint worker runs on, the GPUs (by UUID) it gets there, and the
+share of the node's CPUs and memory it holds.
 
 Nothing about allocations is kept in memory between passes. Each reconcile pass rebuilds who holds what
 from two durable sources: the `gpu_uuids` of every container and worker row that still exists, and the
@@ -9,11 +10,19 @@ Within one pass, `GpuAllocator.allocate` marks what it hands out before it retur
 so rows reconciled concurrently in the same pass can never be given the same GPU. Containers and workers
 draw from one pool but are reconciled by two loops, so each choice is made under the server's GPU lock
 after `load_holdings` has refreshed the allocator with what the other loop recorded meanwhile.
+
+CPU and memory are counted the same way: a node offers its host's CPUs and memory (`NodeInventory.cpus`,
+`memory_mb`: what its engine reports or the operator declares, times the overcommit ratios), and every container
+or worker row that names the node holds its product's CPU and memory there (`load_placements`), from the moment
+its placement is recorded, before anything is created, until its row is deleted or its placement cleared (a
+failed worker holds none: its container is stopped). A request that fits on no node is refused with the reason,
+as one for GPUs is. A node whose capacity is not known (0) limits nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -21,13 +30,15 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dockyard.db.models import ContainerModel, GpuModel, NodeModel, WorkerModel
+from dockyard.core.status import WorkerStatus
+from dockyard.db.models import ContainerModel, EndpointModel, GpuModel, NodeModel, ProductModel, WorkerModel
 from dockyard.db.session import Database
 from dockyard.gpus.inventory import GpuInfo
 
 
-class NoFreeGpu(Exception):
-    """No node can take the request right now; `reason` says why in a sentence a user can act on."""
+class Unschedulable(Exception):
+    """No node can take the request right now (its GPUs, CPU or memory); `reason` says why in a sentence a user
+    can act on."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -40,6 +51,17 @@ class NodeInventory:
     idc_id: str
     cuda_version: str
     gpus: tuple[GpuInfo, ...]
+    cpus: float = 0.0  # the vCPUs placement may hand out (the host's times the overcommit); 0: not known
+    memory_mb: int = 0  # likewise, memory
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The node a holder runs on and the CPU and memory it holds there."""
+
+    node_id: str
+    cpu: float
+    memory_mb: int
 
 
 @dataclass(frozen=True)
@@ -75,15 +97,27 @@ def model_matches(wanted: str, model: str) -> bool:
     return bool(wanted) and wanted in model.lower()
 
 
-async def load_inventory(session: AsyncSession) -> list[NodeInventory]:
-    """Every node and its GPUs, ordered by index."""
+async def load_inventory(
+    session: AsyncSession, cpu_overcommit: float = 1.0, memory_overcommit: float = 1.0
+) -> list[NodeInventory]:
+    """Every node with its GPUs, ordered by index, and the CPU and memory it offers at the overcommit ratios."""
     nodes = list(await session.scalars(select(NodeModel).order_by(NodeModel.id)))
     by_node: dict[str, list[GpuInfo]] = defaultdict(list)
     for gpu in await session.scalars(select(GpuModel).order_by(GpuModel.node_id, GpuModel.index)):
         by_node[gpu.node_id].append(
             GpuInfo(gpu.uuid, gpu.index, gpu.model, gpu.memory_mb, gpu.minor_number, gpu.simulated)
         )
-    return [NodeInventory(n.id, n.idc_id, n.cuda_version, tuple(by_node[n.id])) for n in nodes]
+    return [
+        NodeInventory(
+            n.id,
+            n.idc_id,
+            n.cuda_version,
+            tuple(by_node[n.id]),
+            n.cpus * cpu_overcommit,
+            int(n.memory_mb * memory_overcommit),
+        )
+        for n in nodes
+    ]
 
 
 async def load_holdings(session: AsyncSession) -> dict[str, list[str]]:
@@ -97,6 +131,27 @@ async def load_holdings(session: AsyncSession) -> dict[str, list[str]]:
     return holdings
 
 
+async def load_placements(session: AsyncSession) -> dict[str, Placement]:
+    """Holder id -> its node and the CPU and memory it holds there (its product's), for every container and every
+    live endpoint worker whose row names a node: the nodes' CPU and memory in use as the database has them now."""
+    placements: dict[str, Placement] = {}
+    containers = (
+        select(ContainerModel.id, ContainerModel.node_id, ProductModel.cpu, ProductModel.memory_mb)
+        .join(ProductModel, ProductModel.id == ContainerModel.product_id)
+        .where(ContainerModel.node_id != "")
+    )
+    workers = (
+        select(WorkerModel.id, WorkerModel.node_id, ProductModel.cpu, ProductModel.memory_mb)
+        .join(EndpointModel, EndpointModel.id == WorkerModel.endpoint_id)
+        .join(ProductModel, ProductModel.id == EndpointModel.product_id)
+        .where(WorkerModel.node_id != "", WorkerModel.status.not_in((WorkerStatus.FAILED, WorkerStatus.EXITED)))
+    )
+    for statement in (containers, workers):
+        for holder, node_id, cpu, memory_mb in await session.execute(statement):
+            placements[holder] = Placement(node_id, cpu, memory_mb)
+    return placements
+
+
 async def allocate_and_record(
     lock: asyncio.Lock,
     db: Database,
@@ -107,23 +162,34 @@ async def allocate_and_record(
     count: int,
     min_cuda_version: str | None,
     record: Callable[[Allocation], Awaitable[bool]],
-) -> Allocation | NoFreeGpu | None:
-    """Choose `count` GPUs for `holder` and write the choice with `record` (a guarded write of the holder's row)
-    under `lock`, the one lock of every loop that hands out GPUs, after refreshing `allocator` from every row's
-    holdings. The allocation once recorded; the `NoFreeGpu` (with its reason) when nothing fits; None when the
-    record lost its guarded write (the row changed meanwhile; the next pass tries again)."""
+    *,
+    cpu: float = 0.0,
+    memory_mb: int = 0,
+) -> Allocation | Unschedulable | None:
+    """Choose a node for `holder` with `count` GPUs, `cpu` and `memory_mb` free, and write the choice with `record`
+    (a guarded write of the holder's row) under `lock`, the one lock of every loop that places, after refreshing
+    `allocator` from every row's holdings. The allocation once recorded; the `Unschedulable` (with its reason)
+    when nothing fits; None when the record lost its guarded write (the row changed meanwhile; the next pass
+    tries again)."""
     async with lock:
         async with db.read() as session:
-            allocator.hold_all(await load_holdings(session))
+            if count:
+                allocator.hold_all(await load_holdings(session))
+            allocator.place_all(await load_placements(session))
         try:
-            allocation = allocator.allocate(holder, idc_id, gpu_model, count, min_cuda_version)
-        except NoFreeGpu as exc:
+            allocation = allocator.allocate(holder, idc_id, gpu_model, count, min_cuda_version, cpu, memory_mb)
+        except Unschedulable as exc:
             return exc
-        return allocation if await record(allocation) else None
+        if await record(allocation):
+            return allocation
+        allocator.release(holder)
+        return None
 
 
 def describe(allocation: Allocation) -> str:
     """How an event names an allocation."""
+    if not allocation.gpus:
+        return f"node {allocation.node_id}"
     return f"GPUs {', '.join(allocation.uuids)} on node {allocation.node_id}"
 
 
@@ -134,6 +200,27 @@ class GpuAllocator:
         self.nodes = list(nodes)
         self._holders: dict[str, set[str]] = defaultdict(set)
         self._by_uuid = {gpu.uuid: gpu for node in self.nodes for gpu in node.gpus}
+        self._placements: dict[str, Placement] = {}
+
+    def place_all(self, placements: dict[str, Placement]) -> None:
+        """Take `placements` (from `load_placements`) as every holder's CPU and memory: replaces what was known."""
+        self._placements = dict(placements)
+
+    def free(self, node: NodeInventory, holder: str) -> tuple[float, float]:
+        """The vCPUs and MB of memory of `node` that no holder but `holder` holds (infinite when not known)."""
+        used_cpu = used_memory = 0.0
+        for other, placement in self._placements.items():
+            if other != holder and placement.node_id == node.node_id:
+                used_cpu += placement.cpu
+                used_memory += placement.memory_mb
+        cpu = node.cpus - used_cpu if node.cpus else math.inf
+        memory = node.memory_mb - used_memory if node.memory_mb else math.inf
+        return cpu, memory
+
+    def _fits(self, node: NodeInventory, holder: str, cpu: float, memory_mb: int) -> bool:
+        free_cpu, free_memory = self.free(node, holder)
+        # A rounding error of float sums never makes the last vCPU unusable.
+        return cpu <= free_cpu + 1e-9 and memory_mb <= free_memory
 
     def hold(self, holder: str, uuids: Iterable[str]) -> None:
         """Record that `holder` has `uuids` (from a row's `gpu_uuids` or an object's label)."""
@@ -146,9 +233,11 @@ class GpuAllocator:
             self.hold(holder, uuids)
 
     def release(self, holder: str) -> None:
-        """Forget `holder`'s GPUs (its row and objects are gone), so later allocations in the pass may use them."""
+        """Forget `holder`'s GPUs, CPU and memory (its row and objects are gone), so later allocations in the pass
+        may use them."""
         for holders in self._holders.values():
             holders.discard(holder)
+        self._placements.pop(holder, None)
 
     def gpu(self, uuid: str) -> GpuInfo | None:
         return self._by_uuid.get(uuid)
@@ -165,28 +254,45 @@ class GpuAllocator:
         return not (self._holders.get(gpu.uuid, set()) - {holder})
 
     def allocate(
-        self, holder: str, idc_id: str, gpu_model: str, count: int, min_cuda_version: str | None = None
+        self,
+        holder: str,
+        idc_id: str,
+        gpu_model: str,
+        count: int,
+        min_cuda_version: str | None = None,
+        cpu: float = 0.0,
+        memory_mb: int = 0,
     ) -> Allocation:
-        """`count` free GPUs of `gpu_model` on one node of `idc_id` whose CUDA is at least `min_cuda_version`,
-        now held by `holder`. Picks the node with the fewest free GPUs that still fit (packing keeps whole
-        nodes free for large requests). Raises `NoFreeGpu` with the reason."""
+        """A node of `idc_id` with `cpu` vCPUs and `memory_mb` free and, when `count` > 0, `count` free GPUs of
+        `gpu_model` whose CUDA is at least `min_cuda_version`: all now held by `holder`. Picks the node with the
+        fewest free GPUs (else the least free CPU) that still fits: packing keeps whole nodes free for large
+        requests. An IDC with no node known places on none (""), counting nothing. Raises `Unschedulable`."""
         in_idc = [node for node in self.nodes if node.idc_id == idc_id]
+        if count == 0:
+            return self._place_cpu(holder, idc_id, in_idc, cpu, memory_mb)
         matching = [(node, [g for g in node.gpus if model_matches(gpu_model, g.model)]) for node in in_idc]
         matching = [(node, gpus) for node, gpus in matching if gpus]
         if not matching:
-            raise NoFreeGpu(f"no {gpu_model} GPU exists on IDC {idc_id}; choose a product this IDC offers")
+            raise Unschedulable(f"no {gpu_model} GPU exists on IDC {idc_id}; choose a product this IDC offers")
         capable = [(node, gpus) for node, gpus in matching if cuda_satisfies(node.cuda_version, min_cuda_version)]
         if not capable:
             newest = max((node.cuda_version for node, _ in matching), key=version_tuple, default="")
-            raise NoFreeGpu(
+            raise Unschedulable(
                 f"no node of IDC {idc_id} has CUDA {min_cuda_version} or newer (the newest has {newest or 'none'}); "
                 "lower minCudaVersion or update the node's driver"
             )
         best: tuple[NodeInventory, list[GpuInfo]] | None = None
+        gpus_fit: list[NodeInventory] = []
         for node, gpus in capable:
             free = [gpu for gpu in gpus if self._free_for(holder, gpu)]
-            if len(free) >= count and (best is None or len(free) < len(best[1])):
+            if len(free) < count:
+                continue
+            gpus_fit.append(node)
+            if self._fits(node, holder, cpu, memory_mb) and (best is None or len(free) < len(best[1])):
                 best = (node, free)
+        if best is None and gpus_fit:
+            also = f"{count} free GPU{'s' if count > 1 else ''}, "
+            raise Unschedulable(self._no_room(idc_id, gpus_fit, holder, cpu, memory_mb, also))
         if best is None:
             total = sum(len(gpus) for _, gpus in capable)
             free_now = max(sum(1 for g in gpus if self._free_for(holder, g)) for _, gpus in capable)
@@ -194,11 +300,40 @@ class GpuAllocator:
                 detail = f"all {total} on IDC {idc_id} are in use"
             else:
                 detail = f"at most {free_now} of {total} on IDC {idc_id} are free on one node"
-            raise NoFreeGpu(
+            raise Unschedulable(
                 f"no free GPU: needs {count} \N{MULTIPLICATION SIGN} {gpu_model}, {detail}; "
                 "delete a container or try again later"
             )
         node, free = best
         chosen = tuple(free[:count])
         self.hold(holder, (gpu.uuid for gpu in chosen))
+        self._placements[holder] = Placement(node.node_id, cpu, memory_mb)
         return Allocation(node.node_id, chosen)
+
+    def _place_cpu(
+        self, holder: str, idc_id: str, nodes: list[NodeInventory], cpu: float, memory_mb: int
+    ) -> Allocation:
+        if not nodes:
+            return Allocation("", ())
+        fitting = [node for node in nodes if self._fits(node, holder, cpu, memory_mb)]
+        if not fitting:
+            raise Unschedulable(self._no_room(idc_id, nodes, holder, cpu, memory_mb))
+        node = min(fitting, key=lambda n: self.free(n, holder))
+        self._placements[holder] = Placement(node.node_id, cpu, memory_mb)
+        return Allocation(node.node_id, ())
+
+    def _no_room(
+        self, idc_id: str, nodes: list[NodeInventory], holder: str, cpu: float, memory_mb: int, also: str = ""
+    ) -> str:
+        """Why none of `nodes` can take `cpu` and `memory_mb` (and what else `also` names): the most any one has."""
+        node = max(nodes, key=lambda n: self.free(n, holder))
+        free_cpu, free_memory = self.free(node, holder)
+
+        def amount(free: float, total: float, unit: str) -> str:
+            return "any" if math.isinf(free) else f"{max(free, 0):g} of {total:g}{unit}"
+
+        return (
+            f"no node of IDC {idc_id} has {also}{cpu:g} vCPUs and {memory_mb} MB free (the most free on one: "
+            f"{amount(free_cpu, node.cpus, ' vCPUs')} and {amount(free_memory, node.memory_mb, ' MB')}); "
+            "stop or delete a container, or try again later"
+        )

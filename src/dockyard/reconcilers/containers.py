@@ -90,6 +90,7 @@ from dockyard.reconcilers.containers_rows import (
     needs_task,
     resting_row,
 )
+from dockyard.reconcilers.nodes import NodeCapacity
 from dockyard.runtimes.base import (
     LABEL_KIND,
     LABEL_NODE,
@@ -151,8 +152,10 @@ class ContainerReconciler:
         self._idc_by_object: dict[str, str] = {}  # runtime object id -> the IDC that listed it, this pass
         self._orgs_by_idc: dict[str, set[str]] = {}  # IDC listed this pass -> organizations with an object on it
         self._metrics = _metrics_for(context.registry)
+        self._capacity = NodeCapacity(context)
 
     async def reconcile_once(self) -> None:
+        await self._capacity.refresh()
         loaded = await self._load()
         objects, unreachable = await self._observe(
             {row.idc_id for row in loaded.rows} | {row.idc_id for row in loaded.resting}
@@ -217,7 +220,8 @@ class ContainerReconciler:
             )
             products = {p.id: p for p in await session.scalars(select(ProductModel))}
             org_ids = set(await session.scalars(select(OrganizationModel.id)))
-            inventory = await load_inventory(session)
+            settings = self.context.settings
+            inventory = await load_inventory(session, settings.cpu_overcommit, settings.memory_overcommit)
             ssh_keys = await load_ssh_keys(session, [row for row in rows if row.desired == DesiredState.RUNNING])
         return _Loaded(rows, resting, bare_counts, products, org_ids, inventory, ssh_keys)
 

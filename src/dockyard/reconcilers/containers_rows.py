@@ -32,9 +32,16 @@ from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import guarded_update
 from dockyard.db.models import ContainerModel, ProductModel
 from dockyard.db.session import Database
-from dockyard.gpus.allocation import GpuAllocator, NoFreeGpu, allocate_and_record, describe
+from dockyard.gpus.allocation import GpuAllocator, Unschedulable, allocate_and_record, describe
 from dockyard.gpus.inventory import GpuInfo
-from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
+from dockyard.runtimes.base import (
+    LABEL_NODE,
+    ObjectState,
+    Runtime,
+    RuntimeFailure,
+    RuntimeObject,
+    RuntimeUnavailable,
+)
 from dockyard.secrets import SecretBox
 from dockyard.services import events, private_images
 from dockyard.services.idcs import unreachable_reason
@@ -377,6 +384,9 @@ class RowTask:
             "observed_restart_generation": row.restart_generation,
             "missing_since": None,
         }
+        if not row.node_id and obj.labels.get(LABEL_NODE):
+            # Made before placement recorded CPU-only containers' nodes: the node it holds CPU and memory on.
+            common["node_id"] = obj.labels[LABEL_NODE]
         if obj.state == ObjectState.RUNNING:
             if row.status != ContainerStatus.RUNNING:
                 common.update(started_at=obj.started_at or self.state.now, exit_code=None)
@@ -438,13 +448,11 @@ class RowTask:
         )
 
     async def _allocate(self, product: ProductModel, spec: WorkloadSpec) -> tuple[str, list[GpuInfo]] | None:
-        """The row's node and GPUs, recorded on the row before anything is created so that a crash can never
-        hand the same GPU out twice. None when nothing may be created this pass."""
+        """The row's node, GPUs, CPU and memory, recorded on the row before anything is created so that a crash
+        can never hand the same GPU (or the same share of a node) out twice. None when nothing may be created
+        this pass."""
         row, allocator = self.row, self.state.allocator
         known = [gpu for uuid in row.gpu_uuids or [] if (gpu := allocator.gpu(uuid)) is not None]
-        if product.gpu_count == 0:
-            in_idc = [node.node_id for node in allocator.nodes if node.idc_id == row.idc_id]
-            return (row.node_id or (in_idc[0] if in_idc else "")), []
         if row.node_id and len(known) == product.gpu_count == len(row.gpu_uuids):
             return row.node_id, known
         # Endpoint workers draw from the same pool in another loop: allocate_and_record refreshes from every row
@@ -460,8 +468,10 @@ class RowTask:
             product.gpu_count,
             spec.min_cuda_version,
             lambda chosen: self.apply(("Scheduled", describe(chosen)), gpu_uuids=chosen.uuids, node_id=chosen.node_id),
+            cpu=product.cpu,
+            memory_mb=product.memory_mb,
         )
-        if isinstance(outcome, NoFreeGpu):
+        if isinstance(outcome, Unschedulable):
             await self._fail_create(outcome.reason, "Unschedulable")
             return None
         return None if outcome is None else (outcome.node_id, list(outcome.gpus))

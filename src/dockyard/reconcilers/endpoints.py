@@ -95,6 +95,7 @@ from dockyard.reconcilers.endpoints_workers import (
     to_reap,
     wanted_replicas,
 )
+from dockyard.reconcilers.nodes import NodeCapacity
 from dockyard.runtimes.base import LABEL_KIND, RuntimeObject, RuntimeUnavailable
 from dockyard.services import events
 from dockyard.services.endpoints import LOOP, route_config
@@ -152,6 +153,7 @@ class EndpointReconciler:
         self._missing_since: dict[str, datetime] = {}
         self._orphans_seen: dict[str, float] = {}
         self._metrics = _metrics_for(context.registry)
+        self._capacity = NodeCapacity(context)
 
     async def close(self) -> None:
         """Stop the prober's probes; the routing table keeps what it holds."""
@@ -159,17 +161,18 @@ class EndpointReconciler:
 
     async def reconcile_once(self) -> None:
         stamp = self.context.routes.stamp()
+        await self._capacity.refresh()
+        settings = self.context.settings
         async with self.context.db.read() as session:
             endpoints = list(await session.scalars(select(EndpointModel).order_by(EndpointModel.created_at)))
             workers = list(await session.scalars(select(WorkerModel).order_by(WorkerModel.created_at, WorkerModel.id)))
             products = {p.id: p for p in await session.scalars(select(ProductModel))}
-            inventory = await load_inventory(session)
+            inventory = await load_inventory(session, settings.cpu_overcommit, settings.memory_overcommit)
             remote = held_elsewhere(await remote_figures(session, self.context.settings.gateway_report_interval))
         objects, idc_of, unreachable = await self._observe()
         by_endpoint: dict[str, list[WorkerModel]] = defaultdict(list)
         for worker in workers:
             by_endpoint[worker.endpoint_id].append(worker)
-        settings = self.context.settings
         self.context.routes.configure((route_config(row, settings) for row in endpoints), since=stamp)
         state = PassState(
             db=self.context.db,

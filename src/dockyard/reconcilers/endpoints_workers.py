@@ -41,7 +41,7 @@ from dockyard.db.session import Database
 from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.routes import RouteTable
 from dockyard.gateway.sync import publish_worker
-from dockyard.gpus.allocation import GpuAllocator, NodeInventory, NoFreeGpu, allocate_and_record, describe
+from dockyard.gpus.allocation import GpuAllocator, NodeInventory, Unschedulable, allocate_and_record, describe
 from dockyard.gpus.inventory import GpuInfo
 from dockyard.reconcilers.containers_rows import exit_reason
 from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
@@ -393,13 +393,10 @@ class WorkerTask:
         return WebhookAccess(webhook_base_url(settings), key, ping_interval_ms(settings))
 
     async def _place(self, product: ProductModel, spec: WorkloadSpec) -> tuple[str, list[GpuInfo]] | None:
-        """The worker's node and GPUs, recorded on the row before anything is created. The pool is shared with
-        containers (another loop): the choice is made under the server's GPU lock from the holdings every row
-        records now. None when the worker cannot be placed this pass (it stays pending, saying why)."""
+        """The worker's node, GPUs, CPU and memory, recorded on the row before anything is created. The pool is
+        shared with containers (another loop): the choice is made under the server's GPU lock from the holdings
+        every row records now. None when the worker cannot be placed this pass (it stays pending, saying why)."""
         worker, endpoint = self.worker, self.endpoint
-        nodes = [node for node in self.state.inventory if node.idc_id == endpoint.idc_id]
-        if spec.gpu_count == 0:
-            return (worker.node_id or (nodes[0].node_id if nodes else "")), []
         allocator = GpuAllocator(self.state.inventory)
         allocator.hold_all(self.state.orphan_gpus)
         known = [gpu for uuid in worker.gpu_uuids or [] if (gpu := allocator.gpu(uuid)) is not None]
@@ -417,8 +414,10 @@ class WorkerTask:
             lambda chosen: self.apply(
                 ("WorkerScheduled", describe(chosen)), gpu_uuids=chosen.uuids, node_id=chosen.node_id
             ),
+            cpu=product.cpu,
+            memory_mb=product.memory_mb,
         )
-        if isinstance(outcome, NoFreeGpu):
+        if isinstance(outcome, Unschedulable):
             await self.apply(reason=f"waiting to be placed: {outcome.reason}")
             return None
         return None if outcome is None else (outcome.node_id, list(outcome.gpus))

@@ -160,6 +160,14 @@ class RuntimeObject:
 
 
 @dataclass(frozen=True)
+class HostCapacity:
+    """The CPUs and memory of the host a runtime's objects run on, as the backend reports them."""
+
+    cpus: float
+    memory_mb: int
+
+
+@dataclass(frozen=True)
 class ExecResult:
     exit_code: int
     output: str
@@ -224,6 +232,10 @@ class Runtime(Protocol):
 
     async def exec(self, object_id: str, command: list[str]) -> ExecResult:
         """Run a command inside the running object and wait for it."""
+        ...
+
+    async def capacity(self) -> HostCapacity:
+        """The host's CPUs and memory (an engine's `info`: NCPU, MemTotal), probed once and cached."""
         ...
 
     async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:

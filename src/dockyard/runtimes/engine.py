@@ -29,6 +29,7 @@ from dockyard.runtimes.base import (
     LABEL_ORG,
     ExecResult,
     GpuDevice,
+    HostCapacity,
     PullPolicy,
     RunSpec,
     RuntimeFailure,
@@ -64,6 +65,7 @@ class EngineFacts:
     kind: str  # "podman" or "docker"
     version: str
     cpus: int
+    memory_mb: int = 0
 
     @property
     def description(self) -> str:
@@ -72,11 +74,12 @@ class EngineFacts:
 
 def engine_facts(version: dict[str, Any], info: dict[str, Any]) -> EngineFacts:
     """Which engine answers, from the components `GET /version` lists (never from version numbers)."""
+    cpus, memory_mb = int(info.get("NCPU") or 0), int(info.get("MemTotal") or 0) // (1024 * 1024)
     for component in version.get("Components") or []:
         name = str(component.get("Name") or "")
         if name.lower().startswith("podman"):
-            return EngineFacts("podman", str(component.get("Version") or ""), int(info.get("NCPU") or 0))
-    return EngineFacts("docker", str(version.get("Version") or ""), int(info.get("NCPU") or 0))
+            return EngineFacts("podman", str(component.get("Version") or ""), cpus, memory_mb)
+    return EngineFacts("docker", str(version.get("Version") or ""), cpus, memory_mb)
 
 
 def gpu_options(gpus: list[GpuDevice], engine_kind: str) -> dict[str, Any]:
@@ -161,7 +164,13 @@ class EngineRuntime:
                 client, facts = await self._connect()
             except DockerException as error:  # the SDK's "Error while fetching server API version"
                 raise self._unavailable(error) from error
-            log.info("container engine at %s is %s with %d CPUs", self.url, facts.description, facts.cpus)
+            log.info(
+                "container engine at %s is %s with %d CPUs and %d MB of memory",
+                self.url,
+                facts.description,
+                facts.cpus,
+                facts.memory_mb,
+            )
             self._client, self._facts = client, facts
             return client, facts
 
@@ -184,6 +193,10 @@ class EngineRuntime:
     async def probe(self) -> str:
         _, facts = await self._ready()
         return facts.description
+
+    async def capacity(self) -> HostCapacity:
+        _, facts = await self._ready()
+        return HostCapacity(float(facts.cpus), facts.memory_mb)
 
     async def create(self, spec: RunSpec) -> RuntimeObject:
         check_run_spec(spec, host_root=self.host_path_root)
