@@ -151,7 +151,7 @@ class FakeRuntime:
         self._check()
         return self.host
 
-    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+    async def ensure_volume(self, name: str, labels: dict[str, str], size_gb: int = 0) -> None:
         self.volumes.setdefault(name, labels)
 
     async def remove_volume(self, name: str) -> None:

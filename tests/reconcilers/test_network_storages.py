@@ -8,11 +8,13 @@ import pytest
 
 from dockyard.app import build_loops
 from dockyard.db.models import NetworkStorageModel
+from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.reconcilers.network_storages import NetworkStorageReconciler
 from dockyard.runtimes.base import RuntimeFailure, RuntimeUnavailable
 from dockyard.services.runspec import storage_volume
 from tests.conftest import Harness
 from tests.fakes import FakeRuntime
+from tests.reconcilers.conftest import make_containers, make_template
 
 STORAGE = {"name": "datasets", "region_id": "local", "size_gb": 10}
 
@@ -101,3 +103,15 @@ def test_server_runs_the_loop(harness: Harness) -> None:
     loops = {loop.name: loop for loop in build_loops(harness.context)}
     assert isinstance(loops["network_storages"], NetworkStorageReconciler)
     assert loops["network_storages"].interval == harness.context.settings.reconcile_interval
+
+
+async def test_a_mounted_storage_asks_the_runtime_for_its_declared_size(
+    harness: Harness, client: httpx.AsyncClient, fake_runtime: FakeRuntime
+) -> None:
+    storage_id = (await client.post("/gpus/v2/network-storages", json=STORAGE)).json()["id"]
+    template_id = await make_template(client)
+    (container_id,) = await make_containers(client, template_id, storages=[{"id": storage_id, "containerPath": "/d"}])
+    await ContainerReconciler(harness.context).reconcile_once()
+    (obj,) = [obj for obj in fake_runtime.objects.values() if obj.resource_id == container_id]
+    (mount,) = fake_runtime.specs[obj.id].mounts
+    assert (mount.volume, mount.size_gb) == (storage_volume(storage_id), STORAGE["size_gb"])

@@ -6,6 +6,7 @@ Each test gets its own installation id (the `runtime` fixture, in conftest.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import subprocess
 import uuid
@@ -448,3 +449,25 @@ async def test_unreachable_engine_is_unavailable(tmp_path: Path) -> None:
 def test_host_network_is_refused() -> None:
     with pytest.raises(ValueError, match="slirp4netns"):
         EngineRuntime("unix:///nowhere.sock", installation_id="test", network_mode="host")
+
+
+async def test_a_sized_volume_is_capped_where_podman_can_and_made_anyway_where_it_cannot(
+    runtime: EngineRuntime, busybox_image: str, engine: docker.DockerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Podman caps a volume (`o=size=`) only on XFS with project quotas. Where its volume directory is elsewhere
+    (ext4 here) it refuses the option: the container is still made, with its volume uncapped, and the runtime
+    says why once and stops asking."""
+    first, second = f"{runtime.installation_id}-sized", f"{runtime.installation_id}-sized-2"
+    spec = spec_for(runtime, busybox_image, "sized", ["sleep", "30"], mounts=[Mount("/data", volume=first, size_gb=1)])
+    with caplog.at_level(logging.WARNING, logger="dockyard.runtimes.engine"):
+        await runtime.create(spec)
+        await runtime.ensure_volume(second, {}, size_gb=1)
+    options = [engine.volumes.get(name).attrs.get("Options") or {} for name in (first, second)]
+    refusals = [record for record in caplog.records if "cannot cap volume sizes" in record.getMessage()]
+    if runtime.volume_sizes_capped:
+        assert options == [{"o": "size=1g"}] * 2
+        assert refusals == []
+    else:
+        assert options == [{}, {}]
+        (refusal,) = refusals
+        assert "Project Quota" in refusal.getMessage()

@@ -32,6 +32,7 @@ class VolumeSpec(BaseModel):
 
     storage_id: str  # a network storage, materialised as a named volume
     mount_path: str
+    size_gb: int = 0  # its declared size when the workload was made: the volume's cap where the engine can hold one
 
 
 class HealthCheck(BaseModel):

@@ -67,6 +67,7 @@ class Mount:
     volume: str = ""
     host_path: str = ""
     read_only: bool = False
+    size_gb: int = 0  # a volume made for this mount is capped at this size where the engine can hold one
 
 
 @dataclass(frozen=True)
@@ -185,15 +186,15 @@ class Runtime(Protocol):
     async def create(self, spec: RunSpec) -> RuntimeObject:
         """Create (not start) an object named `spec.name`, labelled as managed by this installation.
 
-        Idempotent by name: if it exists already, return it. Ensures the image is present and any named volumes
-        and `spec.network` exist; the network is labelled as managed by this installation and with the object's
-        `dockyard.org`. The image: with `PullPolicy.ALWAYS` it is pulled with `spec.registry_auth` (anonymously
-        without) even when present, and a pull the registry refuses raises `RuntimeFailure`, so the registry
-        decides whether these credentials may run it; with `IF_NOT_PRESENT` a local image counts only when
-        `spec.image` is one of its names (never one an engine finds by a short name or an id prefix), else it is
-        pulled with `spec.registry_auth`. The object runs the image so checked, whatever is tagged later. Raises
-        `RuntimeFailure` for a missing image, a refused GPU, a bad mount. Takes ~0.1 s with the image present
-        and `IF_NOT_PRESENT`; a pull can take minutes.
+        Idempotent by name: if it exists already, return it. Ensures the image is present, any named volumes
+        (`ensure_volume`, with each mount's size) and `spec.network` exist; the network is labelled as managed
+        by this installation and with the object's `dockyard.org`. The image: with `PullPolicy.ALWAYS` it is
+        pulled with `spec.registry_auth` (anonymously without) even when present, and a pull the registry
+        refuses raises `RuntimeFailure`, so the registry decides whether these credentials may run it; with
+        `IF_NOT_PRESENT` a local image counts only when `spec.image` is one of its names (never one an engine
+        finds by a short name or an id prefix), else it is pulled with `spec.registry_auth`. The object runs the
+        image so checked, whatever is tagged later. Raises `RuntimeFailure` for a missing image, a refused GPU,
+        a bad mount. Takes ~0.1 s with the image present and `IF_NOT_PRESENT`; a pull can take minutes.
         """
         ...
 
@@ -238,8 +239,10 @@ class Runtime(Protocol):
         """The host's CPUs and memory (an engine's `info`: NCPU, MemTotal), probed once and cached."""
         ...
 
-    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
-        """Create the named volume if missing."""
+    async def ensure_volume(self, name: str, labels: dict[str, str], size_gb: int = 0) -> None:
+        """Create the named volume if missing, capped at `size_gb` (when not 0) where the backend's storage can
+        enforce a size; where it cannot, the volume is made without a cap (the declared size still counts
+        against the organization's quota), and the backend logs why once."""
         ...
 
     async def remove_volume(self, name: str) -> None:

@@ -40,6 +40,7 @@ from dockyard.runtimes.engine_networks import EngineNetworks, port_bindings
 from dockyard.runtimes.engine_objects import (
     is_name_conflict,
     is_storage_opt_unsupported,
+    is_volume_size_unsupported,
     object_from_inspect,
     object_from_listing,
     start_failure_reason,
@@ -126,6 +127,7 @@ class EngineRuntime:
         self._probe_lock = asyncio.Lock()
         self._storage_opt_supported = True  # until the engine refuses it once
         self._networks = EngineNetworks(self._call)
+        self.volume_sizes_capped = True  # until the engine refuses a volume's size once
         # The last inspect of each managed object, for what the list endpoint lacks (OOM, error, start and
         # finish times); it holds while the object stays in the state it was inspected in.
         self._details: dict[str, RuntimeObject] = {}
@@ -206,7 +208,7 @@ class EngineRuntime:
         image_id = await self._ensure_image(client, spec)
         for mount in spec.mounts:
             if mount.volume:
-                await self.ensure_volume(mount.volume, self._own_labels())
+                await self.ensure_volume(mount.volume, self._own_labels(), mount.size_gb)
         # By id: the object runs the image `_ensure_image` checked, even if its name is re-tagged meanwhile.
         options = self._create_options(replace(spec, image=image_id), facts)
         try:
@@ -466,19 +468,47 @@ class EngineRuntime:
         data = output if isinstance(output, bytes) else b"".join(output or [])
         return ExecResult(int(exit_code or 0), data.decode(errors="replace"))
 
-    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
-        client, _ = await self._ready()
+    async def ensure_volume(self, name: str, labels: dict[str, str], size_gb: int = 0) -> None:
+        """Podman caps a local volume with `o=size=` where its volume directory is on XFS with project quotas, and
+        refuses the option elsewhere; Docker's local driver caps only tmpfs volumes, which do not outlive a
+        reboot, so a Docker volume is never capped. A refusal is remembered: later volumes skip the attempt."""
+        client, facts = await self._ready()
         try:
             await self._call(client.volumes.get, name)
             return
         except NotFound:
             pass
+        options: dict[str, str] = {}
+        if size_gb and self.volume_sizes_capped and facts.kind == "podman":
+            options["o"] = f"size={size_gb}g"
         try:
-            await self._call(client.volumes.create, name, labels={**labels, **self._own_labels()})
+            await self._create_volume(client, name, labels, options)
+        except APIError as error:
+            message = str(error.explanation or error)
+            if not options or not is_volume_size_unsupported(message):
+                raise RuntimeFailure(f"could not create volume {name}: {message}") from error
+            self.volume_sizes_capped = False
+            log.warning(
+                "the container engine cannot cap volume sizes (%s): network storages are made without a size "
+                "limit and their declared sizes only count against the quotas; see README (Operating)",
+                message,
+            )
+            try:
+                await self._create_volume(client, name, labels, {})
+            except APIError as again:
+                raise RuntimeFailure(f"could not create volume {name}: {again.explanation or again}") from again
+
+    async def _create_volume(
+        self, client: docker.DockerClient, name: str, labels: dict[str, str], options: dict[str, str]
+    ) -> None:
+        try:
+            await self._call(
+                client.volumes.create, name, driver_opts=options or None, labels={**labels, **self._own_labels()}
+            )
         except APIError as error:
             if error.status_code == 409 or "already exists" in str(error.explanation or "").lower():
                 return  # created concurrently
-            raise RuntimeFailure(f"could not create volume {name}: {error.explanation or error}") from error
+            raise
 
     async def remove_volume(self, name: str) -> None:
         client, _ = await self._ready()

@@ -162,6 +162,13 @@ def is_name_conflict(status_code: int | None, message: str) -> bool:
     return status_code == 409 or ("name" in lowered and "already in use" in lowered)
 
 
+def is_volume_size_unsupported(message: str) -> bool:
+    """The engine's volume storage cannot cap a volume's size (Podman off XFS with project quotas says "Filesystem
+    does not support Project Quota")."""
+    lowered = message.lower()
+    return "project quota" in lowered or ("size" in lowered and "not supported" in lowered)
+
+
 def is_storage_opt_unsupported(message: str) -> bool:
     """The engine's storage driver cannot limit a container's root filesystem size."""
     lowered = message.lower()

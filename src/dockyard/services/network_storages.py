@@ -197,5 +197,5 @@ async def volume_specs(
         if path in paths:
             raise InvalidField(f"{item}.{path_field}", f"{path} is mounted twice; give each storage its own path")
         paths.add(path)
-        volumes.append(VolumeSpec(storage_id=storage_id, mount_path=path))
+        volumes.append(VolumeSpec(storage_id=storage_id, mount_path=path, size_gb=row.size_gb))
     return volumes

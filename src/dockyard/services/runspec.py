@@ -121,7 +121,10 @@ def build_run_spec(
     products); when `public_keys` is not empty the caller writes them with `write_authorized_keys` first."""
     spec = WorkloadSpec.model_validate(row.spec)
     env = runtime_envs(box, spec.envs)
-    mounts = [Mount(target=volume.mount_path, volume=storage_volume(volume.storage_id)) for volume in spec.volumes]
+    mounts = [
+        Mount(target=volume.mount_path, volume=storage_volume(volume.storage_id), size_gb=volume.size_gb)
+        for volume in spec.volumes
+    ]
     if public_keys:
         env["SSH_KEY"] = "\n".join(key.strip() for key in public_keys)
         mounts.append(

@@ -199,7 +199,9 @@ def build_worker_run_spec(
         command=[*spec.command, *spec.args] or None,
         env=env,
         ports=ports,
-        mounts=[Mount(target=v.mount_path, volume=storage_volume(v.storage_id)) for v in spec.volumes],
+        mounts=[
+            Mount(target=v.mount_path, volume=storage_volume(v.storage_id), size_gb=v.size_gb) for v in spec.volumes
+        ],
         registry_auth=registry_auth,
         gpus=[GpuDevice(gpu.uuid, gpu.minor_number, gpu.simulated) for gpu in gpus],
         cpu=product.cpu,
