@@ -14,19 +14,15 @@ from sqlalchemy import func, select
 from dockyard.core.status import JobStatus
 from dockyard.db.models import ContainerModel, EndpointModel, JobModel, NetworkStorageModel
 from tests.api.test_admin import assert_error
+from tests.api.test_endpoints import MINIMAL
 from tests.api.test_jobs import make_endpoint
 from tests.conftest import Harness
 
 PARALLEL = 50
 LIMIT = 10
 STORAGE_URL = "/gpus/v2/network-storages"
-ENDPOINT: dict[str, Any] = {
-    "type": "sync",
-    "name": "chat",
-    "product_id": "serverless.cpu",
-    "image": "localhost/worker:1",
-    "worker_config": {"max_replicas": 2},
-}
+# Every quota, in the order the answers list them.
+QUOTA_NAMES = ["containers", "endpoints", "workers", "gpus", "vcpus", "memory_mb", "storage_gb", "queued_jobs"]
 
 
 async def org_id_of(harness: Harness, name: str = "acme") -> str:
@@ -94,7 +90,7 @@ async def test_the_attack_as_found_is_refused_by_the_default_quotas(
     assert body["message"].startswith("quota: vCPUs 0 used + 200 asked > 128 allowed for organization acme;")
     assert await count_rows(harness, ContainerModel) == 0
 
-    endpoint = {**ENDPOINT, "worker_config": {"min_replicas": 1000, "max_replicas": 1000}}
+    endpoint = {**MINIMAL, "worker_config": {"min_replicas": 1000, "max_replicas": 1000}}
     body = refused_by(await client.post("/gpus/v2/endpoints", json=endpoint), "workers")
     assert "endpoint workers 0 used + 1000 asked > 100 allowed" in body["message"]
     assert await count_rows(harness, EndpointModel) == 0
@@ -147,7 +143,7 @@ async def test_fifty_parallel_endpoint_creates_against_a_limit_of_ten_make_ten(
     harness: Harness, client: httpx.AsyncClient
 ) -> None:
     await set_quotas(harness, endpoints=LIMIT)
-    answers = await asyncio.gather(*(client.post("/gpus/v2/endpoints", json=ENDPOINT) for _ in range(PARALLEL)))
+    answers = await asyncio.gather(*(client.post("/gpus/v2/endpoints", json=MINIMAL) for _ in range(PARALLEL)))
     accepted, refused = split(list(answers))
     assert (len(accepted), len(refused)) == (LIMIT, PARALLEL - LIMIT)
     assert await count_rows(harness, EndpointModel) == LIMIT
@@ -190,9 +186,9 @@ async def test_fifty_parallel_runs_against_a_queue_of_ten_queue_ten(
 
 async def test_min_replicas_is_admitted_at_create_and_put(harness: Harness, client: httpx.AsyncClient) -> None:
     await set_quotas(harness, workers=4)
-    first = {**ENDPOINT, "worker_config": {"min_replicas": 3, "max_replicas": 8}}
+    first = {**MINIMAL, "worker_config": {"min_replicas": 3, "max_replicas": 8}}
     assert (await client.post("/gpus/v2/endpoints", json=first)).status_code == 200
-    second = {**ENDPOINT, "worker_config": {"min_replicas": 2, "max_replicas": 2}}
+    second = {**MINIMAL, "worker_config": {"min_replicas": 2, "max_replicas": 2}}
     body = refused_by(await client.post("/gpus/v2/endpoints", json=second), "workers")
     assert "endpoint workers 3 used + 2 asked > 4 allowed" in body["message"]
     second["worker_config"] = {"min_replicas": 1, "max_replicas": 2}
@@ -215,16 +211,7 @@ async def test_the_operator_reads_and_sets_quotas(harness: Harness, client: http
     shown = (await harness.admin.get(url)).json()
     by_name = {quota["name"]: quota for quota in shown["quotas"]}
     assert shown["org_id"] == org_id
-    assert list(by_name) == [
-        "containers",
-        "endpoints",
-        "workers",
-        "gpus",
-        "vcpus",
-        "memory_mb",
-        "storage_gb",
-        "queued_jobs",
-    ]
+    assert list(by_name) == QUOTA_NAMES
     assert by_name["vcpus"] == {"name": "vcpus", "limit": 128, "used": 2.0, "default": True}
     assert by_name["memory_mb"]["used"] == 4096
 

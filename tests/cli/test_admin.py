@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.api.test_quotas import QUOTA_NAMES
+
 
 def create_key(env: dict[str, str], org: str) -> str:
     done = subprocess.run(
@@ -86,16 +88,7 @@ def test_quotas_shows_sets_and_resets_an_organizations_limits(tmp_path: Path) ->
     assert shown.returncode == 0, shown.stderr
     lines = {line.split()[0]: line.split()[1:] for line in shown.stdout.splitlines()[1:]}
     assert lines["vcpus"] == ["128", "0", "default"]
-    assert list(lines) == [
-        "containers",
-        "endpoints",
-        "workers",
-        "gpus",
-        "vcpus",
-        "memory_mb",
-        "storage_gb",
-        "queued_jobs",
-    ]
+    assert list(lines) == QUOTA_NAMES
 
     changed = admin_quotas(env, "--org", "acme", "--set", "vcpus=4", "--set", "containers=0", "--json")
     assert changed.returncode == 0, changed.stderr

@@ -46,7 +46,7 @@ from dockyard.gpus.inventory import GpuInfo
 from dockyard.reconcilers.containers_rows import exit_reason
 from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
 from dockyard.secrets import SecretBox, hash_api_key
-from dockyard.services import events, private_images, registry_auths
+from dockyard.services import events, private_images, quotas, registry_auths
 from dockyard.services.worker_runspec import (
     WebhookAccess,
     build_worker_run_spec,
@@ -443,11 +443,7 @@ def is_live(worker: WorkerModel) -> bool:
 
 def wanted_replicas(endpoint: EndpointModel, deleted: bool) -> int:
     """`desired_replicas` within the worker_config's bounds; none for an endpoint being deleted."""
-    if deleted:
-        return 0
-    config = endpoint.worker_config
-    low, high = int(config.get("min_replicas", 0)), int(config.get("max_replicas", 0))
-    return max(low, min(endpoint.desired_replicas, high))
+    return 0 if deleted else quotas.wanted_workers(endpoint.desired_replicas, endpoint.worker_config)
 
 
 def plan(endpoint: EndpointModel, workers: list[WorkerModel], wanted: int, deleted: bool, state: PassState) -> Plan:

@@ -130,5 +130,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         409: "a concurrent change won; read again and retry",
         413: "request body too large",
         422: "a field is invalid; `details` names it",
+        429: "past one of your organization's quotas (`details` names it, GET /gpus/v2/quotas shows them all)",
     }.items()
 }
