@@ -30,7 +30,8 @@ class ServerContext:
     # The in-process gateway's routing table: the endpoint reconciler and prober push into it, the proxy and
     # the autoscaler read it (gateway/routes.py).
     routes: RouteTable = field(default_factory=RouteTable)
-    # Held while GPUs are chosen and recorded on a row: containers and endpoint workers draw from one pool.
+    # Held while a node, its GPUs and its share of CPU and memory are chosen and recorded on a row: containers and
+    # endpoint workers draw from one pool.
     gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Wake-ups for async jobs (a job queued, finished or streamed), so job-take and runsync need not poll.
     job_signals: JobSignals = field(default_factory=JobSignals)

@@ -180,10 +180,7 @@ async def allocate_and_record(
             allocation = allocator.allocate(holder, idc_id, gpu_model, count, min_cuda_version, cpu, memory_mb)
         except Unschedulable as exc:
             return exc
-        if await record(allocation):
-            return allocation
-        allocator.release(holder)
-        return None
+        return allocation if await record(allocation) else None
 
 
 def describe(allocation: Allocation) -> str:

@@ -36,10 +36,11 @@ One pass:
    - *desired deleted*: remove every object of the row (all generations), then delete the row. After three
      failed passes the row shows `zombie` with the runtime's reason and removal is retried every pass.
    - *desired running, no object of the current generation* (new, updated or restarted): objects of older
-     generations are removed first; GPUs are allocated and recorded on the row before anything is created,
+     generations are removed first; the node and its GPUs are chosen and recorded on the row before anything is created,
      so a crash can never hand one GPU out twice; then create, start, read back the published ports and
      record `running`. A `RuntimeFailure` (image not found, port taken) gives `error` with the runtime's
-     reason, removes the half-made object and releases the GPUs; no free GPU gives `error` saying so.
+     reason, removes the half-made object and releases the GPUs; no free GPU, or no node with the product's CPU
+     and memory free (reconcilers/nodes.py, gpus/allocation.py), gives `error` saying so.
    - *object running*: `running` (the published ports are refreshed). *Object exited while desired
      running*: `error` "exited with code N" (or out of memory); the object is kept so its logs stay readable
      and its GPUs stay held until the container is restarted or deleted.

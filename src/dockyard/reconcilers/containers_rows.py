@@ -83,7 +83,7 @@ class PassState:
     unreachable: dict[str, str]  # IDC id -> why its runtime cannot be reached (for the operator only)
     # container id -> failed removal passes in a row; the reconciler keeps it across passes
     remove_failures: dict[str, int] = field(default_factory=dict)
-    # Held while GPUs are chosen and recorded: the server's `ServerContext.gpu_lock`, which the endpoint
+    # Held while a placement is chosen and recorded: the server's `ServerContext.gpu_lock`, which the endpoint
     # reconciler takes too (containers.py passes it; a lock of its own only serialises this pass's rows).
     gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

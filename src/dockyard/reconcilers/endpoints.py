@@ -37,8 +37,9 @@ One pass:
    - *Roll* (the template's generation changed): new workers are started up to the wanted count; an old ready
      worker is drained only once a new one is ready to take its place (old ready >= wanted - new ready), so
      the endpoint never lacks a ready worker. With none wanted the old ones simply drain.
-   - *Start* (pending): place (node and GPUs, chosen under the server's GPU lock from every container's and
-     worker's recorded holdings, and recorded on the row before anything is created), create and start the
+   - *Start* (pending): place (node, GPUs, CPU and memory, chosen under the server's GPU lock from every
+     container's and worker's recorded holdings, and recorded on the row before anything is created; one that
+     fits nowhere stays pending, saying why), create and start the
      container, record `starting` with its published ports, and hand it to the prober. A `RuntimeFailure`
      (a missing image) fails the worker with the runtime's sentence and removes the half-made container.
    - *Drain*: `routes.worker_draining` stops new requests; once the worker holds none (or after
