@@ -457,7 +457,7 @@ async def test_a_sized_volume_is_capped_where_podman_can_and_made_anyway_where_i
     """Podman caps a volume (`o=size=`) only on XFS with project quotas. Where its volume directory is elsewhere
     (ext4 here) it refuses the option: the container is still made, with its volume uncapped, and the runtime
     says why once and stops asking."""
-    first, second = f"{runtime.installation_id}-sized", f"{runtime.installation_id}-sized-2"
+    first, second = f"dockyard-ns-{uuid.uuid4()}", f"dockyard-ns-{uuid.uuid4()}"
     spec = spec_for(runtime, busybox_image, "sized", ["sleep", "30"], mounts=[Mount("/data", volume=first, size_gb=1)])
     with caplog.at_level(logging.WARNING, logger="dockyard.runtimes.engine"):
         await runtime.create(spec)
