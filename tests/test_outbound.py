@@ -4,6 +4,7 @@ the connection goes to the checked address, and URLs in words without their cred
 
 from __future__ import annotations
 
+import base64
 import datetime
 import re
 import ssl
@@ -146,6 +147,30 @@ def test_redact_url_and_text() -> None:
     echoed = "bad request to /path?token=tok-s3cret%21 from hook-user:pa55-s3cret (tok-s3cret!)"
     text = redact(echoed, "https://hook-user:pa55-s3cret@hooks.example/path?token=tok-s3cret%21")
     assert text == "bad request to /path?token=*** from *** (***)"
+
+
+def sent_authorization(url: str) -> str:
+    """The Authorization header an httpx client sends when POSTing to `url`, as the webhook client does."""
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Authorization"])
+        return httpx.Response(200)
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        client.post(url)
+    return seen[0]
+
+
+def test_redact_hides_the_basic_credentials_made_of_the_userinfo() -> None:
+    # As found by the log canary: a receiver's 500 quoting the Authorization header httpx made of the URL's
+    # userinfo put the webhook's password, base64-encoded, in the log's "given up" line.
+    url = "https://hook-user:pa55%40s3cret@hooks.example/path"
+    sent = sent_authorization(url)
+    assert sent == "Basic " + base64.b64encode(b"hook-user:pa55@s3cret").decode()
+    assert redact(f"cannot take it from {sent}", url) == "cannot take it from Basic ***"
+    token_only = "https://tok-s3cret@hooks.example/path"
+    assert redact(sent_authorization(token_only), token_only) == "Basic ***"
 
 
 class Receiver(BaseHTTPRequestHandler):

@@ -21,6 +21,7 @@ the system resolver reads) is refused at submission as well (`url_refusal`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import socket
 import typing
@@ -345,13 +346,22 @@ def redact_url(url: str) -> str:
 _SHORTEST_SECRET = 4  # shorter values are no secret worth garbling a sentence for
 
 
+def _basic_credentials(userinfo: str) -> str:
+    """What a client sends for `userinfo` (`user:password`, or `user` alone) in `Authorization: Basic` (RFC 7617's
+    base64 of user, colon, password in UTF-8), as httpx makes it from a URL's userinfo."""
+    user, _, password = userinfo.partition(":")
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 def redact(text: str, url: str) -> str:
     """`text` (an exception's message, a receiver's answer) with every secret of `url` in it, the userinfo, its
-    user and password, each query value and the fragment, raw or percent-decoded, replaced by `***`."""
+    user and password, each query value and the fragment, raw or percent-decoded, and the Basic credentials made of
+    the userinfo (a receiver may quote the Authorization header it got), replaced by `***`."""
     parts = _split(url)
     secrets: set[str] = set()
     if parts.userinfo:
         secrets.update((parts.userinfo, *parts.userinfo.split(":")))
+        secrets.update(_basic_credentials(userinfo) for userinfo in (parts.userinfo, unquote(parts.userinfo)))
     for item in (parts.query or "").split("&"):
         secrets.add(item.partition("=")[2] if "=" in item else item)
     if parts.fragment:
