@@ -83,6 +83,17 @@ def test_bad_webhook_allow_list_names_the_setting_and_the_entry(monkeypatch: pyt
     assert load_settings().webhook_allowed_hosts == "loopback,fd00::/8,hooks.internal"
 
 
+def test_an_engine_url_with_a_password_names_the_setting_not_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No engine API takes a password: the docker SDK refuses such a URL quoting it whole, which reached the local
+    # IDC's runtime error in the admin API.
+    monkeypatch.setenv("DOCKYARD_ENGINE_URL", "tcp://robot:pw-s3cret@10.0.0.5:2376")
+    with pytest.raises(ConfigError, match="engine_url: must not hold a password") as raised:
+        load_settings()
+    assert "pw-s3cret" not in str(raised.value)
+    monkeypatch.setenv("DOCKYARD_ENGINE_URL", "ssh://robot@10.0.0.5")
+    assert load_settings().engine_url == "ssh://robot@10.0.0.5"
+
+
 def test_missing_config_file_is_an_error_not_silent_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DOCKYARD_CONFIG", str(tmp_path / "typo.yaml"))
     with pytest.raises(ConfigError, match=r"typo\.yaml, which is not a file"):

@@ -23,6 +23,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from dockyard.core.inputs import engine_url_problem
 from dockyard.outbound import host_policy
 from dockyard.redaction import masked_url, url_password
 
@@ -215,6 +216,13 @@ class Settings(BaseSettings):
     def _known_format(cls, value: str) -> str:
         if value not in ("console", "json"):
             raise ValueError("log_format must be 'console' or 'json'")
+        return value
+
+    @field_validator("engine_url")
+    @classmethod
+    def _no_engine_password(cls, value: str) -> str:
+        if (why := engine_url_problem(value)) is not None:
+            raise ValueError(why)
         return value
 
     @field_validator("webhook_allowed_hosts")

@@ -149,6 +149,17 @@ async def test_idc_validation_names_the_field(harness: Harness) -> None:
     assert remote.json()["runtime_url"] == "tcp://10.0.0.5:2375"
 
 
+async def test_an_engine_url_with_a_password_is_refused_without_echoing_it(harness: Harness) -> None:
+    # As found by the log canary: such a URL was stored and answered as given, and the docker SDK's refusal of it
+    # ("Invalid bind address format: tcp://robot:<password>@...") became the IDC's runtime error.
+    for url in ("tcp://robot:pw-s3cret@10.0.0.5:2376", "ssh://robot:pw-s3cret@10.0.0.5", "https://:pw-s3cret@h:1"):
+        answer = await harness.admin.post("/admin/v1/idcs", json={**IDC, "runtime_url": url})
+        assert "no engine API takes" in assert_error(answer, 422, "runtime_url")["message"]
+        assert "pw-s3cret" not in answer.text
+    keyed = await harness.admin.post("/admin/v1/idcs", json={**IDC, "runtime_url": "ssh://robot@10.0.0.5"})
+    assert keyed.status_code == 200, keyed.text
+
+
 async def test_product_lifecycle(harness: Harness) -> None:
     admin = harness.admin
     created = await admin.post("/admin/v1/products", json=PRODUCT)

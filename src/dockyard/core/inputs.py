@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from urllib.parse import urlsplit
 
 # -- mount paths ----------------------------------------------------------------------------------------------
 
@@ -250,4 +251,23 @@ def url_path_problem(path: str) -> str | None:
         return f"may hold only letters, digits and - . _ ~ ! $ & ' ( ) * + , ; = : / ? % (found {char})"
     if _PERCENT.search(path):
         return "a % must start an escape of two hex digits, like %20"
+    return None
+
+
+# -- engine URLs ----------------------------------------------------------------------------------------------
+
+
+def engine_url_problem(url: str) -> str | None:
+    """An engine's API URL (an IDC's `runtime_url`, `DOCKYARD_ENGINE_URL`) holds no password: no engine API takes
+    one, the docker SDK refuses such a URL with an error that quotes it whole, and that error is recorded as the
+    IDC's runtime error and logged. A remote engine is reached over TLS client certificates or an SSH key."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # not a URL a password can be read from (a bad port): the engine says what is wrong
+        return None
+    if password:
+        return (
+            "must not hold a password, which no engine API takes: reach a remote engine at tcp://host:port with "
+            "TLS client certificates, or at ssh://user@host with an SSH key"
+        )
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from dockyard.core.status import GpuSource, IdcStatus, ProductCategory, RuntimeKind
-from dockyard.schemas.common import Rfc3339, SnakeModel
+from dockyard.schemas.common import EngineUrl, Rfc3339, SnakeModel
 
 
 class CreateOrganizationRequest(SnakeModel):
@@ -49,11 +49,12 @@ class CreateIdcRequest(SnakeModel):
     country: str = Field(default="", max_length=64, examples=["US"])
     country_subdivision: str = Field(default="", max_length=64, examples=["CA"])
     runtime_kind: RuntimeKind = Field(default=RuntimeKind.ENGINE, description="the runtime the IDC is bound to")
-    runtime_url: str = Field(
+    runtime_url: EngineUrl = Field(
         default="",
         max_length=512,
         pattern=r"^((unix|tcp|http|https|ssh)://\S+)?$",
-        description="the engine's API (`unix:///...`, `tcp://...`); empty: the server's own engine",
+        description="the engine's API (`unix:///...`, `tcp://...`, `ssh://user@host`; no password); empty: the "
+        "server's own engine",
     )
 
 

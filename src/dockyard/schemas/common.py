@@ -69,6 +69,8 @@ UrlPath = Annotated[
     _rule(inputs.url_path_problem),
 ]
 """A URL path Dockyard requests on a worker: RFC 3986 path characters without `@`, `#`, `\\` or spaces."""
+EngineUrl = Annotated[str, _rule(inputs.engine_url_problem)]
+"""A container engine's API URL, which holds no password."""
 
 
 def _rfc3339(value: datetime) -> str:
