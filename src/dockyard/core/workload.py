@@ -16,7 +16,7 @@ class EnvVar(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    value: str  # encrypted at rest (see dockyard.secrets)
+    value: str = Field(repr=False)  # encrypted at rest (see dockyard.secrets), and left out of repr() all the same
 
 
 class PortSpec(BaseModel):
@@ -46,7 +46,7 @@ class Credential(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     username: str
-    secret: str  # encrypted at rest
+    secret: str = Field(repr=False)  # encrypted at rest, and left out of repr() all the same
 
 
 class WorkloadSpec(BaseModel):

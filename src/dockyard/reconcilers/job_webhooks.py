@@ -30,7 +30,7 @@ import asyncio
 import logging
 from bisect import bisect_right
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -61,7 +61,7 @@ class _Delivery:
     job_id: str
     org_id: str
     version: int
-    url: str
+    url: str = field(repr=False)  # its userinfo and query may hold the receiver's credentials
     attempt: int
     view: dict[str, Any]
 

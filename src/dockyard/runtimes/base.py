@@ -72,8 +72,10 @@ class Mount:
 
 @dataclass(frozen=True)
 class RegistryAuth:
+    """Credentials for the image's registry, in plaintext; the password is left out of repr() (a log line)."""
+
     username: str
-    password: str
+    password: str = field(repr=False)
 
 
 class PullPolicy(StrEnum):
@@ -107,7 +109,7 @@ class RunSpec:
     network: str = ""
     entrypoint: list[str] | None = None  # None keeps the image's
     command: list[str] | None = None  # None keeps the image's
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # plaintext secret values: not in repr()
     ports: list[PortBinding] = field(default_factory=list)
     mounts: list[Mount] = field(default_factory=list)
     registry_auth: RegistryAuth | None = None

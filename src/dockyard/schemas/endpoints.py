@@ -82,7 +82,7 @@ class EndpointEnvIn(SnakeModel):
     """A variable as a request sets it."""
 
     key: UserEnvName = Field(description=RESERVED_ENV_HELP)
-    value: EnvValue
+    value: EnvValue = Field(repr=False)
 
 
 class EndpointEnv(SnakeModel):

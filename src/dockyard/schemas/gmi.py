@@ -19,7 +19,7 @@ class EnvIn(CamelModel):
     """A variable as a request sets it."""
 
     name: UserEnvName = Field(examples=["access_token"], description=RESERVED_ENV_HELP)
-    value: EnvValue = Field(default="", description="masked in answers")
+    value: EnvValue = Field(default="", description="masked in answers", repr=False)
 
 
 class Env(CamelModel):

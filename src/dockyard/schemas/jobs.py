@@ -63,6 +63,7 @@ class RunRequest(BaseModel):
         max_length=MAX_WEBHOOK,
         pattern=r"^https?://\S+$",
         description="POSTed the status view once the job finishes",
+        repr=False,  # its userinfo and query may hold the receiver's credentials
     )
     policy: JobPolicy | None = None
 

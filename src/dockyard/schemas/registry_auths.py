@@ -10,7 +10,7 @@ from dockyard.schemas.common import SnakeModel, Text, UnixSeconds
 class CreateRegistryAuthRequest(SnakeModel):
     name: Text = Field(min_length=1, max_length=255, examples=["docker-hub"])
     username: str = Field(min_length=1, max_length=255, examples=["robot"])
-    password: str = Field(min_length=1, max_length=4096, description="stored encrypted; never answered")
+    password: str = Field(min_length=1, max_length=4096, description="stored encrypted; never answered", repr=False)
 
 
 class RegistryAuthId(SnakeModel):

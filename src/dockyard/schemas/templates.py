@@ -10,7 +10,9 @@ from dockyard.schemas.gmi import Env, EnvIn, Port
 
 class TemplateCredential(CamelModel):
     username: str = Field(min_length=1, max_length=255)
-    secret: str = Field(min_length=1, max_length=4096, description="the registry password; masked in answers")
+    secret: str = Field(
+        min_length=1, max_length=4096, description="the registry password; masked in answers", repr=False
+    )
 
 
 class CreateTemplateRequest(CamelModel):

@@ -34,7 +34,7 @@ Build it just before `create` and drop it after, like the container's (services/
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -82,7 +82,7 @@ class WebhookAccess:
     key (its hash is on the worker row; the key itself only here) and the ping interval in milliseconds."""
 
     base_url: str
-    key: str
+    key: str = field(repr=False)
     ping_interval_ms: int
 
 
