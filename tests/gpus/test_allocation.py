@@ -106,3 +106,34 @@ def test_free_gpus_on_a_node_without_the_cpu_are_not_enough() -> None:
     gpus_but_no_cpu = r"has 1 free GPU, 16 vCPUs and 65536 MB free \(the most free on one: 0 of 16 vCPUs"
     with pytest.raises(Unschedulable, match=gpus_but_no_cpu):
         allocator.allocate("c2", "local", "H100", 1, cpu=16, memory_mb=65536)
+
+
+def test_a_refusal_says_whether_others_hold_the_room_or_no_node_could_ever_take_it() -> None:
+    allocator = GpuAllocator([node("a", 2, cpus=16, memory_mb=65536), node("b", 0, cpus=4, memory_mb=4096)])
+    allocator.allocate("c1", "local", "H100", 2, cpu=8, memory_mb=8192)
+    with pytest.raises(Unschedulable) as taken:
+        allocator.allocate("c2", "local", "H100", 1)
+    assert (taken.value.held, taken.value.shortage) == (
+        True,
+        "no free GPU: needs 1 \u00d7 H100, all 2 on IDC local are in use",
+    )
+    with pytest.raises(Unschedulable) as too_many:
+        allocator.allocate("c2", "local", "H100", 3)
+    assert (too_many.value.held, too_many.value.reason) == (
+        False,
+        "no node of IDC local has 3 H100 GPUs (the most on one: 2); choose a product with fewer GPUs",
+    )
+    with pytest.raises(Unschedulable) as too_large:
+        allocator.allocate("c2", "local", "H100", 1, cpu=32, memory_mb=1024)
+    assert (too_large.value.held, too_large.value.reason) == (
+        False,
+        "no node of IDC local with 1 H100 GPU has 32 vCPUs and 1024 MB in all (the largest: 16 vCPUs and 65536 MB); "
+        "choose a smaller product",
+    )
+    with pytest.raises(Unschedulable) as busy:
+        allocator.allocate("c2", "local", "", 0, cpu=12, memory_mb=1024)
+    assert busy.value.held  # a holds 8 of its 16 vCPUs: it takes 12 once c1 is gone
+    with pytest.raises(Unschedulable) as never:
+        allocator.allocate("c2", "local", "", 0, cpu=17, memory_mb=1024)
+    assert not never.value.held
+    assert never.value.reason.endswith("(the largest: 16 vCPUs and 65536 MB); choose a smaller product")

@@ -216,7 +216,7 @@ async def test_gpus_of_rows_at_rest_stay_held(
 
     assert resting not in loaded
     rows = [await must_row(harness, i) for i in (first, second)]
-    assert sorted(row.status for row in rows) == [ContainerStatus.ERROR, ContainerStatus.RUNNING]
+    assert sorted(row.status for row in rows) == [ContainerStatus.CREATING, ContainerStatus.RUNNING]
     assert [row.gpu_uuids for row in rows if row.status == ContainerStatus.RUNNING] == [[uuids[1]]]
     assert (await must_row(harness, resting)).gpu_uuids == [uuids[0]]
     assert harness.context.registry.get_sample_value("dockyard_gpus_allocated") == 2

@@ -30,6 +30,7 @@ from dockyard.db.models import ContainerModel
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.runtimes.base import Mount, RunSpec, RuntimeFailure
 from dockyard.runtimes.engine import EngineRuntime
+from dockyard.services.bootstrap import local_node_id
 from tests.conftest import Harness
 from tests.engine import answered, http_probe, network_of
 from tests.engine_harness import database_url, fake_runtime  # noqa: F401
@@ -499,7 +500,7 @@ async def test_placement_counts_the_cpus_podman_reports(
     harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
 ) -> None:
     """The node offers the CPUs and memory Podman's `info` reports; at an overcommit that leaves room for two
-    cpu.small on this host, whatever its core count, the third is refused with the reason and never created."""
+    cpu.small on this host, whatever its core count, the third waits with the reason and is never created."""
     info = docker_client.info()
     cpus, memory_mb = int(info["NCPU"]), int(info["MemTotal"]) // (1024 * 1024)
     settings = harness.context.settings
@@ -510,15 +511,61 @@ async def test_placement_counts_the_cpus_podman_reports(
 
     async def settled() -> bool:
         rows = [await must_row(harness, container_id) for container_id in ids]
-        return all(row.status in (ContainerStatus.RUNNING, ContainerStatus.ERROR) for row in rows)
+        return all(row.status == ContainerStatus.RUNNING or row.reason.startswith("waiting for") for row in rows)
 
-    await until(engine_reconciler, settled, "three containers running or refused")
+    await until(engine_reconciler, settled, "three containers running or waiting")
     rows = [await must_row(harness, container_id) for container_id in ids]
-    assert sorted(row.status.value for row in rows) == ["error", "running", "running"]
-    (refused,) = [row for row in rows if row.status == ContainerStatus.ERROR]
+    assert sorted(row.status.value for row in rows) == ["creating", "running", "running"]
+    (refused,) = [row for row in rows if row.status == ContainerStatus.CREATING]
     assert refused.reason.startswith(
-        "no node of IDC local has 1 vCPUs and 1024 MB free (the most free on one: 0 of 2 vCPUs and 2048 of 4096 MB)"
+        "waiting for capacity: no node of IDC local has 1 vCPUs and 1024 MB free (the most free on one: 0 of 2 vCPUs "
+        "and 2048 of 4096 MB)"
     )
     assert objects_of(docker_client, refused.id) == []
     nodes = (await harness.admin.get("/admin/v1/nodes")).json()
     assert (nodes[0]["cpus"], nodes[0]["memory_mb"]) == (cpus, memory_mb)
+
+
+async def test_a_second_gpu_container_waits_for_the_gpu_and_starts_once_it_is_freed(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    """A 1-GPU machine (a simulated GPU) and two 1-GPU containers: the second waits with the reason, holding nothing
+    and with no object, and starts by itself on the freed GPU once the first is deleted."""
+    settings = harness.context.settings
+    settings.node_cpus, settings.node_memory_mb = 64, 512 * 1024  # sized like a host of an H100 (16 vCPUs, 128 GiB)
+    declared = await harness.admin.put(
+        f"/admin/v1/nodes/{local_node_id()}/simulated-gpus",
+        json={"model": "NVIDIA H100 80GB HBM3", "count": 1, "memory_mb": 81559},
+    )
+    assert declared.status_code == 200, declared.text
+    (gpu,) = [item["uuid"] for item in declared.json()["gpus"]]
+    template_id = await make_template(harness.client, busybox_image, command="sleep 600", ports=[])
+    (first,) = await make_containers(harness.client, template_id, product="gpu.h100.1x")
+    await until(engine_reconciler, lambda: status_is(harness, first, ContainerStatus.RUNNING), "the first running")
+    (second,) = await make_containers(harness.client, template_id, product="gpu.h100.1x")
+
+    async def waiting() -> bool:
+        return (await must_row(harness, second)).reason.startswith("waiting for capacity")
+
+    await until(engine_reconciler, waiting, "the second waiting")
+    row = await must_row(harness, second)
+    assert (row.status, row.reason) == (
+        ContainerStatus.CREATING,
+        "waiting for capacity: no free GPU: needs 1 \N{MULTIPLICATION SIGN} H100, all 1 on IDC local are in use; "
+        "it starts by itself once another container or endpoint worker on IDC local is deleted and frees enough",
+    )
+    assert row.gpu_uuids == []
+    assert objects_of(docker_client, second) == []
+
+    def visible_gpus(container_id: str) -> str:
+        (obj,) = objects_of(docker_client, container_id)
+        code, output = obj.exec_run(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"])
+        assert code == 0, output
+        return str(output.decode().strip())
+
+    assert visible_gpus(first) == gpu
+    assert (await harness.client.delete(f"/api/v1/containers/{first}")).status_code == 200
+    await until(engine_reconciler, lambda: status_is(harness, second, ContainerStatus.RUNNING), "the second running")
+    assert objects_of(docker_client, first) == []
+    assert (await must_row(harness, second)).gpu_uuids == [gpu]
+    assert visible_gpus(second) == gpu

@@ -46,26 +46,25 @@ async def test_concurrent_creates_never_share_a_gpu(
 
     rows = [await must_row(harness, container_id) for container_id in ids]
     running = [row for row in rows if row.status == ContainerStatus.RUNNING]
-    refused = [row for row in rows if row.status == ContainerStatus.ERROR]
-    assert (len(running), len(refused)) == (8, 4)
+    waiting = [row for row in rows if row.status == ContainerStatus.CREATING]
+    assert (len(running), len(waiting)) == (8, 4)
     held = [uuid for row in running for uuid in row.gpu_uuids]
     assert sorted(held) == sorted(uuids)
     assert labelled_gpus(runtime) == {row.id: row.gpu_uuids for row in running}
-    for row in refused:
-        assert row.reason == (
-            "no free GPU: needs 1 \N{MULTIPLICATION SIGN} H100, all 8 on IDC local are in use; "
-            "delete a container or try again later"
+    for row in waiting:
+        assert row.reason.startswith(
+            "waiting for capacity: no free GPU: needs 1 \N{MULTIPLICATION SIGN} H100, all 8 on IDC local are in use; "
         )
         assert row.gpu_uuids == []
-        assert "Unschedulable" in await event_types(harness, row.id)
+        assert "Waiting" in await event_types(harness, row.id)
     registry = harness.context.registry
     assert registry.get_sample_value("dockyard_gpus_allocated") == 8
     assert registry.get_sample_value("dockyard_gpus_total") == 8
     assert registry.get_sample_value("dockyard_containers", {"status": "running"}) == 8
-    assert registry.get_sample_value("dockyard_containers", {"status": "error"}) == 4
+    assert registry.get_sample_value("dockyard_containers", {"status": "creating"}) == 4
 
 
-async def test_a_deleted_container_frees_its_gpu_for_a_restart(
+async def test_a_deleted_container_frees_its_gpu_for_the_one_waiting(
     harness: Harness, reconciler: ContainerReconciler, runtime: FakeRuntime
 ) -> None:
     await simulate_gpus(harness, f"{H100}:1")
@@ -76,12 +75,11 @@ async def test_a_deleted_container_frees_its_gpu_for_a_restart(
     rows = {row.id: row for row in [await must_row(harness, first), await must_row(harness, second)]}
     winner = next(i for i, row in rows.items() if row.status == ContainerStatus.RUNNING)
     loser = second if winner == first else first
-    assert rows[loser].status == ContainerStatus.ERROR
+    assert rows[loser].status == ContainerStatus.CREATING
     gpu = rows[winner].gpu_uuids
 
     await harness.client.delete(f"/api/v1/containers/{winner}")
-    await harness.client.post(f"/api/v1/containers/{loser}/restart")
-    await reconciler.reconcile_once()  # the teardown runs first in the pass and frees the GPU for the restart
+    await reconciler.reconcile_once()  # the teardown runs first in the pass and frees the GPU for the one waiting
 
     assert await row_of(harness, winner) is None
     row = await must_row(harness, loser)
@@ -140,7 +138,7 @@ async def test_a_new_reconciler_rebuilds_allocations_from_rows_and_labels(
     row = await must_row(harness, allocated)
     assert (row.status, row.gpu_uuids) == (ContainerStatus.RUNNING, [uuids[3]])
     rows = [await must_row(harness, i) for i in others]
-    assert sorted(row.status for row in rows) == [ContainerStatus.ERROR, ContainerStatus.RUNNING]
+    assert sorted(row.status for row in rows) == [ContainerStatus.CREATING, ContainerStatus.RUNNING]
     assert [row.gpu_uuids for row in rows if row.status == ContainerStatus.RUNNING] == [[uuids[2]]]
     assert labelled_gpus(runtime)["lost"] == [uuids[0], uuids[1]]
 

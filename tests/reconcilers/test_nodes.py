@@ -1,7 +1,8 @@
 """Placement counts a node's CPUs and memory as it counts GPUs (over the in-memory runtime; the real-engine twin is
 in test_containers_engine.py): the node's figures come from its engine (or the operator), times the overcommit
-ratios; what does not fit is refused with the reason, a container as `error` (Unschedulable, as for GPUs), a
-worker left `pending` saying why until room frees; containers and workers share one node."""
+ratios; what does not fit now waits with the reason, a container `creating` and a worker `pending`, until room
+frees; what could never fit (more than the node has) ends a container in `error`; containers and workers share
+one node."""
 
 from __future__ import annotations
 
@@ -21,10 +22,8 @@ from tests.reconcilers.test_endpoints import make_endpoint, workers_of
 # A 2-core host with 4 GiB: at the default overcommit (4 vCPUs per core, memory 1:1) it offers 8 vCPUs and 4096 MB,
 # room for four cpu.small (1 vCPU, 1024 MB each).
 SMALL_HOST = HostCapacity(cpus=2.0, memory_mb=4096)
-NO_ROOM = (
-    "no node of IDC local has 1 vCPUs and 1024 MB free (the most free on one: 4 of 8 vCPUs and 0 of 4096 MB); "
-    "stop or delete a container, or try again later"
-)
+NO_ROOM_NOW = "no node of IDC local has 1 vCPUs and 1024 MB free (the most free on one: 4 of 8 vCPUs and 0 of 4096 MB)"
+NO_ROOM = f"{NO_ROOM_NOW}; stop or delete a container, or try again later"
 
 
 async def test_the_node_offers_what_its_engine_reports_or_the_operator_declares(
@@ -46,7 +45,7 @@ async def test_the_node_offers_what_its_engine_reports_or_the_operator_declares(
     assert tuple(figures) == (2.0, 8192)
 
 
-async def test_a_container_that_does_not_fit_is_refused_with_the_reason(
+async def test_a_container_that_does_not_fit_waits_with_the_reason_until_room_frees(
     harness: Harness, reconciler: ContainerReconciler, runtime: FakeRuntime
 ) -> None:
     runtime.host = SMALL_HOST
@@ -55,25 +54,44 @@ async def test_a_container_that_does_not_fit_is_refused_with_the_reason(
 
     rows = [await must_row(harness, container_id) for container_id in ids]
     running = [row for row in rows if row.status == ContainerStatus.RUNNING]
-    refused = [row for row in rows if row.status == ContainerStatus.ERROR]
-    assert (len(running), len(refused)) == (4, 1)
+    waiting = [row for row in rows if row.status == ContainerStatus.CREATING]
+    assert (len(running), len(waiting)) == (4, 1)
     assert {row.node_id for row in running} == {local_node_id()}
-    assert refused[0].reason == NO_ROOM
-    assert refused[0].node_id == ""
-    assert "Unschedulable" in await event_types(harness, refused[0].id)
+    assert waiting[0].reason == (
+        f"waiting for capacity: {NO_ROOM_NOW}; it starts by itself once another container or endpoint worker on "
+        "IDC local is deleted and frees enough"
+    )
+    assert waiting[0].node_id == ""
+    assert "Waiting" in await event_types(harness, waiting[0].id)
     assert len(runtime.objects) == 4
 
-    # A stopped container keeps its share (as it keeps its GPUs); a deleted one frees it, and a restart then fits.
+    # A stopped container keeps its share (as it keeps its GPUs); a deleted one frees it, and the waiting one
+    # starts by itself, without a restart.
     assert (await harness.client.post(f"/api/v1/containers/{running[0].id}/stop")).status_code == 200
     await reconciler.reconcile_once()
-    assert (await harness.client.post(f"/api/v1/containers/{refused[0].id}/restart")).status_code == 200
-    await reconciler.reconcile_once()
-    assert (await must_row(harness, refused[0].id)).status == ContainerStatus.ERROR
+    assert (await must_row(harness, waiting[0].id)).status == ContainerStatus.CREATING
     assert (await harness.client.delete(f"/api/v1/containers/{running[0].id}")).status_code == 200
     await reconciler.reconcile_once()
-    assert (await harness.client.post(f"/api/v1/containers/{refused[0].id}/restart")).status_code == 200
+    started = await must_row(harness, waiting[0].id)
+    assert (started.status, started.reason, started.node_id) == (ContainerStatus.RUNNING, "", local_node_id())
+
+
+async def test_a_container_larger_than_any_node_is_refused_with_the_reason(
+    harness: Harness, reconciler: ContainerReconciler, runtime: FakeRuntime
+) -> None:
+    """Waiting would never end: cpu.large asks 4096 MB of a node that has 2048 in all."""
+    runtime.host = HostCapacity(cpus=2.0, memory_mb=2048)
+    (container_id,) = await make_containers(harness.client, await make_template(harness.client), product="cpu.large")
     await reconciler.reconcile_once()
-    assert (await must_row(harness, refused[0].id)).status == ContainerStatus.RUNNING
+
+    row = await must_row(harness, container_id)
+    assert (row.status, row.reason) == (
+        ContainerStatus.ERROR,
+        "no node of IDC local has 2 vCPUs and 4096 MB in all (the largest: 8 vCPUs and 2048 MB); "
+        "choose a smaller product",
+    )
+    assert "Unschedulable" in await event_types(harness, container_id)
+    assert runtime.objects == {}
 
 
 async def test_a_worker_that_does_not_fit_waits_pending_with_the_reason(

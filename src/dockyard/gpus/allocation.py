@@ -15,8 +15,9 @@ CPU and memory are counted the same way: a node offers its host's CPUs and memor
 `memory_mb`: what its engine reports or the operator declares, times the overcommit ratios), and every container
 or worker row that names the node holds its product's CPU and memory there (`load_placements`), from the moment
 its placement is recorded, before anything is created, until its row is deleted or its placement cleared (a
-failed worker holds none: its container is stopped). A request that fits on no node is refused with the reason,
-as one for GPUs is. A node whose capacity is not known (0) limits nothing.
+failed worker holds none: its container is stopped). A request that fits on no node raises `Unschedulable` with the
+reason, as one for GPUs does, saying whether others hold the room (`held`: it fits once they let go, so the holder
+waits) or no node could take it even empty. A node whose capacity is not known (0) limits nothing.
 """
 
 from __future__ import annotations
@@ -37,12 +38,16 @@ from dockyard.gpus.inventory import GpuInfo
 
 
 class Unschedulable(Exception):
-    """No node can take the request right now (its GPUs, CPU or memory); `reason` says why in a sentence a user
-    can act on."""
+    """No node can take the request right now (its GPUs, CPU or memory). `shortage` says what is missing, `reason`
+    adds what a user can do. `held`: others hold what is missing, so it fits once they release it; otherwise no
+    node could take it even empty (no such GPU, a CUDA too old, more than a node has), and only a change of
+    request or of the nodes helps."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, shortage: str, remedy: str, *, held: bool) -> None:
+        super().__init__(f"{shortage}; {remedy}")
+        self.shortage = shortage
+        self.reason = f"{shortage}; {remedy}"
+        self.held = held
 
 
 @dataclass(frozen=True)
@@ -270,14 +275,19 @@ class GpuAllocator:
         matching = [(node, [g for g in node.gpus if model_matches(gpu_model, g.model)]) for node in in_idc]
         matching = [(node, gpus) for node, gpus in matching if gpus]
         if not matching:
-            raise Unschedulable(f"no {gpu_model} GPU exists on IDC {idc_id}; choose a product this IDC offers")
+            raise Unschedulable(
+                f"no {gpu_model} GPU exists on IDC {idc_id}", "choose a product this IDC offers", held=False
+            )
         capable = [(node, gpus) for node, gpus in matching if cuda_satisfies(node.cuda_version, min_cuda_version)]
         if not capable:
             newest = max((node.cuda_version for node, _ in matching), key=version_tuple, default="")
             raise Unschedulable(
-                f"no node of IDC {idc_id} has CUDA {min_cuda_version} or newer (the newest has {newest or 'none'}); "
-                "lower minCudaVersion or update the node's driver"
+                f"no node of IDC {idc_id} has CUDA {min_cuda_version} or newer (the newest has {newest or 'none'})",
+                "lower minCudaVersion or update the node's driver",
+                held=False,
             )
+        # Nodes that could take the request once others release what they hold.
+        roomy = [node for node, gpus in capable if len(gpus) >= count and _could_hold(node, cpu, memory_mb)]
         best: tuple[NodeInventory, list[GpuInfo]] | None = None
         gpus_fit: list[NodeInventory] = []
         for node, gpus in capable:
@@ -287,9 +297,19 @@ class GpuAllocator:
             gpus_fit.append(node)
             if self._fits(node, holder, cpu, memory_mb) and (best is None or len(free) < len(best[1])):
                 best = (node, free)
+        if best is None and not roomy:
+            most = max(len(gpus) for _, gpus in capable)
+            if most < count:
+                raise Unschedulable(
+                    f"no node of IDC {idc_id} has {count} {gpu_model} GPUs (the most on one: {most})",
+                    "choose a product with fewer GPUs",
+                    held=False,
+                )
+            enough = [node for node, gpus in capable if len(gpus) >= count]
+            raise _too_large(idc_id, enough, cpu, memory_mb, f" with {count} {gpu_model} GPU{'s' if count > 1 else ''}")
         if best is None and gpus_fit:
             also = f"{count} free GPU{'s' if count > 1 else ''}, "
-            raise Unschedulable(self._no_room(idc_id, gpus_fit, holder, cpu, memory_mb, also))
+            raise self._no_room(idc_id, gpus_fit, holder, cpu, memory_mb, also)
         if best is None:
             total = sum(len(gpus) for _, gpus in capable)
             free_now = max(sum(1 for g in gpus if self._free_for(holder, g)) for _, gpus in capable)
@@ -298,8 +318,9 @@ class GpuAllocator:
             else:
                 detail = f"at most {free_now} of {total} on IDC {idc_id} are free on one node"
             raise Unschedulable(
-                f"no free GPU: needs {count} \N{MULTIPLICATION SIGN} {gpu_model}, {detail}; "
-                "delete a container or try again later"
+                f"no free GPU: needs {count} \N{MULTIPLICATION SIGN} {gpu_model}, {detail}",
+                "delete a container or try again later",
+                held=True,
             )
         node, free = best
         chosen = tuple(free[:count])
@@ -313,24 +334,44 @@ class GpuAllocator:
         if not nodes:
             return Allocation("", ())
         fitting = [node for node in nodes if self._fits(node, holder, cpu, memory_mb)]
+        if not fitting and not any(_could_hold(node, cpu, memory_mb) for node in nodes):
+            raise _too_large(idc_id, nodes, cpu, memory_mb)
         if not fitting:
-            raise Unschedulable(self._no_room(idc_id, nodes, holder, cpu, memory_mb))
+            raise self._no_room(idc_id, nodes, holder, cpu, memory_mb)
         node = min(fitting, key=lambda n: self.free(n, holder))
         self._placements[holder] = Placement(node.node_id, cpu, memory_mb)
         return Allocation(node.node_id, ())
 
     def _no_room(
         self, idc_id: str, nodes: list[NodeInventory], holder: str, cpu: float, memory_mb: int, also: str = ""
-    ) -> str:
-        """Why none of `nodes` can take `cpu` and `memory_mb` (and what else `also` names): the most any one has."""
+    ) -> Unschedulable:
+        """Why none of `nodes` can take `cpu` and `memory_mb` (and what else `also` names) now, though one could
+        once others release theirs: the most any one has free."""
         node = max(nodes, key=lambda n: self.free(n, holder))
         free_cpu, free_memory = self.free(node, holder)
 
         def amount(free: float, total: float, unit: str) -> str:
             return "any" if math.isinf(free) else f"{max(free, 0):g} of {total:g}{unit}"
 
-        return (
+        return Unschedulable(
             f"no node of IDC {idc_id} has {also}{cpu:g} vCPUs and {memory_mb} MB free (the most free on one: "
-            f"{amount(free_cpu, node.cpus, ' vCPUs')} and {amount(free_memory, node.memory_mb, ' MB')}); "
-            "stop or delete a container, or try again later"
+            f"{amount(free_cpu, node.cpus, ' vCPUs')} and {amount(free_memory, node.memory_mb, ' MB')})",
+            "stop or delete a container, or try again later",
+            held=True,
         )
+
+
+def _too_large(idc_id: str, nodes: list[NodeInventory], cpu: float, memory_mb: int, kind: str = "") -> Unschedulable:
+    """Why none of `nodes` (those of `kind`) could take `cpu` and `memory_mb` even with nothing else on it."""
+    node = max(nodes, key=lambda n: (n.cpus, n.memory_mb))
+    return Unschedulable(
+        f"no node of IDC {idc_id}{kind} has {cpu:g} vCPUs and {memory_mb} MB in all (the largest: "
+        f"{node.cpus:g} vCPUs and {node.memory_mb} MB)",
+        "choose a smaller product",
+        held=False,
+    )
+
+
+def _could_hold(node: NodeInventory, cpu: float, memory_mb: int) -> bool:
+    """Whether `node` has `cpu` and `memory_mb` in all (a size not known holds anything)."""
+    return (not node.cpus or cpu <= node.cpus + 1e-9) and (not node.memory_mb or memory_mb <= node.memory_mb)

@@ -39,8 +39,17 @@ One pass:
      generations are removed first; the node and its GPUs are chosen and recorded on the row before anything is created,
      so a crash can never hand one GPU out twice; then create, start, read back the published ports and
      record `running`. A `RuntimeFailure` (image not found, port taken) gives `error` with the runtime's
-     reason, removes the half-made object and releases the GPUs; no free GPU, or no node with the product's CPU
-     and memory free (reconcilers/nodes.py, gpus/allocation.py), gives `error` saying so.
+     reason, removes the half-made object and releases the GPUs. A row that does not fit because others hold
+     what it needs (no free GPU, no node with the product's CPU and memory free: reconcilers/nodes.py,
+     gpus/allocation.py) *waits*: it stays `creating`, holding nothing, its reason saying what it waits for
+     (an event once per reason), and is placed by the first pass that finds room; a container or worker that
+     releases capacity wakes the loop. One that no node could take even empty (no such GPU, a CUDA too old,
+     more CPU or memory than any node has) gives `error` saying so. Waiting rows are placed first come, first
+     served, as Kueue's default BestEffortFIFO queues do: rows go to the act step oldest first (`created_at`,
+     then id), a row reaches the placement lock (first in, first out) before it awaits anything else, and a
+     younger row of the same request as one that found no room this pass waits without asking, so nothing
+     freed meanwhile goes to it first; a younger row of a smaller request may still take what the older one
+     cannot use, so one large request never holds back every small one.
    - *object running*: `running` (the published ports are refreshed). *Object exited while desired
      running*: `error` "exited with code N" (or out of memory); the object is kept so its logs stay readable
      and its GPUs stay held until the container is restarted or deleted.
@@ -102,6 +111,7 @@ from dockyard.runtimes.base import (
     RuntimeUnavailable,
 )
 from dockyard.services import events, idcs
+from dockyard.services.containers import LOOP
 from dockyard.services.runspec import KIND_CONTAINER, load_ssh_keys, org_network
 
 log = logging.getLogger(__name__)
@@ -142,7 +152,7 @@ class _Loaded:
 class ContainerReconciler:
     """The `containers` loop; see the module docstring for the algorithm."""
 
-    name = "containers"
+    name = LOOP
 
     def __init__(self, context: ServerContext) -> None:
         self.context = context
@@ -207,7 +217,9 @@ class ContainerReconciler:
         async with self.context.db.read() as session:
             rows = list(
                 await session.scalars(
-                    select(ContainerModel).where(~at_rest_clause()).order_by(ContainerModel.created_at)
+                    select(ContainerModel)
+                    .where(~at_rest_clause())
+                    .order_by(ContainerModel.created_at, ContainerModel.id)
                 )
             )
             holding = and_(at_rest_clause(), ~holds_nothing_clause())
@@ -256,7 +268,7 @@ class ContainerReconciler:
                 # changed in between may take one from the wrong status, for this pass's gauge only.
                 loaded.bare_counts[row.status] = max(0, loaded.bare_counts[row.status] - 1)
         if fetched:
-            loaded.rows = sorted([*loaded.rows, *fetched.values()], key=lambda row: row.created_at)
+            loaded.rows = sorted([*loaded.rows, *fetched.values()], key=lambda row: (row.created_at, row.id))
 
     async def _observe(self, idc_ids: set[str]) -> tuple[dict[str, list[RuntimeObject]], dict[str, str]]:
         """Managed container objects by container id, and the IDCs whose runtime could not be listed (or that

@@ -86,6 +86,9 @@ class PassState:
     # Held while a placement is chosen and recorded: the server's `ServerContext.gpu_lock`, which the endpoint
     # reconciler takes too (containers.py passes it; a lock of its own only serialises this pass's rows).
     gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Requests (`placement_shape`) that found no room this pass: a younger row asking the same waits without
+    # asking, so what frees during the pass never goes to it ahead of an older one.
+    no_room: dict[tuple[object, ...], Unschedulable] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,19 @@ def needs_task(row: RestingRow, objects: list[RuntimeObject], reachable: bool) -
 def published(obj: RuntimeObject) -> list[dict[str, Any]]:
     """The host ports the runtime chose, as stored in `published_ports` (GMI's port shape)."""
     return [{"containerPort": p.container_port, "port": p.host_port, "protocol": p.protocol.upper()} for p in obj.ports]
+
+
+def placement_shape(row: ContainerModel, product: ProductModel, spec: WorkloadSpec) -> tuple[object, ...]:
+    """What a row asks placement for: rows of one shape are interchangeable to the allocator."""
+    return (row.idc_id, product.gpu_model, product.gpu_count, spec.min_cuda_version, product.cpu, product.memory_mb)
+
+
+def waiting_reason(unschedulable: Unschedulable, idc_id: str) -> str:
+    """A waiting container's reason: what it waits for and what frees it."""
+    return (
+        f"waiting for capacity: {unschedulable.shortage}; it starts by itself once another container or endpoint "
+        f"worker on IDC {idc_id} is deleted and frees enough"
+    )
 
 
 def exit_reason(obj: RuntimeObject, product: ProductModel | None) -> str:
@@ -447,14 +463,33 @@ class RowTask:
             observed_restart_generation=self.row.restart_generation,
         )
 
+    async def _wait(self, unschedulable: Unschedulable) -> None:
+        """What the row asks for is held by others: it stays `creating`, holding nothing, with a reason saying what
+        it waits for, and every pass asks again (a release wakes the loop). The event comes once per reason."""
+        reason = waiting_reason(unschedulable, self.row.idc_id)
+        await self.apply(
+            ("Waiting", reason) if reason != self.row.reason else None,
+            status=ContainerStatus.CREATING,
+            reason=reason,
+            gpu_uuids=[],
+            node_id="",
+            runtime_id="",
+            published_ports=[],
+        )
+
     async def _allocate(self, product: ProductModel, spec: WorkloadSpec) -> tuple[str, list[GpuInfo]] | None:
         """The row's node, GPUs, CPU and memory, recorded on the row before anything is created so that a crash
         can never hand the same GPU (or the same share of a node) out twice. None when nothing may be created
-        this pass."""
+        this pass: the row waits when others hold what it needs, and ends `error` when no node could ever take
+        it."""
         row, allocator = self.row, self.state.allocator
         known = [gpu for uuid in row.gpu_uuids or [] if (gpu := allocator.gpu(uuid)) is not None]
         if row.node_id and len(known) == product.gpu_count == len(row.gpu_uuids):
             return row.node_id, known
+        shape = placement_shape(row, product, spec)
+        if (older := self.state.no_room.get(shape)) is not None:
+            await self._wait(older)
+            return None
         # Endpoint workers draw from the same pool in another loop: allocate_and_record refreshes from every row
         # under the shared lock and records the choice before letting go, so neither loop hands out what the
         # other took.
@@ -471,6 +506,10 @@ class RowTask:
             cpu=product.cpu,
             memory_mb=product.memory_mb,
         )
+        if isinstance(outcome, Unschedulable) and outcome.held:
+            self.state.no_room[shape] = outcome
+            await self._wait(outcome)
+            return None
         if isinstance(outcome, Unschedulable):
             await self._fail_create(outcome.reason, "Unschedulable")
             return None

@@ -99,6 +99,7 @@ from dockyard.reconcilers.endpoints_workers import (
 from dockyard.reconcilers.nodes import NodeCapacity
 from dockyard.runtimes.base import LABEL_KIND, RuntimeObject, RuntimeUnavailable
 from dockyard.services import events
+from dockyard.services.containers import LOOP as CONTAINERS_LOOP
 from dockyard.services.endpoints import LOOP, route_config
 from dockyard.services.worker_runspec import KIND_WORKER
 
@@ -192,6 +193,7 @@ class EndpointReconciler:
             missing_since=self._missing_since,
             limit=asyncio.Semaphore(CONCURRENCY),
             wake=lambda: self.context.wake(LOOP),
+            capacity_freed=lambda: self.context.wake(CONTAINERS_LOOP),
             container_start=self._metrics.container_start,
         )
         row_ids = {worker.id for worker in workers}

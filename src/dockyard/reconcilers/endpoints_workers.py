@@ -109,6 +109,8 @@ class PassState:
     missing_since: dict[str, datetime]  # worker id -> first pass its object was not seen; kept across passes
     limit: asyncio.Semaphore
     wake: Callable[[], None]  # ask for another pass soon
+    # A worker let go of its node's share or its GPUs: the containers loop places what waits for them at once.
+    capacity_freed: Callable[[], None]
     container_start: Histogram  # seconds from a worker being wanted to its container running, by endpoint
 
     def held(self, endpoint_id: str, worker_id: str) -> int:
@@ -173,6 +175,8 @@ class WorkerTask:
             deleted = bool(getattr(result, "rowcount", 0) == 1)
             if deleted:
                 self._event(session, *event)
+        if deleted and self.worker.node_id:
+            self.state.capacity_freed()
         return deleted
 
     # -- steps --------------------------------------------------------------------------------------------
@@ -185,7 +189,8 @@ class WorkerTask:
         if worker.status == WorkerStatus.FAILED:
             if obj is not None and obj.state == ObjectState.RUNNING:
                 await self.runtime.stop(obj.id, settings.stop_timeout_seconds)
-            await self.apply(gpu_uuids=[])
+            if worker.gpu_uuids and await self.apply(gpu_uuids=[]):
+                self.state.capacity_freed()
             return
         if worker.status not in (WorkerStatus.STARTING, WorkerStatus.READY):
             return
@@ -247,6 +252,8 @@ class WorkerTask:
         if never_ready and self.worker.generation == self.endpoint.generation:
             self.state.crash_loop(self.endpoint).failed(reason)
         self.state.wake()
+        if self.worker.node_id:  # a failed worker holds no CPU or memory (its GPUs go at the next observe)
+            self.state.capacity_freed()
 
     async def drain(self, why: str) -> None:
         """No new request goes to the worker from now on; it is retired once it holds none (or after the drain
