@@ -130,6 +130,14 @@ def endpoint_is_up(endpoint: Json) -> bool:
     return (endpoint.get("status") or {}).get("status") == "running" and ready_workers(endpoint) >= wanted
 
 
+def _late(container_id: str, state: Json | None, status: str) -> str:
+    """How a wait that gave up names a container not there yet: its name, its status and why (a container waiting
+    for capacity says what it waits for)."""
+    state = state or {}
+    reason = f" ({state['reason']})" if state.get("reason") else ""
+    return f"{state.get('name', container_id)} is {status}{reason}"
+
+
 def _params(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
@@ -270,9 +278,10 @@ class Client(JobsMixin):
 
         A container the server no longer has (404) is `None` and counts as status `GONE`, the goal of a wait
         after a delete. One that reaches `error` (unless `error` is wanted) stops the wait at once with
-        `ContainerFailed`; `WaitTimeout` after `timeout` seconds. `on_change` is called with every
-        container's state whenever any status or reason changes. Polling backs off from `interval` to
-        `max_interval`, and starts over after each change.
+        `ContainerFailed`; one waiting for capacity (`creating`, its reason saying what for) is waited for like any
+        other. `WaitTimeout` after `timeout` seconds names each late container's status and reason. `on_change` is
+        called with every container's state whenever any status or reason changes. Polling backs off from
+        `interval` to `max_interval`, and starts over after each change.
         """
         states: dict[str, Json | None] = {}
         seen: dict[str, tuple[str, str]] = {}
@@ -298,9 +307,7 @@ class Client(JobsMixin):
             if all(status in until for status in statuses.values()):
                 return states
             if time.monotonic() >= deadline:
-                waiting = ", ".join(
-                    f"{(states[i] or {}).get('name', i)} is {s}" for i, s in statuses.items() if s not in until
-                )
+                waiting = ", ".join(_late(i, states[i], s) for i, s in statuses.items() if s not in until)
                 raise WaitTimeout(
                     f"gave up after {timeout:g} s waiting for {' or '.join(sorted(until))}: {waiting}; "
                     "the reason field and the container's logs say what it is doing",

@@ -9,10 +9,13 @@ import stat
 import uuid
 from pathlib import Path
 
+import httpx
 import yaml
 
 from dockyard.runtimes.base import LABEL_ID
+from dockyard.services.bootstrap import local_node_id
 from tests.cli.conftest import IMAGE, Cli
+from tests.conftest import ADMIN_TOKEN
 
 
 def _closed_port_url() -> str:
@@ -215,6 +218,41 @@ def test_wait_exits_1_with_the_reason_when_the_container_fails(cli: Cli) -> None
     assert (
         f"error: container broken ({container_id}) failed: image localhost/missing:latest not found" in created.stderr
     )
+
+
+def test_wait_follows_a_container_waiting_for_a_gpu_until_it_runs(cli: Cli) -> None:
+    """A container that does not fit waits (`creating`, saying for what) and is no failure: a --wait that runs out
+    names the reason, and one that lasts sees it start once the GPU it waits for is freed."""
+    admin = httpx.Client(base_url=cli.server.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    gpus = f"/admin/v1/nodes/{local_node_id()}/simulated-gpus"
+    declared = admin.put(gpus, json={"model": "NVIDIA H100 80GB HBM3", "count": 1, "memory_mb": 81559})
+    assert declared.status_code == 200, declared.text
+    template_id = _template(cli)
+    try:
+        first = cli("containers", "create", "--template", template_id, "--product", "gpu.h100.1x", "--name", "first",
+                    "--wait")  # fmt: skip
+        assert first.exit_code == 0, first.output
+        first_id = first.stdout.strip().splitlines()[-1]
+        second = cli("containers", "create", "--template", template_id, "--product", "gpu.h100.1x", "--name", "second",
+                     "--wait", "--timeout", "2")  # fmt: skip
+        assert second.exit_code == 1
+        assert (
+            "waiting for running: second is creating (waiting for capacity: no free GPU: needs 1 "
+            "\N{MULTIPLICATION SIGN} H100, all 1 on IDC local are in use; it starts by itself once another container "
+            "or endpoint worker on IDC local is deleted and frees enough)"
+        ) in " ".join(second.stderr.split())
+        listed = json.loads(cli("containers", "list", "--json").stdout)["items"]
+        (second_id,) = [c["id"] for c in listed if c["name"] == "second"]
+
+        assert cli("containers", "delete", first_id).exit_code == 0
+        started = cli("containers", "start", second_id, "--wait", "--timeout", "30")
+        assert started.exit_code == 0, started.output
+        assert started.stdout == f"{second_id}: running\n"
+    finally:
+        for container in json.loads(cli("containers", "list", "--json").stdout)["items"]:
+            cli("containers", "delete", container["id"], "--wait")
+        assert admin.put(gpus, json={"count": 0}).status_code == 200
+        admin.close()
 
 
 def test_create_with_an_unknown_product_shows_the_servers_advice(cli: Cli) -> None:
