@@ -24,6 +24,9 @@ from dockyard.runtimes.base import (
     RuntimeUnavailable,
 )
 
+DEFAULT_NETWORK = "default"
+"""Where the fake puts an object whose `RunSpec.network` is "" (Podman's `podman`, Docker's `bridge`)."""
+
 
 class FakeRuntime:
     def __init__(self, installation_id: str = "test", images: set[str] | None = None) -> None:
@@ -72,7 +75,13 @@ class FakeRuntime:
         if spec.network:
             own = {LABEL_MANAGED: "true", LABEL_INSTALLATION: self.installation_id}
             self.networks.setdefault(spec.network, {**own, LABEL_ORG: spec.labels.get(LABEL_ORG, "")})
-        obj = RuntimeObject(id=f"c{next(self._ids):06d}", name=spec.name, labels=labels, state=ObjectState.CREATED)
+        obj = RuntimeObject(
+            id=f"c{next(self._ids):06d}",
+            name=spec.name,
+            labels=labels,
+            state=ObjectState.CREATED,
+            networks=(spec.network or DEFAULT_NETWORK,),
+        )
         self.objects[obj.id] = obj
         self.specs[obj.id] = spec
         self.output[obj.id] = []
@@ -163,9 +172,19 @@ class FakeRuntime:
 
     async def remove_network(self, name: str) -> None:
         self._check()
-        if any((spec := self.specs.get(obj.id)) and spec.network == name for obj in self.objects.values()):
+        if any(name in obj.networks for obj in self.objects.values()):
             raise RuntimeFailure(f"network {name} is in use")
         self.networks.pop(name, None)
+
+    async def move_to_network(self, object_id: str, network: str, org: str) -> None:
+        self._check()
+        obj = self._find(object_id)
+        if obj is None:
+            raise RuntimeFailure(f"container {object_id} not found")
+        self.calls.append(("move", obj.name))
+        own = {LABEL_MANAGED: "true", LABEL_INSTALLATION: self.installation_id}
+        self.networks.setdefault(network, {**own, LABEL_ORG: org})
+        self.objects[obj.id] = replace(obj, networks=(network,))
 
     async def close(self) -> None:
         return None

@@ -23,14 +23,15 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from dockyard.core.status import ContainerStatus
-from dockyard.db.models import ContainerModel
+from dockyard.db.models import ContainerModel, EventModel
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.runtimes.base import Mount, RunSpec, RuntimeFailure
 from dockyard.runtimes.engine import EngineRuntime
 from dockyard.services.bootstrap import local_node_id
+from dockyard.services.runspec import container_labels, object_name
 from tests.conftest import Harness
 from tests.engine import answered, http_probe, network_of
 from tests.engine_harness import database_url, fake_runtime  # noqa: F401
@@ -569,3 +570,65 @@ async def test_a_second_gpu_container_waits_for_the_gpu_and_starts_once_it_is_fr
     assert objects_of(docker_client, first) == []
     assert (await must_row(harness, second)).gpu_uuids == [gpu]
     assert visible_gpus(second) == gpu
+
+
+async def test_a_container_made_on_the_default_network_is_moved_onto_its_organizations_live(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    """A Dockyard older than per-organization networks made every object on the engine's default network, which
+    another organization's containers reach. The reconciler moves such an object onto its organization's network
+    and off the default one while it runs: same process, same published port, now reached by its organization's
+    containers only."""
+    template_id = await make_template(harness.client, image=busybox_image)
+    (ours,) = await make_containers(harness.client, template_id)
+    async with await harness.new_client("old-neighbour") as other:
+        (theirs,) = await make_containers(other, await make_template(other, image=busybox_image))
+
+    async def both_running() -> bool:
+        return all([await status_is(harness, row_id, ContainerStatus.RUNNING) for row_id in (ours, theirs)])
+
+    await until(engine_reconciler, both_running, "two containers of two organizations running")
+    (old,) = await make_containers(harness.client, template_id)
+    row = await must_row(harness, old)
+    made_before = docker_client.containers.run(
+        busybox_image,
+        ["httpd", "-f", "-p", "8080", "-h", "/tmp"],
+        name=object_name(row.id, row.generation),
+        labels={
+            **container_labels(row, [], ""),
+            "dockyard.managed": "true",
+            "dockyard.installation": harness.context.installation_id,
+        },
+        ports={"8080/tcp": None},
+        detach=True,
+    )
+    (our_object,), (their_object,) = objects_of(docker_client, ours), objects_of(docker_client, theirs)
+    default_network, on_default = network_of(made_before)
+    assert default_network == "podman"
+    end = time.monotonic() + DEADLINE
+    while not answered(http_probe(their_object, on_default["IPAddress"], 8080)):  # the hole, as it was
+        assert time.monotonic() < end, "the other organization never reached the container on the default network"
+        await asyncio.sleep(0.2)
+    started, pid = made_before.attrs["State"]["StartedAt"], made_before.attrs["State"]["Pid"]
+    host_port = made_before.ports["8080/tcp"][0]["HostPort"]
+
+    await engine_reconciler.reconcile_once()
+
+    network, moved = network_of(made_before)
+    assert network == f"dockyard-org-{row.org_id}"
+    assert made_before.attrs["State"]["Running"] is True
+    assert (made_before.attrs["State"]["StartedAt"], made_before.attrs["State"]["Pid"]) == (started, pid)
+    assert await answers(int(host_port))
+    code, output = http_probe(their_object, moved["IPAddress"], 8080)
+    assert code != 0, output
+    assert not answered((code, output)), output
+    end = time.monotonic() + DEADLINE
+    while not answered(http_probe(our_object, moved["IPAddress"], 8080)):
+        assert time.monotonic() < end, "a container of its organization never reached the moved container"
+        await asyncio.sleep(0.2)
+    assert (await must_row(harness, old)).status == ContainerStatus.RUNNING
+    async with harness.context.db.read() as session:
+        (message,) = await session.scalars(
+            select(EventModel.message).where(EventModel.object_id == old, EventModel.type == "NetworkMoved")
+        )
+    assert message.startswith(f"moved onto its organization's network {network} and off podman, without a restart")

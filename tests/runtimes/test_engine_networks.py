@@ -195,3 +195,47 @@ async def test_a_network_mode_replaces_networks_and_a_loopback_port_stays_out_of
         assert not answered((code, output)), output
     finally:
         await slirp.close()
+
+
+async def inspected_networks(runtime: EngineRuntime, object_id: str) -> tuple[str, ...]:
+    obj = await runtime.inspect(object_id)
+    assert obj is not None
+    return obj.networks
+
+
+async def test_an_object_is_moved_onto_a_network_and_off_every_other_while_it_runs(
+    runtime: EngineRuntime, busybox_image: str, engine: docker.DockerClient
+) -> None:
+    """As an object an older Dockyard made on the default network is moved: onto its organization's network (made
+    isolated and labelled), off the default one, reported by both the listing and inspect, without a restart; a
+    second move changes nothing, and a missing object is a `RuntimeFailure`."""
+    server = await started(runtime, busybox_image, "old", HTTPD, org="org-a")  # no network: the engine's default
+    target = engine.containers.get(server)
+    started_at = target.attrs["State"]["StartedAt"]
+    assert await inspected_networks(runtime, server) == ("podman",)
+    net = f"{runtime.installation_id}-a"
+    neighbour = await started(runtime, busybox_image, "peer", SLEEP, network=net, org="org-a")
+
+    await runtime.move_to_network(server, net, "org-a")
+    await runtime.move_to_network(server, net, "org-a")
+
+    (listed,) = [obj for obj in await runtime.list_managed() if obj.id == server]
+    assert listed.networks == (net,)
+    assert await inspected_networks(runtime, server) == (net,)
+    name, settings = network_of(target)
+    assert name == net
+    assert (target.attrs["State"]["Running"], target.attrs["State"]["StartedAt"]) == (True, started_at)
+    await probe_until_answered(engine.containers.get(neighbour), settings["IPAddress"], 8080)
+    assert podman_network(net)["options"] == {"isolate": "true"}
+    assert podman_network(net)["labels"][LABEL_ORG] == "org-a"
+    with pytest.raises(RuntimeFailure, match="not found"):
+        await runtime.move_to_network(f"{runtime.installation_id}-missing", net, "org-a")
+
+    # Under a network mode of its own the runtime reports no network of its choosing and moves nothing.
+    slirp = EngineRuntime(runtime.url, installation_id=runtime.installation_id, network_mode="slirp4netns")
+    try:
+        assert await inspected_networks(slirp, server) == ()
+        await slirp.move_to_network(server, f"{runtime.installation_id}-b", "org-a")
+        assert network_of(target)[0] == net
+    finally:
+        await slirp.close()

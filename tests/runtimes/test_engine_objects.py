@@ -97,6 +97,15 @@ def test_listing_reads_the_exit_code_from_the_status_text() -> None:
     assert running.exit_code is None
 
 
+def test_the_networks_an_object_is_on_are_read_from_the_inspect_and_the_listing() -> None:
+    assert object_from_inspect(DOCKER_OOM_INSPECT).networks == ("bridge",)
+    entry = {"Id": "abc", "Names": ["/c"], "State": "running", "Labels": {}}
+    two = {"Networks": {"dockyard-org-b": {}, "podman": {"IPAddress": "10.88.0.5"}}}
+    assert object_from_listing({**entry, "NetworkSettings": two}).networks == ("dockyard-org-b", "podman")
+    # Podman lists a container in a network mode of its own (slirp4netns) with null networks.
+    assert object_from_listing({**entry, "NetworkSettings": {"Networks": None}}).networks == ()
+
+
 def test_parse_engine_time() -> None:
     assert parse_engine_time("") is None
     assert parse_engine_time(None) is None

@@ -63,11 +63,16 @@ One pass:
    inserted for it (when its organization still exists) so users and operators see it; once older than
    `zombie_grace_seconds` it is removed like any deleted container. Objects without Dockyard's labels are
    never listed, so never touched.
-6. **Networks**: an organization's network (`runspec.org_network`) on an IDC whose listing holds no object of
-   that organization, of any kind (containers and endpoint workers), is removed: each holds a subnet of the
-   engine's address pools, which are finite (Docker's defaults hold about 30 bridge networks). An object
-   created on it since the listing keeps it, as the runtime never removes a network an object is on, and a
-   create that comes after the removal makes it again.
+6. **Networks**: every listed object of an organization that exists, of any kind (containers and endpoint
+   workers) and in any state, that is on another network than its organization's (`runspec.org_network`), as
+   one made before organizations had networks of their own is on the engine's default network, is moved onto
+   its organization's network and off every other, live (`Runtime.move_to_network`: it keeps running and its
+   published ports), with a `NetworkMoved` event on the container or the worker's endpoint; level-triggered,
+   so one moved back behind Dockyard's back is moved again. Then an organization's network on an IDC whose
+   listing holds no object of that organization is removed: each holds a subnet of the engine's address
+   pools, which are finite (Docker's defaults hold about 30 bridge networks). An object created on it since
+   the listing keeps it, as the runtime never removes a network an object is on, and a create that comes
+   after the removal makes it again.
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ from dockyard.reconcilers.containers_rows import (
     needs_task,
     resting_row,
 )
+from dockyard.reconcilers.endpoints_workers import KIND_ENDPOINT
 from dockyard.reconcilers.nodes import NodeCapacity
 from dockyard.runtimes.base import (
     LABEL_KIND,
@@ -113,6 +119,7 @@ from dockyard.runtimes.base import (
 from dockyard.services import events, idcs
 from dockyard.services.containers import LOOP
 from dockyard.services.runspec import KIND_CONTAINER, load_ssh_keys, org_network
+from dockyard.services.worker_runspec import KIND_WORKER, LABEL_ENDPOINT
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +168,8 @@ class ContainerReconciler:
         # Orphans whose organization is gone get no row; their first sighting is remembered here instead.
         self._orphans_seen: dict[str, float] = {}
         self._idc_by_object: dict[str, str] = {}  # runtime object id -> the IDC that listed it, this pass
+        # Objects listed this pass on another network than their organization's, with the IDC that listed them.
+        self._misplaced: list[tuple[str, RuntimeObject]] = []
         self._orgs_by_idc: dict[str, set[str]] = {}  # IDC listed this pass -> organizations with an object on it
         self._metrics = _metrics_for(context.registry)
         self._capacity = NodeCapacity(context)
@@ -209,6 +218,7 @@ class ContainerReconciler:
                 allocator.release(row.id)
         results += await asyncio.gather(*(self._row(limit, state, row) for row in staying))
         await self._orphans(state, loaded.org_ids, {rid: objs for rid, objs in objects.items() if rid not in row_ids})
+        await self._move_to_own_networks(loaded.org_ids)
         await self._remove_unused_networks()
         settled = [RowResult(row.status, tuple(row.gpu_uuids)) for row in loaded.resting]
         self._export(state, [result for result in results if result is not None] + settled, loaded.bare_counts, objects)
@@ -278,6 +288,7 @@ class ContainerReconciler:
         idcs = list(self.context.runtimes)
         self._idc_by_object = {}
         self._orgs_by_idc = {}
+        self._misplaced = []
 
         async def listing(idc_id: str) -> list[RuntimeObject]:
             try:
@@ -290,6 +301,8 @@ class ContainerReconciler:
             if idc_id not in unreachable:
                 self._orgs_by_idc[idc_id] = {obj.labels.get(LABEL_ORG, "") for obj in listed}
             for obj in listed:
+                if obj.networks and obj.networks != (org_network(obj.labels.get(LABEL_ORG, "")),):
+                    self._misplaced.append((idc_id, obj))
                 if obj.labels.get(LABEL_KIND) == KIND_CONTAINER and obj.resource_id:
                     objects[obj.resource_id].append(obj)
                     self._idc_by_object[obj.id] = idc_id
@@ -329,6 +342,38 @@ class ContainerReconciler:
                     del self._orphans_seen[resource_id]
             except Exception:
                 log.exception("handling orphan container %s failed; the next pass retries", resource_id)
+
+    async def _move_to_own_networks(self, org_ids: set[str]) -> None:
+        """Step 6: move each object listed on another network than its organization's onto it and off the others."""
+        limit = asyncio.Semaphore(CONCURRENCY)
+
+        async def move(idc_id: str, obj: RuntimeObject) -> None:
+            org = obj.labels.get(LABEL_ORG, "")
+            network = org_network(org)
+            async with limit:
+                try:
+                    await self.context.runtimes[idc_id].move_to_network(obj.id, network, org)
+                except (RuntimeFailure, RuntimeUnavailable) as exc:
+                    log.warning("object %s not moved onto network %s this pass: %s", obj.name, network, exc)
+                    return
+            left = ", ".join(name for name in obj.networks if name != network) or "no other"
+            message = (
+                f"moved onto its organization's network {network} and off {left}, without a restart: it was made "
+                "before each organization had a network of its own"
+            )
+            log.info("object %s %s", obj.name, message)
+            kind, object_id = KIND_CONTAINER, obj.resource_id
+            if obj.labels.get(LABEL_KIND) == KIND_WORKER:
+                kind, object_id = KIND_ENDPOINT, obj.labels.get(LABEL_ENDPOINT, "")
+                message = f"worker {obj.resource_id}: {message}"
+            async with self.context.db.write() as session:
+                events.record(
+                    session, org_id=org, object_kind=kind, object_id=object_id, type="NetworkMoved", message=message
+                )
+
+        await asyncio.gather(
+            *(move(idc_id, obj) for idc_id, obj in self._misplaced if obj.labels.get(LABEL_ORG) in org_ids)
+        )
 
     async def _remove_unused_networks(self) -> None:
         """Step 6: remove each listed IDC's networks that no organization with an object there joins."""

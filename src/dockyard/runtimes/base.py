@@ -144,6 +144,9 @@ class RuntimeObject:
     ip_address: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # The networks it is on, by name, sorted: the one `RunSpec.network` named, or the runtime's default for "".
+    # Empty where the runtime puts objects on no network of its choosing (a network mode of its own, slirp4netns).
+    networks: tuple[str, ...] = ()
 
     @property
     def resource_id(self) -> str:
@@ -258,6 +261,14 @@ class Runtime(Protocol):
     async def remove_network(self, name: str) -> None:
         """Remove the named network; missing is fine. `RuntimeFailure` while an object, created or running, is
         on it. Never races a `create` joining it: one waits for the other."""
+        ...
+
+    async def move_to_network(self, object_id: str, network: str, org: str) -> None:
+        """Put the object on `network` and take it off every other network, in whatever state it is, without
+        stopping it: a running object keeps running and its published ports. The network is made if missing,
+        labelled as `create` labels one, with `org` as its `dockyard.org`; never races a `remove_network`. A
+        runtime with a network mode of its own does nothing. `RuntimeFailure` when the object does not exist or
+        the runtime refuses."""
         ...
 
     async def close(self) -> None:

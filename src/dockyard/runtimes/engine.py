@@ -391,7 +391,11 @@ class EngineRuntime:
 
     async def inspect(self, object_id: str) -> RuntimeObject | None:
         attrs = await self._inspect_attrs(object_id)
-        return object_from_inspect(attrs) if attrs is not None else None
+        return self._reported(object_from_inspect(attrs)) if attrs is not None else None
+
+    def _reported(self, obj: RuntimeObject) -> RuntimeObject:
+        """`obj` as the contract reports it: on no network of Dockyard's choosing under a network mode of its own."""
+        return replace(obj, networks=()) if self.network_mode else obj
 
     async def list_managed(self) -> list[RuntimeObject]:
         """One list call for every object of this installation (it runs every reconcile pass).
@@ -420,7 +424,12 @@ class EngineRuntime:
                 self._details.pop(object_id, None)
             else:
                 self._details[object_id] = details
-        return [self._details[obj.id] for obj in listed if obj.id in self._details]
+        # The networks come from the list, not the cached inspect: a move changes them, not the state.
+        return [
+            self._reported(replace(self._details[obj.id], networks=obj.networks))
+            for obj in listed
+            if obj.id in self._details
+        ]
 
     async def logs(
         self, object_id: str, *, tail: int | None = None, follow: bool = False, since: datetime | None = None
@@ -530,6 +539,18 @@ class EngineRuntime:
     async def remove_network(self, name: str) -> None:
         client, facts = await self._ready()
         await self._networks.remove(client, name, podman=facts.kind == "podman")
+
+    async def move_to_network(self, object_id: str, network: str, org: str) -> None:
+        if self.network_mode:
+            return
+        client, facts = await self._ready()
+        found = await self.inspect(object_id)
+        if found is None:
+            raise RuntimeFailure(f"container {object_id} not found: it may have been removed")
+        labels = {**self._own_labels(), LABEL_ORG: org}
+        leave = [name for name in found.networks if name != network]
+        await self._networks.move(client, found.id, network, leave, labels, podman=facts.kind == "podman")
+        self._details.pop(found.id, None)
 
     async def close(self) -> None:
         async with self._probe_lock:

@@ -12,7 +12,12 @@ afterwards gets no isolation at all.
 A create and a removal of the same network are serialised by a lock per name: a removal that comes first
 leaves nothing for the create to find, so the create makes the network again; a create that comes first
 has an object on the network before the removal looks, so the removal is refused. The look is needed on
-Docker, which removes a network whose only objects are created but not started (Podman refuses).
+Docker, which removes a network whose only objects are created but not started (Podman refuses). Moving an
+object onto a network (`move`) holds the same lock while it connects.
+
+An object is moved live, as `docker network connect`/`disconnect` and Podman's own connect and disconnect do it:
+the object is connected to its network first, so it is never on none, then disconnected from every other; a
+running object keeps running, its processes and its published ports (measured on Podman 4.3 with netavark).
 """
 
 from __future__ import annotations
@@ -47,6 +52,13 @@ def port_bindings(ports: list[PortBinding]) -> dict[str, int | tuple[str, int | 
 
 def _message(error: APIError) -> str:
     return str(error.explanation or error)
+
+
+def _already(message: str) -> bool:
+    """The engine's refusal of a connect or disconnect that was already done: "is already connected to network"
+    (Podman), "already exists in network" (Docker), "is not connected to network" (both)."""
+    lowered = message.lower()
+    return "already connected" in lowered or "already exists in network" in lowered or "not connected" in lowered
 
 
 def _podman_message(response: requests.Response) -> str:
@@ -119,6 +131,49 @@ class EngineNetworks:
         except APIError as error:
             if error.status_code != 409 and "already exists" not in _message(error).lower():
                 raise RuntimeFailure(f"could not create network {name}: {_message(error)}") from error
+
+    async def move(
+        self,
+        client: docker.DockerClient,
+        object_id: str,
+        name: str,
+        leave: list[str],
+        labels: dict[str, str],
+        *,
+        podman: bool,
+    ) -> None:
+        """Connect `object_id` to `name` (made with `labels` if missing), then disconnect it from each of `leave`.
+        Either step already done is fine."""
+        async with self.joining(client, name, labels, podman=podman):
+            await self._connection(client, "connect", object_id, name, podman)
+        for other in leave:
+            await self._connection(client, "disconnect", object_id, other, podman)
+
+    async def _connection(
+        self, client: docker.DockerClient, action: str, object_id: str, name: str, podman: bool
+    ) -> None:
+        """`action` ("connect" or "disconnect") `object_id` to or from `name`; already so is fine."""
+        failed = f"could not {action} {object_id} {'to' if action == 'connect' else 'from'} network {name}"
+        if podman:
+            # Podman's own connect takes `container`; its disconnect is the compatible handler's (`Container`).
+            body = {"container": object_id} if action == "connect" else {"Container": object_id}
+            response = await self._libpod(client, "POST", f"/{quote(name, safe='')}/{action}", json=body)
+            if response.status_code == 200:
+                return
+            message = _podman_message(response)
+            if _already(message):
+                return
+            raise RuntimeFailure(f"{failed}: {message}")
+        call = (
+            client.api.connect_container_to_network
+            if action == "connect"
+            else client.api.disconnect_container_from_network
+        )
+        try:
+            await self._call(call, object_id, name)
+        except APIError as error:
+            if not _already(_message(error)):
+                raise RuntimeFailure(f"{failed}: {_message(error)}") from error
 
     async def names(self, client: docker.DockerClient, installation_id: str, *, podman: bool) -> list[str]:
         """The networks labelled with `installation_id`."""

@@ -82,6 +82,12 @@ def _ip_address(network_settings: dict[str, Any]) -> str:
     return ""
 
 
+def networks_of(network_settings: dict[str, Any]) -> tuple[str, ...]:
+    """The names of the networks in `NetworkSettings.Networks` (null for a container in a network mode of its own,
+    as slirp4netns), sorted."""
+    return tuple(sorted(network_settings.get("Networks") or {}))
+
+
 def object_from_inspect(attrs: dict[str, Any]) -> RuntimeObject:
     """A `RuntimeObject` from `GET /containers/{id}/json`."""
     state = attrs.get("State") or {}
@@ -100,13 +106,14 @@ def object_from_inspect(attrs: dict[str, Any]) -> RuntimeObject:
         ip_address=_ip_address(network_settings),
         started_at=parse_engine_time(state.get("StartedAt")),
         finished_at=parse_engine_time(state.get("FinishedAt")),
+        networks=networks_of(network_settings),
     )
 
 
 def object_from_listing(entry: dict[str, Any]) -> RuntimeObject:
     """A `RuntimeObject` from one entry of `GET /containers/json`.
 
-    The list carries state, labels, exit code (inside `Status`), published ports and addresses, but not
+    The list carries state, labels, exit code (inside `Status`), published ports, addresses and networks, but not
     `OOMKilled`, `Error` or the start and finish times: those stay at their defaults here.
     """
     mapped = map_state(str(entry.get("State") or ""))
@@ -130,6 +137,7 @@ def object_from_listing(entry: dict[str, Any]) -> RuntimeObject:
         exit_code=exit_code,
         ports=_dedupe(ports),
         ip_address=_ip_address(entry.get("NetworkSettings") or {}),
+        networks=networks_of(entry.get("NetworkSettings") or {}),
     )
 
 
