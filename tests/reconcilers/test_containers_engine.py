@@ -23,6 +23,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from docker.types import Mount as DockerMount
 from sqlalchemy import select, update
 
 from dockyard.core.status import ContainerStatus
@@ -40,6 +41,7 @@ from tests.reconcilers.conftest import make_containers, make_template, must_row,
 pytestmark = pytest.mark.engine
 
 DEADLINE = 30.0
+STORED_BEFORE = "stopped: its configuration, stored before Dockyard checked it, holds what is now refused: "
 
 
 @pytest.fixture
@@ -350,15 +352,10 @@ async def store_spec(harness: Harness, container_id: str, change: Callable[[dict
         await session.execute(update(ContainerModel).where(ContainerModel.id == container_id).values(spec=spec))
 
 
-async def test_a_storage_path_carrying_mount_options_mounts_nothing(
-    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
-) -> None:
-    """The attack as found: Podman's compatible API writes each mount as `--mount` CSV, so a containerPath of
-    `/x,source=dockyard-ns-<another organization's storage>` mounted that storage read-write, and the
-    volume-opt variant bind-mounted the host's /etc. The API refuses both; a row stored before that check ends
-    `error` with the reason and nothing created; the runtime refuses such a request by itself."""
-    runtime = harness.context.runtimes["local"]
-    assert isinstance(runtime, EngineRuntime)
+async def a_secret_in_another_organizations_storage(
+    harness: Harness, reconciler: ContainerReconciler, busybox_image: str
+) -> tuple[str, str]:
+    """Another organization's storage and its running container that writes `secret-of-globex` to /data/file there."""
     globex = await harness.new_client("globex")
     try:
         theirs = await new_storage(globex)
@@ -368,7 +365,21 @@ async def test_a_storage_path_carrying_mount_options_mounts_nothing(
         (their_box,) = await make_containers(globex, writer, storages=[{"containerPath": "/data", "id": theirs}])
     finally:
         await globex.aclose()
-    await until(engine_reconciler, lambda: status_is(harness, their_box, ContainerStatus.RUNNING), "theirs running")
+    await until(reconciler, lambda: status_is(harness, their_box, ContainerStatus.RUNNING), "theirs running")
+    return theirs, their_box
+
+
+async def test_a_storage_path_carrying_mount_options_mounts_nothing(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    """The attack as found: Podman's compatible API writes each mount as `--mount` CSV, so a containerPath of
+    `/x,source=dockyard-ns-<another organization's storage>` mounted that storage read-write, and the
+    volume-opt variant bind-mounted the host's /etc. The API refuses both; a row stored before that check ends
+    `error` with the reason (the reconciler's check of stored specs) and nothing created; the runtime refuses
+    such a request by itself."""
+    runtime = harness.context.runtimes["local"]
+    assert isinstance(runtime, EngineRuntime)
+    theirs, their_box = await a_secret_in_another_organizations_storage(harness, engine_reconciler, busybox_image)
     (their_object,) = objects_of(docker_client, their_box)
 
     def their_file() -> str:
@@ -416,7 +427,7 @@ async def test_a_storage_path_carrying_mount_options_mounts_nothing(
         for container_id in stored:
             await until(engine_reconciler, lambda c=container_id: status_is(harness, c, ContainerStatus.ERROR), "error")
             row = await must_row(harness, container_id)
-            assert row.reason.startswith(f"refused to create dy-{container_id[:12]}-g1: mount target '/x,")
+            assert row.reason.startswith(f"{STORED_BEFORE}mount path '/x,")
             assert "may hold only letters, digits and _ . - /" in row.reason
             assert objects_of(docker_client, container_id) == []
 
@@ -461,9 +472,9 @@ async def test_a_cpu_container_is_handed_no_gpu_whatever_its_env_says(
     docker_client: docker.DockerClient,
 ) -> None:
     """`NVIDIA_VISIBLE_DEVICES=all` passed through on CPU products: with the NVIDIA toolkit on the host that
-    hands a container every GPU. The API refuses the reserved variables; inside a CPU container the variable
-    is `void` even when its image and a row stored before the check say `all`, and no other reserved
-    variable stored then reaches it."""
+    hands a container every GPU. The API refuses the reserved variables, and inside a CPU container the variable
+    is `void` even when its image says `all`. (A row stored before the check is stopped: see
+    test_a_row_stored_before_the_checks_is_stopped_with_its_object.)"""
     client = harness.client
     wants = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}
     answer = await client.post(
@@ -475,18 +486,6 @@ async def test_a_cpu_container_is_handed_no_gpu_whatever_its_env_says(
 
     template = await make_template(client, image=image_wanting_every_gpu, command="sleep 600", ports=[])
     (container_id,) = await make_containers(client, template, envs=[{"name": "RUNPOD_DEBUG_LEVEL", "value": "debug"}])
-    box = harness.context.box
-    stored = {
-        "NVIDIA_VISIBLE_DEVICES": "all",
-        "NVIDIA_DRIVER_CAPABILITIES": "all",
-        "CUDA_VISIBLE_DEVICES": "0",
-        "RUNPOD_POD_ID": "someone-else",
-    }
-
-    def add_reserved(spec: dict[str, Any]) -> None:
-        spec["envs"] = [*spec["envs"], *({"name": k, "value": box.encrypt(v)} for k, v in stored.items())]
-
-    await store_spec(harness, container_id, add_reserved)
     await until(engine_reconciler, lambda: status_is(harness, container_id, ContainerStatus.RUNNING), "running")
     (obj,) = objects_of(docker_client, container_id)
     code, output = obj.exec_run(["env"])
@@ -494,7 +493,6 @@ async def test_a_cpu_container_is_handed_no_gpu_whatever_its_env_says(
     assert code == 0
     assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
     assert env["RUNPOD_DEBUG_LEVEL"] == "debug"  # an SDK switch users may set
-    assert not {"NVIDIA_DRIVER_CAPABILITIES", "CUDA_VISIBLE_DEVICES", "RUNPOD_POD_ID"} & set(env)
 
 
 async def test_placement_counts_the_cpus_podman_reports(
@@ -632,3 +630,74 @@ async def test_a_container_made_on_the_default_network_is_moved_onto_its_organiz
             select(EventModel.message).where(EventModel.object_id == old, EventModel.type == "NetworkMoved")
         )
     assert message.startswith(f"moved onto its organization's network {network} and off podman, without a restart")
+
+
+async def test_a_row_stored_before_the_checks_is_stopped_with_its_object(
+    harness: Harness, engine_reconciler: ContainerReconciler, busybox_image: str, docker_client: docker.DockerClient
+) -> None:
+    """Rows an earlier release stored, with the objects it made from them: one whose storage path carried a mount
+    option (its object, as Podman made it then, mounts another organization's storage read-write), one holding
+    `NVIDIA_VISIBLE_DEVICES=all` (its object sees every GPU of a host with the NVIDIA toolkit). Each object is
+    removed and its row ends `error` naming the refused value and saying to update it."""
+    theirs, their_box = await a_secret_in_another_organizations_storage(harness, engine_reconciler, busybox_image)
+    ours = await new_storage(harness.client)
+    template = await make_template(harness.client, image=busybox_image, command="sleep 600", ports=[])
+    mounting, gpus = await make_containers(
+        harness.client, template, count=2, storages=[{"containerPath": "/x", "id": ours}]
+    )
+    injected = f"/x,source=dockyard-ns-{theirs}"
+
+    def inject(spec: dict[str, Any]) -> None:
+        spec["volumes"] = [{"storage_id": ours, "mount_path": injected}]
+
+    def reserve(spec: dict[str, Any]) -> None:
+        spec["envs"] = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": harness.context.box.encrypt("all")}]
+
+    await store_spec(harness, mounting, inject)
+    await store_spec(harness, gpus, reserve)
+    made_before = {}
+    for container_id, mount_path, env in ((mounting, injected, {}), (gpus, "/x", {"NVIDIA_VISIBLE_DEVICES": "all"})):
+        row = await must_row(harness, container_id)
+        made_before[container_id] = docker_client.containers.run(
+            busybox_image,
+            ["sleep", "600"],
+            name=object_name(row.id, row.generation),
+            labels={
+                **container_labels(row, [], ""),
+                "dockyard.managed": "true",
+                "dockyard.installation": harness.context.installation_id,
+            },
+            environment=env,
+            mounts=[DockerMount(target=mount_path, source=f"dockyard-ns-{ours}", type="volume")],
+            detach=True,
+        )
+    # The attack, as the objects made then carry it.
+    code, output = made_before[mounting].exec_run(["cat", "/x/file"])
+    assert (code, output.decode()) == (0, "secret-of-globex\n")
+    code, output = made_before[gpus].exec_run(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"])
+    assert (code, output.decode()) == (0, "all\n")
+
+    for container_id in (mounting, gpus):
+        await until(engine_reconciler, lambda c=container_id: status_is(harness, c, ContainerStatus.ERROR), "stopped")
+        assert objects_of(docker_client, container_id) == []
+    update_it = "update the container without it (PUT /api/v1/containers/{}) and it starts again"
+    assert (await must_row(harness, mounting)).reason == (
+        f"{STORED_BEFORE}mount path '{injected}' may hold only letters, digits and _ . - / (found ','); "
+        + update_it.format(mounting)
+    )
+    reason = (await must_row(harness, gpus)).reason
+    assert reason.startswith(
+        f"{STORED_BEFORE}environment variable NVIDIA_VISIBLE_DEVICES is reserved: NVIDIA_* variables are Dockyard's"
+    )
+    assert reason.endswith(update_it.format(gpus))
+    assert (await must_row(harness, their_box)).status == ContainerStatus.RUNNING
+
+    # Updated without the refused value, it runs again.
+    answer = await harness.client.put(
+        f"/api/v1/containers/{mounting}",
+        json={"name": "box", "templateId": template, "storages": [{"containerPath": "/x", "id": ours}]},
+    )
+    assert answer.status_code == 200, answer.text
+    await until(engine_reconciler, lambda: status_is(harness, mounting, ContainerStatus.RUNNING), "updated, running")
+    (obj,) = objects_of(docker_client, mounting)
+    assert obj.exec_run(["cat", "/x/file"])[0] != 0

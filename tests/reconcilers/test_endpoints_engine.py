@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from dockyard.core.status import WorkerStatus
+from dockyard.db.models import EndpointModel
 from dockyard.reconcilers.endpoints import EndpointReconciler
 from dockyard.services.worker_runspec import LABEL_ENDPOINT, worker_address
 from tests.conftest import Harness
@@ -151,3 +152,43 @@ async def test_workers_become_ready_fail_roll_and_go_on_podman(
 async def _status_is(harness: Harness, endpoint_id: str, status: str) -> bool:
     row = await endpoint_row(harness, endpoint_id)
     return row is not None and row.status.value == status
+
+
+async def test_an_endpoint_stored_before_the_checks_has_its_workers_drained_on_podman(
+    harness: Harness,
+    reconciler: EndpointReconciler,
+    worker_images: dict[str, str],
+    docker_client: docker.DockerClient,
+) -> None:
+    """An endpoint an earlier release stored with `NVIDIA_VISIBLE_DEVICES=all` (its workers see every GPU of a host
+    with the NVIDIA toolkit): the reconciler of the server after the upgrade drains and removes its workers, and the
+    endpoint is `failed` naming the variable and saying to update it."""
+    endpoint_id = await make_endpoint(harness.client, image=worker_images["1"], min_replicas=1)
+
+    async def one_ready() -> bool:
+        return [w.status for w in await workers_of(harness, endpoint_id)] == [WorkerStatus.READY]
+
+    await until(reconciler, one_ready, "one ready worker")
+    assert len(containers_of(docker_client, endpoint_id)) == 1
+    async with harness.context.db.write() as session:
+        row = await session.get(EndpointModel, endpoint_id)
+        assert row is not None
+        reserved = {"name": "NVIDIA_VISIBLE_DEVICES", "value": harness.context.box.encrypt("all")}
+        row.spec = {**row.spec, "envs": [reserved]}
+    restarted = EndpointReconciler(harness.context)
+    try:
+
+        async def stopped() -> bool:
+            return await workers_of(harness, endpoint_id) == [] and await _status_is(harness, endpoint_id, "failed")
+
+        await until(restarted, stopped, "the workers drained and the endpoint failed")
+    finally:
+        await restarted.close()
+    assert containers_of(docker_client, endpoint_id) == []
+    row = await endpoint_row(harness, endpoint_id)
+    assert row is not None
+    assert row.reason.startswith(
+        "stopped: its configuration, stored before Dockyard checked it, holds what is now refused: environment "
+        "variable NVIDIA_VISIBLE_DEVICES is reserved: "
+    )
+    assert row.reason.endswith(f"(PUT /gpus/v2/endpoints/{endpoint_id}) and its workers start again")

@@ -35,6 +35,10 @@ One pass:
      no row deleted) until a pass reaches the runtime again and recomputes.
    - *desired deleted*: remove every object of the row (all generations), then delete the row. After three
      failed passes the row shows `zombie` with the runtime's reason and removal is retried every pass.
+   - *stored spec refused*: a spec stored by an earlier release that today's input rules refuse
+     (`core.stored_specs`: a mount path carrying engine options, a reserved variable) has every object removed,
+     as it may run with what is refused, and the row becomes `error` naming the value and saying to update it;
+     checked once per generation (an update is the only thing that changes a spec, and the API checks it).
    - *desired running, no object of the current generation* (new, updated or restarted): objects of older
      generations are removed first; the node and its GPUs are chosen and recorded on the row before anything is created,
      so a crash can never hand one GPU out twice; then create, start, read back the published ports and
@@ -165,6 +169,7 @@ class ContainerReconciler:
         self.context = context
         self.interval = context.settings.reconcile_interval
         self._remove_failures: dict[str, int] = {}
+        self._specs_checked: dict[str, int] = {}  # `PassState.specs_checked`, kept for the rows read whole
         # Orphans whose organization is gone get no row; their first sighting is remembered here instead.
         self._orphans_seen: dict[str, float] = {}
         self._idc_by_object: dict[str, str] = {}  # runtime object id -> the IDC that listed it, this pass
@@ -206,7 +211,9 @@ class ContainerReconciler:
             unreachable=unreachable,
             remove_failures=self._remove_failures,
             gpu_lock=self.context.gpu_lock,
+            specs_checked={row.id: g for row in loaded.rows if (g := self._specs_checked.get(row.id)) is not None},
         )
+        self._specs_checked = state.specs_checked
         limit = asyncio.Semaphore(CONCURRENCY)
         row_ids = {row.id for row in loaded.rows} | {row.id for row in loaded.resting}
         # Teardowns go first: the GPUs they free are then free for this pass's creates and restarts.

@@ -28,6 +28,7 @@ from sqlalchemy import ColumnElement, Text, and_, cast, delete, or_
 
 from dockyard.config import Settings
 from dockyard.core.status import ContainerStatus, DesiredState
+from dockyard.core.stored_specs import stored_spec_problem
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import guarded_update
 from dockyard.db.models import ContainerModel, ProductModel
@@ -86,6 +87,9 @@ class PassState:
     # Held while a placement is chosen and recorded: the server's `ServerContext.gpu_lock`, which the endpoint
     # reconciler takes too (containers.py passes it; a lock of its own only serialises this pass's rows).
     gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # container id -> the generation whose stored spec passed `stored_spec_problem`; the reconciler keeps it across
+    # passes, so a spec is read once per generation
+    specs_checked: dict[str, int] = field(default_factory=dict)
     # Requests (`placement_shape`) that found no room this pass: a younger row asking the same waits without
     # asking, so what frees during the pass never goes to it ahead of an older one.
     no_room: dict[tuple[object, ...], Unschedulable] = field(default_factory=dict)
@@ -253,10 +257,39 @@ class RowTask:
         if row.desired == DesiredState.DELETED:
             return await self._terminate(self.runtime)
         try:
-            await self._converge(self.runtime)
+            if (refused := self._refused()) is not None:
+                await self._stop_refused(self.runtime, refused)
+            else:
+                await self._converge(self.runtime)
         except RuntimeUnavailable as exc:  # the engine went away mid-pass; the next pass marks it unknown
             log.info("container %s: runtime unavailable mid-pass: %s", row.id, exc)
         return self.result
+
+    def _refused(self) -> str | None:
+        """What the row's stored spec holds that today's input rules refuse (stored by an earlier release), or None.
+        A generation found fine is not read again (`PassState.specs_checked`): only an update changes a spec."""
+        row = self.row
+        if self.state.specs_checked.get(row.id) == row.generation:
+            return None
+        problem = stored_spec_problem(WorkloadSpec.model_validate(row.spec))
+        if problem is None:
+            self.state.specs_checked[row.id] = row.generation
+        return problem
+
+    async def _stop_refused(self, runtime: Runtime, problem: str) -> None:
+        """Remove every object of the row, which may run with what is refused (a mount of another organization's
+        storage, every GPU), and record `error` saying what and how to run it again."""
+        for obj in self.objects:
+            try:
+                await runtime.remove(obj.id)
+            except RuntimeFailure as exc:
+                log.warning("container %s: its refused object %s not removed this pass: %s", self.row.id, obj.id, exc)
+                return
+        reason = (
+            f"stopped: its configuration, stored before Dockyard checked it, holds what is now refused: {problem}; "
+            f"update the container without it (PUT /api/v1/containers/{self.row.id}) and it starts again"
+        )
+        await self._fail_create(reason, "Refused")
 
     # -- writes -------------------------------------------------------------------------------------------
 

@@ -52,6 +52,10 @@ One pass:
      worker becomes ready or a PUT bumps the generation.
    - *Delete* (desired `deleted`): every worker drains and is removed, failed ones too; then the endpoint
      row is deleted (its workers cascade) and it leaves the routing table.
+   - *Refused*: an endpoint whose spec, stored by an earlier release, holds what today's input rules refuse
+     (`core.stored_specs`: a volume mount point carrying engine options, a reserved variable) wants no worker:
+     every worker drains and is removed, as it may run with what is refused, and the endpoint is `failed`
+     naming the value and saying to PUT it without; checked once per generation.
 5. **Endpoint status**: `deploying` until its first worker is ready (`running` at once when none is wanted:
    scale to zero is a running endpoint), `updating` while old-generation workers remain, `failed` as above,
    `running` otherwise, each with a sentence.
@@ -79,6 +83,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
 from dockyard.core.status import DesiredState, EndpointStatus, WorkerStatus
+from dockyard.core.stored_specs import stored_spec_problem
+from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
 from dockyard.gateway.prober import HealthProber
@@ -154,6 +160,7 @@ class EndpointReconciler:
         self.crash_loops: dict[str, CrashLoop] = {}
         self._missing_since: dict[str, datetime] = {}
         self._orphans_seen: dict[str, float] = {}
+        self._specs_checked: dict[str, int] = {}  # endpoint id -> the generation whose stored spec passed the rules
         self._metrics = _metrics_for(context.registry)
         self._capacity = NodeCapacity(context)
 
@@ -172,6 +179,7 @@ class EndpointReconciler:
             inventory = await load_inventory(session, settings.cpu_overcommit, settings.memory_overcommit)
             remote = held_elsewhere(await remote_figures(session, self.context.settings.gateway_report_interval))
         objects, idc_of, unreachable = await self._observe()
+        self._specs_checked = {row.id: g for row in endpoints if (g := self._specs_checked.get(row.id)) is not None}
         by_endpoint: dict[str, list[WorkerModel]] = defaultdict(list)
         for worker in workers:
             by_endpoint[worker.endpoint_id].append(worker)
@@ -249,10 +257,11 @@ class EndpointReconciler:
         if runtime is None:
             return workers
         deleted = endpoint.desired == DesiredState.DELETED
+        refused = "" if deleted else self._refused(endpoint)
         tasks = {worker.id: WorkerTask(state, endpoint, worker, runtime) for worker in workers}
         await self._each(state, (task.observe() for task in tasks.values()))
-        wanted = wanted_replicas(endpoint, deleted)
-        decided = plan(endpoint, workers, wanted, deleted, state)
+        wanted = 0 if refused else wanted_replicas(endpoint, deleted)
+        decided = plan(endpoint, workers, wanted, deleted, state, halt=refused and "its configuration is refused")
         for worker in await self._add(endpoint, decided.add):
             tasks[worker.id] = WorkerTask(state, endpoint, worker, runtime)
             decided.start.append(worker)
@@ -272,8 +281,22 @@ class EndpointReconciler:
             left = list(await session.scalars(select(WorkerModel).where(WorkerModel.endpoint_id == endpoint.id)))
         if deleted:
             return None if not left and await self._delete_endpoint(endpoint) else left
-        await self._status(state, endpoint, left, wanted)
+        await self._status(state, endpoint, left, wanted, refused)
         return left
+
+    def _refused(self, endpoint: EndpointModel) -> str:
+        """Why the endpoint's stored spec fails today's input rules (stored by an earlier release), or "". A
+        generation found fine is not read again: only a PUT changes a spec, and the API checks it."""
+        if self._specs_checked.get(endpoint.id) == endpoint.generation:
+            return ""
+        problem = stored_spec_problem(WorkloadSpec.model_validate(endpoint.spec))
+        if problem is None:
+            self._specs_checked[endpoint.id] = endpoint.generation
+            return ""
+        return (
+            f"stopped: its configuration, stored before Dockyard checked it, holds what is now refused: {problem}; "
+            f"update the endpoint without it (PUT /gpus/v2/endpoints/{endpoint.id}) and its workers start again"
+        )
 
     @staticmethod
     async def _each(state: PassState, steps: Iterable[Awaitable[None]]) -> None:
@@ -326,8 +349,11 @@ class EndpointReconciler:
             self.crash_loops.pop(endpoint.id, None)
         return deleted
 
-    async def _status(self, state: PassState, endpoint: EndpointModel, workers: list[WorkerModel], wanted: int) -> None:
-        """Write the endpoint's status and reason (step 5) when they changed, with the event that explains it."""
+    async def _status(
+        self, state: PassState, endpoint: EndpointModel, workers: list[WorkerModel], wanted: int, refused: str = ""
+    ) -> None:
+        """Write the endpoint's status and reason (step 5) when they changed, with the event that explains it;
+        `refused` (why its stored spec is refused) makes it `failed` with that reason."""
         current = [w for w in workers if w.generation == endpoint.generation]
         ready = sum(1 for w in current if w.status == WorkerStatus.READY)
         old = [w for w in workers if w.generation != endpoint.generation and w.status != WorkerStatus.FAILED]
@@ -335,7 +361,12 @@ class EndpointReconciler:
         if ready:
             loop.failures = 0
         event: tuple[str, str] | None = None
-        if not ready and wanted and (loop.failures >= CRASH_LOOP_FAILURES or endpoint.status == EndpointStatus.FAILED):
+        if refused:
+            status, reason = EndpointStatus.FAILED, refused
+            event = ("EndpointFailed", reason)
+        elif (
+            not ready and wanted and (loop.failures >= CRASH_LOOP_FAILURES or endpoint.status == EndpointStatus.FAILED)
+        ):
             # A failed endpoint stays failed across a restart (the crash count is in memory) until a worker
             # becomes ready or a PUT bumps the generation (the API then marks it updating).
             status = EndpointStatus.FAILED

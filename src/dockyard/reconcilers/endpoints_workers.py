@@ -453,15 +453,18 @@ def wanted_replicas(endpoint: EndpointModel, deleted: bool) -> int:
     return 0 if deleted else quotas.wanted_workers(endpoint.desired_replicas, endpoint.worker_config)
 
 
-def plan(endpoint: EndpointModel, workers: list[WorkerModel], wanted: int, deleted: bool, state: PassState) -> Plan:
+def plan(
+    endpoint: EndpointModel, workers: list[WorkerModel], wanted: int, deleted: bool, state: PassState, halt: str = ""
+) -> Plan:
     """Scale the current generation to `wanted`; roll older generations out only as new workers become ready
     (old ready workers kept >= wanted - new ready), so no request finds the endpoint without a ready worker.
     Surplus goes in the order that loses least: pending, then starting, then ready ones holding the fewest
-    requests (in every gateway) and idle longest (in this process's)."""
+    requests (in every gateway) and idle longest (in this process's). Deleted, or with a `halt` saying why,
+    every live worker drains."""
     result = Plan()
     live = [w for w in workers if is_live(w)]
-    if deleted:
-        result.drain = [(w, "endpoint deleted") for w in live]
+    if deleted or halt:
+        result.drain = [(w, halt or "endpoint deleted") for w in live]
     else:
         current = [w for w in live if w.generation == endpoint.generation]
         surplus = len(current) - wanted
