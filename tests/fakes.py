@@ -179,9 +179,9 @@ class FakeRuntime:
     async def move_to_network(self, object_id: str, network: str, org: str) -> None:
         self._check()
         obj = self._find(object_id)
+        self.calls.append(("move", obj.name if obj is not None else object_id))
         if obj is None:
             raise RuntimeFailure(f"container {object_id} not found")
-        self.calls.append(("move", obj.name))
         own = {LABEL_MANAGED: "true", LABEL_INSTALLATION: self.installation_id}
         self.networks.setdefault(network, {**own, LABEL_ORG: org})
         self.objects[obj.id] = replace(obj, networks=(network,))

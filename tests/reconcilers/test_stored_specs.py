@@ -6,6 +6,7 @@ the upgrade; an update without the value runs them again. The real-engine twin i
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import update
@@ -15,7 +16,7 @@ from dockyard.db.models import ContainerModel, EndpointModel
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.reconcilers.endpoints import EndpointReconciler
 from tests.conftest import Harness
-from tests.fakes import FakeRuntime
+from tests.fakes import DEFAULT_NETWORK, FakeRuntime
 from tests.reconcilers.conftest import event_types, make_containers, make_template, must_row
 from tests.reconcilers.test_endpoints import (
     URL,
@@ -91,17 +92,21 @@ async def test_a_container_stored_with_a_reserved_variable_is_stopped(
 ) -> None:
     (container_id,) = await make_containers(harness.client, await make_template(harness.client))
     await reconciler.reconcile_once()
+    (obj,) = runtime.objects.values()
+    runtime.objects[obj.id] = replace(obj, networks=(DEFAULT_NETWORK,))  # made before organizations had networks
 
     def reserve(spec: dict[str, Any]) -> None:
         spec["envs"] = [{"name": "CUDA_VISIBLE_DEVICES", "value": harness.context.box.encrypt("0,1")}]
 
     await store(harness, ContainerModel, container_id, reserve)
+    calls = len(runtime.calls)
     await ContainerReconciler(harness.context).reconcile_once()
 
     row = await must_row(harness, container_id)
     assert row.status == ContainerStatus.ERROR
     assert row.reason.startswith(f"{STORED_BEFORE}environment variable CUDA_VISIBLE_DEVICES is reserved (")
     assert runtime.objects == {}
+    assert runtime.calls[calls:] == [("remove", obj.name)]  # removed, and not moved onto a network first or after
 
 
 async def test_a_spec_is_read_once_per_generation(

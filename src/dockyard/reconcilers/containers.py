@@ -225,7 +225,7 @@ class ContainerReconciler:
                 allocator.release(row.id)
         results += await asyncio.gather(*(self._row(limit, state, row) for row in staying))
         await self._orphans(state, loaded.org_ids, {rid: objs for rid, objs in objects.items() if rid not in row_ids})
-        await self._move_to_own_networks(loaded.org_ids)
+        await self._move_to_own_networks(loaded.org_ids, state.removed)
         await self._remove_unused_networks()
         settled = [RowResult(row.status, tuple(row.gpu_uuids)) for row in loaded.resting]
         self._export(state, [result for result in results if result is not None] + settled, loaded.bare_counts, objects)
@@ -350,8 +350,9 @@ class ContainerReconciler:
             except Exception:
                 log.exception("handling orphan container %s failed; the next pass retries", resource_id)
 
-    async def _move_to_own_networks(self, org_ids: set[str]) -> None:
-        """Step 6: move each object listed on another network than its organization's onto it and off the others."""
+    async def _move_to_own_networks(self, org_ids: set[str], removed: set[str]) -> None:
+        """Step 6: move each object listed on another network than its organization's onto it and off the others
+        (but those `removed` this pass)."""
         limit = asyncio.Semaphore(CONCURRENCY)
 
         async def move(idc_id: str, obj: RuntimeObject) -> None:
@@ -379,7 +380,11 @@ class ContainerReconciler:
                 )
 
         await asyncio.gather(
-            *(move(idc_id, obj) for idc_id, obj in self._misplaced if obj.labels.get(LABEL_ORG) in org_ids)
+            *(
+                move(idc_id, obj)
+                for idc_id, obj in self._misplaced
+                if obj.labels.get(LABEL_ORG) in org_ids and obj.id not in removed
+            )
         )
 
     async def _remove_unused_networks(self) -> None:

@@ -90,6 +90,8 @@ class PassState:
     # container id -> the generation whose stored spec passed `stored_spec_problem`; the reconciler keeps it across
     # passes, so a spec is read once per generation
     specs_checked: dict[str, int] = field(default_factory=dict)
+    # Runtime objects the row tasks removed this pass: the networks step leaves them alone.
+    removed: set[str] = field(default_factory=set)
     # Requests (`placement_shape`) that found no room this pass: a younger row asking the same waits without
     # asking, so what frees during the pass never goes to it ahead of an older one.
     no_room: dict[tuple[object, ...], Unschedulable] = field(default_factory=dict)
@@ -281,7 +283,7 @@ class RowTask:
         storage, every GPU), and record `error` saying what and how to run it again."""
         for obj in self.objects:
             try:
-                await runtime.remove(obj.id)
+                await self._remove(runtime, obj.id)
             except RuntimeFailure as exc:
                 log.warning("container %s: its refused object %s not removed this pass: %s", self.row.id, obj.id, exc)
                 return
@@ -290,6 +292,10 @@ class RowTask:
             f"update the container without it (PUT /api/v1/containers/{self.row.id}) and it starts again"
         )
         await self._fail_create(reason, "Refused")
+
+    async def _remove(self, runtime: Runtime, object_id: str) -> None:
+        await runtime.remove(object_id)
+        self.state.removed.add(object_id)
 
     # -- writes -------------------------------------------------------------------------------------------
 
@@ -358,7 +364,7 @@ class RowTask:
         failure = ""
         for obj in self.objects:
             try:
-                await runtime.remove(obj.id)
+                await self._remove(runtime, obj.id)
             except RuntimeFailure as exc:
                 failure = exc.reason
         if failure:
@@ -380,7 +386,7 @@ class RowTask:
         previous = [obj for obj in self.objects if obj.generation != row.generation]
         for obj in previous:  # an update recreates: the old generation goes first
             try:
-                await runtime.remove(obj.id)
+                await self._remove(runtime, obj.id)
             except RuntimeFailure as exc:
                 await self.set_status(
                     ContainerStatus.ERROR, f"cannot remove the previous version: {exc.reason}", "Failed"
