@@ -9,13 +9,20 @@ reconciler write is not an error, the next pass redoes the work from fresh state
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, Integer, MetaData, String, TypeDecorator, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+from sqlalchemy.orm.exc import StaleDataError
+
+T = TypeVar("T")
+
+# Tries of a request's write that lost to a concurrent writer (often a reconciler recording what it observed).
+STALE_RETRIES = 3
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -88,3 +95,16 @@ async def guarded_update(session: AsyncSession, model: Any, row_id: Any, version
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0) == 1)
+
+
+async def retry_stale(session: AsyncSession, change: Callable[[], Awaitable[T]], tries: int = STALE_RETRIES) -> T:
+    """Run `change` (which loads its rows, changes them and commits) again when a concurrent writer won: the stale
+    flush rolls back and the next try reads the rows afresh. For a request whose meaning does not depend on the
+    version it read (a delete, a stop): a reconciler recording a status meanwhile is no reason to answer 409. The
+    last try's `StaleDataError` is the API's 409."""
+    for _ in range(tries - 1):
+        try:
+            return await change()
+        except StaleDataError:
+            await session.rollback()
+    return await change()

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dockyard.context import ServerContext
 from dockyard.core.status import ContainerStatus, DesiredState, IPStatus, ProductCategory
 from dockyard.core.workload import EnvVar, PortSpec, VolumeSpec, WorkloadSpec
-from dockyard.db.base import new_id
+from dockyard.db.base import new_id, retry_stale
 from dockyard.db.models import ContainerModel, IdcModel, ProductModel
 from dockyard.errors import Conflict, InvalidField, NotFound
 from dockyard.schemas.common import Page
@@ -413,12 +413,16 @@ async def update(
 async def delete(context: ServerContext, session: AsyncSession, principal: Principal, container_id: str) -> None:
     """Mark it for teardown; the reconciler removes it, releases its GPUs and ports, then drops the row.
     Deleting a container already being deleted changes nothing."""
-    row = await get_row(session, principal, container_id)
-    if row.desired != DesiredState.DELETED:
-        row.desired = DesiredState.DELETED
-        row.status = ContainerStatus.TERMINATING
-        row.reason = TERMINATING_REASON
-        await session.commit()
+
+    async def change() -> None:
+        row = await get_row(session, principal, container_id)
+        if row.desired != DesiredState.DELETED:
+            row.desired = DesiredState.DELETED
+            row.status = ContainerStatus.TERMINATING
+            row.reason = TERMINATING_REASON
+            await session.commit()
+
+    await retry_stale(session, change)
     context.wake(LOOP)
 
 
@@ -433,13 +437,18 @@ async def _act(
 ) -> ContainerAction:
     """Record `desired` and answer the status the action leads to, with a reason saying it is under way (GET shows
     the status observed meanwhile); a container already there is answered as it is."""
-    row = await get_row(session, principal, container_id)
-    _refuse_terminating(row, action)
-    if row.desired != desired or restart:
-        row.desired = desired
-        if restart:
-            row.restart_generation += 1
-        await session.commit()
+
+    async def change() -> ContainerModel:
+        row = await get_row(session, principal, container_id)
+        _refuse_terminating(row, action)
+        if row.desired != desired or restart:
+            row.desired = desired
+            if restart:
+                row.restart_generation += 1
+            await session.commit()
+        return row
+
+    row = await retry_stale(session, change)
     context.wake(LOOP)
     target = ContainerStatus.STOPPED if desired == DesiredState.STOPPED else ContainerStatus.RUNNING
     if row.status == target and not restart:

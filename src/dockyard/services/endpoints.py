@@ -30,6 +30,7 @@ from dockyard.core.status import (
     WorkerStatus,
 )
 from dockyard.core.workload import HealthCheck, PortSpec, VolumeSpec, WorkloadSpec
+from dockyard.db.base import retry_stale
 from dockyard.db.models import EndpointModel, IdcModel, ProductModel, WorkerModel
 from dockyard.errors import Conflict, InvalidField, NotFound
 from dockyard.gateway.routes import EndpointConfig
@@ -460,10 +461,14 @@ async def _admit_update(
 async def delete(context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str) -> None:
     """Mark it for teardown (`deleting`, desired `deleted`); the reconciler drains and removes its workers, then
     drops the row. Deleting an endpoint already being deleted changes nothing."""
-    row = await get_row(session, principal, endpoint_id)
-    if row.desired != DesiredState.DELETED:
-        row.desired = DesiredState.DELETED
-        row.status = EndpointStatus.DELETING
-        row.reason = DELETING_REASON
-        await session.commit()
+
+    async def change() -> None:
+        row = await get_row(session, principal, endpoint_id)
+        if row.desired != DesiredState.DELETED:
+            row.desired = DesiredState.DELETED
+            row.status = EndpointStatus.DELETING
+            row.reason = DELETING_REASON
+            await session.commit()
+
+    await retry_stale(session, change)
     context.wake(LOOP)

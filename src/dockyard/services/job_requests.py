@@ -26,18 +26,17 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
-from sqlalchemy.orm.exc import StaleDataError
 
 from dockyard import outbound
 from dockyard.context import ServerContext
 from dockyard.core.status import DesiredState, EndpointType, JobStatus, WorkerStatus
-from dockyard.db.base import guarded_update, new_id, utcnow
+from dockyard.db.base import guarded_update, new_id, retry_stale, utcnow
 from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerModel
 from dockyard.db.session import Database
 from dockyard.errors import ApiError, Conflict, InvalidField, NotFound, PayloadTooLarge
@@ -47,12 +46,9 @@ from dockyard.services import endpoints, idempotency, job_inserts, quotas
 from dockyard.services.jobs import VIEW_COLUMNS, WEBHOOK_LOOP, finish_values, job_view, retry_values
 from dockyard.services.keys import Principal
 
-T = TypeVar("T")
-
 _WAIT_SLICE = 5.0  # seconds between database reads while waiting, for changes made by another process
 _MAX_INT_MS = 2**31 - 1  # the job's millisecond columns are 32-bit integers
 _RETRYABLE = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
-_STALE_RETRIES = 3
 _INITIALIZING = (WorkerStatus.PENDING, WorkerStatus.STARTING)
 
 
@@ -325,17 +321,6 @@ async def stream(session: AsyncSession, principal: Principal, endpoint_id: str, 
     return view
 
 
-async def _guarded(session: AsyncSession, change: Callable[[], Awaitable[T]]) -> T:
-    """Run `change` (which loads, mutates and commits) again when a concurrent writer won: the stale flush
-    rolls back and the next try sees the row afresh. The last try's StaleDataError is the app's 409."""
-    for _ in range(_STALE_RETRIES - 1):
-        try:
-            return await change()
-        except StaleDataError:
-            await session.rollback()
-    return await change()
-
-
 async def cancel(
     context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str
 ) -> dict[str, Any]:
@@ -356,7 +341,7 @@ async def cancel(
         await session.commit()
         return view, bool(job.webhook), holder
 
-    view, changed, holder = await _guarded(session, change)
+    view, changed, holder = await retry_stale(session, change)
     context.job_signals.notify_changed(job_id)
     if holder:
         context.job_signals.notify_worker(holder)  # its held job-stop poll answers now
@@ -386,7 +371,7 @@ async def retry(
         await session.commit()
         return {"id": job.id, "status": job.status.value}
 
-    answer = await _guarded(session, change)
+    answer = await retry_stale(session, change)
     context.job_signals.notify_queued(owner)
     return answer
 
