@@ -124,7 +124,10 @@ def remove_networks(installation_id: str) -> None:
         text=True,
     )
     for name in listed.stdout.split():
-        removed = subprocess.run(["podman", "network", "rm", name], capture_output=True, text=True)
+        # --force removes whatever is still on the network too: once, after the SIGKILL test had removed every
+        # labelled container, Podman still counted one on it ("has associated containers"). The network is this
+        # installation's own, so nothing of another test's is on it.
+        removed = subprocess.run(["podman", "network", "rm", "--force", name], capture_output=True, text=True)
         # A server still running may have removed it meanwhile, as it removes networks nothing is on.
         if removed.returncode != 0 and "network not found" not in removed.stderr:
             pytest.fail(f"podman network rm {name} failed: {removed.stderr}")
