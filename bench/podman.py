@@ -73,6 +73,11 @@ def remove_installation_containers(engine_url: str, installation_id: str) -> lis
         for container in client.containers.list(all=True, filters={"label": label}):
             container.remove(force=True)
             removed.append(container.name or container.id or "?")
+        # The networks' keeper pods first (they hold the networks), by their own label.
+        keepers = f"dockyard.network-keeper={installation_id}"
+        pods = subprocess.run(["podman", "pod", "ls", "-q", "--filter", f"label={keepers}"], capture_output=True)
+        if pod_ids := pods.stdout.decode().split():
+            subprocess.run(["podman", "pod", "rm", "--force", *pod_ids], capture_output=True)
         # Podman's CLI, not the compatible API, whose network list strips `isolate` from Podman's cached networks.
         networks = subprocess.run(["podman", "network", "ls", "-q", "--filter", f"label={label}"], capture_output=True)
         if names := networks.stdout.decode().split():

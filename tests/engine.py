@@ -117,6 +117,14 @@ def remove_networks(installation_id: str) -> None:
     """Remove the networks an installation's runtime made (after its containers, which hold them). Through
     Podman's CLI: the Docker-compatible API's network list strips `isolate` from Podman's cached networks
     before Podman 5.1 (see dockyard.runtimes.engine_networks)."""
+    keepers = subprocess.run(
+        ["podman", "pod", "ls", "-q", "--filter", f"label=dockyard.network-keeper={installation_id}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    if pods := keepers.stdout.split():  # the networks' keepers hold them (dockyard.runtimes.engine_keepers)
+        subprocess.run(["podman", "pod", "rm", "--force", *pods], check=True, capture_output=True)
     listed = subprocess.run(
         ["podman", "network", "ls", "-q", "--filter", f"label=dockyard.installation={installation_id}"],
         check=True,

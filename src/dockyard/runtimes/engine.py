@@ -348,8 +348,10 @@ class EngineRuntime:
         return ""
 
     async def start(self, object_id: str) -> RuntimeObject:
-        client, _ = await self._ready()
+        client, facts = await self._ready()
         self._details.pop(object_id, None)
+        if facts.kind == "podman" and not self.network_mode:
+            await self._keep_networks_of(client, object_id)
         try:
             await self._call(client.api.start, object_id)
         except NotFound as error:
@@ -361,6 +363,13 @@ class EngineRuntime:
             raise RuntimeFailure(f"container {object_id} vanished right after it started: check the engine's log")
         self._details.pop(started.id, None)
         return started
+
+    async def _keep_networks_of(self, client: docker.DockerClient, object_id: str) -> None:
+        """The keepers of the networks the object is on run before it starts (engine_keepers.py says why)."""
+        attrs = await self._inspect_attrs(object_id)
+        if attrs is not None:
+            networks = list(((attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+            await self._networks.keep(client, networks, self.installation_id)
 
     async def stop(self, object_id: str, timeout: int = 10) -> None:
         client, _ = await self._ready()
@@ -538,7 +547,7 @@ class EngineRuntime:
 
     async def remove_network(self, name: str) -> None:
         client, facts = await self._ready()
-        await self._networks.remove(client, name, podman=facts.kind == "podman")
+        await self._networks.remove(client, name, self.installation_id, podman=facts.kind == "podman")
 
     async def move_to_network(self, object_id: str, network: str, org: str) -> None:
         if self.network_mode:

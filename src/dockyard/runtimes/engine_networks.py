@@ -18,6 +18,10 @@ object onto a network (`move`) holds the same lock while it connects.
 An object is moved live, as `docker network connect`/`disconnect` and Podman's own connect and disconnect do it:
 the object is connected to its network first, so it is never on none, then disconnected from every other; a
 running object keeps running, its processes and its published ports (measured on Podman 4.3 with netavark).
+
+On Podman each network also has a keeper (runtimes/engine_keepers.py), made with it, kept running whenever an
+object joins or starts on it, and removed with it: it keeps netavark's iptables driver from lifting every
+network's isolation when one network's last container stops.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import requests
 from docker.errors import APIError, NotFound
 
 from dockyard.runtimes.base import LABEL_INSTALLATION, PortBinding, RuntimeFailure
+from dockyard.runtimes.engine_keepers import NetworkKeepers, is_keeper
 
 Call = Callable[..., Awaitable[Any]]
 
@@ -74,6 +79,7 @@ class EngineNetworks:
 
     def __init__(self, call: Call) -> None:
         self._call = call
+        self._keepers = NetworkKeepers(call)
         # One lock per network name while anyone holds it; weak values drop a name nobody waits on.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -100,7 +106,18 @@ class EngineNetworks:
         async with self._lock(name):
             if not await self._exists(client, name, podman):
                 await self._create(client, name, labels, podman)
+            if podman:
+                await self._keepers.keep(client, name, labels[LABEL_INSTALLATION])
             yield
+
+    async def keep(self, client: docker.DockerClient, networks: list[str], installation_id: str) -> None:
+        """Podman: make sure the keeper of each of `networks` that is the installation's own runs (an object about
+        to start there needs it: a host's restart stops every pod)."""
+        own = set(await self.names(client, installation_id, podman=True))
+        for name in networks:
+            if name in own:
+                async with self._lock(name):
+                    await self._keepers.keep(client, name, installation_id)
 
     async def _exists(self, client: docker.DockerClient, name: str, podman: bool) -> bool:
         if podman:
@@ -192,18 +209,20 @@ class EngineNetworks:
         # Only labelled ones: a filter some engine version ignored must not hand out another's network.
         return sorted(name for name, labels in found if labels.get(LABEL_INSTALLATION) == installation_id)
 
-    async def remove(self, client: docker.DockerClient, name: str, *, podman: bool) -> None:
+    async def remove(self, client: docker.DockerClient, name: str, installation_id: str, *, podman: bool) -> None:
         """Remove it unless an object, created or running, is on it (`RuntimeFailure` then); missing is fine."""
         async with self._lock(name):
             try:
-                users: list[dict[str, Any]] = await self._call(
+                listed: list[dict[str, Any]] = await self._call(
                     client.api.containers, all=True, filters={"network": [name]}
                 )
             except APIError as error:
                 raise RuntimeFailure(f"could not list the containers on network {name}: {_message(error)}") from error
+            users = [container for container in listed if not is_keeper(container)]
             if users:
                 raise RuntimeFailure(f"network {name} is in use by {len(users)} container(s): remove them first")
             if podman:
+                await self._keepers.release(client, name, installation_id)
                 response = await self._libpod(client, "DELETE", f"/{quote(name, safe='')}")
                 if response.status_code not in (200, 204, 404):
                     raise RuntimeFailure(f"could not remove network {name}: {_podman_message(response)}")
