@@ -46,6 +46,14 @@ BODIES: dict[tuple[str, str], Any] = {
 EXPECTED_PREFIX = {"/admin/v1/": (401, 403), "/gpus/v2/workers/": (401,)}
 # Routes without an object of Alice's in their path: tried as lists, and checked for what they reveal.
 UNOWNED = {"/healthz", "/metrics"}
+# A sync endpoint's body; each organization's own copy names itself.
+AN_ENDPOINT = {
+    "type": "sync",
+    "name": "m",
+    "product_id": "serverless.cpu",
+    "image": "localhost/worker:1",
+    "worker_config": {"max_replicas": 1},
+}
 
 
 @dataclass
@@ -197,13 +205,7 @@ async def test_references_to_another_organizations_objects_are_unknown(harness: 
         for body, expected in cases:
             got = field_of(await mallory.post("/api/v1/containers", json=body))
             assert got == (expected or "storages[0].id"), body
-        endpoint = {
-            "type": "sync",
-            "name": "m",
-            "product_id": "serverless.cpu",
-            "image": "localhost/worker:1",
-            "worker_config": {"max_replicas": 1},
-        }
+        endpoint = AN_ENDPOINT
         assert field_of(await mallory.post("/gpus/v2/endpoints", json={**endpoint, "registry_auth_id": ids["auth_id"]}))
         volume = {"id": ids["storage_id"], "mount_point": "/data"}
         assert field_of(await mallory.post("/gpus/v2/endpoints", json={**endpoint, "volumes": [volume]}))
@@ -215,13 +217,7 @@ async def test_the_gateway_answers_another_organizations_endpoint_as_an_unknown_
     harness: Harness, alice: Alice
 ) -> None:
     """A sync endpoint of Alice's, called with Mallory's key, is answered exactly as an id nobody has."""
-    sync = {
-        "type": "sync",
-        "name": f"{MARK}-sync",
-        "product_id": "serverless.cpu",
-        "image": "localhost/worker:1",
-        "worker_config": {"max_replicas": 1},
-    }
+    sync = {**AN_ENDPOINT, "name": f"{MARK}-sync"}
     endpoint_id = (await _ok(await harness.client.post("/gpus/v2/endpoints", json=sync)))["id"]
     mallory = await harness.new_client("mallory")
     try:
@@ -241,13 +237,7 @@ async def test_worker_rows_of_another_organization_stay_hidden(harness: Harness,
     """Mallory's own endpoint lists only its own workers and events, never Alice's."""
     mallory = await harness.new_client("mallory")
     try:
-        endpoint = {
-            "type": "sync",
-            "name": "m",
-            "product_id": "serverless.cpu",
-            "image": "localhost/worker:1",
-            "worker_config": {"max_replicas": 1},
-        }
+        endpoint = AN_ENDPOINT
         own = (await _ok(await mallory.post("/gpus/v2/endpoints", json=endpoint)))["id"]
         workers = await mallory.get(f"/gpus/v2/endpoints/{own}/workers")
         assert workers.status_code == 200
@@ -282,13 +272,7 @@ async def test_mixed_ids_never_reach_another_organizations_objects(harness: Harn
     Mallory's endpoint, Alice's endpoint with Mallory's worker key, ...): each combination is a 404."""
     mallory = await harness.new_client("mallory")
     try:
-        endpoint = {
-            "type": "async",
-            "name": "m",
-            "product_id": "serverless.cpu",
-            "image": "localhost/worker:1",
-            "worker_config": {"max_replicas": 1},
-        }
+        endpoint = {**AN_ENDPOINT, "type": "async"}
         own = {"endpoint_id": (await _ok(await mallory.post("/gpus/v2/endpoints", json=endpoint)))["id"]}
         own["worker_id"], worker_key = await _mallory_worker(harness, own["endpoint_id"])
         own["job_id"] = (await _ok(await mallory.post(f"/v2/{own['endpoint_id']}/run", json={"input": {}})))["id"]

@@ -28,6 +28,7 @@ import docker
 import requests
 
 from dockyard.runtimes.base import RuntimeFailure
+from dockyard.runtimes.engine_objects import podman_message
 
 Call = Callable[..., Awaitable[Any]]
 
@@ -45,13 +46,6 @@ def is_keeper(container: dict[str, Any]) -> bool:
     return LABEL_KEEPER in (container.get("Labels") or {})
 
 
-def _message(response: requests.Response) -> str:
-    try:
-        return str(response.json().get("message") or response.text)
-    except ValueError:
-        return response.text
-
-
 class NetworkKeepers:
     """The keeper pods of one Podman engine's networks; `call` runs a blocking SDK call the way the runtime does."""
 
@@ -66,7 +60,7 @@ class NetworkKeepers:
             client.api.request, method, url, timeout=client.api.timeout, **kwargs
         )
         if response.status_code not in ok:
-            raise RuntimeFailure(f"could not {what}: {_message(response)}")
+            raise RuntimeFailure(f"could not {what}: {podman_message(response)}")
         return response
 
     async def keep(self, client: docker.DockerClient, network: str, installation_id: str) -> None:

@@ -40,6 +40,7 @@ from docker.errors import APIError, NotFound
 
 from dockyard.runtimes.base import LABEL_INSTALLATION, PortBinding, RuntimeFailure
 from dockyard.runtimes.engine_keepers import NetworkKeepers, is_keeper
+from dockyard.runtimes.engine_objects import podman_message
 
 Call = Callable[..., Awaitable[Any]]
 
@@ -64,13 +65,6 @@ def _already(message: str) -> bool:
     (Podman), "already exists in network" (Docker), "is not connected to network" (both)."""
     lowered = message.lower()
     return "already connected" in lowered or "already exists in network" in lowered or "not connected" in lowered
-
-
-def _podman_message(response: requests.Response) -> str:
-    try:
-        return str(response.json().get("message") or response.text)
-    except ValueError:
-        return response.text
 
 
 class EngineNetworks:
@@ -124,7 +118,7 @@ class EngineNetworks:
             response = await self._libpod(client, "GET", f"/{quote(name, safe='')}/exists")
             if response.status_code in (204, 404):
                 return response.status_code == 204
-            raise RuntimeFailure(f"could not look up network {name}: {_podman_message(response)}")
+            raise RuntimeFailure(f"could not look up network {name}: {podman_message(response)}")
         try:
             await self._call(client.api.inspect_network, name)
         except NotFound:
@@ -141,7 +135,7 @@ class EngineNetworks:
             body = {"name": name, "driver": "bridge", "labels": labels, "options": {"isolate": "true"}}
             response = await self._libpod(client, "POST", "/create", json={**body, "dns_enabled": False})
             if response.status_code not in (200, 201, 409):
-                raise RuntimeFailure(f"could not create network {name}: {_podman_message(response)}")
+                raise RuntimeFailure(f"could not create network {name}: {podman_message(response)}")
             return
         try:
             await self._call(client.api.create_network, name, driver="bridge", labels=labels, check_duplicate=True)
@@ -177,7 +171,7 @@ class EngineNetworks:
             response = await self._libpod(client, "POST", f"/{quote(name, safe='')}/{action}", json=body)
             if response.status_code == 200:
                 return
-            message = _podman_message(response)
+            message = podman_message(response)
             if _already(message):
                 return
             raise RuntimeFailure(f"{failed}: {message}")
@@ -198,7 +192,7 @@ class EngineNetworks:
         if podman:
             response = await self._libpod(client, "GET", "/json", params={"filters": json.dumps({"label": [label]})})
             if response.status_code != 200:
-                raise RuntimeFailure(f"could not list networks: {_podman_message(response)}")
+                raise RuntimeFailure(f"could not list networks: {podman_message(response)}")
             found = [(str(n["name"]), n.get("labels") or {}) for n in response.json()]
         else:
             try:
@@ -225,7 +219,7 @@ class EngineNetworks:
                 await self._keepers.release(client, name, installation_id)
                 response = await self._libpod(client, "DELETE", f"/{quote(name, safe='')}")
                 if response.status_code not in (200, 204, 404):
-                    raise RuntimeFailure(f"could not remove network {name}: {_podman_message(response)}")
+                    raise RuntimeFailure(f"could not remove network {name}: {podman_message(response)}")
                 return
             try:
                 await self._call(client.api.remove_network, name)

@@ -9,6 +9,8 @@ import re
 from datetime import datetime
 from typing import Any
 
+import requests
+
 from dockyard.runtimes.base import ObjectState, PublishedPort, RuntimeObject
 
 _STATES = {
@@ -181,3 +183,11 @@ def is_storage_opt_unsupported(message: str) -> bool:
     """The engine's storage driver cannot limit a container's root filesystem size."""
     lowered = message.lower()
     return "storage-opt" in lowered or "storage opt" in lowered
+
+
+def podman_message(response: requests.Response) -> str:
+    """The message of an error answer of Podman's own API (`{"cause", "message", "response"}`), else its text."""
+    try:
+        return str(response.json().get("message") or response.text)
+    except ValueError:
+        return response.text
