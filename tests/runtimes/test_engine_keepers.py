@@ -18,7 +18,7 @@ import pytest
 
 from dockyard.runtimes.engine import EngineRuntime
 from dockyard.runtimes.engine_keepers import LABEL_KEEPER, keeper_name
-from tests.engine import answered, http_probe, network_of
+from tests.engine import answered, http_probe, network_of, remove_networks
 from tests.runtimes.test_engine_networks import HTTPD, SLEEP, probe_until_answered, started
 
 pytestmark = pytest.mark.engine
@@ -80,3 +80,27 @@ async def test_a_stopped_keeper_runs_again_before_an_object_starts_on_its_networ
     assert keepers(runtime.installation_id) == {keeper_name(net): "Exited"}
     await runtime.start(first)
     assert keepers(runtime.installation_id) == {keeper_name(net): "Running"}
+
+
+async def test_another_installations_last_network_going_lifts_no_isolation(
+    runtime: EngineRuntime, busybox_image: str, engine_url: str, engine: docker.DockerClient
+) -> None:
+    """The rule is the engine's: when another installation removes its only network, whose keeper was the last
+    container there, a keeper of this installation's is restarted to put the rule back."""
+    net_a, net_b = f"{runtime.installation_id}-a", f"{runtime.installation_id}-b"
+    server = await started(runtime, busybox_image, "a1", HTTPD, network=net_a, org="org-a")
+    friend = engine.containers.get(await started(runtime, busybox_image, "a2", SLEEP, network=net_a, org="org-a"))
+    intruder = engine.containers.get(await started(runtime, busybox_image, "b1", SLEEP, network=net_b, org="org-b"))
+    address = network_of(engine.containers.get(server))[1]["IPAddress"]
+    await probe_until_answered(friend, address, 8080)
+    neighbour = EngineRuntime(engine_url, installation_id=f"{runtime.installation_id}-other")
+    theirs = f"{neighbour.installation_id}-c"
+    try:
+        object_id = await started(neighbour, busybox_image, "c1", SLEEP, network=theirs, org="org-c")
+        await neighbour.remove(object_id)
+        await neighbour.remove_network(theirs)
+        assert keepers(neighbour.installation_id) == {}
+        assert await isolated(intruder, address)
+    finally:
+        remove_networks(neighbour.installation_id)
+        await neighbour.close()

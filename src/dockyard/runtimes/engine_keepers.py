@@ -81,16 +81,20 @@ class NetworkKeepers:
         await self._pods(client, "POST", f"/{name}/start", (200, 304), f"start the keeper of {network}")
 
     async def release(self, client: docker.DockerClient, network: str, installation_id: str) -> None:
-        """Remove `network`'s keeper, then restart another of the installation's keepers: the removed one may have
-        been the last container on its network, whose teardown lifted every network's isolation, and a start puts
-        it back. Call it with nothing else left on `network`."""
+        """Remove `network`'s keeper, then restart another keeper: the removed one may have been the last container
+        on its network, whose teardown lifted every network's isolation, and a start puts it back. Another of this
+        installation's keepers is restarted if there is one, else any other installation's on the engine (the rule
+        is the engine's, not the installation's). Call it with nothing else left on `network`."""
         name = quote(keeper_name(network), safe="")
         await self._pods(
             client, "DELETE", f"/{name}", (200, 404), f"remove the keeper of {network}", params={"force": "true"}
         )
-        filters = json.dumps({"label": [f"{LABEL_KEEPER}={installation_id}"]})
+        filters = json.dumps({"label": [LABEL_KEEPER]})
         listed = await self._pods(client, "GET", "/json", (200,), "list the keepers", params={"filters": filters})
-        others = sorted(str(pod["Name"]) for pod in listed.json() if pod.get("Name") != keeper_name(network))
-        if others:
-            restart = f"/{quote(others[0], safe='')}/restart"
-            await self._pods(client, "POST", restart, (200, 404), f"restart the keeper {others[0]}")
+        others = [pod for pod in listed.json() if pod.get("Name") != keeper_name(network)]
+        if not others:
+            return  # no isolated network is left to isolate
+        own = [pod for pod in others if (pod.get("Labels") or {}).get(LABEL_KEEPER) == installation_id]
+        chosen = str(min(own or others, key=lambda pod: str(pod["Name"]))["Name"])
+        restart = f"/{quote(chosen, safe='')}/restart"
+        await self._pods(client, "POST", restart, (200, 404), f"restart the keeper {chosen}")
