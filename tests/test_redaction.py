@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dockyard.config import Settings
-from dockyard.redaction import Redactor, masked_url, url_password
+from dockyard.redaction import Redactor, url_password
 from dockyard.services.keys import KEY_PREFIX
 from dockyard.services.worker_webhooks import new_worker_key
 
@@ -62,5 +62,6 @@ def test_settings_secrets_and_database_password() -> None:
     redactor = Redactor(settings.log_secrets())
     line = "planted-admin-token-0123 planted-fernet-key-0123456789 p@ss-planted"
     assert redactor.redact(line) == "****** ****** ******"
-    assert settings.masked_database_url == "postgresql+asyncpg://******@db/dy"
-    assert masked_url("sqlite+aiosqlite:////data/dockyard.db") == "sqlite+aiosqlite:////data/dockyard.db"
+    assert settings.masked_database_url == "postgresql+asyncpg://***@db/dy"
+    sqlite = Settings(database_url="sqlite+aiosqlite:////data/dockyard.db")
+    assert sqlite.masked_database_url == "sqlite+aiosqlite:////data/dockyard.db"

@@ -24,8 +24,8 @@ from pydantic_settings import (
 )
 
 from dockyard.core.inputs import engine_url_problem
-from dockyard.outbound import host_policy
-from dockyard.redaction import masked_url, url_password
+from dockyard.outbound import host_policy, redact_url
+from dockyard.redaction import url_password
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +237,8 @@ class Settings(BaseSettings):
 
     @property
     def masked_database_url(self) -> str:
-        """The database URL with its password (its whole userinfo) masked, for logs and messages."""
-        return masked_url(self.resolved_database_url)
+        """The database URL with its userinfo and query values masked (a password may sit in either), for logs."""
+        return redact_url(self.resolved_database_url)
 
     def log_secrets(self) -> list[str]:
         """The configured secrets a log line must never show: the admin and metrics tokens, the Fernet key when

@@ -64,8 +64,3 @@ def url_password(url: str) -> list[str]:
     except ValueError:  # not a URL at all (a bad port): nothing to find
         return []
     return [password, unquote(password)] if password else []
-
-
-def masked_url(url: str) -> str:
-    """`url` with its userinfo masked: fit for a log line or an error message."""
-    return _USERINFO.sub(lambda match: f"{match[1]}{MASK}@", url)
