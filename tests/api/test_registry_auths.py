@@ -115,6 +115,6 @@ async def test_resolve_decrypts_for_the_owner_only(harness: Harness, client: htt
         assert row is not None
         org_id = row.org_id
         box = harness.context.box
-        assert await registry_auths.resolve(session, box, org_id, auth_id) == RegistryAuth("robot", PASSWORD)
-        assert await registry_auths.resolve(session, box, "another-org", auth_id) is None
-        assert await registry_auths.resolve(session, box, org_id, "no-such-id") is None
+        assert await registry_auths.resolve(session, org_id, auth_id, box=box) == RegistryAuth("robot", PASSWORD)
+        assert await registry_auths.resolve(session, "another-org", auth_id, box=box) is None
+        assert await registry_auths.resolve(session, org_id, "no-such-id", box=box) is None

@@ -24,7 +24,7 @@ async def create_registry_auth(
     session: WriteSessionDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> Response:
-    return answered(await service.create(session, context.box, principal, body, idempotency_key))
+    return answered(await service.create(session, principal, body, idempotency_key, box=context.box))
 
 
 @router.get("", response_model=RegistryAuthList, summary="List registry auths (passwords are never answered)")

@@ -24,7 +24,7 @@ async def create_template(
     session: WriteSessionDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> Response:
-    return answered(await service.create(session, context.box, principal, body, idempotency_key))
+    return answered(await service.create(session, principal, body, idempotency_key, box=context.box))
 
 
 @router.get("", response_model=Page[Template], summary="List templates")
@@ -35,14 +35,14 @@ async def list_templates(
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=1000)] = 50,
 ) -> Page[Template]:
-    return await service.list_page(session, context.box, principal, page, page_size)
+    return await service.list_page(session, principal, page, page_size, box=context.box)
 
 
 @router.get("/{template_id}", response_model=Template, summary="Get a template")
 async def get_template(
     template_id: TemplateId, context: ContextDep, principal: PrincipalDep, session: ReadSessionDep
 ) -> Template:
-    return await service.get(session, context.box, principal, template_id)
+    return await service.get(session, principal, template_id, box=context.box)
 
 
 @router.put("/{template_id}", response_model=Template, summary="Replace a template")
@@ -53,7 +53,7 @@ async def update_template(
     principal: PrincipalDep,
     session: WriteSessionDep,
 ) -> Template:
-    return await service.update(session, context.box, principal, template_id, body)
+    return await service.update(session, principal, template_id, body, box=context.box)
 
 
 @router.delete("/{template_id}", response_model=dict[str, str], summary="Delete a template")

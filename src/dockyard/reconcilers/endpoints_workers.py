@@ -338,7 +338,7 @@ class WorkerTask:
         if spec.registry_auth_id:
             async with self.state.db.read() as session:
                 registry_auth = await registry_auths.resolve(
-                    session, self.state.box, endpoint.org_id, spec.registry_auth_id
+                    session, endpoint.org_id, spec.registry_auth_id, box=self.state.box
                 )
             if registry_auth is None:
                 await self.fail(

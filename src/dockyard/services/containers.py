@@ -71,7 +71,7 @@ def _refuse_terminating(row: ContainerModel, action: str) -> None:
 
 async def get_row(session: AsyncSession, principal: Principal, container_id: str) -> ContainerModel:
     """The container if it is this organization's; another organization's is as missing as a wrong id."""
-    return await owned_row(session, ContainerModel, principal, container_id, "container", "GET /api/v1/containers")
+    return await owned_row(session, principal, ContainerModel, container_id, "container", "GET /api/v1/containers")
 
 
 async def _template_spec(session: AsyncSession, principal: Principal, template_id: str) -> WorkloadSpec:
@@ -221,7 +221,7 @@ async def _add_rows(
         template,
         command=split_command(request.command),
         args=list(request.args),
-        envs=encrypt_envs(context.box, gmi_envs_in(request.envs), template.envs),
+        envs=encrypt_envs(gmi_envs_in(request.envs), template.envs, box=context.box),
         ports=ports,
         volumes=await _volumes(session, principal, idc.id, request.storages),
         gpu_count=product.gpu_count,
@@ -322,7 +322,7 @@ def to_wire(context: ServerContext, row: ContainerModel) -> Container:
         public_i_p=ip,
         args=spec.args,
         command=shlex.join(spec.command),
-        envs=gmi_envs_out(context.box, spec.envs),
+        envs=gmi_envs_out(spec.envs, box=context.box),
         ports=ports,
         ssh_key_id_list=list(row.ssh_key_ids or []),
     )
@@ -381,7 +381,7 @@ async def update(
     if request.envs is None:
         envs = list(current.envs)
     else:
-        envs = encrypt_envs(context.box, gmi_envs_in(request.envs), [*template.envs, *current.envs])
+        envs = encrypt_envs(gmi_envs_in(request.envs), [*template.envs, *current.envs], box=context.box)
     ports = current.ports if request.ports is None else gmi_ports_in(request.ports)
     await _check_host_ports(
         session, row.idc_id, ports or template.ports, count=1, exclude=row.id, from_request=bool(request.ports)

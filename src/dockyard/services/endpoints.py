@@ -81,7 +81,7 @@ def route_config(row: EndpointModel, settings: Settings) -> EndpointConfig:
 
 async def get_row(session: AsyncSession, principal: Principal, endpoint_id: str) -> EndpointModel:
     """The endpoint if it is this organization's; another organization's is as missing as a wrong id."""
-    return await owned_row(session, EndpointModel, principal, endpoint_id, "endpoint", LISTING)
+    return await owned_row(session, principal, EndpointModel, endpoint_id, "endpoint", LISTING)
 
 
 async def _region(session: AsyncSession, region_id: str) -> IdcModel:
@@ -157,7 +157,7 @@ def _health_check(health_check: HealthCheckIn | None, ports: Sequence[PortSpec])
 def _template(spec: WorkloadSpec, box: SecretBox, product_id: str, region_id: str) -> dict[str, Any]:
     """What a worker runs, with env values decrypted: ciphertexts differ for equal values, plaintexts do not."""
     view = spec.model_dump(mode="json", exclude={"envs"})
-    return {**view, "envs": decrypt_envs(box, spec.envs), "product_id": product_id, "region_id": region_id}
+    return {**view, "envs": decrypt_envs(spec.envs, box=box), "product_id": product_id, "region_id": region_id}
 
 
 async def _add_row(
@@ -172,7 +172,7 @@ async def _add_row(
         registry_auth_id=await _registry_auth(session, principal, request.registry_auth_id),
         entrypoint=split_command(request.entrypoint, "entrypoint"),
         command=split_command(request.command),
-        envs=encrypt_envs(context.box, [(env.key, env.value) for env in request.envs]),
+        envs=encrypt_envs([(env.key, env.value) for env in request.envs], box=context.box),
         ports=ports,
         volumes=await _volumes(session, principal, request.region_id, request.volumes),
         gpu_count=worker_config["gpu_num"],
@@ -261,7 +261,7 @@ def to_wire(context: ServerContext, row: EndpointModel, workers: Sequence[Worker
         entrypoint=shlex.join(spec.entrypoint),
         command=shlex.join(spec.command),
         volumes=[Volume(id=v.storage_id, type="network", mount_point=v.mount_path) for v in spec.volumes],
-        envs=[EndpointEnv(key=name, value=value) for name, value in masked_envs(context.box, spec.envs)],
+        envs=[EndpointEnv(key=name, value=value) for name, value in masked_envs(spec.envs, box=context.box)],
         ports=[port.container_port for port in spec.ports],
         workers=[
             Worker(
@@ -400,7 +400,7 @@ async def update(
         registry_auth_id = await _registry_auth(session, principal, request.registry_auth_id)
     envs = current.envs
     if request.envs is not None:
-        envs = encrypt_envs(context.box, [(env.key, env.value) for env in request.envs], current.envs)
+        envs = encrypt_envs([(env.key, env.value) for env in request.envs], current.envs, box=context.box)
     health_check = current.health_check
     exposed = {port.container_port for port in ports}
     if request.health_check is not None:

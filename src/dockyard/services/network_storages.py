@@ -78,7 +78,7 @@ def _wire(row: NetworkStorageModel, mounted_by: Mounters) -> NetworkStorage:
 async def get_row(session: AsyncSession, principal: Principal, storage_id: str) -> NetworkStorageModel:
     """The storage if it is this organization's; another organization's is as missing as a wrong id."""
     return await owned_row(
-        session, NetworkStorageModel, principal, storage_id, "network storage", "GET /gpus/v2/network-storages"
+        session, principal, NetworkStorageModel, storage_id, "network storage", "GET /gpus/v2/network-storages"
     )
 
 

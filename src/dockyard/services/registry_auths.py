@@ -22,16 +22,17 @@ def _wire(row: RegistryAuthModel) -> RegistryAuth:
 async def get_row(session: AsyncSession, principal: Principal, auth_id: str) -> RegistryAuthModel:
     """The registry auth if it is this organization's; another organization's is as missing as a wrong id."""
     return await owned_row(
-        session, RegistryAuthModel, principal, auth_id, "registry auth", "GET /gpus/v2/registry-auths"
+        session, principal, RegistryAuthModel, auth_id, "registry auth", "GET /gpus/v2/registry-auths"
     )
 
 
 async def create(
     session: AsyncSession,
-    box: SecretBox,
     principal: Principal,
     request: CreateRegistryAuthRequest,
     idempotency_key: str | None = None,
+    *,
+    box: SecretBox,
 ) -> idempotency.Answer:
     """Record the credentials (password encrypted) and answer `{"id"}`; once per Idempotency-Key."""
 
@@ -73,7 +74,7 @@ async def delete(session: AsyncSession, principal: Principal, auth_id: str) -> N
     await session.commit()
 
 
-async def resolve(session: AsyncSession, box: SecretBox, org_id: str, auth_id: str) -> runtime.RegistryAuth | None:
+async def resolve(session: AsyncSession, org_id: str, auth_id: str, *, box: SecretBox) -> runtime.RegistryAuth | None:
     """The organization's credentials with the password decrypted, for a runtime's image pull; None when the id
     is not one of the organization's (deleted since, or never its own)."""
     row = await session.get(RegistryAuthModel, auth_id)

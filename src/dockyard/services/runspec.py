@@ -120,7 +120,7 @@ def build_run_spec(
     """The request for the row's current generation. `gpus` are the row's allocation (empty for CPU
     products); when `public_keys` is not empty the caller writes them with `write_authorized_keys` first."""
     spec = WorkloadSpec.model_validate(row.spec)
-    env = runtime_envs(box, spec.envs)
+    env = runtime_envs(spec.envs, box=box)
     mounts = [
         Mount(target=volume.mount_path, volume=storage_volume(volume.storage_id), size_gb=volume.size_gb)
         for volume in spec.volumes

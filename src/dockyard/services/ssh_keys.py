@@ -67,7 +67,7 @@ def to_wire(row: SshKeyModel) -> SshKey:
 
 async def get_row(session: AsyncSession, principal: Principal, key_id: str) -> SshKeyModel:
     """The key if it is this organization's; another organization's is as missing as a wrong id."""
-    return await owned_row(session, SshKeyModel, principal, key_id, "SSH key", "GET /api/v1/ssh-keys")
+    return await owned_row(session, principal, SshKeyModel, key_id, "SSH key", "GET /api/v1/ssh-keys")
 
 
 async def create(

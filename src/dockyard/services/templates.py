@@ -27,26 +27,26 @@ from dockyard.services.workloads import (
 )
 
 
-def _spec(box: SecretBox, request: CreateTemplateRequest, previous: WorkloadSpec | None) -> WorkloadSpec:
+def _spec(request: CreateTemplateRequest, previous: WorkloadSpec | None, box: SecretBox) -> WorkloadSpec:
     credential = None
     if request.credential is not None:
         credential = encrypt_credential(
-            box,
             request.credential.username,
             request.credential.secret,
             previous.credential if previous else None,
+            box=box,
         )
     return WorkloadSpec(
         image=request.path,
         credential=credential,
         command=split_command(request.command),
         args=list(request.args),
-        envs=encrypt_envs(box, gmi_envs_in(request.envs), previous.envs if previous else ()),
+        envs=encrypt_envs(gmi_envs_in(request.envs), previous.envs if previous else (), box=box),
         ports=gmi_ports_in(request.ports),
     )
 
 
-def to_wire(box: SecretBox, row: TemplateModel) -> Template:
+def to_wire(row: TemplateModel, box: SecretBox) -> Template:
     spec = WorkloadSpec.model_validate(row.spec)
     credential = None
     if spec.credential is not None:
@@ -60,7 +60,7 @@ def to_wire(box: SecretBox, row: TemplateModel) -> Template:
         credential=credential,
         command=shlex.join(spec.command),
         args=spec.args,
-        envs=gmi_envs_out(box, spec.envs),
+        envs=gmi_envs_out(spec.envs, box=box),
         ports=gmi_ports_out(spec.ports),
         org_id=row.org_id,
         created_at=row.created_at,
@@ -70,15 +70,16 @@ def to_wire(box: SecretBox, row: TemplateModel) -> Template:
 
 async def get_row(session: AsyncSession, principal: Principal, template_id: str) -> TemplateModel:
     """The template if it is this organization's; another organization's is as missing as a wrong id."""
-    return await owned_row(session, TemplateModel, principal, template_id, "template", "GET /api/v1/templates")
+    return await owned_row(session, principal, TemplateModel, template_id, "template", "GET /api/v1/templates")
 
 
 async def create(
     session: AsyncSession,
-    box: SecretBox,
     principal: Principal,
     request: CreateTemplateRequest,
     idempotency_key: str | None = None,
+    *,
+    box: SecretBox,
 ) -> idempotency.Answer:
     """Record the template and answer `{"id"}`; once per Idempotency-Key."""
 
@@ -87,7 +88,7 @@ async def create(
             org_id=principal.org_id,
             member_id=principal.member_id,
             name=request.name,
-            spec=_spec(box, request, None).model_dump(mode="json"),
+            spec=_spec(request, None, box).model_dump(mode="json"),
         )
         session.add(row)
         await session.flush()
@@ -100,17 +101,13 @@ async def create(
 
 
 async def update(
-    session: AsyncSession,
-    box: SecretBox,
-    principal: Principal,
-    template_id: str,
-    request: CreateTemplateRequest,
+    session: AsyncSession, principal: Principal, template_id: str, request: CreateTemplateRequest, *, box: SecretBox
 ) -> Template:
     row = await get_row(session, principal, template_id)
     row.name = request.name
-    row.spec = _spec(box, request, WorkloadSpec.model_validate(row.spec)).model_dump(mode="json")
+    row.spec = _spec(request, WorkloadSpec.model_validate(row.spec), box).model_dump(mode="json")
     await session.commit()
-    return to_wire(box, row)
+    return to_wire(row, box)
 
 
 async def delete(session: AsyncSession, principal: Principal, template_id: str) -> None:
@@ -119,12 +116,12 @@ async def delete(session: AsyncSession, principal: Principal, template_id: str) 
     await session.commit()
 
 
-async def get(session: AsyncSession, box: SecretBox, principal: Principal, template_id: str) -> Template:
-    return to_wire(box, await get_row(session, principal, template_id))
+async def get(session: AsyncSession, principal: Principal, template_id: str, *, box: SecretBox) -> Template:
+    return to_wire(await get_row(session, principal, template_id), box)
 
 
 async def list_page(
-    session: AsyncSession, box: SecretBox, principal: Principal, page: int, page_size: int
+    session: AsyncSession, principal: Principal, page: int, page_size: int, *, box: SecretBox
 ) -> Page[Template]:
     where = TemplateModel.org_id == principal.org_id
     total = await session.scalar(select(func.count()).select_from(TemplateModel).where(where)) or 0
@@ -135,4 +132,4 @@ async def list_page(
         .offset((page - 1) * page_size)
         .limit(page_size)
     )
-    return Page[Template](items=[to_wire(box, row) for row in rows], total=total, page=page, page_size=page_size)
+    return Page[Template](items=[to_wire(row, box) for row in rows], total=total, page=page, page_size=page_size)

@@ -14,7 +14,7 @@ RowT = TypeVar("RowT")
 
 
 async def owned_row(
-    session: AsyncSession, model: type[RowT], principal: Principal, object_id: str, noun: str, listing: str
+    session: AsyncSession, principal: Principal, model: type[RowT], object_id: str, noun: str, listing: str
 ) -> RowT:
     """The row `object_id` of `model` if the caller's organization owns it; else NotFound naming `noun` and
     the route (`listing`) that lists the caller's own."""

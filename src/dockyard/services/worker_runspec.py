@@ -177,7 +177,7 @@ def build_worker_run_spec(
     spec = WorkloadSpec.model_validate(endpoint.spec)
     is_async = endpoint.type == EndpointType.ASYNC
     env = _fitness_defaults(len(gpus)) if is_async else {}
-    env.update(runtime_envs(box, spec.envs))
+    env.update(runtime_envs(spec.envs, box=box))
     env["DOCKYARD_ENDPOINT_ID"] = endpoint.id
     env["DOCKYARD_WORKER_ID"] = worker.id
     if is_async:

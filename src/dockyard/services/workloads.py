@@ -22,7 +22,7 @@ from dockyard.secrets import SecretBox, mask
 
 
 def encrypt_envs(
-    box: SecretBox, envs: Iterable[tuple[str, str]], previous: Sequence[EnvVar] = (), field: str = "envs"
+    envs: Iterable[tuple[str, str]], previous: Sequence[EnvVar] = (), field: str = "envs", *, box: SecretBox
 ) -> list[EnvVar]:
     stored = {env.name: env.value for env in previous}
     result: list[EnvVar] = []
@@ -39,18 +39,18 @@ def encrypt_envs(
     return result
 
 
-def decrypt_envs(box: SecretBox, envs: Iterable[EnvVar]) -> dict[str, str]:
+def decrypt_envs(envs: Iterable[EnvVar], *, box: SecretBox) -> dict[str, str]:
     return {env.name: box.decrypt(env.value) for env in envs}
 
 
-def runtime_envs(box: SecretBox, envs: Iterable[EnvVar]) -> dict[str, str]:
+def runtime_envs(envs: Iterable[EnvVar], *, box: SecretBox) -> dict[str, str]:
     """The user's variables as a runtime request carries them: decrypted, and without any name Dockyard
     reserves, so a value stored before the API refused it (`NVIDIA_VISIBLE_DEVICES=all`, another worker's
     `RUNPOD_POD_ID`) never reaches a container."""
     return {env.name: box.decrypt(env.value) for env in envs if reserved_env_problem(env.name) is None}
 
 
-def masked_envs(box: SecretBox, envs: Iterable[EnvVar]) -> list[tuple[str, str]]:
+def masked_envs(envs: Iterable[EnvVar], *, box: SecretBox) -> list[tuple[str, str]]:
     return [(env.name, mask(box.decrypt(env.value))) for env in envs]
 
 
@@ -58,8 +58,8 @@ def gmi_envs_in(envs: Iterable[EnvIn]) -> list[tuple[str, str]]:
     return [(env.name, env.value) for env in envs]
 
 
-def gmi_envs_out(box: SecretBox, envs: Iterable[EnvVar]) -> list[Env]:
-    return [Env(name=name, value=value) for name, value in masked_envs(box, envs)]
+def gmi_envs_out(envs: Iterable[EnvVar], *, box: SecretBox) -> list[Env]:
+    return [Env(name=name, value=value) for name, value in masked_envs(envs, box=box)]
 
 
 def gmi_ports_in(ports: Iterable[Port], field: str = "ports") -> list[PortSpec]:
@@ -86,7 +86,7 @@ def split_command(command: str, field: str = "command") -> list[str]:
         raise InvalidField(field, f"cannot be parsed as a command line ({exc})") from exc
 
 
-def encrypt_credential(box: SecretBox, username: str, secret: str, previous: Credential | None) -> Credential:
+def encrypt_credential(username: str, secret: str, previous: Credential | None, *, box: SecretBox) -> Credential:
     if previous is not None and previous.username == username and secret == mask(box.decrypt(previous.secret)):
         return previous
     return Credential(username=username, secret=box.encrypt(secret))
