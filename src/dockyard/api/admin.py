@@ -63,7 +63,7 @@ async def list_api_keys(org_id: OrgId, _: AdminDep, session: ReadSessionDep) -> 
     description="Each limit in force (`default`: the installation's `DOCKYARD_QUOTA_*`) and the use against it.",
 )
 async def get_quotas(org_id: OrgId, context: ContextDep, _: AdminDep, session: ReadSessionDep) -> Quotas:
-    return await quotas.get(session, context.settings, org_id)
+    return await quotas.get(session, org_id, settings=context.settings)
 
 
 @router.put(
@@ -76,7 +76,7 @@ async def get_quotas(org_id: OrgId, context: ContextDep, _: AdminDep, session: R
 async def set_quotas(
     org_id: OrgId, body: SetQuotasRequest, context: ContextDep, _: AdminDep, session: WriteSessionDep
 ) -> Quotas:
-    return await quotas.set_limits(session, context.settings, org_id, body)
+    return await quotas.set_limits(session, org_id, body, settings=context.settings)
 
 
 @router.delete("/keys/{key_id}", response_model=dict[str, str], summary="Revoke an API key")
@@ -94,7 +94,7 @@ async def list_idcs(_: AdminDep, session: ReadSessionDep) -> list[Idc]:
 
 @router.post("/idcs", response_model=Idc, summary="Create an IDC bound to a runtime")
 async def create_idc(body: CreateIdcRequest, context: ContextDep, _: AdminDep, session: WriteSessionDep) -> Idc:
-    return await catalog.create_idc(session, context, body)
+    return await catalog.create_idc(session, body, context=context)
 
 
 @router.patch("/idcs/{idc_id}", response_model=Idc, summary="Rename an IDC or put it in maintenance")

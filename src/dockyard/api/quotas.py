@@ -20,4 +20,4 @@ router = APIRouter(prefix="/gpus/v2/quotas", tags=["quotas"], responses=ERROR_RE
     "against it: containers and endpoint workers count their products' GPUs, vCPUs and memory.",
 )
 async def get_quotas(context: ContextDep, principal: PrincipalDep, session: ReadSessionDep) -> Quotas:
-    return await service.get(session, context.settings, principal.org_id)
+    return await service.get(session, principal.org_id, settings=context.settings)

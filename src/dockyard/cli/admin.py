@@ -88,8 +88,8 @@ def quotas_command(
                 if org_id is None:
                     return None
                 if limits:
-                    return await quotas.set_limits(session, settings, org_id, request)
-                return await quotas.get(session, settings, org_id)
+                    return await quotas.set_limits(session, org_id, request, settings=settings)
+                return await quotas.get(session, org_id, settings=settings)
         finally:
             await db.dispose()
 

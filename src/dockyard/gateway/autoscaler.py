@@ -250,7 +250,7 @@ class Autoscaler:
         product = await session.get(ProductModel, row.product_id)
         cpu, memory_mb = (product.cpu, product.memory_mb) if product is not None else (0.0, 0)
         per_worker = quotas.worker_amounts(row.worker_config, cpu, memory_mb, 1)
-        room, why = await quotas.worker_room(session, self.context.settings, row, per_worker)
+        room, why = await quotas.worker_room(session, row, per_worker, settings=self.context.settings)
         if replicas <= room:
             return replicas, ""
         return max(room, row.desired_replicas), why(replicas)

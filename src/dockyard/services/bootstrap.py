@@ -44,7 +44,7 @@ async def installation_id(session: AsyncSession) -> str:
     return row.value
 
 
-def discover_inventory(settings: Settings, node_id: str) -> Inventory:
+def discover_inventory(node_id: str, settings: Settings) -> Inventory:
     if settings.simulated_gpus:
         return simulated_inventory(
             node_id,
@@ -116,7 +116,7 @@ async def bootstrap(db: Database, settings: Settings) -> str:
             node = NodeModel(id=node_id, idc_id=LOCAL_IDC)
             session.add(node)
             await session.flush()
-        inventory = discover_inventory(settings, node_id)
+        inventory = discover_inventory(node_id, settings)
         # A simulated inventory declared through the operator's API outlives restarts: finding no GPU here is
         # what made it necessary. NVML or DOCKYARD_SIMULATED_GPUS replace it; count 0 through the API clears it.
         if not (inventory.source == GpuSource.NONE and node.gpu_source == GpuSource.SIMULATED):

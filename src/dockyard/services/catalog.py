@@ -73,7 +73,7 @@ async def list_idcs(session: AsyncSession) -> list[Idc]:
     return [idc_wire(row) for row in await session.scalars(select(IdcModel).order_by(IdcModel.id))]
 
 
-async def create_idc(session: AsyncSession, context: ServerContext, request: CreateIdcRequest) -> Idc:
+async def create_idc(session: AsyncSession, request: CreateIdcRequest, *, context: ServerContext) -> Idc:
     if request.runtime_kind not in IMPLEMENTED_KINDS:
         available = ", ".join(kind.value for kind in IMPLEMENTED_KINDS)
         raise InvalidField(

@@ -226,7 +226,8 @@ async def _add_rows(
         volumes=await _volumes(session, principal, idc.id, request.storages),
         gpu_count=product.gpu_count,
     )
-    await quotas.admit(session, context.settings, principal.org_id, quotas.container_amounts(product, request.count))
+    amounts = quotas.container_amounts(product, request.count)
+    await quotas.admit(session, principal.org_id, amounts, settings=context.settings)
     stored_spec = spec.model_dump(mode="json")
     ids = [new_id() for _ in range(request.count)]
     for number, container_id in enumerate(ids, start=1):

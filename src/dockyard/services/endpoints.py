@@ -197,7 +197,7 @@ async def _add_row(
         reason=DEPLOYING_REASON,
     )
     product = await session.get(ProductModel, request.product_id)
-    await quotas.admit(session, context.settings, principal.org_id, quotas.endpoint_amounts(row, product))
+    await quotas.admit(session, principal.org_id, quotas.endpoint_amounts(row, product), settings=context.settings)
     session.add(row)
     await session.flush()
     return {"id": row.id}
@@ -455,7 +455,7 @@ async def _admit_update(
     cpu, memory_mb = (product.cpu, product.memory_mb) if product is not None else (0.0, 0)
     before = quotas.endpoint_amounts(row, await session.get(ProductModel, row.product_id))
     asked = quotas.worker_amounts(worker_config, cpu, memory_mb, wanted)
-    await quotas.admit(session, context.settings, row.org_id, asked, before=before, except_endpoint=row.id)
+    await quotas.admit(session, row.org_id, asked, before=before, except_endpoint=row.id, settings=context.settings)
 
 
 async def delete(context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str) -> None:

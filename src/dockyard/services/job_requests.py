@@ -164,7 +164,7 @@ async def submit(
                 request,
                 row,
                 idempotency_key,
-                lambda: quotas.admit(session, settings, principal.org_id, queued),
+                lambda: quotas.admit(session, principal.org_id, queued, settings=settings),
             )
         if answer.replayed:
             return answer
@@ -182,7 +182,7 @@ def _queue_limit(context: ServerContext, org_id: str) -> job_inserts.Limit:
     async def usage(session: AsyncSession) -> tuple[int, int]:
         nonlocal name
         name = await quotas.lock(session, org_id)
-        limits, _ = await quotas.limits(session, context.settings, org_id)
+        limits, _ = await quotas.limits(session, org_id, settings=context.settings)
         return await quotas.queued_jobs(session, org_id), limits[quotas.Resource.QUEUED_JOBS]
 
     def refusal(used: int, allowed: int) -> ApiError:
@@ -363,7 +363,7 @@ async def retry(
             raise Conflict(
                 f"job {job_id} is {job.status.value}; only FAILED, TIMED_OUT or CANCELLED jobs can be retried"
             )
-        await quotas.admit(session, context.settings, principal.org_id, {quotas.Resource.QUEUED_JOBS: 1})
+        await quotas.admit(session, principal.org_id, {quotas.Resource.QUEUED_JOBS: 1}, settings=context.settings)
         for name, value in retry_values(job, now=utcnow()).items():
             setattr(job, name, value)
         await session.flush()

@@ -96,7 +96,7 @@ async def create(
     async def add() -> dict[str, str]:
         if await session.get(IdcModel, request.region_id) is None:
             raise InvalidField("region_id", f"no region {request.region_id}; GET /gpus/v2/regions lists them")
-        await quotas.admit(session, settings, principal.org_id, {quotas.Resource.STORAGE_GB: request.size_gb})
+        await quotas.admit(session, principal.org_id, {quotas.Resource.STORAGE_GB: request.size_gb}, settings=settings)
         row = NetworkStorageModel(
             org_id=principal.org_id, name=request.name, idc_id=request.region_id, size_gb=request.size_gb
         )
@@ -145,7 +145,7 @@ async def resize(
             "size_gb", f"storages only grow: {request.size_gb} is below the current {row.size_gb}; send at least that"
         )
     growth = request.size_gb - row.size_gb
-    await quotas.admit(session, settings, principal.org_id, {quotas.Resource.STORAGE_GB: growth})
+    await quotas.admit(session, principal.org_id, {quotas.Resource.STORAGE_GB: growth}, settings=settings)
     row.size_gb = request.size_gb
     await session.commit()
 

@@ -128,7 +128,9 @@ def _add(total: dict[Resource, float], amounts: Amounts) -> None:
         total[resource] = total.get(resource, 0.0) + amount
 
 
-async def limits(session: AsyncSession, settings: Settings, org_id: str) -> tuple[dict[Resource, int], set[Resource]]:
+async def limits(
+    session: AsyncSession, org_id: str, *, settings: Settings
+) -> tuple[dict[Resource, int], set[Resource]]:
     """The limits in force for the organization, and which of them the operator set (the rest are defaults)."""
     row = await session.get(OrganizationQuotaModel, org_id)
     result: dict[Resource, int] = {}
@@ -213,19 +215,19 @@ async def lock(session: AsyncSession, org_id: str) -> str:
 
 async def admit(
     session: AsyncSession,
-    settings: Settings,
     org_id: str,
     asked: Amounts,
     *,
     before: Amounts | None = None,
     except_endpoint: str = "",
+    settings: Settings,
 ) -> None:
     """Refuse, with `QuotaExceeded`, an ask that would take the organization past a limit; else return, holding
     the organization's lock until the caller's transaction ends, so the rows it then writes are counted by the
     next admission. `before` is what the thing being changed held so far (a PUT): a figure that does not grow is
     never refused, even over a limit the operator has since lowered."""
     name = await lock(session, org_id)
-    limit, _ = await limits(session, settings, org_id)
+    limit, _ = await limits(session, org_id, settings=settings)
     asked = {resource: amount for resource, amount in asked.items() if amount > 0}
     used = await usage(session, org_id, asked, except_endpoint=except_endpoint)
     for resource in Resource:
@@ -237,13 +239,13 @@ async def admit(
 
 
 async def worker_room(
-    session: AsyncSession, settings: Settings, row: EndpointModel, per_worker: Amounts
+    session: AsyncSession, row: EndpointModel, per_worker: Amounts, *, settings: Settings
 ) -> tuple[int, Callable[[int], str]]:
     """How many workers the endpoint `row` may want in all, given what the rest of its organization holds (under
     the organization's lock, for the caller's transaction), and a function that says why a count above that is
     held back."""
     name = await lock(session, row.org_id)
-    limit, _ = await limits(session, settings, row.org_id)
+    limit, _ = await limits(session, row.org_id, settings=settings)
     used = await usage(session, row.org_id, (Resource.WORKERS, *_COMPUTE), except_endpoint=row.id)
     room = {
         resource: math.floor((limit[resource] - used[resource]) / amount)
@@ -270,15 +272,15 @@ def _wire(limit: dict[Resource, int], own: set[Resource], used: dict[Resource, f
     )
 
 
-async def get(session: AsyncSession, settings: Settings, org_id: str) -> Quotas:
+async def get(session: AsyncSession, org_id: str, *, settings: Settings) -> Quotas:
     """Every quota of the organization with what it holds now."""
     if await session.get(OrganizationModel, org_id) is None:
         raise NotFound(f"organization {org_id} not found; GET /admin/v1/organizations lists them")
-    limit, own = await limits(session, settings, org_id)
+    limit, own = await limits(session, org_id, settings=settings)
     return _wire(limit, own, await usage(session, org_id), org_id)
 
 
-async def set_limits(session: AsyncSession, settings: Settings, org_id: str, request: SetQuotasRequest) -> Quotas:
+async def set_limits(session: AsyncSession, org_id: str, request: SetQuotasRequest, *, settings: Settings) -> Quotas:
     """Set the limits the request names (null: back to the installation's default); the others stay as they are."""
     if await session.get(OrganizationModel, org_id) is None:
         raise NotFound(f"organization {org_id} not found; GET /admin/v1/organizations lists them")
@@ -289,4 +291,4 @@ async def set_limits(session: AsyncSession, settings: Settings, org_id: str, req
     for name in request.model_fields_set:
         setattr(row, Resource(name).value, getattr(request, name))
     await session.commit()
-    return await get(session, settings, org_id)
+    return await get(session, org_id, settings=settings)
