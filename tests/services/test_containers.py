@@ -36,7 +36,7 @@ async def test_update_over_a_concurrent_write_raises_stale(harness: Harness, cli
         assert loaded.version == 1  # while the database holds version 2
         request = UpdateContainerRequest(name="lost-update", template_id=template_id)
         with pytest.raises(StaleDataError):
-            await containers.update(harness.context, first, principal, container_id, request)
+            await containers.update(first, principal, container_id, request, context=harness.context)
     after = await container_row(harness, container_id)
     assert (after.name, after.reason, after.generation) == ("box", "pulling the image", 1)
 

@@ -36,7 +36,7 @@ async def create_containers(
     session: WriteSessionDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> Response:
-    return answered(await service.create(context, session, principal, body, idempotency_key))
+    return answered(await service.create(session, principal, body, idempotency_key, context=context))
 
 
 @router.get("", response_model=Page[Container], summary="List containers")
@@ -50,7 +50,7 @@ async def list_containers(
     name: Annotated[str | None, Query(max_length=255, description="case-insensitive substring of the name")] = None,
 ) -> Page[Container]:
     return await service.list_page(
-        context, session, principal, page=page, page_size=page_size, status=status, name=name
+        session, principal, page=page, page_size=page_size, status=status, name=name, context=context
     )
 
 
@@ -58,7 +58,7 @@ async def list_containers(
 async def get_container(
     container_id: ContainerId, response: Response, context: ContextDep, principal: PrincipalDep, session: ReadSessionDep
 ) -> Container:
-    container, etag = await service.get(context, session, principal, container_id)
+    container, etag = await service.get(session, principal, container_id, context=context)
     response.headers["ETag"] = etag
     return container
 
@@ -77,14 +77,14 @@ async def update_container(
     session: WriteSessionDep,
     if_match: IfMatch = None,
 ) -> IdResponse:
-    return IdResponse(id=await service.update(context, session, principal, container_id, body, if_match))
+    return IdResponse(id=await service.update(session, principal, container_id, body, if_match, context=context))
 
 
 @router.delete("/{container_id}", response_model=dict[str, str], summary="Delete a container")
 async def delete_container(
     container_id: ContainerId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
 ) -> dict[str, str]:
-    await service.delete(context, session, principal, container_id)
+    await service.delete(session, principal, container_id, context=context)
     return {}
 
 
@@ -92,21 +92,21 @@ async def delete_container(
 async def restart_container(
     container_id: ContainerId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
 ) -> ContainerAction:
-    return await service.restart(context, session, principal, container_id)
+    return await service.restart(session, principal, container_id, context=context)
 
 
 @router.post("/{container_id}/stop", response_model=ContainerAction, summary="Stop a container")
 async def stop_container(
     container_id: ContainerId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
 ) -> ContainerAction:
-    return await service.stop(context, session, principal, container_id)
+    return await service.stop(session, principal, container_id, context=context)
 
 
 @router.post("/{container_id}/start", response_model=ContainerAction, summary="Start a stopped container")
 async def start_container(
     container_id: ContainerId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
 ) -> ContainerAction:
-    return await service.start(context, session, principal, container_id)
+    return await service.start(session, principal, container_id, context=context)
 
 
 @router.get(
@@ -125,13 +125,13 @@ async def container_logs_route(
     since: Annotated[str | None, Query(max_length=64, description="RFC 3339 time or unix seconds")] = None,
 ) -> Response:
     chunks = await container_logs.open_logs(
-        context,
         session,
         principal,
         container_id,
         tail=tail,
         follow=follow,
         since=container_logs.parse_since(since),
+        context=context,
     )
     if follow:
         return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")

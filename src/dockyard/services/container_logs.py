@@ -51,7 +51,6 @@ def _unavailable(idc_id: str) -> Unavailable:
 
 
 async def open_logs(
-    context: ServerContext,
     session: AsyncSession,
     principal: Principal,
     container_id: str,
@@ -59,6 +58,7 @@ async def open_logs(
     tail: int | None,
     follow: bool,
     since: datetime | None,
+    context: ServerContext,
 ) -> AsyncIterator[bytes]:
     """An iterator over the container's output; errors as `open_runtime_logs` gives them."""
     row = await get_row(session, principal, container_id)

@@ -203,7 +203,7 @@ def _overlay(
 
 
 async def _add_rows(
-    context: ServerContext, session: AsyncSession, principal: Principal, request: CreateContainerRequest
+    session: AsyncSession, principal: Principal, request: CreateContainerRequest, *, context: ServerContext
 ) -> list[dict[str, str]]:
     """Validate against the database and add `count` rows (flushed, not committed); answer their ids."""
     suffix = f"-{request.count}" if request.count > 1 else ""
@@ -253,11 +253,12 @@ async def _add_rows(
 
 
 async def create(
-    context: ServerContext,
     session: AsyncSession,
     principal: Principal,
     request: CreateContainerRequest,
     idempotency_key: str | None = None,
+    *,
+    context: ServerContext,
 ) -> idempotency.Answer:
     """Record `count` rows (`creating`, desired `running`) and answer their ids; once per Idempotency-Key."""
     body = request.model_dump(mode="json", by_alias=True)
@@ -267,7 +268,7 @@ async def create(
         idempotency_key,
         CREATE_OPERATION,
         body,
-        lambda: _add_rows(context, session, principal, request),
+        lambda: _add_rows(session, principal, request, context=context),
     )
     await session.commit()
     context.wake(LOOP)
@@ -294,7 +295,7 @@ def _ip(row: ContainerModel, spec: WorkloadSpec, address: str) -> IpAddress:
     return IpAddress(ip_address="", status=IPStatus.NONE)
 
 
-def to_wire(context: ServerContext, row: ContainerModel) -> Container:
+def to_wire(row: ContainerModel, context: ServerContext) -> Container:
     spec = WorkloadSpec.model_validate(row.spec)
     published = _published(row)
     ports = [
@@ -330,15 +331,14 @@ def to_wire(context: ServerContext, row: ContainerModel) -> Container:
 
 
 async def get(
-    context: ServerContext, session: AsyncSession, principal: Principal, container_id: str
+    session: AsyncSession, principal: Principal, container_id: str, *, context: ServerContext
 ) -> tuple[Container, str]:
     """The container and its ETag."""
     row = await get_row(session, principal, container_id)
-    return to_wire(context, row), etag(row.version)
+    return to_wire(row, context), etag(row.version)
 
 
 async def list_page(
-    context: ServerContext,
     session: AsyncSession,
     principal: Principal,
     *,
@@ -346,6 +346,7 @@ async def list_page(
     page_size: int,
     status: ContainerStatus | None = None,
     name: str | None = None,
+    context: ServerContext,
 ) -> Page[Container]:
     """The organization's containers, newest first (served by the (org_id, created_at) index)."""
     conditions: list[Any] = [ContainerModel.org_id == principal.org_id]
@@ -361,17 +362,18 @@ async def list_page(
         .offset((page - 1) * page_size)
         .limit(page_size)
     )
-    items = [to_wire(context, row) for row in rows]
+    items = [to_wire(row, context) for row in rows]
     return Page[Container](items=items, total=total, page=page, page_size=page_size)
 
 
 async def update(
-    context: ServerContext,
     session: AsyncSession,
     principal: Principal,
     container_id: str,
     request: UpdateContainerRequest,
     if_match: str | None = None,
+    *,
+    context: ServerContext,
 ) -> str:
     """Reconfigure and recreate (a new generation). Omitted optional fields keep the current values."""
     row = await get_row(session, principal, container_id)
@@ -411,7 +413,7 @@ async def update(
     return row.id
 
 
-async def delete(context: ServerContext, session: AsyncSession, principal: Principal, container_id: str) -> None:
+async def delete(session: AsyncSession, principal: Principal, container_id: str, *, context: ServerContext) -> None:
     """Mark it for teardown; the reconciler removes it, releases its GPUs and ports, then drops the row.
     Deleting a container already being deleted changes nothing."""
 
@@ -428,13 +430,14 @@ async def delete(context: ServerContext, session: AsyncSession, principal: Princ
 
 
 async def _act(
-    context: ServerContext,
     session: AsyncSession,
     principal: Principal,
     container_id: str,
     action: str,
     desired: DesiredState,
     restart: bool = False,
+    *,
+    context: ServerContext,
 ) -> ContainerAction:
     """Record `desired` and answer the status the action leads to, with a reason saying it is under way (GET shows
     the status observed meanwhile); a container already there is answered as it is."""
@@ -459,19 +462,21 @@ async def _act(
 
 
 async def start(
-    context: ServerContext, session: AsyncSession, principal: Principal, container_id: str
+    session: AsyncSession, principal: Principal, container_id: str, *, context: ServerContext
 ) -> ContainerAction:
-    return await _act(context, session, principal, container_id, "started", DesiredState.RUNNING)
+    return await _act(session, principal, container_id, "started", DesiredState.RUNNING, context=context)
 
 
 async def stop(
-    context: ServerContext, session: AsyncSession, principal: Principal, container_id: str
+    session: AsyncSession, principal: Principal, container_id: str, *, context: ServerContext
 ) -> ContainerAction:
-    return await _act(context, session, principal, container_id, "stopped", DesiredState.STOPPED)
+    return await _act(session, principal, container_id, "stopped", DesiredState.STOPPED, context=context)
 
 
 async def restart(
-    context: ServerContext, session: AsyncSession, principal: Principal, container_id: str
+    session: AsyncSession, principal: Principal, container_id: str, *, context: ServerContext
 ) -> ContainerAction:
     """Restart it (starting it if it was stopped): the reconciler restarts once per `restart_generation`."""
-    return await _act(context, session, principal, container_id, "restarted", DesiredState.RUNNING, restart=True)
+    return await _act(
+        session, principal, container_id, "restarted", DesiredState.RUNNING, restart=True, context=context
+    )
