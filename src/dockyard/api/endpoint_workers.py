@@ -24,7 +24,7 @@ TEXT = "text/plain; charset=utf-8"
 async def list_workers(
     endpoint_id: EndpointPathId, context: ContextDep, principal: PrincipalDep, session: ReadSessionDep
 ) -> WorkerList:
-    return await service.list_workers(context, session, principal, endpoint_id)
+    return await service.list_workers(session, principal, endpoint_id, context=context)
 
 
 @router.get(
@@ -45,7 +45,14 @@ async def worker_logs(
     since: Annotated[str | None, Query(max_length=64, description="RFC 3339 time or unix seconds")] = None,
 ) -> Response:
     chunks = await service.open_worker_logs(
-        context, session, principal, endpoint_id, worker_id, tail=tail, follow=follow, since=parse_since(since)
+        session,
+        principal,
+        endpoint_id,
+        worker_id,
+        tail=tail,
+        follow=follow,
+        since=parse_since(since),
+        context=context,
     )
     if follow:
         return StreamingResponse(chunks, media_type=TEXT)

@@ -36,7 +36,7 @@ async def create_endpoint(
     session: WriteSessionDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> Response:
-    return answered(await service.create(context, session, principal, body, idempotency_key))
+    return answered(await service.create(session, principal, body, idempotency_key, context=context))
 
 
 @router.get("", response_model=EndpointList, summary="List endpoints")
@@ -50,7 +50,7 @@ async def list_endpoints(
     member_ids: Annotated[str | None, Query(max_length=4096, description="comma-separated member ids")] = None,
 ) -> EndpointList:
     return await service.list_page(
-        context, session, principal, limit=limit, cursor=cursor, keyword=keyword, member_ids=member_ids
+        session, principal, limit=limit, cursor=cursor, keyword=keyword, member_ids=member_ids, context=context
     )
 
 
@@ -58,7 +58,7 @@ async def list_endpoints(
 async def get_endpoint(
     endpoint_id: EndpointPathId, context: ContextDep, principal: PrincipalDep, session: ReadSessionDep
 ) -> Endpoint:
-    return await service.get(context, session, principal, endpoint_id)
+    return await service.get(session, principal, endpoint_id, context=context)
 
 
 @router.put(
@@ -74,7 +74,7 @@ async def update_endpoint(
     principal: PrincipalDep,
     session: WriteSessionDep,
 ) -> dict[str, str]:
-    await service.update(context, session, principal, endpoint_id, body)
+    await service.update(session, principal, endpoint_id, body, context=context)
     return {}
 
 
@@ -82,5 +82,5 @@ async def update_endpoint(
 async def delete_endpoint(
     endpoint_id: EndpointPathId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
 ) -> dict[str, str]:
-    await service.delete(context, session, principal, endpoint_id)
+    await service.delete(session, principal, endpoint_id, context=context)
     return {}

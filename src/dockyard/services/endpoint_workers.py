@@ -33,13 +33,13 @@ async def _workers(session: AsyncSession, endpoint_id: str) -> list[WorkerModel]
 
 
 async def list_workers(
-    context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str
+    session: AsyncSession, principal: Principal, endpoint_id: str, *, context: ServerContext
 ) -> WorkerList:
     """Every worker of the endpoint, oldest first, whatever its status."""
     row = await endpoints.get_row(session, principal, endpoint_id)
     workers = await _workers(session, row.id)
     # The endpoint's own wire form gives each worker's status, log URL, health and drain: one definition of them.
-    shown = endpoints.to_wire(context, row, workers).workers
+    shown = endpoints.to_wire(row, workers, context).workers
     return WorkerList(
         data=[
             WorkerDetail(
@@ -72,7 +72,6 @@ async def _worker_idc(session: AsyncSession, endpoint: EndpointModel, worker: Wo
 
 
 async def open_worker_logs(
-    context: ServerContext,
     session: AsyncSession,
     principal: Principal,
     endpoint_id: str,
@@ -81,6 +80,7 @@ async def open_worker_logs(
     tail: int | None,
     follow: bool,
     since: datetime | None,
+    context: ServerContext,
 ) -> AsyncIterator[bytes]:
     """An iterator over the worker's output. 404: not this organization's endpoint, or not its worker; 409: the
     worker has no runtime object yet (or it is gone); 503: its runtime cannot be reached."""

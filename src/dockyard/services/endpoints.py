@@ -204,11 +204,12 @@ async def _add_row(
 
 
 async def create(
-    context: ServerContext,
     session: AsyncSession,
     principal: Principal,
     request: CreateEndpointRequest,
     idempotency_key: str | None = None,
+    *,
+    context: ServerContext,
 ) -> idempotency.Answer:
     """Record the endpoint (`deploying`, desired `running`, `min_replicas` wanted) and answer `{"id"}`; once
     per Idempotency-Key."""
@@ -232,7 +233,7 @@ def _status(status: str, reason: str, failed: bool) -> StatusInfo:
     return StatusInfo(status=status, error=reason if failed else "", message=reason)
 
 
-def endpoint_url(settings: Settings, row: EndpointModel) -> str:
+def endpoint_url(row: EndpointModel, settings: Settings) -> str:
     """Where the endpoint is called. A sync one at the gateway: `{url}/{path}` reaches a worker. An async one at its
     job API on the server (which serves it, not the stand-alone gateways): `{url}/run`, `{url}/status/{job}`, ...,
     under `/v1`, the base of PPIO's own client (ppio-gpus), as the endpoint API is PPIO's; the runpod client's
@@ -242,7 +243,7 @@ def endpoint_url(settings: Settings, row: EndpointModel) -> str:
     return f"{settings.resolved_gateway_url}/{row.id}"
 
 
-def to_wire(context: ServerContext, row: EndpointModel, workers: Sequence[WorkerModel]) -> Endpoint:
+def to_wire(row: EndpointModel, workers: Sequence[WorkerModel], context: ServerContext) -> Endpoint:
     spec = WorkloadSpec.model_validate(row.spec)
     health = spec.health_check or HealthCheck()
     public = context.settings.resolved_public_url
@@ -252,7 +253,7 @@ def to_wire(context: ServerContext, row: EndpointModel, workers: Sequence[Worker
         name=row.name,
         app_name=row.app_name,
         status=_status(row.status.value, row.reason, row.status == EndpointStatus.FAILED),
-        url=endpoint_url(context.settings, row),
+        url=endpoint_url(row, context.settings),
         product_id=row.product_id,
         worker_config=WorkerConfigOut.model_validate(row.worker_config),
         policy=Policy.model_validate(row.policy),
@@ -295,9 +296,9 @@ async def _workers(session: AsyncSession, endpoint_ids: Sequence[str]) -> dict[s
     return result
 
 
-async def get(context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str) -> Endpoint:
+async def get(session: AsyncSession, principal: Principal, endpoint_id: str, *, context: ServerContext) -> Endpoint:
     row = await get_row(session, principal, endpoint_id)
-    return to_wire(context, row, (await _workers(session, [row.id]))[row.id])
+    return to_wire(row, (await _workers(session, [row.id]))[row.id], context)
 
 
 def encode_cursor(created_at: datetime, endpoint_id: str) -> str:
@@ -320,7 +321,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 async def list_page(
-    context: ServerContext,
     session: AsyncSession,
     principal: Principal,
     *,
@@ -328,6 +328,7 @@ async def list_page(
     cursor: str | None = None,
     keyword: str | None = None,
     member_ids: str | None = None,
+    context: ServerContext,
 ) -> EndpointList:
     """The organization's endpoints newest first, `limit` at a time, resuming strictly after `cursor`: keyset
     paging on (created_at, id), so rows created meanwhile never shift a page into duplicates or gaps."""
@@ -357,18 +358,19 @@ async def list_page(
     rows = rows[:limit]
     workers = await _workers(session, [row.id for row in rows])
     return EndpointList(
-        data=[to_wire(context, row, workers[row.id]) for row in rows],
+        data=[to_wire(row, workers[row.id], context) for row in rows],
         next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if has_more else "",
         has_more=has_more,
     )
 
 
 async def update(
-    context: ServerContext,
     session: AsyncSession,
     principal: Principal,
     endpoint_id: str,
     request: UpdateEndpointRequest,
+    *,
+    context: ServerContext,
 ) -> None:
     """Apply the sent fields over the current ones. A changed worker template (image, registry auth, entrypoint,
     command, envs, ports, volumes, GPUs, rootfs, CUDA, health check, product, region) bumps `generation` and
@@ -458,7 +460,7 @@ async def _admit_update(
     await quotas.admit(session, row.org_id, asked, before=before, except_endpoint=row.id, settings=context.settings)
 
 
-async def delete(context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str) -> None:
+async def delete(session: AsyncSession, principal: Principal, endpoint_id: str, *, context: ServerContext) -> None:
     """Mark it for teardown (`deleting`, desired `deleted`); the reconciler drains and removes its workers, then
     drops the row. Deleting an endpoint already being deleted changes nothing."""
 
