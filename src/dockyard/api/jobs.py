@@ -53,19 +53,19 @@ async def runsync(
     wait: Annotated[
         int, Query(ge=0, le=MAX_RUNSYNC_WAIT_MS, description="ms to wait for the result before answering")
     ] = DEFAULT_RUNSYNC_WAIT_MS,
-) -> dict[str, Any]:
-    return await service.run_sync(context, principal, endpoint_id, body, wait / 1000, idempotency_key)
+) -> JobView:
+    return await service.run_sync(context, principal, endpoint_id, body, idempotency_key, wait_seconds=wait / 1000)
 
 
 async def status(
     endpoint_id: EndpointPathId, job_id: JobPathId, context: ContextDep, principal: PrincipalDep
-) -> dict[str, Any]:
+) -> JobView:
     return await service.status(context.db, principal, endpoint_id, job_id)
 
 
 async def stream(
     endpoint_id: EndpointPathId, job_id: JobPathId, principal: PrincipalDep, session: WriteSessionDep
-) -> dict[str, Any]:
+) -> JobView:
     return await service.stream(session, principal, endpoint_id, job_id)
 
 
@@ -75,8 +75,8 @@ async def cancel(
     context: ContextDep,
     principal: PrincipalDep,
     session: WriteSessionDep,
-) -> dict[str, Any]:
-    return await service.cancel(context, session, principal, endpoint_id, job_id)
+) -> JobView:
+    return await service.cancel(session, principal, endpoint_id, job_id, context=context)
 
 
 async def retry(
@@ -85,17 +85,17 @@ async def retry(
     context: ContextDep,
     principal: PrincipalDep,
     session: WriteSessionDep,
-) -> dict[str, Any]:
-    return await service.retry(context, session, principal, endpoint_id, job_id)
+) -> JobAccepted:
+    return await service.retry(session, principal, endpoint_id, job_id, context=context)
 
 
 async def purge_queue(
     endpoint_id: EndpointPathId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
-) -> dict[str, Any]:
-    return await service.purge_queue(context, session, principal, endpoint_id)
+) -> PurgeAnswer:
+    return await service.purge_queue(session, principal, endpoint_id, context=context)
 
 
-async def health(endpoint_id: EndpointPathId, principal: PrincipalDep, session: ReadSessionDep) -> dict[str, Any]:
+async def health(endpoint_id: EndpointPathId, principal: PrincipalDep, session: ReadSessionDep) -> EndpointHealth:
     return await service.health(session, principal, endpoint_id)
 
 
@@ -146,5 +146,5 @@ async def list_jobs(
     session: ReadSessionDep,
     status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> dict[str, Any]:
+) -> JobList:
     return await service.list_jobs(session, principal, endpoint_id, status=status, limit=limit)

@@ -43,6 +43,7 @@ from dockyard.context import ServerContext
 from dockyard.core.status import WebhookState
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import JobModel
+from dockyard.schemas.jobs import JobViewBody
 from dockyard.services.jobs import WEBHOOK_LOOP, job_view
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class _Delivery:
     version: int
     url: str = field(repr=False)  # its userinfo and query may hold the receiver's credentials
     attempt: int
-    view: dict[str, Any]
+    view: JobViewBody
 
 
 def _due(now: datetime) -> tuple[ColumnElement[bool], ...]:
@@ -189,7 +190,7 @@ class WebhookDeliveries:
             where, attempt = outbound.redact_url(delivery.url), delivery.attempt
             log.warning("job %s: webhook to %s given up after attempt %d: %s", delivery.job_id, where, attempt, error)
 
-    async def _post(self, url: str, view: dict[str, Any]) -> tuple[str, bool]:
+    async def _post(self, url: str, view: JobViewBody) -> tuple[str, bool]:
         """POST `view` to `url`: "" when it answered 2xx, else the error in words; and whether that error is final
         (the destination is refused, or the URL is none)."""
         timeout = self.context.settings.webhook_timeout

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import defer
@@ -31,6 +30,7 @@ from dockyard.db.models import JobModel
 from dockyard.services.jobs import (
     LOOP,
     WEBHOOK_LOOP,
+    JobColumns,
     execution_deadline,
     expired,
     expiry_values,
@@ -64,7 +64,7 @@ class JobReaper:
                 )
             )
         settings = self.context.settings
-        decided: list[tuple[JobModel, dict[str, Any]]] = []
+        decided: list[tuple[JobModel, JobColumns]] = []
         for job in jobs:
             deadline = execution_deadline(job, settings)
             if deadline is not None and deadline <= now:

@@ -9,7 +9,7 @@ therefore declare these models with `response_model_exclude_unset`. The listing 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Required, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -94,6 +94,21 @@ class JobView(BaseModel):
     retries: int | None = Field(default=None, description="runs beyond the first (lost leases, `retry` calls)")
     worker_id: str | None = Field(default=None, alias="workerId")
     stream: list[StreamPart] | None = Field(default=None, description="`stream` only: the parts not yet read")
+
+
+class JobViewBody(TypedDict, total=False):
+    """`JobView` as JSON, the form the services build it in and a job's webhook receives: the same keys by their
+    wire names, only those that apply."""
+
+    id: Required[str]
+    status: Required[str]
+    delayTime: Required[int]
+    executionTime: Required[int]
+    output: Any
+    error: str
+    retries: int
+    workerId: str
+    stream: list[dict[str, Any]]
 
 
 class JobListItem(JobView):

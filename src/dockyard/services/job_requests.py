@@ -41,7 +41,19 @@ from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerMo
 from dockyard.db.session import Database
 from dockyard.errors import ApiError, Conflict, InvalidField, NotFound, PayloadTooLarge
 from dockyard.gateway.autoscaler import LOOP as AUTOSCALER
-from dockyard.schemas.jobs import JobPolicy, RunRequest
+from dockyard.schemas.jobs import (
+    EndpointHealth,
+    JobAccepted,
+    JobCounts,
+    JobList,
+    JobListItem,
+    JobPolicy,
+    JobView,
+    JobViewBody,
+    PurgeAnswer,
+    RunRequest,
+    WorkerCounts,
+)
 from dockyard.services import endpoints, idempotency, job_inserts, quotas
 from dockyard.services.jobs import VIEW_COLUMNS, WEBHOOK_LOOP, finish_values, job_view, retry_values
 from dockyard.services.keys import Principal
@@ -245,12 +257,12 @@ async def _submit_once(
 _VIEW = select(*VIEW_COLUMNS).where(JobModel.id == bindparam("job_id"))  # built once (Database.first)
 
 
-async def _read_view(context: ServerContext, job_id: str) -> dict[str, Any] | None:
+async def _read_view(context: ServerContext, job_id: str) -> JobViewBody | None:
     job = await context.db.first(_VIEW, {"job_id": job_id})
     return job_view(job) if job is not None else None
 
 
-async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> dict[str, Any] | None:
+async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> JobView | None:
     """The job's view once it is final, or as it is after `wait_seconds`; None when it was purged meanwhile."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
@@ -260,7 +272,7 @@ async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> 
         with context.job_signals.watch_changed(job_id) as changed:
             view = await _read_view(context, job_id)
             if view is None or JobStatus(view["status"]).final or remaining <= 0:
-                return view
+                return JobView.model_validate(view) if view is not None else None
             await changed.wait(min(remaining, _WAIT_SLICE))
 
 
@@ -269,9 +281,10 @@ async def run_sync(
     principal: Principal,
     endpoint_id: str,
     request: RunRequest,
-    wait_seconds: float,
     idempotency_key: str | None = None,
-) -> dict[str, Any]:
+    *,
+    wait_seconds: float,
+) -> JobView:
     """Submit like `submit`, then answer the job's status view once it is final or `wait_seconds` have passed
     (RunPod's `runsync`: an unfinished job is answered IN_QUEUE or IN_PROGRESS, to be polled with `status`)."""
     answer = await submit(context, principal, endpoint_id, request, idempotency_key)
@@ -295,18 +308,18 @@ _STATUS = (
 )
 
 
-async def status(db: Database, principal: Principal, endpoint_id: str, job_id: str) -> dict[str, Any]:
+async def status(db: Database, principal: Principal, endpoint_id: str, job_id: str) -> JobView:
     """The job's status view. One point read on the hot path (`Database.first`); when it finds nothing, the
     endpoint is looked up on its own so the 404 says what is missing."""
     job = await db.first(_STATUS, {"job_id": job_id, "endpoint_id": endpoint_id, "org_id": principal.org_id})
     if job is None:
         async with db.read() as session:
             endpoint = await async_endpoint(session, principal, endpoint_id)
-            return job_view(await _job(session, endpoint.id, job_id))
-    return job_view(job)
+            return JobView.model_validate(job_view(await _job(session, endpoint.id, job_id)))
+    return JobView.model_validate(job_view(job))
 
 
-async def stream(session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str) -> dict[str, Any]:
+async def stream(session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str) -> JobView:
     """The job's status view with `stream`: the parts streamed since the last call, in order, now consumed."""
     endpoint = await async_endpoint(session, principal, endpoint_id)
     job = await _job(session, endpoint.id, job_id)
@@ -316,28 +329,28 @@ async def stream(session: AsyncSession, principal: Principal, endpoint_id: str, 
         .returning(JobStreamModel.seq, JobStreamModel.output)
     )
     parts = [output for _, output in sorted((row.seq, row.output) for row in rows)]
-    view = job_view(job, parts)
+    view = JobView.model_validate(job_view(job, parts))
     await session.commit()
     return view
 
 
 async def cancel(
-    context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str
-) -> dict[str, Any]:
+    session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str, *, context: ServerContext
+) -> JobView:
     """CANCELLED now: a queued job never runs; a running one is flagged `cancel_requested`, so its worker is told
     to stop at its next ping or job-done; a finished one is answered unchanged."""
     owner = (await async_endpoint(session, principal, endpoint_id)).id  # a string: a rollback expires rows
 
-    async def change() -> tuple[dict[str, Any], bool, str]:
+    async def change() -> tuple[JobView, bool, str]:
         job = await _job(session, owner, job_id)
         if job.status.final:
-            return job_view(job), False, ""
+            return JobView.model_validate(job_view(job)), False, ""
         holder = job.worker_id if job.status == JobStatus.IN_PROGRESS else ""
         values = finish_values(job, JobStatus.CANCELLED, now=utcnow(), outcome="cancelled by the client")
         for name, value in {**values, "cancel_requested": bool(holder)}.items():
             setattr(job, name, value)
         await session.flush()
-        view = job_view(job)
+        view = JobView.model_validate(job_view(job))
         await session.commit()
         return view, bool(job.webhook), holder
 
@@ -351,13 +364,13 @@ async def cancel(
 
 
 async def retry(
-    context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str
-) -> dict[str, Any]:
+    session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str, *, context: ServerContext
+) -> JobAccepted:
     """Send a FAILED, TIMED_OUT or CANCELLED job back to the queue (`retried` + 1, a fresh set of attempts, its
     previous stream parts dropped); any other status is a 409."""
     owner = (await async_endpoint(session, principal, endpoint_id)).id  # a string: a rollback expires rows
 
-    async def change() -> dict[str, Any]:
+    async def change() -> JobAccepted:
         job = await _job(session, owner, job_id)
         if job.status not in _RETRYABLE:
             raise Conflict(
@@ -369,7 +382,7 @@ async def retry(
         await session.flush()
         await session.execute(delete(JobStreamModel).where(JobStreamModel.job_id == job.id))
         await session.commit()
-        return {"id": job.id, "status": job.status.value}
+        return JobAccepted(id=job.id, status=job.status)
 
     answer = await retry_stale(session, change)
     context.job_signals.notify_queued(owner)
@@ -377,8 +390,8 @@ async def retry(
 
 
 async def purge_queue(
-    context: ServerContext, session: AsyncSession, principal: Principal, endpoint_id: str
-) -> dict[str, Any]:
+    session: AsyncSession, principal: Principal, endpoint_id: str, *, context: ServerContext
+) -> PurgeAnswer:
     """Cancel every IN_QUEUE job of the endpoint (none of them will run); `removed` counts them. A job a worker
     takes meanwhile is not counted: its guarded write loses."""
     endpoint = await async_endpoint(session, principal, endpoint_id)
@@ -400,10 +413,10 @@ async def purge_queue(
         context.job_signals.notify_changed(job.id)
     if any(job.webhook for job in removed):
         context.wake(WEBHOOK_LOOP)
-    return {"removed": len(removed), "status": "completed"}
+    return PurgeAnswer(removed=len(removed), status="completed")
 
 
-async def health(session: AsyncSession, principal: Principal, endpoint_id: str) -> dict[str, Any]:
+async def health(session: AsyncSession, principal: Principal, endpoint_id: str) -> EndpointHealth:
     """Job counts by status, and worker counts in RunPod's states (`WorkerCounts`), all from the database."""
     endpoint = await async_endpoint(session, principal, endpoint_id)
     of_endpoint = JobModel.endpoint_id == endpoint.id
@@ -427,30 +440,30 @@ async def health(session: AsyncSession, principal: Principal, endpoint_id: str) 
         )
     ).all()
     ready = {worker.id for worker in workers if worker.status == WorkerStatus.READY and not worker.drain}
-    return {
-        "jobs": {
-            "completed": counts.get(JobStatus.COMPLETED, 0),
-            "failed": counts.get(JobStatus.FAILED, 0) + counts.get(JobStatus.TIMED_OUT, 0),
-            "inProgress": counts.get(JobStatus.IN_PROGRESS, 0),
-            "inQueue": counts.get(JobStatus.IN_QUEUE, 0),
-            "retried": retried,
-        },
+    return EndpointHealth(
+        jobs=JobCounts(
+            completed=counts.get(JobStatus.COMPLETED, 0),
+            failed=counts.get(JobStatus.FAILED, 0) + counts.get(JobStatus.TIMED_OUT, 0),
+            in_progress=counts.get(JobStatus.IN_PROGRESS, 0),
+            in_queue=counts.get(JobStatus.IN_QUEUE, 0),
+            retried=retried,
+        ),
         # RunPod's worker states, from ours: a worker being placed or started is initializing, a failed one
         # unhealthy; Dockyard has no throttled worker (one waiting for room on a node is initializing).
-        "workers": {
-            "idle": len(ready - busy),
-            "initializing": sum(worker.status in _INITIALIZING for worker in workers),
-            "ready": len(ready),
-            "running": len(busy),
-            "throttled": 0,
-            "unhealthy": sum(worker.status == WorkerStatus.FAILED for worker in workers),
-        },
-    }
+        workers=WorkerCounts(
+            idle=len(ready - busy),
+            initializing=sum(worker.status in _INITIALIZING for worker in workers),
+            ready=len(ready),
+            running=len(busy),
+            throttled=0,
+            unhealthy=sum(worker.status == WorkerStatus.FAILED for worker in workers),
+        ),
+    )
 
 
 async def list_jobs(
     session: AsyncSession, principal: Principal, endpoint_id: str, *, status: JobStatus | None, limit: int
-) -> dict[str, Any]:
+) -> JobList:
     """The endpoint's jobs newest first (any endpoint type; a sync one has none), each as its status view with
     `created_at` (unix seconds), `attempts` and `history`."""
     endpoint = await endpoints.get_row(session, principal, endpoint_id)
@@ -464,14 +477,16 @@ async def list_jobs(
         .order_by(JobModel.created_at.desc(), JobModel.id.desc())
         .limit(limit)
     )
-    return {
-        "data": [
-            {
-                **job_view(job),
-                "created_at": int(job.created_at.timestamp()),
-                "attempts": job.attempts,
-                "history": job.history,
-            }
+    return JobList(
+        data=[
+            JobListItem.model_validate(
+                {
+                    **job_view(job),
+                    "created_at": int(job.created_at.timestamp()),
+                    "attempts": job.attempts,
+                    "history": job.history,
+                }
+            )
             for job in rows
         ]
-    }
+    )

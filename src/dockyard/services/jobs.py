@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import ColumnElement, Row, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,11 +33,38 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dockyard.config import Settings
 from dockyard.core.status import JobStatus, WebhookState
 from dockyard.db.models import JobModel
+from dockyard.schemas.jobs import JobViewBody
 
 LOOP = "jobs"  # the reaper's loop name (reconcilers/jobs.py)
 # The webhook deliveries' loop name (reconcilers/job_webhooks.py): wake it when a job with a webhook finishes.
 WEBHOOK_LOOP = "job_webhooks"
 _DEFAULT_KEEP_SECONDS = float(Settings.model_fields["job_ttl_seconds"].default)
+
+
+class JobColumns(TypedDict, total=False):
+    """The columns of a `JobModel` that one transition sets, by name, with their new values: internal, never on
+    the wire. A typed mapping rather than a dataclass because it is applied as it is, as the keyword arguments of
+    `guarded_update` or `update(JobModel).values(...)` and by `setattr` on a loaded row, with no conversion on the
+    take and finish paths."""
+
+    status: JobStatus
+    output: str | None
+    error: str
+    worker_id: str
+    lease_expires_at: datetime | None
+    attempts: int
+    retried: int
+    history: list[dict[str, Any]]
+    cancel_requested: bool
+    started_at: datetime | None
+    finished_at: datetime | None
+    delay_ms: int
+    execution_ms: int
+    expires_at: datetime | None
+    webhook_state: WebhookState
+    webhook_attempts: int
+    webhook_next_at: datetime | None
+    webhook_error: str
 
 
 def _ms(later: datetime, earlier: datetime | None) -> int:
@@ -96,7 +123,7 @@ def expired(job: JobModel, now: datetime) -> bool:
     return not job.status.final and job.expires_at is not None and job.expires_at <= now
 
 
-def expiry_values(job: JobModel, *, now: datetime) -> dict[str, Any]:
+def expiry_values(job: JobModel, *, now: datetime) -> JobColumns:
     """The column values that end an `expired` job as TIMED_OUT, as RunPod's "expired before it was picked up by a
     worker": a queued one is discarded and never runs; a running one is flagged, so its worker is told to stop."""
     ttl = f"{job.ttl_ms / 1000:g} s"
@@ -116,7 +143,7 @@ def finish_values(
     error: str = "",
     now: datetime,
     outcome: str = "",
-) -> dict[str, Any]:
+) -> JobColumns:
     """The column values that end `job` as `status` (a final one) at `now`.
 
     Sets output (JSON text, or None) and error, `finished_at`, `execution_ms` (from the attempt's start; 0 for
@@ -126,7 +153,7 @@ def finish_values(
     """
     if not status.final:
         raise ValueError(f"{status} is not a final status")
-    values: dict[str, Any] = {
+    values: JobColumns = {
         "status": status,
         "output": output_json,
         "error": error,
@@ -144,7 +171,7 @@ def finish_values(
     return values
 
 
-def _apply(job: JobModel, values: dict[str, Any]) -> None:
+def _apply(job: JobModel, values: JobColumns) -> None:
     for name, value in values.items():
         setattr(job, name, value)
 
@@ -167,7 +194,7 @@ async def finish(
     await session.flush()
 
 
-def start_attempt_values(job: JobModel, worker_id: str, *, now: datetime, lease_seconds: float) -> dict[str, Any]:
+def start_attempt_values(job: JobModel, worker_id: str, *, now: datetime, lease_seconds: float) -> JobColumns:
     """The column values with which `worker_id` takes the queued `job` at `now`: IN_PROGRESS under a lease of
     `lease_seconds`, `attempts` + 1, `delay_ms` from when it last entered the queue, an open history record."""
     queued_since = job.created_at
@@ -214,7 +241,7 @@ async def claim_next(
     return job
 
 
-def requeue_values(job: JobModel, outcome: str, *, now: datetime) -> dict[str, Any]:
+def requeue_values(job: JobModel, outcome: str, *, now: datetime) -> JobColumns:
     """The column values that put an IN_PROGRESS `job` back in the queue after its attempt ended as `outcome`
     (the worker stopped pinging); the caller notifies `notify_queued(job.endpoint_id)` after committing. A
     progress value the lost attempt reported (shown as `output` while it ran) goes with it."""
@@ -229,7 +256,7 @@ def requeue_values(job: JobModel, outcome: str, *, now: datetime) -> dict[str, A
     }
 
 
-def lost_attempt_values(job: JobModel, outcome: str, *, now: datetime, max_attempts: int) -> dict[str, Any]:
+def lost_attempt_values(job: JobModel, outcome: str, *, now: datetime, max_attempts: int) -> JobColumns:
     """The column values for an IN_PROGRESS `job` whose attempt ended as `outcome` without a result (its lease
     expired, or its worker finished it and the result never arrived): back to the queue (at least once), or FAILED
     once it has been taken `max_attempts` times, its error naming every attempt. The caller notifies as for
@@ -241,7 +268,7 @@ def lost_attempt_values(job: JobModel, outcome: str, *, now: datetime, max_attem
     return finish_values(job, JobStatus.FAILED, error=error, now=now, outcome=outcome)
 
 
-def retry_values(job: JobModel, *, now: datetime) -> dict[str, Any]:
+def retry_values(job: JobModel, *, now: datetime) -> JobColumns:
     """The column values that send a finished `job` back to the queue for a client's `retry`: a fresh set of
     attempts and a fresh lifetime from now (a resubmission), the result and its webhook cleared, the history kept
     and marked."""
@@ -280,12 +307,12 @@ VIEW_COLUMNS = (
 )
 
 
-def job_view(job: JobModel | Row[Any], streams: list[str] | None = None) -> dict[str, Any]:
+def job_view(job: JobModel | Row[Any], streams: list[str] | None = None) -> JobViewBody:
     """The status JSON the clients parse, of a job or of a row of its `VIEW_COLUMNS`: `{id, status, delayTime,
     executionTime}` plus, when they apply, `output` (a finished job's result), `error`, `retries` (runs beyond
     the first), `workerId`, and `stream` (`[{"output": part}, ...]` from the given JSON texts, for
     `stream/{id}`)."""
-    view: dict[str, Any] = {
+    view: JobViewBody = {
         "id": job.id,
         "status": job.status.value,
         "delayTime": job.delay_ms,
