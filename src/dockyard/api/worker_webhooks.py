@@ -60,7 +60,7 @@ async def job_take(
 ) -> Response:
     worker = await service.authenticate(context, authorization, endpoint_id, worker_id)
     taken = await service.take(context, worker, 1, request.is_disconnected)
-    return JSONResponse(taken[0]) if taken else Response(status_code=204)
+    return JSONResponse(taken[0].model_dump()) if taken else Response(status_code=204)
 
 
 @router.get("/{endpoint_id}/job-take-batch/{worker_id}", summary="Take up to batch_size queued jobs", responses=NO_JOB)
@@ -76,7 +76,7 @@ async def job_take_batch(
 ) -> Response:
     worker = await service.authenticate(context, authorization, endpoint_id, worker_id)
     taken = await service.take(context, worker, batch_size, request.is_disconnected)
-    return JSONResponse(taken) if taken else Response(status_code=204)
+    return JSONResponse([job.model_dump() for job in taken]) if taken else Response(status_code=204)
 
 
 @router.get(
@@ -114,8 +114,8 @@ async def job_done(
     sdk: SdkQuery = "",
 ) -> JSONResponse:
     worker = await service.authenticate(context, authorization, endpoint_id, worker_id)
-    payload = service.parse_result(await _body(request, context.settings.job_max_payload_bytes))
-    await service.done(context, worker, job_id, payload)
+    post = service.parse_result(await _body(request, context.settings.job_max_payload_bytes))
+    await service.done(context, worker, job_id, post)
     return JSONResponse({})
 
 
@@ -135,8 +135,8 @@ async def job_stream(
     sdk: SdkQuery = "",
 ) -> JSONResponse:
     worker = await service.authenticate(context, authorization, endpoint_id, worker_id)
-    payload = service.parse_result(await _body(request, context.settings.job_max_payload_bytes))
-    return JSONResponse({"seq": await service.stream(context, worker, job_id, payload)})
+    post = service.parse_result(await _body(request, context.settings.job_max_payload_bytes))
+    return JSONResponse({"seq": await service.stream(context, worker, job_id, post)})
 
 
 @router.get("/{endpoint_id}/ping/{worker_id}", summary="Heartbeat: renew the leases of the jobs the worker runs")

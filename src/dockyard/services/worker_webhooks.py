@@ -48,6 +48,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -64,6 +65,7 @@ from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import JobModel, JobStreamModel, WorkerModel
 from dockyard.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
 from dockyard.json_depth import too_deep, too_deep_message
+from dockyard.schemas.worker_webhooks import TakenJob
 from dockyard.secrets import hash_api_key
 from dockyard.services import events, jobs
 from dockyard.services.endpoints import LOOP
@@ -139,8 +141,8 @@ def _input(text: str) -> Any:
 
 async def take(
     context: ServerContext, worker: WorkerModel, count: int, gone: Callable[[], Awaitable[bool]] | None = None
-) -> list[dict[str, Any]]:
-    """Up to `count` jobs as `{"id", "input"}`, oldest first; empty after `job_take_wait_seconds` with none, or as
+) -> list[TakenJob]:
+    """Up to `count` jobs, oldest first; empty after `job_take_wait_seconds` with none, or as
     soon as `gone()` says, on a wake-up, that nobody waits for the answer any more."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + context.settings.job_take_wait_seconds
@@ -160,9 +162,9 @@ async def take(
         waited = True
 
 
-async def _take_now(context: ServerContext, worker: WorkerModel, count: int) -> list[dict[str, Any]]:
+async def _take_now(context: ServerContext, worker: WorkerModel, count: int) -> list[TakenJob]:
     now = utcnow()
-    taken: list[dict[str, Any]] = []
+    taken: list[TakenJob] = []
     async with context.db.write() as session:
         row = (
             await session.execute(select(WorkerModel.status, WorkerModel.drain).where(WorkerModel.id == worker.id))
@@ -183,7 +185,7 @@ async def _take_now(context: ServerContext, worker: WorkerModel, count: int) -> 
             for job in candidates:
                 tried.add(job.id)
                 if await _claim(session, job, worker.id, now, context.settings.job_lease_seconds):
-                    taken.append({"id": job.id, "input": _input(job.input)})
+                    taken.append(TakenJob(id=job.id, input=_input(job.input)))
     return taken
 
 
@@ -195,7 +197,19 @@ async def _claim(session: AsyncSession, job: JobModel, worker_id: str, now: date
 # -- job-done and stream ----------------------------------------------------------------------------------------
 
 
-def parse_result(body: bytes) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class WorkerPost:
+    """A job-done or job-stream body as read from the JSON object the SDKs post: internal, the keys this side
+    acts on (the SDKs add others of their own, which are ignored)."""
+
+    has_output: bool  # whether `output` was sent at all (a JSON null is an output)
+    output: Any  # `output`, None when not sent
+    error: Any  # `error` as sent (a string or any JSON); None when not sent
+    progress: bool  # `"status": "IN_PROGRESS"`: a progress update (`progress_update`), not a result
+    stop_pod: bool  # `"stopPod": true`: the worker asks to be replaced (`refresh_worker`)
+
+
+def parse_result(body: bytes) -> WorkerPost:
     """The JSON object the SDKs post (as `application/x-www-form-urlencoded`, though it is JSON text)."""
     if too_deep(body):
         raise BadRequest(too_deep_message())
@@ -205,13 +219,19 @@ def parse_result(body: bytes) -> dict[str, Any]:
         raise BadRequest(f"the body is not JSON text ({exc}); post the result object as the SDKs do") from exc
     if not isinstance(payload, dict):
         raise BadRequest("the body must be a JSON object with `output` or `error`")
-    return payload
+    return WorkerPost(
+        has_output="output" in payload,
+        output=payload.get("output"),
+        error=payload.get("error"),
+        progress=payload.get("status") == JobStatus.IN_PROGRESS.value,
+        stop_pod=payload.get("stopPod") is True,
+    )
 
 
-def _outcome(payload: dict[str, Any]) -> tuple[JobStatus, str | None, str]:
+def _outcome(post: WorkerPost) -> tuple[JobStatus, str | None, str]:
     """(status, output JSON, error): an `error` fails the job (its `output`, if any, is kept), else it completed."""
-    output = json.dumps(payload["output"], ensure_ascii=False) if "output" in payload else None
-    error = payload.get("error")
+    output = json.dumps(post.output, ensure_ascii=False) if post.has_output else None
+    error = post.error
     if error:
         return JobStatus.FAILED, output, error if isinstance(error, str) else json.dumps(error, ensure_ascii=False)
     return JobStatus.COMPLETED, output, ""
@@ -238,13 +258,13 @@ def _why_not_holder(job: JobModel, worker: WorkerModel) -> str:
     return f"the job is already {job.status.value}"
 
 
-async def done(context: ServerContext, worker: WorkerModel, job_id: str, payload: dict[str, Any]) -> None:
+async def done(context: ServerContext, worker: WorkerModel, job_id: str, post: WorkerPost) -> None:
     """Record the holder's result, or its progress update (see the module docstring); Conflict when the worker does
     not hold the job."""
-    if payload.get("status") == JobStatus.IN_PROGRESS.value:
-        await progress(context, worker, job_id, payload.get("output"))
+    if post.progress:
+        await progress(context, worker, job_id, post.output)
         return
-    status, output_json, error = _outcome(payload)
+    status, output_json, error = _outcome(post)
     for _ in range(RETRIES):
         now = utcnow()
         try:
@@ -254,7 +274,7 @@ async def done(context: ServerContext, worker: WorkerModel, job_id: str, payload
                 if _holds(job, worker):
                     await jobs.finish(session, job, status, output_json=output_json, error=error, now=now)
                     refused = ""
-                    if payload.get("stopPod") is True:
+                    if post.stop_pod:
                         await _drain(session, worker.id, f"it asked to be replaced after job {job_id} (refresh_worker)")
                 elif job.worker_id == worker.id and job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
                     return  # the same result again: the SDK retried a post whose answer it lost
@@ -275,7 +295,7 @@ async def done(context: ServerContext, worker: WorkerModel, job_id: str, payload
         context.job_signals.notify_changed(job_id)
         if webhook:
             context.wake(jobs.WEBHOOK_LOOP)
-        if payload.get("stopPod") is True:
+        if post.stop_pod:
             context.wake(LOOP)
         return
     raise Unavailable(f"job {job_id} kept changing while its result was recorded; post it again")
@@ -326,11 +346,11 @@ async def _drain(session: AsyncSession, worker_id: str, why: str) -> None:
         )
 
 
-async def stream(context: ServerContext, worker: WorkerModel, job_id: str, payload: dict[str, Any]) -> int:
+async def stream(context: ServerContext, worker: WorkerModel, job_id: str, post: WorkerPost) -> int:
     """Append the holder's partial output (`{"output": ...}`); its sequence number. Conflict for a non-holder."""
-    if "output" not in payload:
+    if not post.has_output:
         raise BadRequest("a stream part is a JSON object with `output`")
-    part = json.dumps(payload["output"], ensure_ascii=False)
+    part = json.dumps(post.output, ensure_ascii=False)
     for _ in range(RETRIES):
         try:
             async with context.db.write() as session:
