@@ -35,7 +35,7 @@ async def list_templates(
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=1000)] = 50,
 ) -> Page[Template]:
-    return await service.list_page(session, principal, page, page_size, box=context.box)
+    return await service.list_page(session, principal, page=page, page_size=page_size, box=context.box)
 
 
 @router.get("/{template_id}", response_model=Template, summary="Get a template")

@@ -121,7 +121,7 @@ async def get(session: AsyncSession, principal: Principal, template_id: str, *, 
 
 
 async def list_page(
-    session: AsyncSession, principal: Principal, page: int, page_size: int, *, box: SecretBox
+    session: AsyncSession, principal: Principal, *, page: int, page_size: int, box: SecretBox
 ) -> Page[Template]:
     where = TemplateModel.org_id == principal.org_id
     total = await session.scalar(select(func.count()).select_from(TemplateModel).where(where)) or 0
