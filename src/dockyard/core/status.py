@@ -34,7 +34,7 @@ class EndpointType(StrEnum):
 
 
 class EndpointStatus(StrEnum):
-    """PPIO endpoint statuses (ours, documented in API.md §1)."""
+    """PPIO endpoint statuses (ours, as docs/api.md documents them)."""
 
     DEPLOYING = "deploying"  # created; its first workers are being placed
     RUNNING = "running"

@@ -1,4 +1,4 @@
-"""The one workload spec, embedded in templates, containers and endpoint workers (DESIGN.md principle 4).
+"""The one workload spec, embedded in templates, containers and endpoint workers (docs/architecture.md).
 
 A field added here reaches all three. Secrets inside it (env values) are stored encrypted: the services
 encrypt on the way in, the reconcilers decrypt when they build the runtime's request, and the wire models

@@ -8,7 +8,7 @@ plain deferred transactions so they never wait on a writer. On PostgreSQL both k
 
 Durability: `synchronous=NORMAL` in WAL mode syncs the log at checkpoints, not at each commit. A committed
 transaction is in the WAL file when COMMIT returns, so it survives the process's crash or SIGKILL (what the
-jobs' durability promise is about, DESIGN.md principle 7); only a power loss or an OS crash can take the
+jobs' durability promise is about, docs/architecture.md); only a power loss or an OS crash can take the
 last commits back, never corrupt the database. `FULL` would add an fsync to every commit, which bounds a
 disk's commits to its sync rate for nothing a server process's crash needs.
 

@@ -1,6 +1,6 @@
 """The health prober: pushes endpoint workers' readiness into the gateway's routing table as it happens.
 
-Readiness is pushed, never discovered by slow polling (DESIGN.md principle 6). The endpoint reconciler owns
+Readiness is pushed, never discovered by slow polling (docs/architecture.md). The endpoint reconciler owns
 one prober and tells it which workers to watch; the prober holds no database session and writes nothing
 itself: it calls back into the reconciler, which records what it saw with guarded writes.
 

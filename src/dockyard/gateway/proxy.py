@@ -1,6 +1,6 @@
 """The sync gateway: `{gateway}/{endpoint_id}/{path}` proxied to one ready worker, streaming both ways.
 
-`GatewayApp` is a raw ASGI app, kept off FastAPI because it is the hot path (DESIGN.md principle 6): a request
+`GatewayApp` is a raw ASGI app, kept off FastAPI because it is the hot path (docs/architecture.md): a request
 costs one header scan, one `await authenticate(token)`, a dictionary lookup in the `RouteTable`, a slot from
 the endpoint's `EndpointDispatcher` and one exchange over a shared connection pool; no database, no pydantic.
 

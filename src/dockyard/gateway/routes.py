@@ -5,7 +5,7 @@ prober write to it (`configure`, `worker_starting`, `worker_ready`, `worker_drai
 proxy reads it (`get`) on every request; the autoscaler and `/metrics` read its figures (`figures`). It lives
 on one event loop and holds no lock: every method runs to completion between awaits.
 
-Nothing here touches the database, so a request never waits on one (DESIGN.md principle 6). In the server
+Nothing here touches the database, so a request never waits on one (docs/architecture.md). In the server
 process the reconciler and prober push changes in as they happen; a stand-alone gateway fills the same table
 from its own sync of the database and its own prober.
 

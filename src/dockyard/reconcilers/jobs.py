@@ -1,4 +1,4 @@
-"""The job reaper: what keeps async jobs moving when nobody calls (DESIGN.md principle 7).
+"""The job reaper: what keeps async jobs moving when nobody calls (docs/architecture.md).
 
 Each pass, in order:
 1. Running jobs past their execution timeout (the job's `executionTimeout`, counted from the attempt's start)

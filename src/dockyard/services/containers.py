@@ -1,5 +1,5 @@
 """GMI containers: the API records desired state and answers at once; the containers reconciler makes the
-runtime match (DESIGN.md principle 1). Nothing here calls a runtime.
+runtime match (docs/architecture.md). Nothing here calls a runtime.
 
 A container's spec is its template's spec overlaid with the request: a non-empty `command`, `args` or
 `ports` replaces the template's, `envs` merge by name with the request winning; the product gives the GPU

@@ -1,5 +1,5 @@
 """PPIO serverless endpoints: the API records desired state and answers at once; the endpoint reconciler and
-the autoscaler make the runtime match (DESIGN.md principle 1). Nothing here calls a runtime.
+the autoscaler make the runtime match (docs/architecture.md). Nothing here calls a runtime.
 
 An endpoint's worker template is one `WorkloadSpec` (principle 4) plus its product and region. A PUT that
 changes the template bumps `generation`, which is what tells the reconciler to roll the workers; a PUT that

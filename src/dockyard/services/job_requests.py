@@ -1,7 +1,7 @@
 """The client side of async jobs: what `run`, `runsync`, `status`, `stream`, `cancel`, `retry`, `purge-queue`
 and `health` do (api/jobs.py serves them at `/v1/{endpoint_id}/...` and `/v2/{endpoint_id}/...`).
 
-Jobs are durable (DESIGN.md principle 7): `run` commits the row before it answers (without a key, in a group
+Jobs are durable (docs/architecture.md): `run` commits the row before it answers (without a key, in a group
 commit with the jobs submitted at the same moment, services/job_inserts.py). An `Idempotency-Key` makes
 a submission happen once per endpoint: the job row carries the key under a unique (endpoint, key) constraint,
 and the key is also recorded through `services.idempotency` for its 24 hours, because a finished job is purged

@@ -1,7 +1,7 @@
 """Builds the runtime's `RunSpec` for one endpoint worker, with its secrets in plaintext, and reads back
 where the worker listens.
 
-A worker runs its endpoint's worker template (one `WorkloadSpec`, DESIGN.md principle 4) as it was at the
+A worker runs its endpoint's worker template (one `WorkloadSpec`, docs/architecture.md) as it was at the
 generation the worker was made for. What goes in:
 - the spec's image, entrypoint, command, decrypted envs plus `DOCKYARD_ENDPOINT_ID` and `DOCKYARD_WORKER_ID`;
 - the organization's network (`runspec.org_network`), shared with its containers and other workers;

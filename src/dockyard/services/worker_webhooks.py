@@ -1,5 +1,5 @@
 """The server side of the worker webhook protocol that the `ppio-gpus` and `runpod` worker SDKs speak, so that an
-unmodified worker image built on either runs on an async endpoint (API.md §1, DESIGN.md principle 7).
+unmodified worker image built on either runs on an async endpoint (docs/api.md, Worker webhooks; docs/architecture.md).
 
 Who calls: each async worker, with the key the endpoint reconciler made for it when it created its container
 (services/worker_runspec.py puts it in the environment; only its SHA-256 is on the worker row). `authenticate`
