@@ -324,25 +324,25 @@ def render(results: Results, settings: Settings) -> str:
     return "\n".join(parts)
 
 
-# What the profiles (py-spy on the server under this group's load) showed, for the section to state when a target
-# is missed.
+# What the profiles (py-spy on the server under this group's load, their figures in RESULTS.md's last section)
+# showed, for the section to state when a target is missed.
 _SUBMISSIONS_BOUND = (
     "- **Submissions.** The database is not the bound: `run` calls that arrive together are committed in one "
     "write transaction (services/job_inserts.py) that reads their endpoint once. The bound is the API process: "
     "one event loop on one core, where each `run` costs uvicorn's HTTP parsing, the key check, pydantic's "
-    "validation and its share of the group commit (about 170 µs of CPU, profiled; `run` and `status` already "
-    "bypass FastAPI, api/jobs_lean.py), while wrk takes the other core. What would raise it: more API "
+    "validation and its share of the group commit (`run` and `status` already bypass FastAPI, "
+    "api/jobs_lean.py), while wrk takes the other core. What would raise it: more API "
     "processes on one database, whose held job-takes would then be woken through the database (PostgreSQL's "
     "LISTEN/NOTIFY, or a short poll on SQLite)."
 )
 _STATUS_BOUND = (
-    "- **`status` while submitting.** Each `status` is one point read on the event loop's own thread (about "
-    "35 µs, db/session.py `Database.first`); its p99 is the wait for a turn of a loop that the submissions keep "
+    "- **`status` while submitting.** Each `status` is one point read on the event loop's own thread "
+    "(db/session.py `Database.first`); its p99 is the wait for a turn of a loop that the submissions keep "
     "busy, behind the requests already in that turn. What would lower it: a second API process, so that reads "
     "and submissions stop sharing one loop."
 )
 _HANDOFF_BOUND = (
-    "- **Hand-off.** The claim is committed about 1 ms after the job (the `claimed` row above); the rest is "
+    "- **Hand-off.** The claim is committed soon after the job (the `claimed` row above says how soon); the rest is "
     "job-take's answer crossing to the worker's container over rootless networking and the worker reading it. "
     "What would lower it: handing the committed job to a held job-take straight from the `run` that made it, "
     "with the claim in the same group transaction."

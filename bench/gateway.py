@@ -259,14 +259,11 @@ def _bounds(by_name: dict[str, SystemResult]) -> list[str]:
         )
         notes.append(
             f"- **Throughput of one gateway process against {' and '.join(peer.name for peer, _ in missed)}.** "
-            "One gateway process is one Python event loop on one core, and it spends about 50 µs of CPU per "
-            "request at 64 connections (33 in Python, 17 in the kernel: /proc's CPU counters over a wrk run, this "
-            "machine). Of that, uvicorn itself costs 15 (a trivial ASGI app under the same uvicorn and the same "
-            "head-with-body writes of server_protocol.py), the extra write to the worker and read of its answer "
-            "about 10, and Dockyard's own path (key check, dispatcher, exchange, metrics, the upstream pool of "
-            "gateway/upstream.py) the other 24 of its Python time. Making the response's head and body one write "
-            "took the figure from 57 µs; the rest is Python's cost per call and per object, spread thin over the "
-            "path (no function holds more than a few per cent). What passes it is more gateway processes, each "
+            "One gateway process is one Python event loop on one core, and its CPU per request is uvicorn's own, "
+            "the extra write to the worker and read of its answer, and Dockyard's path (key check, dispatcher, "
+            "exchange, metrics, the upstream pool of gateway/upstream.py), Python's cost per call and per object "
+            "spread thin over it (its profile is in this file's last section). What passes it is more gateway "
+            "processes, each "
             f"with a core of its own (`dockyard gateway --workers N`): the row `{DOCKYARD_SCALED}` makes "
             f"{scaled_ratios}, on a machine where wrk and the worker take much of the second core."
         )

@@ -1,5 +1,7 @@
-"""bench/RESULTS.md: the machine, the date, the exact command, then each group's section. Rewritten whole by
-every run, so it always describes one run."""
+"""bench/RESULTS.md: the machine, the date, the exact command, then each group's section, rewritten by every run
+so that they describe one run; then the section `KEPT_HEADING`, which every run keeps as it is: the profiles and
+one-off measurements the code's design rests on, each saying how and when it was measured, so that no figure
+needs to sit in a docstring."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.group import Section
+
+KEPT_HEADING = "## Measurements behind the code"
 
 
 def _read(path: str) -> str:
@@ -70,12 +74,20 @@ def machine() -> list[str]:
     ]
 
 
+def _kept(path: Path) -> list[str]:
+    """The section of `path` from `KEPT_HEADING` to its end, as the lines to write again; none if it has none."""
+    text = _read(str(path))
+    start = text.find(f"\n{KEPT_HEADING}\n")
+    return [text[start + 1 :].rstrip(), ""] if start >= 0 else []
+
+
 def write(path: Path, command: str, started: datetime, load_at_start: str, sections: list[Section]) -> None:
+    kept = _kept(path)
     text = [
         "# Benchmark results",
         "",
-        "Written by the last run of the command below; every run rewrites this file. Benchmarks are not tests: "
-        "a missed target is reported here, never a failure.",
+        "Written by the last run of the command below; every run rewrites this file but its last section. "
+        "Benchmarks are not tests: a missed target is reported here, never a failure.",
         "",
         f"- date: {started.astimezone(UTC):%Y-%m-%d %H:%M} UTC",
         f"- command: `{command}`",
@@ -91,6 +103,7 @@ def write(path: Path, command: str, started: datetime, load_at_start: str, secti
         text += [section.markdown.rstrip(), ""]
         if section.broken:
             text += ["Not measured because of a failure:", "", *(f"- {line}" for line in section.broken), ""]
+    text += kept
     path.write_text("\n".join(text).rstrip() + "\n")
 
 

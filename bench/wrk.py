@@ -18,8 +18,8 @@ _TIME = r"([\d.]+)(us|ms|s|m|h)"
 # A client timeout well past any p99 measured here, so a slow system shows as slow, not as errors.
 TIMEOUT_S = 10
 # One wrk thread: on the 2-core machine the targets are set for, a second thread would take CPU from the system
-# measured, and one epoll loop drives 512 connections faster than any system here answers them (it drives the
-# bare worker at about 48,000 requests/s).
+# measured, and one epoll loop drives 512 connections faster than any system here answers them (the gateway
+# group's `direct` row is it driving the bare worker).
 THREADS = 1
 # The points of the latency distribution charted per system; `--latency` alone prints only 50, 75, 90 and 99.
 PERCENTILES = (1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99)

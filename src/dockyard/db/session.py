@@ -21,11 +21,11 @@ other processes (a `dockyard admin` command). Reads keep their own pool and neve
 
 Point reads (`Database.first`): a read session on aiosqlite costs a hop to the driver's thread and back for
 each of its steps (BEGIN, cursor, execute, fetch, close, end), each a wait for a turn of the event loop and
-for the GIL: 870 µs for a lookup by primary key that SQLite answers in 5 µs, and under load every hop waits
+for the GIL, many times what SQLite takes to answer a lookup by primary key, and under load every hop waits
 behind every request in flight. On a file database `first` therefore reads on the event loop's own thread,
-through the standard library's synchronous driver and the same SQLAlchemy statement: about 35 µs in all. Even
-one hop to a reader thread measured worse (`status` p99 7.1 ms against 2.5 ms while `run` submissions kept the
-loop busy): the hop costs more than the read. Under WAL a reader never waits for the writer, so the read
+through the standard library's synchronous driver and the same SQLAlchemy statement. Even one hop to a reader
+thread measured worse while `run` submissions kept the loop busy: the hop costs more than the read
+(bench/RESULTS.md, "A point read on SQLite"). Under WAL a reader never waits for the writer, so the read
 cannot stall the loop on a lock; its connection's busy timeout is zero, and the rare SQLITE_BUSY a reader can
 still meet (another process recovering the WAL) sends that read through the async session, which may wait.
 PostgreSQL, and SQLite in memory (which lives in one connection), read through the async engine.
