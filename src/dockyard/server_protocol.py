@@ -1,15 +1,15 @@
 """The servers' HTTP/1.1 protocol: uvicorn's httptools protocol, with each response's head leaving together with
 its body.
 
-uvicorn writes a response's status line and headers the moment the app sends `http.response.start`, and the
-body at `http.response.body`: two system calls, two TCP segments and two wake-ups of the client for a response
-that fits in one. On this machine's kernel those writes are most of a small response's cost: a trivial ASGI app
-under uvicorn spent 11 µs of system CPU per request with two writes and 6 µs with one (wrk, 64 connections,
-2-core VM; 48,500 against 60,500 requests/s). `HttpProtocol` hands uvicorn a transport that holds a response's
-head back until its body is written, within the same turn of the event loop, and writes the two in one call. A
-head whose body does not follow in that turn (a stream waiting for its first chunk) is written at the end of
-the turn, so a client never waits on a held head for longer than the loop takes to go round. Everything else
-(bodies, streamed chunks, flow control, closing) passes through unchanged.
+uvicorn writes a response's status line and headers the moment the app sends `http.response.start`, and the body at
+`http.response.body`: two system calls, two TCP segments and two wake-ups of the client for a response that fits in
+one. Those writes are most of a small response's cost: a trivial ASGI app under uvicorn spends markedly less system
+CPU per request with one write than with two (bench/RESULTS.md, "A response's head and body in one write").
+`HttpProtocol` hands uvicorn a transport that holds a response's head back until its body is written, within the
+same turn of the event loop, and writes the two in one call. A head whose body does not follow in that turn (a
+stream waiting for its first chunk) is written at the end of the turn, so a client never waits on a held head for
+longer than the loop takes to go round. Everything else (bodies, streamed chunks, flow control, closing) passes
+through unchanged.
 
 The protocol also bounds what a connection may hold, where uvicorn does not (`ConnectionLimits`):
 

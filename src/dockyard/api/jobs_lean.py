@@ -1,13 +1,12 @@
 """The two job routes called thousands of times a second, `run` and `status`, served as plain ASGI in front of
 FastAPI.
 
-Under load the API process bounds the job queue, and for these two routes most of its work per call was
-FastAPI's rather than the job's: its middleware stack, routing by regular expression, dependency resolution and
-the response model's validation (about 330 µs of the 590 µs of CPU a `run` took, profiled under bench's
-async_jobs load). `LeanJobs` sits between `Front` (gateway/front.py) and FastAPI. It recognizes
-`POST /v{1,2}/{endpoint_id}/run` and `GET /v{1,2}/{endpoint_id}/status/{job_id}` and serves their common case
-itself: the same key check, the same services (services/job_requests.py), the same bytes on the wire, and the
-same request metrics (`middleware.HttpMetrics`, under FastAPI's route templates).
+Under load the API process bounds the job queue, and for these two routes most of its work per call was FastAPI's
+rather than the job's: its middleware stack, routing by regular expression, dependency resolution and the response
+model's validation (bench/RESULTS.md, "`run` through FastAPI"). `LeanJobs` sits between `Front` (gateway/front.py)
+and FastAPI. It recognizes `POST /v{1,2}/{endpoint_id}/run` and `GET /v{1,2}/{endpoint_id}/status/{job_id}` and
+serves their common case itself: the same key check, the same services (services/job_requests.py), the same bytes on
+the wire, and the same request metrics (`middleware.HttpMetrics`, under FastAPI's route templates).
 
 Every case it does not serve goes to FastAPI as if `LeanJobs` were not there, with whatever body it had read
 replayed: a request without a valid key, a body that does not validate, an `Idempotency-Key`, a content type

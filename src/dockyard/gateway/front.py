@@ -9,11 +9,11 @@ UUIDs, and the API's paths start with fixed words (`/gpus`, `/api`, `/admin`, `/
 ...). An id that is not in the table (a mistyped or deleted endpoint, or one that never was) goes to the gateway
 too, which answers it exactly as it answers another organization's endpoint: which ids exist does not leak.
 
-The lifespan goes to the API app as it is. When the API reports its startup complete, `Front` freezes the
-garbage collector's view of every object made so far (`gc.freeze()`): the app, its imports and its caches live
-as long as the process, and without the freeze each full collection walks all of them, a pause of 150 ms
-seen under load as the gateway's p99. When the API reports its shutdown complete, `Front` first closes the
-gateway's upstream connections, so the server leaves no pooled sockets behind.
+The lifespan goes to the API app as it is. When the API reports its startup complete, `Front` freezes the garbage
+collector's view of every object made so far (`gc.freeze()`): the app, its imports and its caches live as long as
+the process, and without the freeze each full collection walks all of them, a pause seen under load as the gateway's
+p99 (bench/RESULTS.md, "Garbage collection under load"). When the API reports its shutdown complete, `Front` first
+closes the gateway's upstream connections, so the server leaves no pooled sockets behind.
 """
 
 from __future__ import annotations

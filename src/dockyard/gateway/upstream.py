@@ -1,9 +1,9 @@
 """The gateway's HTTP/1.1 client to its workers: a keep-alive connection pool per worker, on asyncio protocols
 and httptools' parser (the one uvicorn serves the gateway's own side with).
 
-Why not a general client. Measured against one no-op worker on 2 cores (bench/RESULTS.md): behind the same
-uvicorn front, httpx's pool made 239 requests/s at 64 concurrent requests (httpcore scans every pooled
-connection per request), aiohttp's 3,943, and this module's shape 29,000. A proxy needs none of what costs a
+Why not a general client. Measured against one no-op worker, behind the same uvicorn front, this module's shape
+makes several times aiohttp's throughput and httpx's pool far less than either, since httpcore scans every pooled
+connection per request (bench/RESULTS.md, "The gateway's upstream client"). A proxy needs none of what costs a
 general client its time (URL objects, cookie jars, redirects, decompression, per-request tracing and timeout
 objects); it needs bytes in, bytes out, and a parser in C.
 
