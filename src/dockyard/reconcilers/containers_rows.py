@@ -7,9 +7,9 @@ counted, instead of whole rows; `needs_task` says, from those columns and the pa
 reflected there.
 
 Each `RowTask` handles exactly one row: it decides from the loaded row and its observed objects, acts on the
-runtime, and returns its outcome as one `Update` (a status in the container vocabulary, its reason and the event
-that explains it), which the row's `RowWriter` applies with one guarded write. The only other write is the
-placement, recorded by `core.place` before anything is created; a deletion is the writer's guarded delete.
+runtime, and returns its outcome, an `Update` (a status in the container vocabulary, its reason and the event that
+explains it) or the row's `Delete`, which the row's `RowWriter` applies with one guarded write. The only other
+write is the placement, recorded by `core.place` before anything is created.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from dockyard.core.workload import WorkloadSpec
 from dockyard.db.models import ContainerModel
 from dockyard.gpus.allocation import GpuAllocator, Unschedulable
 from dockyard.reconcilers.core import (
+    Delete,
     Demand,
     EventTarget,
+    Outcome,
     Pass,
     RowWriter,
     SpecChecks,
@@ -206,16 +208,20 @@ class RowTask:
         return RowResult(self.row.status, tuple(self.row.gpu_uuids or ()))
 
     async def run(self) -> RowResult | None:
-        """Converge the row one step; returns where it ended, or None when the row was deleted."""
+        """Converge the row one step: act on the runtime, then apply the outcome. Where the row ended, or None when
+        it was deleted."""
+        outcome = await self._step()
+        written = await self.writer.apply(outcome)
+        return None if written and isinstance(outcome, Delete) else self.result
+
+    async def _step(self) -> Outcome:
         if self.row.idc_id in self.state.unreachable or self.runtime is None:
-            await self.writer.apply(self._unreachable())
-        elif self.row.desired == DesiredState.DELETED:
+            return self._unreachable()
+        if self.row.desired == DesiredState.DELETED:
             return await self._terminate(self.runtime)
-        elif (refused := self._refused()) is not None:
-            await self.writer.apply(await self._stop_refused(self.runtime, refused))
-        else:
-            await self.writer.apply(await self._converge(self.runtime))
-        return self.result
+        if (refused := self._refused()) is not None:
+            return await self._stop_refused(self.runtime, refused)
+        return await self._converge(self.runtime)
 
     def _refused(self) -> str | None:
         """What the row's stored spec holds that today's input rules refuse (stored by an earlier release), or None."""
@@ -330,12 +336,12 @@ class RowTask:
             return self._status(ContainerStatus.UNKNOWN, unreachable_reason(self.row.idc_id), "Unreachable")
         return None
 
-    async def _terminate(self, runtime: Runtime) -> RowResult | None:
+    async def _terminate(self, runtime: Runtime) -> Outcome:
         row, state = self.row, self.state
         grace = timedelta(seconds=state.settings.zombie_grace_seconds)
         retrying = row.id in state.remove_failures
         if row.status == ContainerStatus.ZOMBIE and not retrying and state.now < row.created_at + grace:
-            return self.result  # an orphan's zombie row waits out the grace before its first removal
+            return None  # an orphan's zombie row waits out the grace before its first removal
         failure = ""
         for obj in self.objects:
             try:
@@ -345,15 +351,13 @@ class RowTask:
         if failure:
             attempts = state.remove_failures.get(row.id, 0) + 1
             state.remove_failures[row.id] = attempts
-            if attempts >= REMOVE_ATTEMPTS_BEFORE_ZOMBIE:
-                reason = f"removing it failed {attempts} times ({failure}); Dockyard keeps retrying"
-                await self.writer.apply(self._status(ContainerStatus.ZOMBIE, reason, "Zombie"))
-            return self.result
+            if attempts < REMOVE_ATTEMPTS_BEFORE_ZOMBIE:
+                return None
+            reason = f"removing it failed {attempts} times ({failure}); Dockyard keeps retrying"
+            return self._status(ContainerStatus.ZOMBIE, reason, "Zombie")
         state.remove_failures.pop(row.id, None)
         remove_authorized_keys(state.settings.data_dir, row.id)
-        if await self.writer.delete(("Deleted", "its runtime objects are removed and its GPUs released")):
-            return None
-        return self.result
+        return Delete(("Deleted", "its runtime objects are removed and its GPUs released"))
 
     async def _converge(self, runtime: Runtime) -> Update | None:
         row = self.row

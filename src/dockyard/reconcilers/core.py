@@ -12,10 +12,11 @@ write that lost a race therefore costs one pass, never a wrong state. One pass:
    unreachable for the whole pass: nothing is concluded about its objects, so nothing is failed or removed for it.
 3. **Decide, act, apply**, row by row and concurrently (`Steps`: at most `CONCURRENCY` rows at once; a step that
    raises is logged and never stops the others). A row's step decides from the loaded row and its observed objects
-   what the runtime must do, does it, and returns the outcome as a result object, an `Update`: the columns to write
-   and the event that explains them. `RowWriter` applies it as one guarded write (`WHERE id = ? AND version = ?`)
-   with its event, in one short transaction of its own and outside any the step held, so a row the API changed
-   meanwhile is never overwritten: the write changes nothing and the next pass starts from what is now there.
+   what the runtime must do, does it, and returns the outcome as a result object: an `Update` (the columns to write
+   and the event that explains them) or a `Delete`. `RowWriter` applies it as one guarded write (`WHERE id = ? AND
+   version = ?`) with its event, in one short transaction of its own (none is held while the runtime acts), so a
+   row the API changed meanwhile is never overwritten: the write changes nothing and the next pass starts from what
+   is now there.
    A step that creates first places the row (`place`: its node, GPUs, CPU and memory, chosen under the server's
    placement lock from what every row holds), and the choice is applied the same way before anything exists on the
    runtime, so a crash never hands one GPU out twice; `launch` then creates and starts the object, and removes
@@ -108,11 +109,7 @@ class Steps:
             return otherwise()
 
     async def each(self, steps: Iterable[Awaitable[None]], what: str) -> None:
-        await asyncio.gather(*(self.run(step, _nothing, what) for step in steps))
-
-
-def _nothing() -> None:
-    return None
+        await asyncio.gather(*(self.run(step, lambda: None, what) for step in steps))
 
 
 @dataclass(kw_only=True)
@@ -176,6 +173,16 @@ class Update:
 
 
 @dataclass(frozen=True)
+class Delete:
+    """A step's outcome for a row that goes: deleted with the event that says so, together or not at all."""
+
+    event: Event
+
+
+Outcome = Update | Delete | None  # None: nothing to write
+
+
+@dataclass(frozen=True)
 class EventTarget:
     """Where a row's events are recorded: on the object users know, which for a worker is its endpoint (`prefix` then
     names the worker in each message)."""
@@ -224,19 +231,24 @@ class RowWriter(Generic[RowT]):
         self.target = target
         self._noun = noun
 
-    async def apply(self, update: Update | None) -> bool:
-        """Write the values of `update` that differ from the loaded row, with its event, atomically. True when written
-        or when there was nothing to write; False when the row changed meanwhile (the next pass redoes it)."""
-        if update is None:
+    async def apply(self, outcome: Outcome) -> bool:
+        """Write `outcome` with its event, atomically: an `Update`'s values that differ from the loaded row, or a
+        `Delete`. True when written or when there was nothing to write; False when the row changed meanwhile (the
+        next pass redoes it)."""
+        if outcome is None:
             return True
-        changed = {key: value for key, value in update.values.items() if getattr(self.row, key) != value}
+        if isinstance(outcome, Delete):
+            return await self._delete(outcome.event)
+        changed = {key: value for key, value in outcome.values.items() if getattr(self.row, key) != value}
         if not changed:
             return True
         # Kept on the loaded row too: a worker's drain and startup timeouts count from its last change.
         changed["modified_at"] = utcnow()
         model = type(self.row)
         async with self.db.write() as session:
-            written = await guarded_write(session, model, self.row.id, self.version, changed, self.target, update.event)
+            written = await guarded_write(
+                session, model, self.row.id, self.version, changed, self.target, outcome.event
+            )
         if written:
             self.version += 1
             for key, value in changed.items():
@@ -245,8 +257,7 @@ class RowWriter(Generic[RowT]):
             log.info("%s %s changed during the pass; the next pass redoes it", self._noun, self.row.id)
         return written
 
-    async def delete(self, event: Event) -> bool:
-        """Delete the row if it is still at the version this writer holds, with `event`, atomically."""
+    async def _delete(self, event: Event) -> bool:
         model = type(self.row)
         async with self.db.write() as session:
             result = await session.execute(delete(model).where(model.id == self.row.id, model.version == self.version))
@@ -288,8 +299,8 @@ async def place(
     else one chosen under `lock`, the one lock of every loop that places, and written to the row (with an
     `event_type` event) before anything is created, so a crash never hands out one GPU or one share of a node twice.
     The `Unschedulable` (with its reason) when nothing fits; None when the write lost its race (the next pass tries
-    again). `no_room`, where given, holds the demands that found no room this pass: a later row of one gets the
-    same answer without asking, so what frees meanwhile goes to none of them ahead of the first."""
+    again). `no_room`, where given, holds the demands that found no room this pass: a younger row of the same demand
+    gets the same answer without asking, so what frees meanwhile never goes to it ahead of the older one."""
     row = writer.row
     known = [gpu for uuid in row.gpu_uuids or [] if (gpu := allocator.gpu(uuid)) is not None]
     if row.node_id and len(known) == demand.gpu_count == len(row.gpu_uuids):

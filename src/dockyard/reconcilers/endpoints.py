@@ -90,6 +90,7 @@ from dockyard.gateway.sync import forget_others, publish_worker
 from dockyard.gpus.allocation import load_inventory
 from dockyard.metrics_registry import per_registry
 from dockyard.reconcilers.core import (
+    Delete,
     EventTarget,
     Observation,
     RowWriter,
@@ -317,7 +318,7 @@ class EndpointReconciler(RuntimeLoop):
         )
 
     async def _delete_endpoint(self, endpoint: EndpointModel) -> bool:
-        deleted = await self._writer(endpoint).delete(("Deleted", "its workers are drained and removed"))
+        deleted = await self._writer(endpoint).apply(Delete(("Deleted", "its workers are drained and removed")))
         if deleted:
             self.crash_loops.pop(endpoint.id, None)
         return deleted

@@ -39,6 +39,7 @@ from dockyard.gateway.routes import RouteTable
 from dockyard.gateway.sync import publish_worker
 from dockyard.gpus.allocation import GpuAllocator, NodeInventory, Unschedulable
 from dockyard.reconcilers.core import (
+    Delete,
     Demand,
     EventTarget,
     Pass,
@@ -137,7 +138,7 @@ class WorkerTask:
         self.is_async = endpoint.type == EndpointType.ASYNC
 
     async def delete_row(self, event: tuple[str, str]) -> bool:
-        deleted = await self.writer.delete(event)
+        deleted = await self.writer.apply(Delete(event))
         if deleted and self.worker.node_id:
             self.state.capacity_freed()
         return deleted
