@@ -78,6 +78,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -277,9 +278,9 @@ class ContainerReconciler(RuntimeLoop):
             loaded.rows = sorted([*loaded.rows, *fetched.values()], key=lambda row: (row.created_at, row.id))
 
     @staticmethod
-    async def _row(state: PassState, row: ContainerModel) -> RowResult | None:
+    def _row(state: PassState, row: ContainerModel) -> Awaitable[RowResult | None]:
         task = RowTask(state, row)
-        return await state.steps.run(task.run(), lambda: task.result, "reconciling container %s", row.id)
+        return state.steps.run(task.run(), lambda: task.result, "reconciling container %s", row.id)
 
     async def _adopt(
         self, resource_id: str, objs: list[RuntimeObject], org_ids: set[str], observation: Observation

@@ -210,18 +210,17 @@ class RowTask:
     async def run(self) -> RowResult | None:
         """Converge the row one step: act on the runtime, then apply the outcome. Where the row ended, or None when
         it was deleted."""
-        outcome = await self._step()
+        outcome: Outcome
+        if self.row.idc_id in self.state.unreachable or self.runtime is None:
+            outcome = self._unreachable()
+        elif self.row.desired == DesiredState.DELETED:
+            outcome = await self._terminate(self.runtime)
+        elif (refused := self._refused()) is not None:
+            outcome = await self._stop_refused(self.runtime, refused)
+        else:
+            outcome = await self._converge(self.runtime)
         written = await self.writer.apply(outcome)
         return None if written and isinstance(outcome, Delete) else self.result
-
-    async def _step(self) -> Outcome:
-        if self.row.idc_id in self.state.unreachable or self.runtime is None:
-            return self._unreachable()
-        if self.row.desired == DesiredState.DELETED:
-            return await self._terminate(self.runtime)
-        if (refused := self._refused()) is not None:
-            return await self._stop_refused(self.runtime, refused)
-        return await self._converge(self.runtime)
 
     def _refused(self) -> str | None:
         """What the row's stored spec holds that today's input rules refuse (stored by an earlier release), or None."""

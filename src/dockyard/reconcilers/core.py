@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from prometheus_client import Gauge
 from sqlalchemy import delete
@@ -163,8 +163,7 @@ async def observe(runtimes: Mapping[str, Runtime]) -> Observation:
     return Observation(listed, unreachable, idc_of)
 
 
-@dataclass(frozen=True)
-class Update:
+class Update(NamedTuple):
     """A step's outcome for its row: the columns to write and the event that explains them, written together or not
     at all."""
 
@@ -172,8 +171,7 @@ class Update:
     event: Event | None = None
 
 
-@dataclass(frozen=True)
-class Delete:
+class Delete(NamedTuple):
     """A step's outcome for a row that goes: deleted with the event that says so, together or not at all."""
 
     event: Event
@@ -182,8 +180,7 @@ class Delete:
 Outcome = Update | Delete | None  # None: nothing to write
 
 
-@dataclass(frozen=True)
-class EventTarget:
+class EventTarget(NamedTuple):
     """Where a row's events are recorded: on the object users know, which for a worker is its endpoint (`prefix` then
     names the worker in each message)."""
 
