@@ -79,7 +79,7 @@ Event = tuple[str, str]  # an event's type and message
 
 class RuntimeLoop:
     """What a loop over one kind of runtime object keeps across passes: the node capacity it records, the orphans it
-    has seen, the stored specs it has checked. A subclass's `reconcile_once` runs the pass described above."""
+    has seen, the stored specs it has checked. A subclass's `reconcile_once` runs the pass this module describes."""
 
     def __init__(self, context: ServerContext, noun: str) -> None:
         self.context = context
@@ -399,8 +399,8 @@ class Orphans:
         grace: float,
         adopt: Adopt | None = None,
     ) -> None:
-        """Handle each orphan (its row's id -> its objects): `adopt` it, when that says it did, else remove it once
-        seen for `grace` seconds. A failure is logged; the next pass retries."""
+        """Handle each orphan (the id it names -> its objects): unless `adopt` takes it (a container gets a `zombie`
+        row), remove it once it has been seen for `grace` seconds. A failure is logged; the next pass retries."""
         for resource_id in [seen for seen in self._seen if seen not in orphans]:
             del self._seen[resource_id]
         for resource_id, objs in orphans.items():
