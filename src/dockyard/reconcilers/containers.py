@@ -1,4 +1,5 @@
-"""The containers reconciler: converges what each IDC's runtime runs to the container rows' desired state.
+"""The containers reconciler: converges what each IDC's runtime runs to the container rows' desired state, on the
+reconciler core (reconcilers/core.py: observe, the guarded writes, placement, orphans, gauges).
 
 The database holds what users want (`desired`, `generation`, `restart_generation`, the spec) and what was
 last observed (`status`, `reason`, `observed_*`, `runtime_id`, `gpu_uuids`); the runtime is the truth about
@@ -27,10 +28,10 @@ One pass:
    `dockyard.gpus` labels (a zombie still holds its GPUs). Nothing from an earlier pass is trusted, so a
    restarted server sees exactly the allocations in force.
 4. **Act, row by row, concurrently** (at most eight rows at once), outside any transaction; each row's
-   outcome is written with a guarded write (`WHERE id = ? AND version = ?`) in a short transaction with the
-   event that explains it. A row changed by the API meanwhile is not overwritten; the next pass redoes it.
-   A failure on one row is logged and never stops the others. Teardowns run before everything else, so the
-   GPUs they free can be handed out in the same pass.
+   outcome (`containers_rows.RowTask`) is written with a guarded write (`WHERE id = ? AND version = ?`) in a
+   short transaction with the event that explains it. A row changed by the API meanwhile is not overwritten;
+   the next pass redoes it. A failure on one row is logged and never stops the others. Teardowns run before
+   everything else, so the GPUs they free can be handed out in the same pass.
    - *unreachable IDC*: running and stopped rows become `unknown`; nothing else changes (no GPU released,
      no row deleted) until a pass reaches the runtime again and recomputes.
    - *desired deleted*: remove every object of the row (all generations), then delete the row. After three
@@ -67,24 +68,17 @@ One pass:
    inserted for it (when its organization still exists) so users and operators see it; once older than
    `zombie_grace_seconds` it is removed like any deleted container. Objects without Dockyard's labels are
    never listed, so never touched.
-6. **Networks**: every listed object of an organization that exists, of any kind (containers and endpoint
-   workers) and in any state, that is on another network than its organization's (`runspec.org_network`), as
-   one made before organizations had networks of their own is on the engine's default network, is moved onto
-   its organization's network and off every other, live (`Runtime.move_to_network`: it keeps running and its
-   published ports), with a `NetworkMoved` event on the container or the worker's endpoint; level-triggered,
-   so one moved back behind Dockyard's back is moved again. Then an organization's network on an IDC whose
-   listing holds no object of that organization is removed: each holds a subnet of the engine's address
-   pools, which are finite (Docker's defaults hold about 30 bridge networks). An object created on it since
-   the listing keeps it, as the runtime never removes a network an object is on, and a create that comes
-   after the removal makes it again.
+6. **Networks**: every listed object, of any kind, is moved onto its organization's network where it is on
+   another (one made before organizations had networks of their own), live and with an event, and the networks
+   no listed object needs are removed (reconcilers/networks.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -109,25 +103,15 @@ from dockyard.reconcilers.containers_rows import (
     needs_task,
     resting_row,
 )
-from dockyard.reconcilers.endpoints_workers import KIND_ENDPOINT
-from dockyard.reconcilers.nodes import NodeCapacity
-from dockyard.runtimes.base import (
-    LABEL_KIND,
-    LABEL_NODE,
-    LABEL_ORG,
-    Runtime,
-    RuntimeFailure,
-    RuntimeObject,
-    RuntimeUnavailable,
-)
-from dockyard.services import events, idcs
+from dockyard.reconcilers.core import EventTarget, Observation, RuntimeLoop, export_statuses, observe
+from dockyard.reconcilers.networks import converge_networks
+from dockyard.runtimes.base import LABEL_NODE, LABEL_ORG, RuntimeObject
+from dockyard.services import idcs
 from dockyard.services.containers import LOOP
-from dockyard.services.runspec import KIND_CONTAINER, load_ssh_keys, org_network
-from dockyard.services.worker_runspec import KIND_WORKER, LABEL_ENDPOINT
+from dockyard.services.runspec import KIND_CONTAINER, load_ssh_keys
 
 log = logging.getLogger(__name__)
 
-CONCURRENCY = 8
 # Rows at rest read whole by id per statement: well under any database's limit on bound parameters.
 _WAKE_BATCH = 500
 
@@ -160,31 +144,23 @@ class _Loaded:
     ssh_keys: dict[tuple[str, str], str]
 
 
-class ContainerReconciler:
+class ContainerReconciler(RuntimeLoop):
     """The `containers` loop; see the module docstring for the algorithm."""
 
     name = LOOP
 
     def __init__(self, context: ServerContext) -> None:
-        self.context = context
-        self.interval = context.settings.reconcile_interval
+        super().__init__(context, "container")
         self._remove_failures: dict[str, int] = {}
-        self._specs_checked: dict[str, int] = {}  # `PassState.specs_checked`, kept for the rows read whole
-        # Orphans whose organization is gone get no row; their first sighting is remembered here instead.
-        self._orphans_seen: dict[str, float] = {}
-        self._idc_by_object: dict[str, str] = {}  # runtime object id -> the IDC that listed it, this pass
-        # Objects listed this pass on another network than their organization's, with the IDC that listed them.
-        self._misplaced: list[tuple[str, RuntimeObject]] = []
-        self._orgs_by_idc: dict[str, set[str]] = {}  # IDC listed this pass -> organizations with an object on it
         self._metrics = _metrics_for(context.registry)
-        self._capacity = NodeCapacity(context)
 
     async def reconcile_once(self) -> None:
         await self._capacity.refresh()
         loaded = await self._load()
-        objects, unreachable = await self._observe(
-            {row.idc_id for row in loaded.rows} | {row.idc_id for row in loaded.resting}
-        )
+        observation = await observe(self.context.runtimes)
+        objects = observation.objects(KIND_CONTAINER)
+        named = {row.idc_id for row in loaded.rows} | {row.idc_id for row in loaded.resting}
+        unreachable = self._unreachable(observation, named)
         # Every pass lists every runtime, rows or not: an engine missing from the start is reported at once.
         await idcs.record_runtime_errors(
             self.context.db, {idc_id: unreachable.get(idc_id, "") for idc_id in self.context.runtimes}
@@ -198,6 +174,7 @@ class ContainerReconciler:
         for resource_id, objs in objects.items():
             for obj in objs:
                 allocator.hold(resource_id, obj.gpu_uuids)
+        self._specs.keep_only(row.id for row in loaded.rows)
         state = PassState(
             db=self.context.db,
             settings=self.context.settings,
@@ -211,24 +188,37 @@ class ContainerReconciler:
             unreachable=unreachable,
             remove_failures=self._remove_failures,
             gpu_lock=self.context.gpu_lock,
-            specs_checked={row.id: g for row in loaded.rows if (g := self._specs_checked.get(row.id)) is not None},
+            specs=self._specs,
         )
-        self._specs_checked = state.specs_checked
-        limit = asyncio.Semaphore(CONCURRENCY)
         row_ids = {row.id for row in loaded.rows} | {row.id for row in loaded.resting}
         # Teardowns go first: the GPUs they free are then free for this pass's creates and restarts.
         leaving = [row for row in loaded.rows if row.desired == DesiredState.DELETED]
         staying = [row for row in loaded.rows if row.desired != DesiredState.DELETED]
-        results = await asyncio.gather(*(self._row(limit, state, row) for row in leaving))
+        results = await asyncio.gather(*(self._row(state, row) for row in leaving))
         for row, result in zip(leaving, results, strict=True):
             if result is None:
                 allocator.release(row.id)
-        results += await asyncio.gather(*(self._row(limit, state, row) for row in staying))
-        await self._orphans(state, loaded.org_ids, {rid: objs for rid, objs in objects.items() if rid not in row_ids})
-        await self._move_to_own_networks(loaded.org_ids, state.removed)
-        await self._remove_unused_networks()
+        results += await asyncio.gather(*(self._row(state, row) for row in staying))
+        orphans = {resource_id: objs for resource_id, objs in objects.items() if resource_id not in row_ids}
+        await self._orphans.sweep(
+            orphans,
+            observation,
+            self.context.runtimes,
+            self.context.settings.zombie_grace_seconds,
+            lambda resource_id, objs: self._adopt(resource_id, objs, loaded.org_ids, observation),
+        )
+        await converge_networks(self.context.db, self.context.runtimes, observation, loaded.org_ids, state.removed)
         settled = [RowResult(row.status, tuple(row.gpu_uuids)) for row in loaded.resting]
         self._export(state, [result for result in results if result is not None] + settled, loaded.bare_counts, objects)
+
+    def _unreachable(self, observation: Observation, idc_ids: set[str]) -> dict[str, str]:
+        """The IDCs whose runtime could not be listed, and those among `idc_ids` (those the rows name) that have
+        none."""
+        unreachable = dict(observation.unreachable)
+        for idc_id in sorted(idc_ids):
+            if idc_id not in self.context.runtimes:
+                unreachable.setdefault(idc_id, f"no runtime is configured for IDC {idc_id}")
+        return unreachable
 
     async def _load(self) -> _Loaded:
         async with self.context.db.read() as session:
@@ -287,131 +277,22 @@ class ContainerReconciler:
         if fetched:
             loaded.rows = sorted([*loaded.rows, *fetched.values()], key=lambda row: (row.created_at, row.id))
 
-    async def _observe(self, idc_ids: set[str]) -> tuple[dict[str, list[RuntimeObject]], dict[str, str]]:
-        """Managed container objects by container id, and the IDCs whose runtime could not be listed (or that
-        have no runtime at all, among `idc_ids`, those the rows name)."""
-        objects: dict[str, list[RuntimeObject]] = defaultdict(list)
-        unreachable: dict[str, str] = {}
-        idcs = list(self.context.runtimes)
-        self._idc_by_object = {}
-        self._orgs_by_idc = {}
-        self._misplaced = []
-
-        async def listing(idc_id: str) -> list[RuntimeObject]:
-            try:
-                return await self.context.runtimes[idc_id].list_managed()
-            except RuntimeUnavailable as exc:
-                unreachable[idc_id] = str(exc) or type(exc).__name__
-                return []
-
-        for idc_id, listed in zip(idcs, await asyncio.gather(*(listing(idc_id) for idc_id in idcs)), strict=True):
-            if idc_id not in unreachable:
-                self._orgs_by_idc[idc_id] = {obj.labels.get(LABEL_ORG, "") for obj in listed}
-            for obj in listed:
-                if obj.networks and obj.networks != (org_network(obj.labels.get(LABEL_ORG, "")),):
-                    self._misplaced.append((idc_id, obj))
-                if obj.labels.get(LABEL_KIND) == KIND_CONTAINER and obj.resource_id:
-                    objects[obj.resource_id].append(obj)
-                    self._idc_by_object[obj.id] = idc_id
-        for idc_id in sorted(idc_ids):
-            if idc_id not in self.context.runtimes:
-                unreachable.setdefault(idc_id, f"no runtime is configured for IDC {idc_id}")
-        return dict(objects), unreachable
-
-    async def _row(self, limit: asyncio.Semaphore, state: PassState, row: ContainerModel) -> RowResult | None:
-        async with limit:
-            task = RowTask(state, row)
-            try:
-                return await task.run()
-            except Exception:
-                log.exception("reconciling container %s failed; the next pass retries", row.id)
-                return task.result
-
-    async def _orphans(self, state: PassState, org_ids: set[str], orphans: dict[str, list[RuntimeObject]]) -> None:
-        """Give each orphan a `zombie` row (the terminate path removes it after the grace), or, when its
-        organization is gone, remove it once it has been seen for longer than the grace."""
-        grace = state.settings.zombie_grace_seconds
-        for resource_id in list(self._orphans_seen):
-            if resource_id not in orphans:
-                del self._orphans_seen[resource_id]
-        for resource_id, objs in orphans.items():
-            org_id = objs[0].labels.get(LABEL_ORG, "")
-            idc_id = self._idc_by_object[objs[0].id]
-            try:
-                if org_id in org_ids:
-                    await self._insert_zombie(resource_id, org_id, idc_id, objs, grace)
-                    continue
-                first_seen = self._orphans_seen.setdefault(resource_id, time.monotonic())
-                if time.monotonic() - first_seen >= grace:
-                    runtime = self.context.runtimes[idc_id]
-                    for obj in objs:
-                        await runtime.remove(obj.id)
-                    del self._orphans_seen[resource_id]
-            except Exception:
-                log.exception("handling orphan container %s failed; the next pass retries", resource_id)
-
-    async def _move_to_own_networks(self, org_ids: set[str], removed: set[str]) -> None:
-        """Step 6: move each object listed on another network than its organization's onto it and off the others
-        (but those `removed` this pass)."""
-        limit = asyncio.Semaphore(CONCURRENCY)
-
-        async def move(idc_id: str, obj: RuntimeObject) -> None:
-            org = obj.labels.get(LABEL_ORG, "")
-            network = org_network(org)
-            async with limit:
-                try:
-                    await self.context.runtimes[idc_id].move_to_network(obj.id, network, org)
-                except (RuntimeFailure, RuntimeUnavailable) as exc:
-                    log.warning("object %s not moved onto network %s this pass: %s", obj.name, network, exc)
-                    return
-            left = ", ".join(name for name in obj.networks if name != network) or "no other"
-            message = (
-                f"moved onto its organization's network {network} and off {left}, without a restart: it was made "
-                "before each organization had a network of its own"
-            )
-            log.info("object %s %s", obj.name, message)
-            kind, object_id = KIND_CONTAINER, obj.resource_id
-            if obj.labels.get(LABEL_KIND) == KIND_WORKER:
-                kind, object_id = KIND_ENDPOINT, obj.labels.get(LABEL_ENDPOINT, "")
-                message = f"worker {obj.resource_id}: {message}"
-            async with self.context.db.write() as session:
-                events.record(
-                    session, org_id=org, object_kind=kind, object_id=object_id, type="NetworkMoved", message=message
-                )
-
-        await asyncio.gather(
-            *(
-                move(idc_id, obj)
-                for idc_id, obj in self._misplaced
-                if obj.labels.get(LABEL_ORG) in org_ids and obj.id not in removed
-            )
-        )
-
-    async def _remove_unused_networks(self) -> None:
-        """Step 6: remove each listed IDC's networks that no organization with an object there joins."""
-        for idc_id, orgs in self._orgs_by_idc.items():
-            runtime = self.context.runtimes[idc_id]
-            keep = {org_network(org_id) for org_id in orgs}
-            try:
-                for name in await runtime.list_networks():
-                    if name not in keep:
-                        await self._remove_network(runtime, name)
-            except (RuntimeUnavailable, RuntimeFailure) as exc:
-                log.info("networks of IDC %s not pruned this pass: %s", idc_id, exc)
-
     @staticmethod
-    async def _remove_network(runtime: Runtime, name: str) -> None:
-        try:
-            await runtime.remove_network(name)
-        except RuntimeFailure as exc:  # an object joined it since the listing
-            log.debug("network %s kept: %s", name, exc.reason)
-        else:
-            log.info("removed network %s: no object of its organization is left", name)
+    def _row(state: PassState, row: ContainerModel) -> Awaitable[RowResult | None]:
+        task = RowTask(state, row)
+        return state.steps.run(task.run(), lambda: task.result, "reconciling container %s", row.id)
 
-    async def _insert_zombie(
-        self, resource_id: str, org_id: str, idc_id: str, objs: list[RuntimeObject], grace: float
-    ) -> None:
+    async def _adopt(
+        self, resource_id: str, objs: list[RuntimeObject], org_ids: set[str], observation: Observation
+    ) -> bool:
+        """Give an orphan of an organization that exists a `zombie` row, which users and operators see and the
+        terminate path removes after the grace; False (no row: it is removed after the grace) when its organization
+        is gone."""
         first = objs[0]
+        org_id = first.labels.get(LABEL_ORG, "")
+        if org_id not in org_ids:
+            return False
+        grace = self.context.settings.zombie_grace_seconds
         reason = (
             "the runtime still runs this container but Dockyard has no record of it; "
             f"it will be removed after {grace:g} s"
@@ -423,7 +304,7 @@ class ContainerReconciler:
                         id=resource_id,
                         org_id=org_id,
                         name=first.name,
-                        idc_id=idc_id,
+                        idc_id=observation.idc_of[first.id],
                         product_id="",
                         template_id="",
                         spec={"image": ""},
@@ -437,16 +318,10 @@ class ContainerReconciler:
                         runtime_id=first.id,
                     )
                 )
-                events.record(
-                    session,
-                    org_id=org_id,
-                    object_kind=KIND_CONTAINER,
-                    object_id=resource_id,
-                    type="Zombie",
-                    message=reason,
-                )
+                EventTarget(org_id, KIND_CONTAINER, resource_id).record(session, "Zombie", reason)
         except IntegrityError:
             log.info("orphan %s got a row meanwhile; the next pass reconciles it", resource_id)
+        return True
 
     def _export(
         self,
@@ -455,15 +330,10 @@ class ContainerReconciler:
         bare_counts: Counter[ContainerStatus],
         objects: dict[str, list[RuntimeObject]],
     ) -> None:
-        counts: dict[str, int] = {status.value: bare_counts[status] for status in ContainerStatus}
-        held: set[str] = set()
-        for result in results:
-            counts[result.status.value] += 1
-            held.update(result.gpu_uuids)
-        for objs in objects.values():
-            for obj in objs:
-                held.update(obj.gpu_uuids)
-        for status, count in counts.items():
-            self._metrics.containers.labels(status).set(count)
+        export_statuses(
+            self._metrics.containers, ContainerStatus, bare_counts + Counter(result.status for result in results)
+        )
+        held = {uuid for result in results for uuid in result.gpu_uuids}
+        held.update(uuid for objs in objects.values() for obj in objs for uuid in obj.gpu_uuids)
         self._metrics.gpus_allocated.set(sum(1 for uuid in held if state.allocator.gpu(uuid) is not None))
         self._metrics.gpus_total.set(state.allocator.total)

@@ -1,5 +1,6 @@
 """The endpoint reconciler: converges each serverless endpoint's worker containers to what its row wants, and
-keeps the gateway's routing table in step with them.
+keeps the gateway's routing table in step with them. It runs on the reconciler core (reconcilers/core.py: observe,
+the guarded writes, placement, orphans, gauges) that the containers reconciler runs on too.
 
 The database holds what users and the autoscaler want (the worker template and its `generation`,
 `desired_replicas` within the worker_config's bounds, `desired`) and one row per worker with what was last
@@ -70,31 +71,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
 from dockyard.core.status import DesiredState, EndpointStatus, WorkerStatus
-from dockyard.core.stored_specs import stored_spec_problem
-from dockyard.core.workload import WorkloadSpec
-from dockyard.db.base import guarded_update, utcnow
+from dockyard.db.base import utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
 from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.reports import held_elsewhere, remote_figures
 from dockyard.gateway.sync import forget_others, publish_worker
 from dockyard.gpus.allocation import load_inventory
 from dockyard.metrics_registry import per_registry
+from dockyard.reconcilers.core import (
+    Delete,
+    EventTarget,
+    Observation,
+    RowWriter,
+    RuntimeLoop,
+    Update,
+    export_statuses,
+    guarded_write,
+    observe,
+)
 from dockyard.reconcilers.endpoints_workers import (
     CRASH_LOOP_FAILURES,
-    KIND_ENDPOINT,
     CrashLoop,
     PassState,
     WorkerTask,
@@ -102,16 +109,13 @@ from dockyard.reconcilers.endpoints_workers import (
     to_reap,
     wanted_replicas,
 )
-from dockyard.reconcilers.nodes import NodeCapacity
-from dockyard.runtimes.base import LABEL_KIND, RuntimeObject, RuntimeUnavailable
-from dockyard.services import events
 from dockyard.services.containers import LOOP as CONTAINERS_LOOP
 from dockyard.services.endpoints import LOOP, route_config
 from dockyard.services.worker_runspec import KIND_WORKER
+from dockyard.services.worker_webhooks import KIND_ENDPOINT
 
 log = logging.getLogger(__name__)
 
-CONCURRENCY = 8
 COLD_START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 # A present image starts in a fraction of a second; a pull takes minutes.
 CONTAINER_START_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
@@ -146,23 +150,19 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
     )
 
 
-class EndpointReconciler:
+class EndpointReconciler(RuntimeLoop):
     """The `endpoints` loop; see the module docstring for the algorithm."""
 
     name = LOOP
 
     def __init__(self, context: ServerContext) -> None:
-        self.context = context
-        self.interval = context.settings.reconcile_interval
+        super().__init__(context, "worker")
         self.prober = HealthProber(
             context.routes, context.settings, on_ready=self.on_worker_ready, on_unhealthy=self.on_worker_unhealthy
         )
         self.crash_loops: dict[str, CrashLoop] = {}
         self._missing_since: dict[str, datetime] = {}
-        self._orphans_seen: dict[str, float] = {}
-        self._specs_checked: dict[str, int] = {}  # endpoint id -> the generation whose stored spec passed the rules
         self._metrics = _metrics_for(context.registry)
-        self._capacity = NodeCapacity(context)
 
     async def close(self) -> None:
         """Stop the prober's probes; the routing table keeps what it holds."""
@@ -178,8 +178,10 @@ class EndpointReconciler:
             products = {p.id: p for p in await session.scalars(select(ProductModel))}
             inventory = await load_inventory(session, settings.cpu_overcommit, settings.memory_overcommit)
             remote = held_elsewhere(await remote_figures(session, self.context.settings.gateway_report_interval))
-        objects, idc_of, unreachable = await self._observe()
-        self._specs_checked = {row.id: g for row in endpoints if (g := self._specs_checked.get(row.id)) is not None}
+        observation = await self._observe()
+        listed = observation.objects(KIND_WORKER)
+        objects = {worker_id: objs[-1] for worker_id, objs in listed.items()}  # one object is made per worker
+        self._specs.keep_only(row.id for row in endpoints)
         by_endpoint: dict[str, list[WorkerModel]] = defaultdict(list)
         for worker in workers:
             by_endpoint[worker.endpoint_id].append(worker)
@@ -199,49 +201,36 @@ class EndpointReconciler:
             orphan_gpus={},
             crash_loops=self.crash_loops,
             missing_since=self._missing_since,
-            limit=asyncio.Semaphore(CONCURRENCY),
             wake=lambda: self.context.wake(LOOP),
             capacity_freed=lambda: self.context.wake(CONTAINERS_LOOP),
             container_start=self._metrics.container_start,
         )
         row_ids = {worker.id for worker in workers}
-        orphans = {worker_id: obj for worker_id, obj in objects.items() if worker_id not in row_ids}
-        state.orphan_gpus = {worker_id: obj.gpu_uuids for worker_id, obj in orphans.items()}
+        orphans = {worker_id: objs for worker_id, objs in listed.items() if worker_id not in row_ids}
+        state.orphan_gpus = {
+            worker_id: [u for obj in objs for u in obj.gpu_uuids] for worker_id, objs in orphans.items()
+        }
         self._push(workers)
         # The prober saw these ready but recording it lost a race with another write: record it again.
         unrecorded = [w for w in workers if w.status == WorkerStatus.STARTING and self.prober.is_ready(w.id)]
         await asyncio.gather(*(self.on_worker_ready(w.endpoint_id, w.id) for w in unrecorded))
-        reachable = [row for row in endpoints if row.idc_id not in unreachable]
+        reachable = [row for row in endpoints if row.idc_id not in observation.unreachable]
         outcomes = await asyncio.gather(*(self._endpoint(state, row, by_endpoint[row.id]) for row in reachable))
         after = {row.id: by_endpoint[row.id] for row in endpoints}
         after.update({row.id: left for row, left in zip(reachable, outcomes, strict=True) if left is not None})
         gone = {row.id for row, left in zip(reachable, outcomes, strict=True) if left is None}
         if gone:
             self._drop_routes(gone)
-        await self._orphans(orphans, idc_of)
+        grace = settings.zombie_grace_seconds
+        await self._orphans.sweep(orphans, observation, self.context.runtimes, grace)
         self._export({endpoint_id: left for endpoint_id, left in after.items() if endpoint_id not in gone})
 
-    async def _observe(self) -> tuple[dict[str, RuntimeObject], dict[str, str], set[str]]:
-        """Worker objects by worker id, the IDC each was listed in, and the IDCs that could not be listed."""
-        objects: dict[str, RuntimeObject] = {}
-        idc_of: dict[str, str] = {}
-        unreachable: set[str] = set()
-        idcs = list(self.context.runtimes)
-
-        async def listing(idc_id: str) -> list[RuntimeObject]:
-            try:
-                return await self.context.runtimes[idc_id].list_managed()
-            except RuntimeUnavailable as exc:
-                log.info("endpoints: the runtime of IDC %s cannot be reached (%s); its endpoints wait", idc_id, exc)
-                unreachable.add(idc_id)
-                return []
-
-        for idc_id, listed in zip(idcs, await asyncio.gather(*(listing(idc_id) for idc_id in idcs)), strict=True):
-            for obj in listed:
-                if obj.labels.get(LABEL_KIND) == KIND_WORKER and obj.resource_id:
-                    objects[obj.resource_id] = obj
-                    idc_of[obj.resource_id] = idc_id
-        return objects, idc_of, unreachable
+    async def _observe(self) -> Observation:
+        """Every runtime listed once; an endpoint whose runtime cannot be reached is left as it is this pass."""
+        observation = await observe(self.context.runtimes)
+        for idc_id, why in observation.unreachable.items():
+            log.info("endpoints: the runtime of IDC %s cannot be reached (%s); its endpoints wait", idc_id, why)
+        return observation
 
     def _push(self, workers: list[WorkerModel]) -> None:
         """Make the routing table and the prober agree with the worker rows (step 2; gateway/sync.py's rule)."""
@@ -259,7 +248,7 @@ class EndpointReconciler:
         deleted = endpoint.desired == DesiredState.DELETED
         refused = "" if deleted else self._refused(endpoint)
         tasks = {worker.id: WorkerTask(state, endpoint, worker, runtime) for worker in workers}
-        await self._each(state, (task.observe() for task in tasks.values()))
+        await self._each(state, [task.observe() for task in tasks.values()])
         wanted = 0 if refused else wanted_replicas(endpoint, deleted)
         decided = plan(endpoint, workers, wanted, deleted, state, halt=refused and "its configuration is refused")
         for worker in await self._add(endpoint, decided.add):
@@ -287,11 +276,8 @@ class EndpointReconciler:
     def _refused(self, endpoint: EndpointModel) -> str:
         """Why the endpoint's stored spec fails today's input rules (stored by an earlier release), or "". A
         generation found fine is not read again: only a PUT changes a spec, and the API checks it."""
-        if self._specs_checked.get(endpoint.id) == endpoint.generation:
-            return ""
-        problem = stored_spec_problem(WorkloadSpec.model_validate(endpoint.spec))
+        problem = self._specs.problem(endpoint.id, endpoint.generation, endpoint.spec)
         if problem is None:
-            self._specs_checked[endpoint.id] = endpoint.generation
             return ""
         return (
             f"stopped: its configuration, stored before Dockyard checked it, holds what is now refused: {problem}; "
@@ -300,19 +286,8 @@ class EndpointReconciler:
 
     @staticmethod
     async def _each(state: PassState, steps: Iterable[Awaitable[None]]) -> None:
-        """Run worker steps concurrently, at most `CONCURRENCY` at once; a step that fails is logged and never
-        stops the others (it left the row as it was, so the next pass redoes it)."""
-
-        async def limited(step: Awaitable[None]) -> None:
-            async with state.limit:
-                try:
-                    await step
-                except RuntimeUnavailable as exc:  # the engine went away mid-pass
-                    log.info("an endpoint worker step could not reach its runtime (%s); the next pass retries", exc)
-                except Exception:
-                    log.exception("an endpoint worker step failed; the next pass retries")
-
-        await asyncio.gather(*(limited(step) for step in steps))
+        """Run worker steps concurrently (`core.Steps`); one that fails is logged and never stops the others."""
+        await state.steps.each(steps, "an endpoint worker step")
 
     async def _add(self, endpoint: EndpointModel, count: int) -> list[WorkerModel]:
         """Insert `count` pending workers of the endpoint's current generation."""
@@ -337,14 +312,13 @@ class EndpointReconciler:
             return []
         return added
 
+    def _writer(self, endpoint: EndpointModel) -> RowWriter[EndpointModel]:
+        return RowWriter(
+            self.context.db, endpoint, EventTarget(endpoint.org_id, KIND_ENDPOINT, endpoint.id), "endpoint"
+        )
+
     async def _delete_endpoint(self, endpoint: EndpointModel) -> bool:
-        async with self.context.db.write() as session:
-            result = await session.execute(
-                delete(EndpointModel).where(EndpointModel.id == endpoint.id, EndpointModel.version == endpoint.version)
-            )
-            deleted = bool(getattr(result, "rowcount", 0) == 1)
-            if deleted:
-                self._event(session, endpoint, "Deleted", "its workers are drained and removed")
+        deleted = await self._writer(endpoint).apply(Delete(("Deleted", "its workers are drained and removed")))
         if deleted:
             self.crash_loops.pop(endpoint.id, None)
         return deleted
@@ -392,52 +366,19 @@ class EndpointReconciler:
             return
         if status == endpoint.status and event is not None and event[0] == "EndpointFailed":
             event = None
-        async with self.context.db.write() as session:
-            written = await guarded_update(
-                session, EndpointModel, endpoint.id, endpoint.version, status=status, reason=reason
-            )
-            if written and event is not None:
-                self._event(session, endpoint, *event)
-
-    def _event(self, session: AsyncSession, endpoint: EndpointModel, type: str, message: str) -> None:
-        events.record(
-            session,
-            org_id=endpoint.org_id,
-            object_kind=KIND_ENDPOINT,
-            object_id=endpoint.id,
-            type=type,
-            message=message,
-        )
+        await self._writer(endpoint).apply(Update({"status": status, "reason": reason}, event))
 
     def _drop_routes(self, gone: set[str]) -> None:
         """Take endpoints deleted this pass out of the routing table, keeping every other entry as it is."""
         for endpoint_id in gone:
             self.context.routes.remove(endpoint_id)
 
-    async def _orphans(self, orphans: dict[str, RuntimeObject], idc_of: dict[str, str]) -> None:
-        """Remove worker objects that have no row once they have been seen for the zombie grace."""
-        grace = self.context.settings.zombie_grace_seconds
-        for worker_id in [w for w in self._orphans_seen if w not in orphans]:
-            del self._orphans_seen[worker_id]
-        for worker_id, obj in orphans.items():
-            first = self._orphans_seen.setdefault(worker_id, time.monotonic())
-            if time.monotonic() - first < grace:
-                continue
-            try:
-                await self.context.runtimes[idc_of[worker_id]].remove(obj.id)
-            except Exception:
-                log.exception("removing orphan worker object %s failed; the next pass retries", obj.name)
-            else:
-                log.info("removed orphan worker object %s (no worker %s)", obj.name, worker_id)
-                del self._orphans_seen[worker_id]
-
     def _export(self, workers: dict[str, list[WorkerModel]]) -> None:
         """Every status of every remaining endpoint, zeros included, so a status that empties reads 0."""
         gauge = self._metrics.workers
         gauge.clear()
         for endpoint_id, rows in workers.items():
-            for status in WorkerStatus:
-                gauge.labels(endpoint_id, status.value).set(sum(1 for row in rows if row.status == status))
+            export_statuses(gauge, WorkerStatus, Counter(row.status for row in rows), endpoint_id)
 
     # -- the prober's callbacks -----------------------------------------------------------------------------
 
@@ -452,24 +393,13 @@ class EndpointReconciler:
                 self._undo_ready(endpoint_id, worker)
                 return
             cold = (answered - worker.created_at).total_seconds()
-            written = await guarded_update(
-                session,
-                WorkerModel,
-                worker_id,
-                worker.version,
-                status=WorkerStatus.READY,
-                health=True,
-                reason=f"ready: answered its health check {cold:.1f} s after it was wanted",
-            )
-            if written:
-                events.record(
-                    session,
-                    org_id=worker.org_id,
-                    object_kind=KIND_ENDPOINT,
-                    object_id=endpoint_id,
-                    type="WorkerReady",
-                    message=f"worker {worker_id}: ready after a cold start of {cold:.1f} s",
-                )
+            values = {
+                "status": WorkerStatus.READY,
+                "health": True,
+                "reason": f"ready: answered its health check {cold:.1f} s after it was wanted",
+            }
+            event = ("WorkerReady", f"ready after a cold start of {cold:.1f} s")
+            written = await guarded_write(session, WorkerModel, worker_id, worker.version, values, _of(worker), event)
         if written:
             self._metrics.cold_start.labels(endpoint_id).observe(cold)
             self.crash_loops.pop(endpoint_id, None)
@@ -490,17 +420,13 @@ class EndpointReconciler:
             worker = await session.get(WorkerModel, worker_id)
             if worker is None or worker.status not in (WorkerStatus.STARTING, WorkerStatus.READY):
                 return
-            written = await guarded_update(
-                session, WorkerModel, worker_id, worker.version, status=WorkerStatus.FAILED, health=False, reason=reason
-            )
-            if written:
-                events.record(
-                    session,
-                    org_id=worker.org_id,
-                    object_kind=KIND_ENDPOINT,
-                    object_id=endpoint_id,
-                    type="WorkerFailed",
-                    message=f"worker {worker_id}: {reason}",
-                )
+            values = {"status": WorkerStatus.FAILED, "health": False, "reason": reason}
+            event = ("WorkerFailed", reason)
+            written = await guarded_write(session, WorkerModel, worker_id, worker.version, values, _of(worker), event)
         if written:
             self.context.wake(LOOP)
+
+
+def _of(worker: WorkerModel) -> EventTarget:
+    """Where a prober callback records its event about `worker`: on its endpoint, naming the worker."""
+    return EventTarget(worker.org_id, KIND_ENDPOINT, worker.endpoint_id, f"worker {worker.id}: ")

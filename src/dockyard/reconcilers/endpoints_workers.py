@@ -2,10 +2,11 @@
 drain, retire, fail, reap), acting on the runtime and recording the outcome with a guarded write (see
 `reconcilers.endpoints` for the algorithm as a whole).
 
-Each `WorkerTask` handles exactly one worker row. Its writes are short transactions of their own guarded by
-the version the task loaded (and bumped by its own earlier writes), so a row changed meanwhile (by the prober's
-callbacks, or the API deleting the endpoint) is never overwritten: the write changes nothing and the next pass
-starts from fresh state. Events are recorded on the endpoint (`object_kind` "endpoint") and name the worker.
+Each `WorkerTask` handles exactly one worker row, on the reconciler core (reconcilers/core.py). Its writes go
+through the row's `RowWriter`: short transactions of their own guarded by the version the task loaded (and bumped
+by its own earlier writes), so a row changed meanwhile (by the prober's callbacks, or the API deleting the
+endpoint) is never overwritten: the write changes nothing and the next pass starts from fresh state. Events are
+recorded on the endpoint (`object_kind` "endpoint") and name the worker.
 
 `plan` and `to_reap` are the pure decisions behind the steps: which workers to add, start, drain and settle
 (scaling and the rolling order), and which failed ones to remove.
@@ -20,7 +21,6 @@ came within `worker_startup_timeout`; a draining one is retired once it holds no
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -29,24 +29,30 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Histogram
-from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from dockyard.config import Settings
 from dockyard.core.status import EndpointType, WorkerStatus
 from dockyard.core.workload import WorkloadSpec
-from dockyard.db.base import guarded_update, utcnow
+from dockyard.db.base import utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
-from dockyard.db.session import Database
 from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.routes import RouteTable
 from dockyard.gateway.sync import publish_worker
-from dockyard.gpus.allocation import GpuAllocator, NodeInventory, Unschedulable, allocate_and_record, describe
-from dockyard.gpus.inventory import GpuInfo
-from dockyard.reconcilers.containers_rows import exit_reason
-from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
-from dockyard.secrets import SecretBox, hash_api_key
-from dockyard.services import events, private_images, quotas, registry_auths
+from dockyard.gpus.allocation import GpuAllocator, NodeInventory, Unschedulable
+from dockyard.reconcilers.core import (
+    Delete,
+    Demand,
+    EventTarget,
+    Pass,
+    Placed,
+    RowWriter,
+    Update,
+    exit_reason,
+    launch,
+    place,
+)
+from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject
+from dockyard.secrets import hash_api_key
+from dockyard.services import quotas, registry_auths
 from dockyard.services.worker_runspec import (
     WebhookAccess,
     build_worker_run_spec,
@@ -57,11 +63,10 @@ from dockyard.services.worker_runspec import (
     worker_object_name,
     worker_ports,
 )
-from dockyard.services.worker_webhooks import held_jobs, new_worker_key
+from dockyard.services.worker_webhooks import KIND_ENDPOINT, held_jobs, new_worker_key
 
 log = logging.getLogger(__name__)
 
-KIND_ENDPOINT = "endpoint"
 BACKOFF_FIRST = 2.0  # seconds before the create that follows a worker's failure to become ready
 BACKOFF_MAX = 300.0
 CRASH_LOOP_FAILURES = 3  # failures in a row, none ready, before the endpoint is `failed`
@@ -87,27 +92,20 @@ class CrashLoop:
         self.retry_at = time.monotonic() + self.delay
 
 
-@dataclass
-class PassState:
+@dataclass(kw_only=True)
+class PassState(Pass):
     """What one pass loaded and observed; shared by its worker tasks."""
 
-    db: Database
-    settings: Settings
-    box: SecretBox
-    now: datetime
     routes: RouteTable
     # Worker id -> requests the stand-alone gateways hold on it, for every worker their fresh reports list (read
     # at the start of the pass; gateway/reports.py `held_elsewhere`).
     remote: dict[str, int]
     prober: HealthProber
-    products: dict[str, ProductModel]
     inventory: list[NodeInventory]
-    gpu_lock: asyncio.Lock
     objects: dict[str, RuntimeObject]  # worker objects by worker id
     orphan_gpus: dict[str, list[str]]  # GPUs held by worker objects that have no row (zombies hold theirs)
     crash_loops: dict[str, CrashLoop]  # by endpoint id; the reconciler keeps it across passes
     missing_since: dict[str, datetime]  # worker id -> first pass its object was not seen; kept across passes
-    limit: asyncio.Semaphore
     wake: Callable[[], None]  # ask for another pass soon
     # A worker let go of its node's share or its GPUs: the containers loop places what waits for them at once.
     capacity_freed: Callable[[], None]
@@ -125,56 +123,22 @@ class PassState:
 
 
 class WorkerTask:
-    """One worker's steps in one pass; everything it needs is in the rows, the observed object and the state."""
+    """One worker's steps in one pass; everything it needs is in the rows, the observed object and the state. Each
+    step decides from them, acts on the runtime, and applies its outcome through the worker's `RowWriter`; the
+    routing table and the prober follow only a write that was applied."""
 
     def __init__(self, state: PassState, endpoint: EndpointModel, worker: WorkerModel, runtime: Runtime) -> None:
         self.state = state
         self.endpoint = endpoint
         self.worker = worker
-        self.version = worker.version
+        target = EventTarget(endpoint.org_id, KIND_ENDPOINT, endpoint.id, f"worker {worker.id}: ")
+        self.writer = RowWriter(state.db, worker, target, "worker")
         self.runtime = runtime
         self.object = state.objects.get(worker.id)
         self.is_async = endpoint.type == EndpointType.ASYNC
 
-    # -- writes -------------------------------------------------------------------------------------------
-
-    async def apply(self, event: tuple[str, str] | None = None, **values: Any) -> bool:
-        """Write the values that differ from the loaded row, guarded by version; plus `event`, atomically."""
-        changed = {key: value for key, value in values.items() if getattr(self.worker, key) != value}
-        if not changed:
-            return True
-        # Kept on the loaded row too: the drain and startup timeouts count from the last change.
-        changed["modified_at"] = utcnow()
-        async with self.state.db.write() as session:
-            written = await guarded_update(session, WorkerModel, self.worker.id, self.version, **changed)
-            if written and event is not None:
-                self._event(session, *event)
-        if written:
-            self.version += 1
-            for key, value in changed.items():
-                setattr(self.worker, key, value)
-        else:
-            log.info("worker %s changed during the pass; the next pass redoes it", self.worker.id)
-        return written
-
-    def _event(self, session: AsyncSession, type: str, message: str) -> None:
-        events.record(
-            session,
-            org_id=self.endpoint.org_id,
-            object_kind=KIND_ENDPOINT,
-            object_id=self.endpoint.id,
-            type=type,
-            message=f"worker {self.worker.id}: {message}",
-        )
-
     async def delete_row(self, event: tuple[str, str]) -> bool:
-        async with self.state.db.write() as session:
-            result = await session.execute(
-                delete(WorkerModel).where(WorkerModel.id == self.worker.id, WorkerModel.version == self.version)
-            )
-            deleted = bool(getattr(result, "rowcount", 0) == 1)
-            if deleted:
-                self._event(session, *event)
+        deleted = await self.writer.apply(Delete(event))
         if deleted and self.worker.node_id:
             self.state.capacity_freed()
         return deleted
@@ -189,7 +153,7 @@ class WorkerTask:
         if worker.status == WorkerStatus.FAILED:
             if obj is not None and obj.state == ObjectState.RUNNING:
                 await self.runtime.stop(obj.id, settings.stop_timeout_seconds)
-            if worker.gpu_uuids and await self.apply(gpu_uuids=[]):
+            if worker.gpu_uuids and await self.writer.apply(Update({"gpu_uuids": []})):
                 self.state.capacity_freed()
             return
         if worker.status not in (WorkerStatus.STARTING, WorkerStatus.READY):
@@ -221,13 +185,15 @@ class WorkerTask:
         worker, settings = self.worker, self.state.settings
         if worker.last_seen_at is not None:
             cold = (self.state.now - worker.created_at).total_seconds()
-            ready = await self.apply(
+            ready = Update(
+                {
+                    "status": WorkerStatus.READY,
+                    "health": True,
+                    "reason": f"ready: called its webhooks {cold:.1f} s after it was wanted",
+                },
                 ("WorkerReady", f"ready after a cold start of {cold:.1f} s"),
-                status=WorkerStatus.READY,
-                health=True,
-                reason=f"ready: called its webhooks {cold:.1f} s after it was wanted",
             )
-            if ready:
+            if await self.writer.apply(ready):
                 self.state.crash_loops.pop(self.endpoint.id, None)
         elif self.state.now - worker.modified_at > timedelta(seconds=settings.worker_startup_timeout):
             await self.fail(
@@ -244,7 +210,7 @@ class WorkerTask:
         values: dict[str, Any] = {"status": WorkerStatus.FAILED, "reason": reason, "health": False, "drain": False}
         if remove:
             values.update(gpu_uuids=[], published_ports=[], runtime_id="")
-        if not await self.apply(("WorkerFailed", reason), **values):
+        if not await self.writer.apply(Update(values, ("WorkerFailed", reason))):
             return
         self.state.routes.worker_gone(self.endpoint.id, self.worker.id)
         self.state.prober.unwatch(self.worker.id)
@@ -262,10 +228,10 @@ class WorkerTask:
         if worker.status == WorkerStatus.PENDING and self.object is None:
             await self.delete_row(("WorkerRemoved", f"not started: {why}"))
             return
-        written = await self.apply(
-            ("WorkerDraining", why), status=WorkerStatus.DRAINING, drain=True, reason=f"draining: {why}"
+        draining = Update(
+            {"status": WorkerStatus.DRAINING, "drain": True, "reason": f"draining: {why}"}, ("WorkerDraining", why)
         )
-        if not written:
+        if not await self.writer.apply(draining):
             return
         self.state.routes.worker_draining(self.endpoint.id, worker.id)
         self.state.prober.unwatch(worker.id)
@@ -292,7 +258,7 @@ class WorkerTask:
                 reason = "stopping: a stand-alone gateway still routed to it at the drain timeout"
             else:
                 reason = "stopping: drained"
-            if not await self.apply(status=WorkerStatus.STOPPING, reason=reason):
+            if not await self.writer.apply(Update({"status": WorkerStatus.STOPPING, "reason": reason})):
                 return
         await self.retire("WorkerRemoved", "drained and removed")
 
@@ -317,10 +283,11 @@ class WorkerTask:
         wait = loop.retry_at - time.monotonic()
         if loop.failures and wait > 0:
             # The stated wait is the backoff, not what is left of it, so passes meanwhile rewrite nothing.
-            await self.apply(
-                reason=f"waiting {loop.delay:g} s before starting: {loop.failures} worker(s) in a row failed before "
+            reason = (
+                f"waiting {loop.delay:g} s before starting: {loop.failures} worker(s) in a row failed before "
                 f"becoming ready; the last: {loop.reason}"
             )
+            await self.writer.apply(Update({"reason": reason}))
             if loop.wake_scheduled_for != loop.retry_at:
                 loop.wake_scheduled_for = loop.retry_at
                 asyncio.get_running_loop().call_later(wait, self.state.wake)
@@ -333,7 +300,6 @@ class WorkerTask:
         placed = await self._place(product, spec)
         if placed is None:
             return
-        node_id, gpus = placed
         registry_auth = None
         if spec.registry_auth_id:
             async with self.state.db.read() as session:
@@ -354,18 +320,14 @@ class WorkerTask:
             worker,
             product=product,
             box=self.state.box,
-            gpus=gpus,
-            node_id=node_id,
+            gpus=placed.gpus,
+            node_id=placed.node_id,
             registry_auth=registry_auth,
             webhook=webhook,
         )
-        run_spec = await private_images.with_pull_policy(self.state.db, endpoint.idc_id, run_spec)
         try:
-            obj = await self.runtime.create(run_spec)
-            obj = await self.runtime.start(obj.id)
+            obj = await launch(self.state.db, self.runtime, endpoint.idc_id, run_spec)
         except RuntimeFailure as exc:
-            with contextlib.suppress(RuntimeFailure, RuntimeUnavailable):
-                await self.runtime.remove(run_spec.name)
             await self.fail(exc.reason, remove=True)
             return
         check = health_check(spec)
@@ -374,15 +336,17 @@ class WorkerTask:
             if self.is_async
             else f"GET {check.path} on port {check.port} to answer 200"
         )
-        written = await self.apply(
-            ("WorkerCreated", f"container {obj.name} started on node {node_id or 'the local node'}"),
-            status=WorkerStatus.STARTING,
-            reason=f"started; waiting for {waiting}",
-            runtime_id=obj.id,
-            node_id=node_id,
-            published_ports=worker_ports(obj, spec, served=not self.is_async),
+        starting = Update(
+            {
+                "status": WorkerStatus.STARTING,
+                "reason": f"started; waiting for {waiting}",
+                "runtime_id": obj.id,
+                "node_id": placed.node_id,
+                "published_ports": worker_ports(obj, spec, served=not self.is_async),
+            },
+            ("WorkerCreated", f"container {obj.name} started on node {placed.node_id or 'the local node'}"),
         )
-        if written:
+        if await self.writer.apply(starting):
             started = (utcnow() - worker.created_at).total_seconds()
             self.state.container_start.labels(endpoint.id).observe(started)
             publish_worker(self.state.routes, self.state.prober, worker)
@@ -394,40 +358,30 @@ class WorkerTask:
             await self.runtime.remove(self.object.id)
             self.object = None
         key = new_worker_key()
-        if not await self.apply(key_hash=hash_api_key(key)):
+        if not await self.writer.apply(Update({"key_hash": hash_api_key(key)})):
             return None
         settings = self.state.settings
         return WebhookAccess(webhook_base_url(settings), key, ping_interval_ms(settings))
 
-    async def _place(self, product: ProductModel, spec: WorkloadSpec) -> tuple[str, list[GpuInfo]] | None:
-        """The worker's node, GPUs, CPU and memory, recorded on the row before anything is created. The pool is
-        shared with containers (another loop): the choice is made under the server's GPU lock from the holdings
-        every row records now. None when the worker cannot be placed this pass (it stays pending, saying why)."""
-        worker, endpoint = self.worker, self.endpoint
+    async def _place(self, product: ProductModel, spec: WorkloadSpec) -> Placed | None:
+        """The worker's node, GPUs, CPU and memory (`core.place`). The pool is shared with containers (another
+        loop): the choice is made under the server's GPU lock from the holdings every row records now. None when
+        the worker cannot be placed this pass (it stays pending, saying why)."""
         allocator = GpuAllocator(self.state.inventory)
         allocator.hold_all(self.state.orphan_gpus)
-        known = [gpu for uuid in worker.gpu_uuids or [] if (gpu := allocator.gpu(uuid)) is not None]
-        if worker.node_id and len(known) == spec.gpu_count == len(worker.gpu_uuids):
-            return worker.node_id, known
-        outcome = await allocate_and_record(
-            self.state.gpu_lock,
-            self.state.db,
-            allocator,
-            worker.id,
-            endpoint.idc_id,
+        demand = Demand(
+            self.endpoint.idc_id,
             product.gpu_model,
             spec.gpu_count,
             spec.min_cuda_version,
-            lambda chosen: self.apply(
-                ("WorkerScheduled", describe(chosen)), gpu_uuids=chosen.uuids, node_id=chosen.node_id
-            ),
-            cpu=product.cpu,
-            memory_mb=product.memory_mb,
+            product.cpu,
+            product.memory_mb,
         )
-        if isinstance(outcome, Unschedulable):
-            await self.apply(reason=f"waiting to be placed: {outcome.reason}")
+        placed = await place(self.writer, demand, allocator, self.state.gpu_lock, "WorkerScheduled")
+        if isinstance(placed, Unschedulable):
+            await self.writer.apply(Update({"reason": f"waiting to be placed: {placed.reason}"}))
             return None
-        return None if outcome is None else (outcome.node_id, list(outcome.gpus))
+        return placed
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Builds the runtime's `RunSpec` for one container row, with its secrets in plaintext.
+"""Builds the runtime's `RunSpec` for one container row, with its secrets in plaintext, and reads back where it
+listens (`published`).
 
 Build it just before `create` and drop it after: it is the only place env values and registry passwords
 exist decrypted. What goes in:
@@ -18,6 +19,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,6 +40,7 @@ from dockyard.runtimes.base import (
     PortBinding,
     RegistryAuth,
     RunSpec,
+    RuntimeObject,
 )
 from dockyard.secrets import SecretBox
 from dockyard.services.workloads import runtime_envs
@@ -60,6 +63,11 @@ ORG_NETWORK_PREFIX = "dockyard-org-"
 def org_network(org_id: str) -> str:
     """The network of every container and worker of one organization, isolated from every other's."""
     return f"{ORG_NETWORK_PREFIX}{org_id}"
+
+
+def published(obj: RuntimeObject) -> list[dict[str, Any]]:
+    """The host ports the runtime chose, as stored in `published_ports` (GMI's port shape)."""
+    return [{"containerPort": p.container_port, "port": p.host_port, "protocol": p.protocol.upper()} for p in obj.ports]
 
 
 def container_labels(row: ContainerModel, gpu_uuids: Sequence[str], node_id: str) -> dict[str, str]:
