@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from dockyard.config import Settings
+from dockyard.core.loops import LoopName
 from dockyard.db.models import IdcModel
 from dockyard.db.session import Database
 from dockyard.gateway.job_signals import JobSignals
@@ -25,7 +26,7 @@ class ServerContext:
     installation_id: str = ""
     runtimes: dict[str, Runtime] = field(default_factory=dict)  # by IDC id
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    waker: Callable[[str], None] = lambda _loop: None
+    waker: Callable[[LoopName], None] = lambda _loop: None
     runtime_factory: Callable[[IdcModel, ServerContext], Runtime] | None = None
     # The in-process gateway's routing table: the endpoint reconciler and prober push into it, the proxy and
     # the autoscaler read it (gateway/routes.py).
@@ -36,7 +37,7 @@ class ServerContext:
     # Wake-ups for async jobs (a job queued, finished or streamed), so job-take and runsync need not poll.
     job_signals: JobSignals = field(default_factory=JobSignals)
 
-    def wake(self, loop: str) -> None:
+    def wake(self, loop: LoopName) -> None:
         """Ask reconcile loop `loop` to run now rather than at its next tick (after an API write)."""
         self.waker(loop)
 

@@ -46,6 +46,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
+from dockyard.core.loops import LoopName
 from dockyard.core.status import DesiredState, PolicyType
 from dockyard.db.base import guarded_update
 from dockyard.db.models import EndpointModel, ProductModel
@@ -56,8 +57,6 @@ from dockyard.services import events, quotas
 
 log = logging.getLogger(__name__)
 
-LOOP = "autoscaler"
-ENDPOINTS_LOOP = "endpoints"
 # From a few ms (woken by the request) to a whole `autoscale_interval` and more when the loop is late.
 DECISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -178,7 +177,7 @@ def decide(current: int, figures: EndpointFigures, bounds: Bounds, window: Windo
 class Autoscaler:
     """The `autoscaler` loop; see the module docstring."""
 
-    name = LOOP
+    name = LoopName.AUTOSCALER
 
     def __init__(self, context: ServerContext) -> None:
         self.context = context
@@ -191,7 +190,7 @@ class Autoscaler:
     def on_demand(self, endpoint_id: str) -> None:
         """A request reached an endpoint with no ready worker: decide now instead of at the next tick."""
         self._demand_since.setdefault(endpoint_id, time.monotonic())
-        self.context.wake(LOOP)
+        self.context.wake(LoopName.AUTOSCALER)
 
     async def reconcile_once(self) -> None:
         # Taken before the figures are read: a request after this point is seen by the next pass (its wake-up
@@ -218,7 +217,7 @@ class Autoscaler:
         for endpoint_id in set(self._windows) - {row.id for row in rows}:
             del self._windows[endpoint_id]
         if changed:
-            self.context.wake(ENDPOINTS_LOOP)
+            self.context.wake(LoopName.ENDPOINTS)
 
     async def _apply(self, row: EndpointModel, decision: Decision, window: Window) -> bool:
         before = row.desired_replicas

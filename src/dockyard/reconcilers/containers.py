@@ -92,6 +92,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 
 from dockyard.context import ServerContext
+from dockyard.core.loops import LoopName
 from dockyard.core.status import ContainerStatus, DesiredState
 from dockyard.db.base import utcnow
 from dockyard.db.models import ContainerModel, OrganizationModel, ProductModel
@@ -121,7 +122,6 @@ from dockyard.runtimes.base import (
     RuntimeUnavailable,
 )
 from dockyard.services import events, idcs
-from dockyard.services.containers import LOOP
 from dockyard.services.runspec import KIND_CONTAINER, load_ssh_keys, org_network
 from dockyard.services.worker_runspec import KIND_WORKER, LABEL_ENDPOINT
 
@@ -163,7 +163,7 @@ class _Loaded:
 class ContainerReconciler:
     """The `containers` loop; see the module docstring for the algorithm."""
 
-    name = LOOP
+    name = LoopName.CONTAINERS
 
     def __init__(self, context: ServerContext) -> None:
         self.context = context

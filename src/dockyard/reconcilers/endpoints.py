@@ -82,6 +82,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
+from dockyard.core.loops import LoopName
 from dockyard.core.status import DesiredState, EndpointStatus, WorkerStatus
 from dockyard.core.stored_specs import stored_spec_problem
 from dockyard.core.workload import WorkloadSpec
@@ -105,8 +106,7 @@ from dockyard.reconcilers.endpoints_workers import (
 from dockyard.reconcilers.nodes import NodeCapacity
 from dockyard.runtimes.base import LABEL_KIND, RuntimeObject, RuntimeUnavailable
 from dockyard.services import events
-from dockyard.services.containers import LOOP as CONTAINERS_LOOP
-from dockyard.services.endpoints import LOOP, route_config
+from dockyard.services.endpoints import route_config
 from dockyard.services.worker_runspec import KIND_WORKER
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
 class EndpointReconciler:
     """The `endpoints` loop; see the module docstring for the algorithm."""
 
-    name = LOOP
+    name = LoopName.ENDPOINTS
 
     def __init__(self, context: ServerContext) -> None:
         self.context = context
@@ -200,8 +200,8 @@ class EndpointReconciler:
             crash_loops=self.crash_loops,
             missing_since=self._missing_since,
             limit=asyncio.Semaphore(CONCURRENCY),
-            wake=lambda: self.context.wake(LOOP),
-            capacity_freed=lambda: self.context.wake(CONTAINERS_LOOP),
+            wake=lambda: self.context.wake(LoopName.ENDPOINTS),
+            capacity_freed=lambda: self.context.wake(LoopName.CONTAINERS),
             container_start=self._metrics.container_start,
         )
         row_ids = {worker.id for worker in workers}
@@ -473,7 +473,7 @@ class EndpointReconciler:
         if written:
             self._metrics.cold_start.labels(endpoint_id).observe(cold)
             self.crash_loops.pop(endpoint_id, None)
-            self.context.wake(LOOP)
+            self.context.wake(LoopName.ENDPOINTS)
 
     def _undo_ready(self, endpoint_id: str, worker: WorkerModel | None) -> None:
         """The prober pushed a worker ready that the reconciler has since drained, failed or removed."""
@@ -503,4 +503,4 @@ class EndpointReconciler:
                     message=f"worker {worker_id}: {reason}",
                 )
         if written:
-            self.context.wake(LOOP)
+            self.context.wake(LoopName.ENDPOINTS)

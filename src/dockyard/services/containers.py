@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
+from dockyard.core.loops import LoopName
 from dockyard.core.status import ContainerStatus, DesiredState, IPStatus, ProductCategory
 from dockyard.core.workload import EnvVar, PortSpec, VolumeSpec, WorkloadSpec
 from dockyard.db.base import new_id, retry_stale
@@ -40,7 +41,6 @@ from dockyard.services.products import matching_gpus
 from dockyard.services.tenancy import owned_row
 from dockyard.services.workloads import encrypt_envs, gmi_envs_in, gmi_envs_out, gmi_ports_in, split_command
 
-LOOP = "containers"
 CREATE_OPERATION = "POST /api/v1/containers"
 CREATING_REASON = "accepted; waiting to be placed and started"
 RECREATING_REASON = "recreating with the new configuration; local data is lost, storages are kept"
@@ -269,7 +269,7 @@ async def create(
         lambda: _add_rows(context, session, principal, request),
     )
     await session.commit()
-    context.wake(LOOP)
+    context.wake(LoopName.CONTAINERS)
     return answer
 
 
@@ -406,7 +406,7 @@ async def update(
     row.status = ContainerStatus.CREATING
     row.reason = RECREATING_REASON
     await session.commit()
-    context.wake(LOOP)
+    context.wake(LoopName.CONTAINERS)
     return row.id
 
 
@@ -423,7 +423,7 @@ async def delete(context: ServerContext, session: AsyncSession, principal: Princ
             await session.commit()
 
     await retry_stale(session, change)
-    context.wake(LOOP)
+    context.wake(LoopName.CONTAINERS)
 
 
 async def _act(
@@ -449,7 +449,7 @@ async def _act(
         return row
 
     row = await retry_stale(session, change)
-    context.wake(LOOP)
+    context.wake(LoopName.CONTAINERS)
     target = ContainerStatus.STOPPED if desired == DesiredState.STOPPED else ContainerStatus.RUNNING
     if row.status == target and not restart:
         return ContainerAction(id=row.id, status=target, reason=row.reason)

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.config import Settings
 from dockyard.context import ServerContext
+from dockyard.core.loops import LoopName
 from dockyard.core.status import (
     DesiredState,
     EndpointStatus,
@@ -57,7 +58,6 @@ from dockyard.services.keys import Principal
 from dockyard.services.tenancy import owned_row
 from dockyard.services.workloads import decrypt_envs, encrypt_envs, masked_envs, split_command
 
-LOOP = "endpoints"
 CREATE_OPERATION = "POST /gpus/v2/endpoints"
 LISTING = "GET /gpus/v2/endpoints"
 DEPLOYING_REASON = "accepted; waiting for its workers to be placed and started"
@@ -224,7 +224,7 @@ async def create(
     await session.commit()
     if (row := await session.get(EndpointModel, answer.body["id"])) is not None:
         context.routes.upsert(route_config(row, context.settings))
-    context.wake(LOOP)
+    context.wake(LoopName.ENDPOINTS)
     return answer
 
 
@@ -441,7 +441,7 @@ async def update(
     row.desired_replicas = min(max(row.desired_replicas, worker_config["min_replicas"]), worker_config["max_replicas"])
     await session.commit()
     context.routes.upsert(route_config(row, context.settings))
-    context.wake(LOOP)
+    context.wake(LoopName.ENDPOINTS)
 
 
 async def _admit_update(
@@ -471,4 +471,4 @@ async def delete(context: ServerContext, session: AsyncSession, principal: Princ
             await session.commit()
 
     await retry_stale(session, change)
-    context.wake(LOOP)
+    context.wake(LoopName.ENDPOINTS)

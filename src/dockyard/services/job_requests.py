@@ -35,15 +35,15 @@ from sqlalchemy.orm import defer
 
 from dockyard import outbound
 from dockyard.context import ServerContext
+from dockyard.core.loops import LoopName
 from dockyard.core.status import DesiredState, EndpointType, JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, new_id, retry_stale, utcnow
 from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerModel
 from dockyard.db.session import Database
 from dockyard.errors import ApiError, Conflict, InvalidField, NotFound, PayloadTooLarge
-from dockyard.gateway.autoscaler import LOOP as AUTOSCALER
 from dockyard.schemas.jobs import JobPolicy, RunRequest
 from dockyard.services import endpoints, idempotency, job_inserts, quotas
-from dockyard.services.jobs import VIEW_COLUMNS, WEBHOOK_LOOP, finish_values, job_view, retry_values
+from dockyard.services.jobs import VIEW_COLUMNS, finish_values, job_view, retry_values
 from dockyard.services.keys import Principal
 
 _WAIT_SLICE = 5.0  # seconds between database reads while waiting, for changes made by another process
@@ -170,7 +170,7 @@ async def submit(
             return answer
     context.job_signals.notify_queued(endpoint_id)
     if at_zero and not policy.low_priority:  # a low-priority job waits for a worker the endpoint has anyway
-        context.wake(AUTOSCALER)
+        context.wake(LoopName.AUTOSCALER)
     return answer
 
 
@@ -346,7 +346,7 @@ async def cancel(
     if holder:
         context.job_signals.notify_worker(holder)  # its held job-stop poll answers now
     if changed:
-        context.wake(WEBHOOK_LOOP)
+        context.wake(LoopName.JOB_WEBHOOKS)
     return view
 
 
@@ -399,7 +399,7 @@ async def purge_queue(
     for job in removed:
         context.job_signals.notify_changed(job.id)
     if any(job.webhook for job in removed):
-        context.wake(WEBHOOK_LOOP)
+        context.wake(LoopName.JOB_WEBHOOKS)
     return {"removed": len(removed), "status": "completed"}
 
 

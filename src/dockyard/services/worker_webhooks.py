@@ -59,6 +59,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from dockyard.config import Settings, new_token
 from dockyard.context import ServerContext
+from dockyard.core.loops import LoopName
 from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import JobModel, JobStreamModel, WorkerModel
@@ -66,7 +67,6 @@ from dockyard.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavai
 from dockyard.json_depth import too_deep, too_deep_message
 from dockyard.secrets import hash_api_key
 from dockyard.services import events, jobs
-from dockyard.services.endpoints import LOOP
 from dockyard.services.keys import presented_key
 from dockyard.services.worker_runspec import ping_interval_ms
 
@@ -123,7 +123,7 @@ async def _seen(context: ServerContext, worker: WorkerModel) -> None:
             .execution_options(synchronize_session=False)
         )
     if worker.last_seen_at is None:
-        context.wake(LOOP)  # its first call: the reconciler records it ready
+        context.wake(LoopName.ENDPOINTS)  # its first call: the reconciler records it ready
     worker.last_seen_at = now
 
 
@@ -274,9 +274,9 @@ async def done(context: ServerContext, worker: WorkerModel, job_id: str, payload
             raise Conflict(f"result not recorded: {refused}")
         context.job_signals.notify_changed(job_id)
         if webhook:
-            context.wake(jobs.WEBHOOK_LOOP)
+            context.wake(LoopName.JOB_WEBHOOKS)
         if payload.get("stopPod") is True:
-            context.wake(LOOP)
+            context.wake(LoopName.ENDPOINTS)
         return
     raise Unavailable(f"job {job_id} kept changing while its result was recorded; post it again")
 
@@ -399,7 +399,7 @@ async def ping(
         else:
             signals.notify_changed(job_id)
             if webhook:
-                context.wake(jobs.WEBHOOK_LOOP)
+                context.wake(LoopName.JOB_WEBHOOKS)
     return renewed
 
 
