@@ -51,6 +51,7 @@ from dockyard.services.runspec import (
     build_run_spec,
     object_name,
     public_keys_for,
+    published,
     remove_authorized_keys,
     write_authorized_keys,
 )
@@ -195,11 +196,6 @@ def needs_task(row: RestingRow, objects: list[RuntimeObject], reachable: bool) -
     return (
         obj.state == ObjectState.RUNNING or obj.id != row.runtime_id or row.has_ports or row.missing_since is not None
     )
-
-
-def published(obj: RuntimeObject) -> list[dict[str, Any]]:
-    """The host ports the runtime chose, as stored in `published_ports` (GMI's port shape)."""
-    return [{"containerPort": p.container_port, "port": p.host_port, "protocol": p.protocol.upper()} for p in obj.ports]
 
 
 def placement_shape(row: ContainerModel, product: ProductModel, spec: WorkloadSpec) -> tuple[object, ...]:

@@ -18,6 +18,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,6 +39,7 @@ from dockyard.runtimes.base import (
     PortBinding,
     RegistryAuth,
     RunSpec,
+    RuntimeObject,
 )
 from dockyard.secrets import SecretBox
 from dockyard.services.workloads import runtime_envs
@@ -48,6 +50,11 @@ KIND_CONTAINER = "container"
 def object_name(container_id: str, generation: int) -> str:
     """The runtime object's name: deterministic per container and generation, so `create` is idempotent."""
     return f"dy-{container_id[:12]}-g{generation}"
+
+
+def published(obj: RuntimeObject) -> list[dict[str, Any]]:
+    """The host ports the runtime chose, as stored in `published_ports` (GMI's port shape)."""
+    return [{"containerPort": p.container_port, "port": p.host_port, "protocol": p.protocol.upper()} for p in obj.ports]
 
 
 def storage_volume(storage_id: str) -> str:

@@ -43,7 +43,6 @@ from dockyard.core.status import EndpointType
 from dockyard.core.workload import HealthCheck, WorkloadSpec
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
 from dockyard.gpus.inventory import GpuInfo
-from dockyard.reconcilers.containers_rows import published
 from dockyard.runtimes.base import (
     LABEL_GENERATION,
     LABEL_GPUS,
@@ -59,7 +58,7 @@ from dockyard.runtimes.base import (
     RuntimeObject,
 )
 from dockyard.secrets import SecretBox
-from dockyard.services.runspec import org_network, storage_volume
+from dockyard.services.runspec import org_network, published, storage_volume
 from dockyard.services.workloads import runtime_envs
 
 KIND_WORKER = "worker"
