@@ -43,6 +43,7 @@ from dockyard.gateway import metrics as gateway_metrics
 from dockyard.gateway.autoscaler import Autoscaler
 from dockyard.gateway.front import Front
 from dockyard.gateway.proxy import GatewayApp
+from dockyard.gateway.routes import RouteTable
 from dockyard.logs import add_secrets, configure_logging
 from dockyard.middleware import BodyLimitMiddleware, JsonDepthMiddleware, MetricsMiddleware
 from dockyard.reconcilers.containers import ContainerReconciler
@@ -73,18 +74,15 @@ Authenticate with `Authorization: Bearer <api key>`. Every error has the body
 """
 
 
-def build_loops(context: ServerContext) -> list[Loop]:
-    """The reconcile loops this server runs while it holds the lease. The autoscaler is told at once when a
-    request reaches an endpoint with no ready worker (the gateway's on-demand hook)."""
-    autoscaler = Autoscaler(context)
-    context.routes.on_demand = autoscaler.on_demand
-    endpoints = EndpointReconciler(context)
-    context.routes.on_worker_error = endpoints.prober.recheck  # a worker the proxy could not reach: probe it now
+def build_loops(context: ServerContext, routes: RouteTable) -> list[Loop]:
+    """The reconcile loops this server runs while it holds the lease; `routes` is its gateway's table. The
+    autoscaler and the endpoint reconciler's prober listen on the planes' channel until they are closed: for a
+    request that found no ready worker, and for a worker the proxy could not reach."""
     return [
         ContainerReconciler(context),
         NetworkStorageReconciler(context),
-        endpoints,
-        autoscaler,
+        EndpointReconciler(context, routes),
+        Autoscaler(context, routes),
         JobReaper(context),
         WebhookDeliveries(context),
     ]
@@ -122,10 +120,14 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     settings = settings or load_settings()
     add_secrets(settings.resolved_secret_key, *settings.log_secrets())
     db = Database(settings.resolved_database_url)
-    context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key))
-    context.runtime_factory = runtime_factory or (
-        lambda idc, ctx: build_runtime(idc, ctx.settings, ctx.installation_id)
+    context = ServerContext(
+        settings=settings,
+        db=db,
+        box=SecretBox(settings.resolved_secret_key),
+        runtime_factory=runtime_factory or (lambda idc, ctx: build_runtime(idc, ctx.settings, ctx.installation_id)),
     )
+    routes = RouteTable(on_demand=context.planes.demand)
+    context.planes.subscribe(endpoint_changed=routes.upsert)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -140,7 +142,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         async with db.read() as session:
             for idc in await session.scalars(select(IdcModel)):
                 context.attach_runtime(idc)
-        supervisor = Supervisor(db, build_loops(context), context.registry)
+        supervisor = Supervisor(db, build_loops(context, routes), context.registry)
         app.state.supervisor = supervisor
         context.waker = supervisor.wake
         if settings.run_reconcilers:
@@ -163,7 +165,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         redoc_url="/redoc",
     )
     app.state.context = context
-    gateway_metrics.register(context.registry, context.routes)
+    gateway_metrics.register(context.registry, routes)
     install_error_handlers(app)
     app.add_exception_handler(StaleDataError, _on_stale)  # type: ignore[arg-type]
     app.add_exception_handler(IntegrityError, _on_integrity)  # type: ignore[arg-type]
@@ -193,12 +195,9 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, registry=context.registry)
     gateway = GatewayApp(
-        context.routes,
-        partial(keys.org_of, context),
-        context.registry,
-        on_worker_error=context.routes.worker_error,
+        routes, partial(keys.org_of, context), context.registry, on_worker_error=context.planes.worker_unreachable
     )
-    app.front = Front(LeanJobs(app.serve_api, context), gateway, context.routes)
+    app.front = Front(LeanJobs(app.serve_api, context), gateway, routes)
     return app
 
 

@@ -10,10 +10,10 @@ from prometheus_client import CollectorRegistry
 
 from dockyard.config import Settings
 from dockyard.core.loops import LoopName
+from dockyard.core.planes import PlaneChannel
 from dockyard.db.models import IdcModel
 from dockyard.db.session import Database
 from dockyard.gateway.job_signals import JobSignals
-from dockyard.gateway.routes import RouteTable
 from dockyard.runtimes.base import Runtime
 from dockyard.secrets import SecretBox
 
@@ -28,9 +28,9 @@ class ServerContext:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     waker: Callable[[LoopName], None] = lambda _loop: None
     runtime_factory: Callable[[IdcModel, ServerContext], Runtime] | None = None
-    # The in-process gateway's routing table: the endpoint reconciler and prober push into it, the proxy and
-    # the autoscaler read it (gateway/routes.py).
-    routes: RouteTable = field(default_factory=RouteTable)
+    # What crosses between the control plane and the data plane (core/planes.py): the services announce an
+    # endpoint's change on it, and the composition root subscribes the gateway it runs.
+    planes: PlaneChannel = field(default_factory=PlaneChannel)
     # Held while a node, its GPUs and its share of CPU and memory are chosen and recorded on a row: containers and
     # endpoint workers draw from one pool.
     gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

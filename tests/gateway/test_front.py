@@ -12,10 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from starlette.types import Message, Receive, Scope, Send
 
+from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import EndpointType
 from dockyard.gateway.front import Front
 from dockyard.gateway.proxy import GatewayApp
-from dockyard.gateway.routes import EndpointConfig, RouteTable
+from dockyard.gateway.routes import RouteTable
 from tests.conftest import Harness
 from tests.gateway.upstream import Worker, serve
 

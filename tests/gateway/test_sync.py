@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dockyard.config import Settings
+from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import EndpointType
 from dockyard.db.models import WorkerModel
 from dockyard.gateway.prober import HealthProber
-from dockyard.gateway.routes import EndpointConfig, RouteTable
+from dockyard.gateway.routes import RouteTable
 from dockyard.gateway.sync import forget_others
 
 

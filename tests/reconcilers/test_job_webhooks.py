@@ -158,7 +158,7 @@ async def until(what: str, check: Callable[[], Awaitable[bool]], deadline: float
 
 
 async def test_the_server_runs_the_pool_beside_the_reaper(harness: Harness) -> None:
-    loops = {loop.name: loop for loop in build_loops(harness.context)}
+    loops = {loop.name: loop for loop in build_loops(harness.context, harness.routes)}
     deliveries = loops[LoopName.JOB_WEBHOOKS]
     assert isinstance(deliveries, WebhookDeliveries)
     assert isinstance(loops[LoopName.JOBS], JobReaper)

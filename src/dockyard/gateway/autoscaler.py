@@ -29,8 +29,10 @@ reaches an endpoint with no ready worker):
    admission. One held back says so: in its `ScaledUp` event, or, when it cannot add a worker at all, in a
    `ScaleUpHeld` event written once per change of its reason.
 
-A scale-up from zero that answers `on_demand` is timed into `dockyard_autoscaler_scale_from_zero_seconds`:
-from the first request that found the endpoint without a ready worker to the count being written.
+A request that finds an endpoint without a ready worker is announced on the planes' channel (core/planes.py),
+which the autoscaler listens to from its construction to its `close()` (`on_demand`). A scale-up from zero that
+answers one is timed into `dockyard_autoscaler_scale_from_zero_seconds`: from the first such request to the count
+being written.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from dockyard.core.status import DesiredState, PolicyType
 from dockyard.db.base import guarded_update
 from dockyard.db.models import EndpointModel, ProductModel
 from dockyard.gateway.load import load_figures
-from dockyard.gateway.routes import EndpointFigures
+from dockyard.gateway.routes import EndpointFigures, RouteTable
 from dockyard.metrics_registry import per_registry
 from dockyard.services import events, quotas
 
@@ -179,13 +181,19 @@ class Autoscaler:
 
     name = LoopName.AUTOSCALER
 
-    def __init__(self, context: ServerContext) -> None:
+    def __init__(self, context: ServerContext, routes: RouteTable) -> None:
         self.context = context
+        self.routes = routes
         self.interval = context.settings.autoscale_interval
         self._windows: dict[str, Window] = {}
         # Endpoint id -> monotonic time of the first `on_demand` since the last pass began.
         self._demand_since: dict[str, float] = {}
         self._scale_from_zero = _scale_from_zero_for(context.registry)
+        self._listening = context.planes.subscribe(demand=self.on_demand)
+
+    async def close(self) -> None:
+        """Stop listening for demand (the supervisor calls it when the loop stops)."""
+        self._listening()
 
     def on_demand(self, endpoint_id: str) -> None:
         """A request reached an endpoint with no ready worker: decide now instead of at the next tick."""
@@ -200,7 +208,7 @@ class Autoscaler:
         async with self.context.db.read() as session:
             running = select(EndpointModel).where(EndpointModel.desired == DesiredState.RUNNING)
             rows = list(await session.scalars(running))
-            figures = await load_figures(session, self.context.routes, interval)
+            figures = await load_figures(session, self.routes, interval)
         now = time.monotonic()
         changed = False
         for row in rows:

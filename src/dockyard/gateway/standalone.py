@@ -41,6 +41,7 @@ from dockyard.gateway.front import Front
 from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.proxy import GatewayApp
 from dockyard.gateway.reports import Reporter
+from dockyard.gateway.routes import RouteTable
 from dockyard.gateway.sync import RouteSync
 from dockyard.logs import configure_logging
 from dockyard.secrets import SecretBox
@@ -57,14 +58,16 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or load_settings()
     db = Database(settings.resolved_database_url)
     context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key))
-    routes = context.routes
+    planes = context.planes
+    routes = RouteTable(on_demand=planes.demand)
     gateway_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
     reporter = Reporter(db, routes, gateway_id, settings.gateway_report_interval)
-    routes.on_demand = reporter.demand
     prober = HealthProber(routes, settings, on_ready=_recorded_elsewhere, on_unhealthy=_recorded_elsewhere)
+    planes.subscribe(demand=reporter.demand, worker_unreachable=prober.recheck)
     sync = RouteSync(db, settings, routes, prober)
-    routes.on_worker_error = prober.recheck
-    gateway = GatewayApp(routes, partial(keys.org_of, context), context.registry, on_worker_error=routes.worker_error)
+    gateway = GatewayApp(
+        routes, partial(keys.org_of, context), context.registry, on_worker_error=planes.worker_unreachable
+    )
     gateway_metrics.register(context.registry, routes)
 
     async def healthz(request: Request) -> JSONResponse:

@@ -90,6 +90,7 @@ from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
 from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.reports import held_elsewhere, remote_figures
+from dockyard.gateway.routes import RouteTable
 from dockyard.gateway.sync import forget_others, publish_worker
 from dockyard.gpus.allocation import load_inventory
 from dockyard.metrics_registry import per_registry
@@ -151,12 +152,16 @@ class EndpointReconciler:
 
     name = LoopName.ENDPOINTS
 
-    def __init__(self, context: ServerContext) -> None:
+    def __init__(self, context: ServerContext, routes: RouteTable) -> None:
+        """`routes` is the gateway's table this loop keeps in step with the rows."""
         self.context = context
+        self.routes = routes
         self.interval = context.settings.reconcile_interval
         self.prober = HealthProber(
-            context.routes, context.settings, on_ready=self.on_worker_ready, on_unhealthy=self.on_worker_unhealthy
+            routes, context.settings, on_ready=self.on_worker_ready, on_unhealthy=self.on_worker_unhealthy
         )
+        # A worker the proxy could not reach is probed again at once.
+        self._listening = context.planes.subscribe(worker_unreachable=self.prober.recheck)
         self.crash_loops: dict[str, CrashLoop] = {}
         self._missing_since: dict[str, datetime] = {}
         self._orphans_seen: dict[str, float] = {}
@@ -166,10 +171,11 @@ class EndpointReconciler:
 
     async def close(self) -> None:
         """Stop the prober's probes; the routing table keeps what it holds."""
+        self._listening()
         await self.prober.close()
 
     async def reconcile_once(self) -> None:
-        stamp = self.context.routes.stamp()
+        stamp = self.routes.stamp()
         await self._capacity.refresh()
         settings = self.context.settings
         async with self.context.db.read() as session:
@@ -183,13 +189,13 @@ class EndpointReconciler:
         by_endpoint: dict[str, list[WorkerModel]] = defaultdict(list)
         for worker in workers:
             by_endpoint[worker.endpoint_id].append(worker)
-        self.context.routes.configure((route_config(row, settings) for row in endpoints), since=stamp)
+        self.routes.configure((route_config(row, settings) for row in endpoints), since=stamp)
         state = PassState(
             db=self.context.db,
             settings=settings,
             box=self.context.box,
             now=utcnow(),
-            routes=self.context.routes,
+            routes=self.routes,
             remote=remote,
             prober=self.prober,
             products=products,
@@ -246,8 +252,8 @@ class EndpointReconciler:
     def _push(self, workers: list[WorkerModel]) -> None:
         """Make the routing table and the prober agree with the worker rows (step 2; gateway/sync.py's rule)."""
         for worker in workers:
-            publish_worker(self.context.routes, self.prober, worker)
-        forget_others(self.context.routes, self.prober, workers)
+            publish_worker(self.routes, self.prober, worker)
+        forget_others(self.routes, self.prober, workers)
 
     async def _endpoint(
         self, state: PassState, endpoint: EndpointModel, workers: list[WorkerModel]
@@ -412,7 +418,7 @@ class EndpointReconciler:
     def _drop_routes(self, gone: set[str]) -> None:
         """Take endpoints deleted this pass out of the routing table, keeping every other entry as it is."""
         for endpoint_id in gone:
-            self.context.routes.remove(endpoint_id)
+            self.routes.remove(endpoint_id)
 
     async def _orphans(self, orphans: dict[str, RuntimeObject], idc_of: dict[str, str]) -> None:
         """Remove worker objects that have no row once they have been seen for the zombie grace."""
@@ -480,9 +486,9 @@ class EndpointReconciler:
         if worker is not None and worker.status == WorkerStatus.READY:
             return
         if worker is not None and worker.status == WorkerStatus.DRAINING:
-            self.context.routes.worker_draining(endpoint_id, worker.id)
+            self.routes.worker_draining(endpoint_id, worker.id)
         elif worker is not None:
-            self.context.routes.worker_gone(endpoint_id, worker.id)
+            self.routes.worker_gone(endpoint_id, worker.id)
 
     async def on_worker_unhealthy(self, endpoint_id: str, worker_id: str, reason: str) -> None:
         """The prober took a ready worker out after failed health checks: record `failed`; it is replaced."""

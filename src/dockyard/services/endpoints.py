@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dockyard.config import Settings
 from dockyard.context import ServerContext
 from dockyard.core.loops import LoopName
+from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import (
     DesiredState,
     EndpointStatus,
@@ -34,7 +35,6 @@ from dockyard.core.workload import HealthCheck, PortSpec, VolumeSpec, WorkloadSp
 from dockyard.db.base import retry_stale
 from dockyard.db.models import EndpointModel, IdcModel, ProductModel, WorkerModel
 from dockyard.errors import Conflict, InvalidField, NotFound
-from dockyard.gateway.routes import EndpointConfig
 from dockyard.json_depth import too_deep
 from dockyard.schemas.endpoints import (
     CreateEndpointRequest,
@@ -67,7 +67,7 @@ DEFAULT_POLICY = Policy(type=PolicyType.CONCURRENCY, value=1)
 
 
 def route_config(row: EndpointModel, settings: Settings) -> EndpointConfig:
-    """What the gateway needs to serve the endpoint (gateway/routes.py)."""
+    """What the gateway needs to serve the endpoint, as the planes' channel carries it (core/planes.py)."""
     config = row.worker_config
     return EndpointConfig(
         endpoint_id=row.id,
@@ -223,7 +223,7 @@ async def create(
     )
     await session.commit()
     if (row := await session.get(EndpointModel, answer.body["id"])) is not None:
-        context.routes.upsert(route_config(row, context.settings))
+        context.planes.endpoint_changed(route_config(row, context.settings))
     context.wake(LoopName.ENDPOINTS)
     return answer
 
@@ -440,7 +440,7 @@ async def update(
         row.policy = request.policy.model_dump(mode="json")
     row.desired_replicas = min(max(row.desired_replicas, worker_config["min_replicas"]), worker_config["max_replicas"])
     await session.commit()
-    context.routes.upsert(route_config(row, context.settings))
+    context.planes.endpoint_changed(route_config(row, context.settings))
     context.wake(LoopName.ENDPOINTS)
 
 
