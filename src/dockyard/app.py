@@ -35,12 +35,12 @@ from dockyard.api import (
 from dockyard.api.jobs_lean import LeanJobs
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
+from dockyard.control.autoscaler import Autoscaler
 from dockyard.db.migrate import migrate
 from dockyard.db.models import IdcModel
 from dockyard.db.session import Database
 from dockyard.errors import error_response, install_error_handlers
 from dockyard.gateway import metrics as gateway_metrics
-from dockyard.gateway.autoscaler import Autoscaler
 from dockyard.gateway.front import Front
 from dockyard.gateway.proxy import GatewayApp
 from dockyard.gateway.routes import RouteTable

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from contextlib import AbstractAsyncContextManager
 
+from dockyard.control.reports import Reporter
 from dockyard.core.status import WorkerStatus
-from dockyard.gateway.reports import Reporter
 from dockyard.gateway.routes import RouteTable
 from dockyard.reconcilers.endpoints import EndpointReconciler
 from dockyard.runtimes.base import RegistryAuth

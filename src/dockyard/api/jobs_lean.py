@@ -26,12 +26,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dockyard.api.deps import bearer_token
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal
 from dockyard.errors import ApiError, api_error_response, internal_error_response
 from dockyard.json_depth import too_deep
 from dockyard.middleware import http_metrics
 from dockyard.schemas.jobs import JobView, RunRequest
 from dockyard.services import job_requests, keys
-from dockyard.services.keys import Principal
 
 _PREFIXES = ("v1", "v2")  # the ppio-gpus client's base and the runpod client's (api/jobs.py)
 # The path parameters' bounds, as api/jobs.py declares them: anything else is FastAPI's to refuse.

@@ -33,16 +33,16 @@ from starlette.types import ASGIApp
 from dockyard import __version__
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
+from dockyard.control.prober import HealthProber
+from dockyard.control.reports import Reporter
+from dockyard.control.route_sync import RouteSync
 from dockyard.db.base import new_id
 from dockyard.db.session import Database
 from dockyard.errors import ApiError, error_body
 from dockyard.gateway import metrics as gateway_metrics
 from dockyard.gateway.front import Front
-from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.proxy import GatewayApp
-from dockyard.gateway.reports import Reporter
 from dockyard.gateway.routes import RouteTable
-from dockyard.gateway.sync import RouteSync
 from dockyard.logs import configure_logging
 from dockyard.secrets import SecretBox
 from dockyard.services import keys

@@ -5,7 +5,7 @@ The database holds what users and the autoscaler want (the worker template and i
 `desired_replicas` within the worker_config's bounds, `desired`) and one row per worker with what was last
 observed; the runtime is the truth about which containers exist. The loop is level-triggered: every pass looks
 at the whole picture afresh, so a missed wake-up, a crash or a stale write costs at most one pass. Readiness
-is not polled here: the health prober (gateway/prober.py), owned by this reconciler, pushes it into the
+is not polled here: the health prober (control/prober.py), owned by this reconciler, pushes it into the
 routing table the moment a worker answers and calls back to record it.
 
 One pass:
@@ -15,7 +15,7 @@ One pass:
    whose runtime cannot be reached is left exactly as it is (no worker is failed, nothing is removed) until a
    pass reaches it again.
 2. **Route**: the routing table is made to hold exactly the endpoints that still have a row, and every worker
-   row is pushed into it (`gateway.sync.publish_worker`, the rule a stand-alone gateway follows too):
+   row is pushed into it (`control.route_sync.publish_worker`, the rule a stand-alone gateway follows too):
    starting and ready workers by address (and to the prober), draining ones as draining, the rest as gone.
    A restarted server so rebuilds its table from the database. A worker the
    database says is ready is pushed ready at once rather than after a first probe: the prober's regular
@@ -82,16 +82,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
+from dockyard.control.prober import HealthProber
+from dockyard.control.reports import held_elsewhere, remote_figures
+from dockyard.control.route_sync import forget_others, publish_worker
 from dockyard.core.loops import LoopName
 from dockyard.core.status import DesiredState, EndpointStatus, WorkerStatus
 from dockyard.core.stored_specs import stored_spec_problem
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
-from dockyard.gateway.prober import HealthProber
-from dockyard.gateway.reports import held_elsewhere, remote_figures
 from dockyard.gateway.routes import RouteTable
-from dockyard.gateway.sync import forget_others, publish_worker
 from dockyard.gpus.allocation import load_inventory
 from dockyard.metrics_registry import per_registry
 from dockyard.reconcilers.endpoints_workers import (
@@ -250,7 +250,7 @@ class EndpointReconciler:
         return objects, idc_of, unreachable
 
     def _push(self, workers: list[WorkerModel]) -> None:
-        """Make the routing table and the prober agree with the worker rows (step 2; gateway/sync.py's rule)."""
+        """Make the routing table and the prober agree with the worker rows (step 2; control/route_sync.py's rule)."""
         for worker in workers:
             publish_worker(self.routes, self.prober, worker)
         forget_others(self.routes, self.prober, workers)

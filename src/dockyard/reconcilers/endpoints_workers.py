@@ -33,14 +33,14 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.config import Settings
+from dockyard.control.prober import HealthProber
+from dockyard.control.route_sync import publish_worker
 from dockyard.core.status import EndpointType, WorkerStatus
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
 from dockyard.db.session import Database
-from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.routes import RouteTable
-from dockyard.gateway.sync import publish_worker
 from dockyard.gpus.allocation import GpuAllocator, NodeInventory, Unschedulable, allocate_and_record, describe
 from dockyard.gpus.inventory import GpuInfo
 from dockyard.reconcilers.containers_rows import exit_reason
@@ -97,7 +97,7 @@ class PassState:
     now: datetime
     routes: RouteTable
     # Worker id -> requests the stand-alone gateways hold on it, for every worker their fresh reports list (read
-    # at the start of the pass; gateway/reports.py `held_elsewhere`).
+    # at the start of the pass; control/reports.py `held_elsewhere`).
     remote: dict[str, int]
     prober: HealthProber
     products: dict[str, ProductModel]

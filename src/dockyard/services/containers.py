@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal
 from dockyard.core.loops import LoopName
 from dockyard.core.status import ContainerStatus, DesiredState, IPStatus, ProductCategory
 from dockyard.core.workload import EnvVar, PortSpec, VolumeSpec, WorkloadSpec
@@ -36,7 +37,6 @@ from dockyard.schemas.containers import (
 from dockyard.schemas.gmi import Port
 from dockyard.services import idempotency, network_storages, quotas, ssh_keys, templates
 from dockyard.services.idcs import get_usable, gpus_by_idc
-from dockyard.services.keys import Principal
 from dockyard.services.products import matching_gpus
 from dockyard.services.tenancy import owned_row
 from dockyard.services.workloads import encrypt_envs, gmi_envs_in, gmi_envs_out, gmi_ports_in, split_command

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.config import Settings
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal
 from dockyard.core.loops import LoopName
 from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import (
@@ -54,7 +55,6 @@ from dockyard.schemas.endpoints import (
 )
 from dockyard.secrets import SecretBox
 from dockyard.services import idempotency, network_storages, products, quotas, registry_auths
-from dockyard.services.keys import Principal
 from dockyard.services.tenancy import owned_row
 from dockyard.services.workloads import decrypt_envs, encrypt_envs, masked_envs, split_command
 

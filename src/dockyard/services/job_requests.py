@@ -35,6 +35,7 @@ from sqlalchemy.orm import defer
 
 from dockyard import outbound
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal
 from dockyard.core.loops import LoopName
 from dockyard.core.status import DesiredState, EndpointType, JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, new_id, retry_stale, utcnow
@@ -44,7 +45,6 @@ from dockyard.errors import ApiError, Conflict, InvalidField, NotFound, PayloadT
 from dockyard.schemas.jobs import JobPolicy, RunRequest
 from dockyard.services import endpoints, idempotency, job_inserts, quotas
 from dockyard.services.jobs import VIEW_COLUMNS, finish_values, job_view, retry_values
-from dockyard.services.keys import Principal
 
 _WAIT_SLICE = 5.0  # seconds between database reads while waiting, for changes made by another process
 _MAX_INT_MS = 2**31 - 1  # the job's millisecond columns are 32-bit integers

@@ -18,13 +18,13 @@ import asyncio
 import hmac
 import logging
 import time
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.config import new_token
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal
 from dockyard.db.base import utcnow
 from dockyard.db.models import ApiKeyModel, MemberModel, OrganizationModel
 from dockyard.errors import Forbidden, NotFound, Unauthorized
@@ -36,32 +36,12 @@ KEY_PREFIX = "dy_"
 _CACHE_SECONDS = 10.0
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: an organization's member through one of its keys, or the operator."""
-
-    org_id: str
-    member_id: str
-    key_id: str
-    is_admin: bool = False
-
-
 OPERATOR = Principal(org_id="", member_id="", key_id="operator", is_admin=True)
 
 _cache: dict[str, tuple[float, Principal | None]] = {}
 # (event loop, digest) -> the lookup under way for it: a task belongs to one loop, and a process may run several
 # (a server and a stand-alone gateway side by side, as in tests).
 _lookups: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[Principal | None]] = {}
-
-
-def presented_key(authorization: str | None) -> str | None:
-    """The key an `Authorization` header carries, `Bearer <key>` or the bare key (the PPIO and RunPod clients and
-    worker SDKs send it bare); None when it carries none. Every door takes a key the same way: the API, the job
-    API, the sync gateway and the worker webhooks."""
-    value = (authorization or "").strip()
-    scheme, _, rest = value.partition(" ")
-    key = rest.strip() if scheme.lower() == "bearer" else value
-    return key if key and " " not in key else None
 
 
 def forget_cached_keys() -> None:

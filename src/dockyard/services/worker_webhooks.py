@@ -59,6 +59,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from dockyard.config import Settings, new_token
 from dockyard.context import ServerContext
+from dockyard.core.callers import presented_key
 from dockyard.core.loops import LoopName
 from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, utcnow
@@ -67,7 +68,6 @@ from dockyard.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavai
 from dockyard.json_depth import too_deep, too_deep_message
 from dockyard.secrets import hash_api_key
 from dockyard.services import events, jobs
-from dockyard.services.keys import presented_key
 from dockyard.services.worker_runspec import ping_interval_ms
 
 log = logging.getLogger(__name__)

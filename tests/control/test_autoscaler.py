@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
+from dockyard.control.autoscaler import Autoscaler, Bounds, Window, decide
 from dockyard.core.status import PolicyType
 from dockyard.db.models import EndpointModel, EventModel
-from dockyard.gateway.autoscaler import Autoscaler, Bounds, Window, decide
 from dockyard.gateway.routes import EndpointFigures, WorkerFigures
 from tests.conftest import Harness
 

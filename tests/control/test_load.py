@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from dockyard.control.load import job_figures, load_figures
 from dockyard.core.loops import LoopName
 from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import utcnow
 from dockyard.db.models import JobModel, WorkerModel
-from dockyard.gateway.load import job_figures, load_figures
 from dockyard.gateway.routes import RouteTable
 from tests.conftest import Harness
 

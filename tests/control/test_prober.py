@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from dockyard.config import Settings
+from dockyard.control.prober import HealthProber
 from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import EndpointType
-from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.routes import RouteTable
 
 ENDPOINT = "ep-1"

@@ -6,7 +6,7 @@ reaches an endpoint with no ready worker):
 
 1. **Load** the endpoints wanted running (id, worker_config, policy, `desired_replicas`, version), in one
    read transaction, and their load: this process's gateway is read directly, as fresh as its last
-   request; stand-alone gateways' figures come from their reports (gateway/reports.py).
+   request; stand-alone gateways' figures come from their reports (control/reports.py).
 2. **Decide**, per endpoint, with `decide()`, a pure function of the figures, the settings and the
    endpoint's scale-down window:
    - *Demand* is the requests queued plus those in flight.
@@ -48,11 +48,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
+from dockyard.control.load import load_figures
 from dockyard.core.loops import LoopName
 from dockyard.core.status import DesiredState, PolicyType
 from dockyard.db.base import guarded_update
 from dockyard.db.models import EndpointModel, ProductModel
-from dockyard.gateway.load import load_figures
 from dockyard.gateway.routes import EndpointFigures, RouteTable
 from dockyard.metrics_registry import per_registry
 from dockyard.services import events, quotas
