@@ -76,4 +76,4 @@ def gateway(
     ] = 1,
 ) -> None:
     """Run a stand-alone sync gateway beside the server, on the same database; point DOCKYARD_GATEWAY_URL at it."""
-    _run("dockyard.gateway.standalone:create_gateway_app_from_env", host, port, config, workers)
+    _run("dockyard.gateway_app:create_gateway_app_from_env", host, port, config, workers)

@@ -23,7 +23,7 @@ import pytest
 
 from dockyard.app import create_app
 from dockyard.config import Settings
-from dockyard.gateway.standalone import create_gateway_app
+from dockyard.gateway_app import create_gateway_app
 from dockyard.services import keys
 from tests.conftest import ADMIN_TOKEN
 from tests.engine import remove_networks

@@ -1,6 +1,8 @@
 """`dockyard gateway`: the sync gateway in a process of its own, beside the server, to spread request load.
 
-It serves the same `GatewayApp` as the server does, at `/{endpoint_id}/...`, plus `/healthz` and `/metrics` (read as
+This is its composition root, as app.py is the server's: it builds the data plane (gateway/), the control parts that
+keep its routing table (control/) and the planes' channel that joins them (core/planes.py). It serves the same
+`GatewayApp` as the server does, at `/{endpoint_id}/...`, plus `/healthz` and `/metrics` (read as
 the server's is, with the metrics token, the admin token or an admin key).
 It never migrates nor writes desired state: the server owns the schema and every row. What it needs comes
 from the database in the background, never on a request:
