@@ -123,7 +123,6 @@ async def harness(settings: Settings, fake_runtime: FakeRuntime) -> AsyncIterato
             await harness.client.aclose()
             await admin.aclose()
             await placeholder.aclose()
-    keys.forget_cached_keys()
 
 
 @pytest.fixture

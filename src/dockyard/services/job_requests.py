@@ -2,7 +2,7 @@
 and `health` do (api/jobs.py serves them at `/v1/{endpoint_id}/...` and `/v2/{endpoint_id}/...`).
 
 Jobs are durable (DESIGN.md principle 7): `run` commits the row before it answers (without a key, in a group
-commit with the jobs submitted at the same moment, services/job_inserts.py). An `Idempotency-Key` makes
+commit with the jobs submitted at the same moment, job_queue/inserts.py). An `Idempotency-Key` makes
 a submission happen once per endpoint: the job row carries the key under a unique (endpoint, key) constraint,
 and the key is also recorded through `services.idempotency` for its 24 hours, because a finished job is purged
 after its TTL (30 minutes by default) and a replay within the day must still not make a second job. Of
@@ -42,8 +42,9 @@ from dockyard.db.base import guarded_update, new_id, retry_stale, utcnow
 from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerModel
 from dockyard.db.session import Database
 from dockyard.errors import ApiError, Conflict, InvalidField, NotFound, PayloadTooLarge
+from dockyard.job_queue.inserts import Limit
 from dockyard.schemas.jobs import JobPolicy, RunRequest
-from dockyard.services import endpoints, idempotency, job_inserts, quotas
+from dockyard.services import endpoints, idempotency, quotas
 from dockyard.services.jobs import VIEW_COLUMNS, finish_values, job_view, retry_values
 
 _WAIT_SLICE = 5.0  # seconds between database reads while waiting, for changes made by another process
@@ -111,7 +112,7 @@ async def submit(
 
     The endpoint is checked in the write transaction that inserts the job, so an endpoint being deleted never
     gets one. Without a key that transaction is a group commit shared with the jobs submitted at the same
-    moment (services/job_inserts.py)."""
+    moment (job_queue/inserts.py)."""
     settings = context.settings
     input_json = json.dumps(request.input, separators=(",", ":"))
     size = len(input_json.encode())
@@ -152,7 +153,7 @@ async def submit(
         job_id = new_id()
         check_key = (principal.org_id, endpoint_id)
         limit = _queue_limit(context, principal.org_id)
-        at_zero = bool(await job_inserts.insert(context.db, {**row, "id": job_id}, open_endpoint, check_key, limit))
+        at_zero = bool(await context.job_inserts.insert({**row, "id": job_id}, open_endpoint, check_key, limit))
         answer = idempotency.Answer(200, {"id": job_id, "status": JobStatus.IN_QUEUE.value})
     else:
         async with context.db.write_session() as session:
@@ -174,7 +175,7 @@ async def submit(
     return answer
 
 
-def _queue_limit(context: ServerContext, org_id: str) -> job_inserts.Limit:
+def _queue_limit(context: ServerContext, org_id: str) -> Limit:
     """The organization's `queued_jobs` quota, as the batched insert admits rows against it."""
 
     name = org_id  # until the lock reads the organization's name
@@ -188,7 +189,7 @@ def _queue_limit(context: ServerContext, org_id: str) -> job_inserts.Limit:
     def refusal(used: int, allowed: int) -> ApiError:
         return quotas.refusal(quotas.Resource.QUEUED_JOBS, allowed, used, 1, name, org_id)
 
-    return job_inserts.Limit(org_id, usage, refusal)
+    return Limit(org_id, usage, refusal)
 
 
 async def _submit_once(
