@@ -262,7 +262,7 @@ def _bounds(by_name: dict[str, SystemResult]) -> list[str]:
             "One gateway process is one Python event loop on one core, and it spends about 50 µs of CPU per "
             "request at 64 connections (33 in Python, 17 in the kernel: /proc's CPU counters over a wrk run, this "
             "machine). Of that, uvicorn itself costs 15 (a trivial ASGI app under the same uvicorn and the same "
-            "head-with-body writes of server_protocol.py), the extra write to the worker and read of its answer "
+            "head-with-body writes of serving/protocol.py), the extra write to the worker and read of its answer "
             "about 10, and Dockyard's own path (key check, dispatcher, exchange, metrics, the upstream pool of "
             "gateway/upstream.py) the other 24 of its Python time. Making the response's head and body one write "
             "took the figure from 57 µs; the rest is Python's cost per call and per object, spread thin over the "

@@ -7,12 +7,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dockyard import __version__
 from dockyard.api import (
@@ -41,7 +42,6 @@ from dockyard.db.models import IdcModel
 from dockyard.db.session import Database
 from dockyard.errors import error_response, install_error_handlers
 from dockyard.gateway import metrics as gateway_metrics
-from dockyard.gateway.front import Front
 from dockyard.gateway.proxy import GatewayApp
 from dockyard.gateway.routes import RouteTable
 from dockyard.logs import add_secrets, configure_logging
@@ -57,6 +57,7 @@ from dockyard.runtimes.factory import build_runtime
 from dockyard.secrets import SecretBox
 from dockyard.services import keys
 from dockyard.services.bootstrap import bootstrap
+from dockyard.serving.front import Front, server_front
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,15 @@ async def _on_integrity(_: object, exc: Exception) -> object:
 
 
 class DockyardApp(FastAPI):
-    """The API, with the sync gateway in front of all of it: `Front` (gateway/front.py) sends an endpoint's
+    """The API, with the sync gateway in front of all of it: `front` (serving/front.py) sends an endpoint's
     traffic to the gateway before FastAPI's own per-request work (its middleware stack, its telemetry checks),
-    and everything else to `LeanJobs` (api/jobs_lean.py), which serves the job API's `run` and `status` itself
-    and passes the rest to `serve_api`, FastAPI itself."""
+    and everything else towards `serve_api`, FastAPI itself (through `LeanJobs`, api/jobs_lean.py, which serves
+    the job API's `run` and `status` itself, while the `lean_job_routes` setting is on)."""
 
-    front: Front
+    def __init__(self, front: Callable[[ASGIApp], Front], **options: Any) -> None:
+        """`front(serve_api)` builds the front over this app's FastAPI; `options` are FastAPI's."""
+        super().__init__(**options)
+        self.front = front(self.serve_api)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.front(scope, receive, send)
@@ -156,7 +160,17 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
                 await runtime.close()
             await db.dispose()
 
+    gateway = GatewayApp(
+        routes, partial(keys.org_of, context), context.registry, on_worker_error=context.planes.worker_unreachable
+    )
     app = DockyardApp(
+        partial(
+            server_front,
+            gateway=gateway,
+            routes=routes,
+            settings=settings,
+            lean_jobs=partial(LeanJobs, context=context),
+        ),
         title="Dockyard",
         version=__version__,
         description=DESCRIPTION,
@@ -194,10 +208,6 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     app.add_middleware(JsonDepthMiddleware)  # inside the size bound: it holds what it checks
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, registry=context.registry)
-    gateway = GatewayApp(
-        routes, partial(keys.org_of, context), context.registry, on_worker_error=context.planes.worker_unreachable
-    )
-    app.front = Front(LeanJobs(app.serve_api, context), gateway, routes)
     return app
 
 

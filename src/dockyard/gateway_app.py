@@ -42,12 +42,12 @@ from dockyard.db.base import new_id
 from dockyard.db.session import Database
 from dockyard.errors import ApiError, error_body
 from dockyard.gateway import metrics as gateway_metrics
-from dockyard.gateway.front import Front
 from dockyard.gateway.proxy import GatewayApp
 from dockyard.gateway.routes import RouteTable
 from dockyard.logs import configure_logging
 from dockyard.secrets import SecretBox
 from dockyard.services import keys
+from dockyard.serving.front import Front
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
         routes=[Route("/healthz", healthz), Route("/metrics", metrics), Route("/{path:path}", unknown, methods=None)],
         lifespan=lifespan,
     )
-    return Front(api, gateway, routes)
+    return Front(api, gateway, routes, freeze_gc=settings.gc_freeze)
 
 
 def create_gateway_app_from_env() -> ASGIApp:

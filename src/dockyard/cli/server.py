@@ -25,7 +25,7 @@ def _run(factory: str, host: str | None, port: int | None, config: str | None, w
         os.environ["DOCKYARD_PORT"] = str(port)
     from dockyard.config import load_settings
     from dockyard.logs import configure_logging
-    from dockyard.server_protocol import connection_cap, protocol_for, raise_fd_limit
+    from dockyard.serving.protocol import connection_cap, protocol_for, raise_fd_limit
 
     settings = load_settings()
     configure_logging(settings)
