@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
@@ -124,10 +125,14 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     settings = settings or load_settings()
     add_secrets(settings.resolved_secret_key, *settings.log_secrets())
     db = Database(settings.resolved_database_url)
+    registry = CollectorRegistry()
+    supervisor = Supervisor(db, registry)
     context = ServerContext(
         settings=settings,
         db=db,
         box=SecretBox(settings.resolved_secret_key),
+        registry=registry,
+        waker=supervisor.wake,
         runtime_factory=runtime_factory or (lambda idc, ctx: build_runtime(idc, ctx.settings, ctx.installation_id)),
     )
     routes = RouteTable(on_demand=context.planes.demand)
@@ -146,11 +151,8 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         async with db.read() as session:
             for idc in await session.scalars(select(IdcModel)):
                 context.attach_runtime(idc)
-        supervisor = Supervisor(db, build_loops(context, routes), context.registry)
-        app.state.supervisor = supervisor
-        context.waker = supervisor.wake
         if settings.run_reconcilers:
-            await supervisor.start()
+            await supervisor.start(build_loops(context, routes))
         log.info("dockyard %s serving on %s (installation %s)", __version__, settings.masked_database_url, install_id)
         try:
             yield

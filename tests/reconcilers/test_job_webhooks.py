@@ -367,7 +367,7 @@ async def test_hanging_receivers_of_one_org_hold_up_neither_another_org_nor_the_
     settings.webhook_timeout = 300.0  # A's receivers hang for the whole test
     per_org = settings.webhook_concurrency_per_org
     reaper, deliveries = JobReaper(harness.context, interval=0.1), WebhookDeliveries(harness.context, interval=0.1)
-    supervisor = Supervisor(harness.context.db, [reaper, deliveries], CollectorRegistry())
+    supervisor = Supervisor(harness.context.db, CollectorRegistry())
     waker, harness.context.waker = harness.context.waker, supervisor.wake
     other = await harness.new_client("beta")
     try:
@@ -375,7 +375,7 @@ async def test_hanging_receivers_of_one_org_hold_up_neither_another_org_nor_the_
             endpoint_a = await make_endpoint(client)
             for _ in range(64):
                 await finished_with_webhook(harness, client, hanging_url, endpoint_a)
-            await supervisor.start()
+            await supervisor.start([reaper, deliveries])
 
             async def a_hangs() -> bool:
                 return hanging.open >= per_org

@@ -28,8 +28,8 @@ class Counting:
 
 async def test_wake_runs_the_named_loop_now_and_refuses_an_unknown_name(harness: Harness) -> None:
     loop = Counting()
-    supervisor = Supervisor(harness.context.db, [loop], CollectorRegistry())
-    await supervisor.start()
+    supervisor = Supervisor(harness.context.db, CollectorRegistry())
+    await supervisor.start([loop])
     try:
         await asyncio.wait_for(loop.ran.wait(), 10)  # the first pass, once the lease is taken
         loop.ran.clear()

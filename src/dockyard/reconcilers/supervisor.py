@@ -42,11 +42,13 @@ class Loop(Protocol):
 
 
 class Supervisor:
-    def __init__(self, db: Database, loops: list[Loop], registry: CollectorRegistry) -> None:
+    """Made before the loops it runs (whose server context takes its `wake`); `start(loops)` runs them."""
+
+    def __init__(self, db: Database, registry: CollectorRegistry) -> None:
         self.db = db
-        self.loops = {loop.name: loop for loop in loops}
+        self.loops: dict[LoopName, Loop] = {}
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
-        self._wakeups = {name: asyncio.Event() for name in self.loops}
+        self._wakeups: dict[LoopName, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._leader = asyncio.Event()
         self.passes = Counter("dockyard_reconcile_passes", "Reconcile passes", ["loop", "result"], registry=registry)
@@ -58,12 +60,15 @@ class Supervisor:
 
     def wake(self, name: LoopName) -> None:
         """Run loop `name` now instead of at its next tick (after an API write, say). A name that is no
-        `LoopName` raises `ValueError`; a loop this supervisor was not given (a test's partial set) has no pass to
-        run sooner, and nothing happens."""
+        `LoopName` raises `ValueError`; a loop this supervisor does not run (none before `start`, or not among a
+        test's partial set) has no pass to run sooner, and nothing happens."""
         if event := self._wakeups.get(LoopName(name)):
             event.set()
 
-    async def start(self) -> None:
+    async def start(self, loops: list[Loop]) -> None:
+        """Run `loops` (one task each) while this server holds the lease, until `stop()`."""
+        self.loops = {loop.name: loop for loop in loops}
+        self._wakeups = {name: asyncio.Event() for name in self.loops}
         self._tasks.append(asyncio.create_task(self._hold_lease(), name="lease"))
         for name in self.loops:
             self._tasks.append(asyncio.create_task(self._run(name), name=f"loop:{name}"))
