@@ -1,5 +1,6 @@
-"""The FastAPI application: routers, error handlers, middleware, and the lifespan that migrates the
-database, connects the runtimes and runs the reconcilers."""
+"""The server's composition root: the FastAPI application (routers, error handlers, middleware), the data plane
+in front of it (the gateway, its routing table and the serving front), the control plane's loops, the planes'
+channel that joins them, and the lifespan that migrates the database, connects the runtimes and runs the loops."""
 
 from __future__ import annotations
 
