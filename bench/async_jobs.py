@@ -328,7 +328,7 @@ def render(results: Results, settings: Settings) -> str:
 # showed, for the section to state when a target is missed.
 _SUBMISSIONS_BOUND = (
     "- **Submissions.** The database is not the bound: `run` calls that arrive together are committed in one "
-    "write transaction (services/job_inserts.py) that reads their endpoint once. The bound is the API process: "
+    "write transaction (job_queue/inserts.py) that reads their endpoint once. The bound is the API process: "
     "one event loop on one core, where each `run` costs uvicorn's HTTP parsing, the key check, pydantic's "
     "validation and its share of the group commit (`run` and `status` already bypass FastAPI, "
     "api/jobs_lean.py), while wrk takes the other core. What would raise it: more API "

@@ -19,6 +19,7 @@ from dockyard.app import create_app
 from dockyard.config import Settings
 from dockyard.context import ServerContext
 from dockyard.db.models import IdcModel
+from dockyard.gateway.routes import RouteTable
 from dockyard.services import keys
 from tests.fakes import FakeRuntime
 from tests.pg import PostgresServer, postgres_available
@@ -77,6 +78,12 @@ class Harness:
         context: ServerContext = self.app.state.context
         return context
 
+    @property
+    def routes(self) -> RouteTable:
+        """The routing table of the app's gateway."""
+        routes: RouteTable = self.app.front.routes  # type: ignore[attr-defined]
+        return routes
+
     async def new_client(self, org: str) -> httpx.AsyncClient:
         """A client authenticated as a fresh key of organization `org`."""
         async with self.context.db.write_session() as session:
@@ -116,7 +123,6 @@ async def harness(settings: Settings, fake_runtime: FakeRuntime) -> AsyncIterato
             await harness.client.aclose()
             await admin.aclose()
             await placeholder.aclose()
-    keys.forget_cached_keys()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from dockyard.config import Settings
-from dockyard.server_protocol import connection_cap, protocol_for
+from dockyard.serving.protocol import connection_cap, protocol_for
 
 
 @contextmanager
@@ -28,7 +28,7 @@ def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, settings: Sett
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.bind((host, port))
     port = listener.getsockname()[1]
-    # The servers' own HTTP protocol (server_protocol.py) with the app's connection settings (the defaults for an
+    # The servers' own HTTP protocol (serving/protocol.py) with the app's connection settings (the defaults for an
     # app that has none), so what these tests see is what `dockyard server` serves.
     context = getattr(getattr(app, "state", None), "context", None)
     settings = settings or (context.settings if context is not None else Settings())

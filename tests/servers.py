@@ -22,7 +22,6 @@ import pytest
 
 from dockyard.app import create_app
 from dockyard.config import Settings
-from dockyard.services import keys
 from dockyard.services.worker_runspec import CONTAINER_HOST
 from tests.conftest import ADMIN_TOKEN
 from tests.engine import remove_networks
@@ -106,7 +105,6 @@ def engine_server(data: Path, engine_url: str, *, host: str = "127.0.0.1", **ove
             installation = app.state.context.installation_id
             yield EngineServer(url, new_key(url, "e2e"), installation, settings)
     finally:
-        keys.forget_cached_keys()
         if installation:
             remove_installation(engine_url, installation)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dockyard.server_protocol import RESERVED_FDS
+from dockyard.serving.protocol import RESERVED_FDS
 from tests.conftest import ADMIN_TOKEN
 from tests.servers import ServerProcess
 

@@ -1,5 +1,6 @@
-"""The FastAPI application: routers, error handlers, middleware, and the lifespan that migrates the
-database, connects the runtimes and runs the reconcilers."""
+"""The server's composition root: the FastAPI application (routers, error handlers, middleware), the data plane
+in front of it (the gateway, its routing table and the serving front), the control plane's loops, the planes'
+channel that joins them, and the lifespan that migrates the database, connects the runtimes and runs the loops."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dockyard import __version__
 from dockyard.api import (
@@ -35,14 +38,14 @@ from dockyard.api import (
 from dockyard.api.jobs_lean import LeanJobs
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
+from dockyard.control.autoscaler import Autoscaler
 from dockyard.db.migrate import migrate
 from dockyard.db.models import IdcModel
 from dockyard.db.session import Database
 from dockyard.errors import error_response, install_error_handlers
 from dockyard.gateway import metrics as gateway_metrics
-from dockyard.gateway.autoscaler import Autoscaler
-from dockyard.gateway.front import Front
 from dockyard.gateway.proxy import GatewayApp
+from dockyard.gateway.routes import RouteTable
 from dockyard.logs import add_secrets, configure_logging
 from dockyard.middleware import BodyLimitMiddleware, JsonDepthMiddleware, MetricsMiddleware
 from dockyard.reconcilers.containers import ContainerReconciler
@@ -56,6 +59,7 @@ from dockyard.runtimes.factory import build_runtime
 from dockyard.secrets import SecretBox
 from dockyard.services import keys
 from dockyard.services.bootstrap import bootstrap
+from dockyard.serving.front import Front, server_front
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +77,15 @@ Authenticate with `Authorization: Bearer <api key>`. Every error has the body
 """
 
 
-def build_loops(context: ServerContext) -> list[Loop]:
-    """The reconcile loops this server runs while it holds the lease. The autoscaler is told at once when a
-    request reaches an endpoint with no ready worker (the gateway's on-demand hook)."""
-    autoscaler = Autoscaler(context)
-    context.routes.on_demand = autoscaler.on_demand
-    endpoints = EndpointReconciler(context)
-    context.routes.on_worker_error = endpoints.prober.recheck  # a worker the proxy could not reach: probe it now
+def build_loops(context: ServerContext, routes: RouteTable) -> list[Loop]:
+    """The reconcile loops this server runs while it holds the lease; `routes` is its gateway's table. The
+    autoscaler and the endpoint reconciler's prober listen on the planes' channel until they are closed: for a
+    request that found no ready worker, and for a worker the proxy could not reach."""
     return [
         ContainerReconciler(context),
         NetworkStorageReconciler(context),
-        endpoints,
-        autoscaler,
+        EndpointReconciler(context, routes),
+        Autoscaler(context, routes),
         JobReaper(context),
         WebhookDeliveries(context),
     ]
@@ -103,12 +104,15 @@ async def _on_integrity(_: object, exc: Exception) -> object:
 
 
 class DockyardApp(FastAPI):
-    """The API, with the sync gateway in front of all of it: `Front` (gateway/front.py) sends an endpoint's
+    """The API, with the sync gateway in front of all of it: `front` (serving/front.py) sends an endpoint's
     traffic to the gateway before FastAPI's own per-request work (its middleware stack, its telemetry checks),
-    and everything else to `LeanJobs` (api/jobs_lean.py), which serves the job API's `run` and `status` itself
-    and passes the rest to `serve_api`, FastAPI itself."""
+    and everything else towards `serve_api`, FastAPI itself (through `LeanJobs`, api/jobs_lean.py, which serves
+    the job API's `run` and `status` itself, while the `lean_job_routes` setting is on)."""
 
-    front: Front
+    def __init__(self, front: Callable[[ASGIApp], Front], **options: Any) -> None:
+        """`front(serve_api)` builds the front over this app's FastAPI; `options` are FastAPI's."""
+        super().__init__(**options)
+        self.front = front(self.serve_api)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.front(scope, receive, send)
@@ -122,10 +126,18 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     settings = settings or load_settings()
     add_secrets(settings.resolved_secret_key, *settings.log_secrets())
     db = Database(settings.resolved_database_url)
-    context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key))
-    context.runtime_factory = runtime_factory or (
-        lambda idc, ctx: build_runtime(idc, ctx.settings, ctx.installation_id)
+    registry = CollectorRegistry()
+    supervisor = Supervisor(db, registry)
+    context = ServerContext(
+        settings=settings,
+        db=db,
+        box=SecretBox(settings.resolved_secret_key),
+        registry=registry,
+        waker=supervisor.wake,
+        runtime_factory=runtime_factory or (lambda idc, ctx: build_runtime(idc, ctx.settings, ctx.installation_id)),
     )
+    routes = RouteTable(on_demand=context.planes.demand)
+    context.planes.subscribe(endpoint_changed=routes.upsert)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -140,11 +152,8 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         async with db.read() as session:
             for idc in await session.scalars(select(IdcModel)):
                 context.attach_runtime(idc)
-        supervisor = Supervisor(db, build_loops(context), context.registry)
-        app.state.supervisor = supervisor
-        context.waker = supervisor.wake
         if settings.run_reconcilers:
-            await supervisor.start()
+            await supervisor.start(build_loops(context, routes))
         log.info("dockyard %s serving on %s (installation %s)", __version__, settings.masked_database_url, install_id)
         try:
             yield
@@ -154,7 +163,17 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
                 await runtime.close()
             await db.dispose()
 
+    gateway = GatewayApp(
+        routes, partial(keys.org_of, context), context.registry, on_worker_error=context.planes.worker_unreachable
+    )
     app = DockyardApp(
+        partial(
+            server_front,
+            gateway=gateway,
+            routes=routes,
+            settings=settings,
+            lean_jobs=partial(LeanJobs, context=context),
+        ),
         title="Dockyard",
         version=__version__,
         description=DESCRIPTION,
@@ -163,7 +182,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         redoc_url="/redoc",
     )
     app.state.context = context
-    gateway_metrics.register(context.registry, context.routes)
+    gateway_metrics.register(context.registry, routes)
     install_error_handlers(app)
     app.add_exception_handler(StaleDataError, _on_stale)  # type: ignore[arg-type]
     app.add_exception_handler(IntegrityError, _on_integrity)  # type: ignore[arg-type]
@@ -192,13 +211,6 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     app.add_middleware(JsonDepthMiddleware)  # inside the size bound: it holds what it checks
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, registry=context.registry)
-    gateway = GatewayApp(
-        context.routes,
-        partial(keys.org_of, context),
-        context.registry,
-        on_worker_error=context.routes.worker_error,
-    )
-    app.front = Front(LeanJobs(app.serve_api, context), gateway, context.routes)
     return app
 
 

@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = "console"
     max_body_bytes: int = 10 * 1024 * 1024
-    # Connections (server_protocol.py). An idle keep-alive connection is kept this long for its next request: 75 s
+    # Connections (serving/protocol.py). An idle keep-alive connection is kept this long for its next request: 75 s
     # as nginx's keepalive_timeout, so a client pausing between calls, as a worker SDK does while a synchronous
     # handler holds its loop, reuses its connection instead of finding it closed (uvicorn's own default is 5 s).
     keep_alive_timeout_seconds: int = Field(default=75, ge=1)
@@ -128,6 +128,14 @@ class Settings(BaseSettings):
     # (503 when none is idle). 0: derived from the open-files limit (raised to its hard limit at start), which
     # also caps a value set here.
     max_connections: int = Field(default=0, ge=0)
+    # The serving path's speed-ups (serving/), each on by default. Off, a request takes the plain way through
+    # uvicorn and FastAPI and is answered the same: to measure what one is worth, or to rule one out.
+    # A response's head leaves in the same write as its body (serving/protocol.py).
+    head_with_body: bool = True
+    # The job API's `run` and `status` are served in front of FastAPI (api/jobs_lean.py).
+    lean_job_routes: bool = True
+    # What exists once the server has started is frozen out of the garbage collector's scans (serving/front.py).
+    gc_freeze: bool = True
     reconcile_interval: float = 2.0
     missing_debounce_seconds: float = 10.0
     zombie_grace_seconds: float = 60.0

@@ -1,4 +1,7 @@
-"""The server's long-lived parts, built once at start and handed to routers, services and reconcilers."""
+"""The server's long-lived parts, built once at start and handed to routers, services and reconcilers.
+
+Whatever a server remembers between requests lives here, one per context, and nowhere in a module: two servers in
+one process (a server and a stand-alone gateway, as in tests) share nothing, and a new context starts empty."""
 
 from __future__ import annotations
 
@@ -9,12 +12,30 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from dockyard.config import Settings
+from dockyard.core.callers import Principal
+from dockyard.core.loops import LoopName
+from dockyard.core.planes import PlaneChannel
 from dockyard.db.models import IdcModel
 from dockyard.db.session import Database
-from dockyard.gateway.job_signals import JobSignals
-from dockyard.gateway.routes import RouteTable
+from dockyard.job_queue.inserts import JobInserts
+from dockyard.job_queue.signals import JobSignals
 from dockyard.runtimes.base import Runtime
 from dockyard.secrets import SecretBox
+
+
+@dataclass
+class KeyCache:
+    """What a server remembers of API keys (services/keys.py): each key's principal by the key's digest, None for
+    one that is not valid, with the monotonic time it is good until; and the lookup under way for a digest, by event
+    loop (a task belongs to one loop, and one server may be driven from several, as in tests)."""
+
+    entries: dict[str, tuple[float, Principal | None]] = field(default_factory=dict)
+    lookups: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[Principal | None]] = field(default_factory=dict)
+
+    def forget(self) -> None:
+        """Drop every entry and every lookup under way (a key was revoked)."""
+        self.entries.clear()
+        self.lookups.clear()
 
 
 @dataclass
@@ -25,18 +46,24 @@ class ServerContext:
     installation_id: str = ""
     runtimes: dict[str, Runtime] = field(default_factory=dict)  # by IDC id
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    waker: Callable[[str], None] = lambda _loop: None
+    waker: Callable[[LoopName], None] = lambda _loop: None
     runtime_factory: Callable[[IdcModel, ServerContext], Runtime] | None = None
-    # The in-process gateway's routing table: the endpoint reconciler and prober push into it, the proxy and
-    # the autoscaler read it (gateway/routes.py).
-    routes: RouteTable = field(default_factory=RouteTable)
+    # What crosses between the control plane and the data plane (core/planes.py): the services announce an
+    # endpoint's change on it, and the composition root subscribes the gateway it runs.
+    planes: PlaneChannel = field(default_factory=PlaneChannel)
     # Held while a node, its GPUs and its share of CPU and memory are chosen and recorded on a row: containers and
     # endpoint workers draw from one pool.
     gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Wake-ups for async jobs (a job queued, finished or streamed), so job-take and runsync need not poll.
     job_signals: JobSignals = field(default_factory=JobSignals)
+    # The group commit of submitted jobs into `db`.
+    job_inserts: JobInserts = field(init=False)
+    keys: KeyCache = field(default_factory=KeyCache)
 
-    def wake(self, loop: str) -> None:
+    def __post_init__(self) -> None:
+        self.job_inserts = JobInserts(self.db)
+
+    def wake(self, loop: LoopName) -> None:
         """Ask reconcile loop `loop` to run now rather than at its next tick (after an API write)."""
         self.waker(loop)
 

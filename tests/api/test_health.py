@@ -18,7 +18,7 @@ METRICS_TOKEN = "test-metrics-token"
 async def test_metrics_answer_only_the_operators_credentials(harness: Harness) -> None:
     harness.context.settings.metrics_token = METRICS_TOKEN
     endpoint_id = await make_endpoint(harness.client)
-    reconciler = EndpointReconciler(harness.context)
+    reconciler = EndpointReconciler(harness.context, harness.routes)
     try:
         await reconciler.reconcile_once()  # the gateway's table now holds the endpoint, as a serving server's does
     finally:

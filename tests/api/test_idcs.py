@@ -18,7 +18,6 @@ from dockyard.core.status import ContainerStatus
 from dockyard.db.models import ContainerModel, GpuModel, IdcModel
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.runtimes.engine import EngineRuntime
-from dockyard.services import keys
 from dockyard.services.bootstrap import LOCAL_IDC
 from tests.api.test_containers import create_one, make_template
 from tests.conftest import ADMIN_TOKEN, Harness
@@ -144,4 +143,3 @@ async def test_an_engine_missing_from_the_start_is_reported_to_the_operator_not_
             assert (await anonymous.get("/healthz")).json() == {"status": "ok", "version": __version__, "reasons": []}
             assert [idc["status"] for idc in (await client.get("/api/v1/idcs")).json()] == ["available"]
             await client.aclose()
-    keys.forget_cached_keys()

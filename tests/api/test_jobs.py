@@ -26,7 +26,7 @@ from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import utcnow
 from dockyard.db.models import JobModel, JobStreamModel, WorkerModel
 from dockyard.db.session import Database
-from dockyard.services import jobs, keys
+from dockyard.services import jobs
 from tests.api.test_admin import assert_error
 from tests.conftest import ADMIN_TOKEN, Harness
 from tests.fakes import FakeRuntime
@@ -467,7 +467,6 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
         org = httpx.post(f"{url}/admin/v1/organizations", json={"name": "sdk"}, headers=admin).json()
         key = httpx.post(f"{url}/admin/v1/organizations/{org['id']}/keys", json={}, headers=admin).json()["key"]
         yield url, database_url, key
-    keys.forget_cached_keys()
 
 
 async def test_the_sdk_clients_work_unchanged(served: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch) -> None:

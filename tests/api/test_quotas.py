@@ -168,7 +168,7 @@ async def test_fifty_parallel_storage_creates_against_room_for_ten_make_ten(
 async def test_fifty_parallel_runs_against_a_queue_of_ten_queue_ten(
     harness: Harness, client: httpx.AsyncClient, idempotent: bool
 ) -> None:
-    """`run` without a key takes the lean route's group commit (services/job_inserts.py), with one the FastAPI
+    """`run` without a key takes the lean route's group commit (job_queue/inserts.py), with one the FastAPI
     route's own transaction: both admit exactly as many as the quota leaves."""
     endpoint_id = await make_endpoint(client)
     await set_quotas(harness, queued_jobs=LIMIT)

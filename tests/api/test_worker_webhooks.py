@@ -507,7 +507,7 @@ async def test_refresh_worker_result_drains_the_worker(harness: Harness, raw: ht
 async def test_reconciler_gives_each_async_worker_its_key_and_readies_it_on_its_first_call(
     harness: Harness, raw: httpx.AsyncClient, fake_runtime: FakeRuntime
 ) -> None:
-    reconciler = EndpointReconciler(harness.context)
+    reconciler = EndpointReconciler(harness.context, harness.routes)
     try:
         endpoint_id = await create(
             harness.client,

@@ -16,7 +16,6 @@ from dockyard.cli import app as cli_app
 from dockyard.config import Settings
 from dockyard.context import ServerContext
 from dockyard.db.models import IdcModel
-from dockyard.services import keys
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes import FakeRuntime
 from tests.live import serving
@@ -54,11 +53,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         return runtime
 
     app = create_app(settings, runtime_factory=factory)
-    try:
-        with serving(app) as url:
-            yield LiveServer(url=url, runtime=runtime)
-    finally:
-        keys.forget_cached_keys()
+    with serving(app) as url:
+        yield LiveServer(url=url, runtime=runtime)
 
 
 @dataclass

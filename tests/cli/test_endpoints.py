@@ -30,7 +30,6 @@ from dockyard.core.status import EndpointStatus, WorkerStatus
 from dockyard.db.models import EndpointModel, EventModel, IdcModel, WorkerModel
 from dockyard.errors import error_body
 from dockyard.runtimes.base import RunSpec
-from dockyard.services import keys
 from tests.cli.conftest import IMAGE, Cli, LiveServer
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes import FakeRuntime
@@ -99,7 +98,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 yield Server(url=url, runtime=runtime, engine=engine)
         finally:
             engine.dispose()
-            keys.forget_cached_keys()
 
 
 @pytest.fixture

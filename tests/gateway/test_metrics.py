@@ -6,9 +6,10 @@ import asyncio
 
 from prometheus_client import CollectorRegistry
 
+from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import EndpointType
 from dockyard.gateway import metrics
-from dockyard.gateway.routes import EndpointConfig, RouteTable
+from dockyard.gateway.routes import RouteTable
 
 
 async def test_a_cold_start_hand_off_is_exported_per_endpoint() -> None:

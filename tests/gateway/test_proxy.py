@@ -14,10 +14,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import EndpointType
 from dockyard.gateway.dispatcher import EndpointDispatcher
 from dockyard.gateway.proxy import GatewayApp
-from dockyard.gateway.routes import EndpointConfig, RouteTable
+from dockyard.gateway.routes import RouteTable
 from tests.gateway.upstream import Worker, eventually, free_port, serve
 
 pytestmark = pytest.mark.timeout(60)

@@ -91,6 +91,6 @@ async def endpoints(harness: Harness) -> AsyncIterator[EndpointReconciler]:
     settings.worker_probe_interval = 600
     settings.health_check_interval = 600
     settings.zombie_grace_seconds = 0.3
-    reconciler = EndpointReconciler(harness.context)
+    reconciler = EndpointReconciler(harness.context, harness.routes)
     yield reconciler
     await reconciler.close()

@@ -87,7 +87,7 @@ async def make_ready(harness: Harness, reconciler: EndpointReconciler, worker: W
     """What the prober does when a worker answers: route it ready, then call back."""
     address = worker_address(worker.published_ports)
     assert address is not None, f"worker {worker.id} has no address"
-    harness.context.routes.worker_ready(worker.endpoint_id, worker.id, address)
+    harness.routes.worker_ready(worker.endpoint_id, worker.id, address)
     await reconciler.on_worker_ready(worker.endpoint_id, worker.id)
 
 
@@ -99,7 +99,7 @@ async def all_ready(harness: Harness, reconciler: EndpointReconciler, endpoint_i
 
 
 def ready_ids(harness: Harness, endpoint_id: str) -> set[str]:
-    route = harness.context.routes.get(endpoint_id)
+    route = harness.routes.get(endpoint_id)
     assert route is not None
     return {worker for worker in route.addresses if route.dispatcher.is_ready(worker)}
 
@@ -176,7 +176,7 @@ async def test_scale_to_zero_is_running(harness: Harness, endpoints: EndpointRec
     assert row.status == EndpointStatus.RUNNING
     assert "scaled to zero" in row.reason
     assert await workers_of(harness, endpoint_id) == []
-    assert endpoint_id in harness.context.routes
+    assert endpoint_id in harness.routes
 
 
 async def test_scale_down_drains_the_idle_first_and_removes_at_zero_in_flight(
@@ -186,7 +186,7 @@ async def test_scale_down_drains_the_idle_first_and_removes_at_zero_in_flight(
     await set_desired(harness, endpoint_id, 3)
     await endpoints.reconcile_once()
     await all_ready(harness, endpoints, endpoint_id)
-    route = harness.context.routes.get(endpoint_id)
+    route = harness.routes.get(endpoint_id)
     assert route is not None
     lease = route.dispatcher.acquire(asyncio.get_running_loop().time() + 30)
     busy = await lease.__aenter__()
@@ -261,7 +261,7 @@ async def test_delete_drains_then_removes_then_deletes_the_row(
     endpoint_id = await make_endpoint(harness.client, min_replicas=2)
     await endpoints.reconcile_once()
     await all_ready(harness, endpoints, endpoint_id)
-    route = harness.context.routes.get(endpoint_id)
+    route = harness.routes.get(endpoint_id)
     assert route is not None
     lease = route.dispatcher.acquire(asyncio.get_running_loop().time() + 30)
     busy = await lease.__aenter__()
@@ -279,7 +279,7 @@ async def test_delete_drains_then_removes_then_deletes_the_row(
     await endpoints.reconcile_once()
     assert await endpoint_row(harness, endpoint_id) is None
     assert worker_objects(runtime) == []
-    assert endpoint_id not in harness.context.routes
+    assert endpoint_id not in harness.routes
     assert "endpoint deleted" in " ".join(m for _, m in await events_of(harness, endpoint_id))
 
 
@@ -353,7 +353,7 @@ async def test_an_unhealthy_worker_is_failed_stopped_and_replaced(
     await endpoints.reconcile_once()
     (first,) = await all_ready(harness, endpoints, endpoint_id)
     reason = "health check GET /health on port 8080 failed 3 times in a row: answered 503"
-    harness.context.routes.worker_gone(endpoint_id, first.id)
+    harness.routes.worker_gone(endpoint_id, first.id)
     await endpoints.on_worker_unhealthy(endpoint_id, first.id, reason)
     await endpoints.reconcile_once()
     workers = {w.id: w for w in await workers_of(harness, endpoint_id)}
@@ -391,11 +391,11 @@ async def test_a_restarted_server_rebuilds_the_routing_table_from_rows(
     ready = await all_ready(harness, endpoints, endpoint_id)
     await endpoints.close()
 
-    harness.context.routes = RouteTable()
-    restarted = EndpointReconciler(harness.context)
+    routes = RouteTable()
+    restarted = EndpointReconciler(harness.context, routes)
     try:
         await restarted.reconcile_once()
-        route = harness.context.routes.get(endpoint_id)
+        route = routes.get(endpoint_id)
         assert route is not None
         assert ready_ids(harness, endpoint_id) == {w.id for w in ready}
         assert route.addresses == {w.id: worker_address(w.published_ports) for w in ready}
@@ -500,7 +500,7 @@ async def test_a_busy_draining_worker_is_removed_at_the_drain_timeout(
     await set_desired(harness, endpoint_id, 1)
     await endpoints.reconcile_once()
     (worker,) = await all_ready(harness, endpoints, endpoint_id)
-    route = harness.context.routes.get(endpoint_id)
+    route = harness.routes.get(endpoint_id)
     assert route is not None
     lease = route.dispatcher.acquire(asyncio.get_running_loop().time() + 30)
     assert await lease.__aenter__() == worker.id

@@ -37,7 +37,7 @@ async def reconciler(harness: Harness) -> AsyncIterator[EndpointReconciler]:
     settings.health_check_timeout = 1.0
     settings.stop_timeout_seconds = 1
     settings.zombie_grace_seconds = 0.5
-    endpoints = EndpointReconciler(harness.context)
+    endpoints = EndpointReconciler(harness.context, harness.routes)
     yield endpoints
     await endpoints.close()
 
@@ -146,7 +146,7 @@ async def test_workers_become_ready_fail_roll_and_go_on_podman(
 
     await until(reconciler, deleted, "the endpoint deleted")
     assert containers_of(docker_client, endpoint_id) == []
-    assert endpoint_id not in harness.context.routes
+    assert endpoint_id not in harness.routes
 
 
 async def _status_is(harness: Harness, endpoint_id: str, status: str) -> bool:
@@ -175,7 +175,7 @@ async def test_an_endpoint_stored_before_the_checks_has_its_workers_drained_on_p
         assert row is not None
         reserved = {"name": "NVIDIA_VISIBLE_DEVICES", "value": harness.context.box.encrypt("all")}
         row.spec = {**row.spec, "envs": [reserved]}
-    restarted = EndpointReconciler(harness.context)
+    restarted = EndpointReconciler(harness.context, harness.routes)
     try:
 
         async def stopped() -> bool:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from contextlib import AbstractAsyncContextManager
 
+from dockyard.control.reports import Reporter
 from dockyard.core.status import WorkerStatus
-from dockyard.gateway.reports import Reporter
 from dockyard.gateway.routes import RouteTable
 from dockyard.reconcilers.endpoints import EndpointReconciler
 from dockyard.runtimes.base import RegistryAuth
@@ -20,7 +20,7 @@ from tests.reconcilers.test_endpoints import all_ready, make_endpoint, set_desir
 
 def standalone_gateway(harness: Harness, endpoint_id: str, worker_ids: list[str]) -> tuple[RouteTable, Reporter]:
     """A stand-alone gateway's table, routing to the given workers as its sync would, and its reporter."""
-    route = harness.context.routes.get(endpoint_id)
+    route = harness.routes.get(endpoint_id)
     assert route is not None
     table = RouteTable()
     table.configure([route.config])
@@ -100,10 +100,10 @@ async def test_scale_down_keeps_the_worker_busy_in_a_standalone_gateway(
     await set_desired(harness, endpoint_id, 2)
     await endpoints.reconcile_once()
     workers = await all_ready(harness, endpoints, endpoint_id)
-    route = harness.context.routes.get(endpoint_id)
+    route = harness.routes.get(endpoint_id)
     assert route is not None
     # In the server's own table one worker was busy a moment ago, so the other, idle longest, would go first.
-    busy_here, lease = await hold(harness.context.routes, endpoint_id)
+    busy_here, lease = await hold(harness.routes, endpoint_id)
     await lease.__aexit__(None, None, None)
     (idle_longest,) = [w.id for w in workers if w.id != busy_here]
     assert route.dispatcher.idle_for(idle_longest) > route.dispatcher.idle_for(busy_here)

@@ -25,14 +25,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from dockyard.app import build_loops
+from dockyard.core.loops import LoopName
 from dockyard.core.status import JobStatus, WebhookState
 from dockyard.db.base import utcnow
 from dockyard.db.models import JobModel
 from dockyard.reconcilers.job_webhooks import WebhookDeliveries
 from dockyard.reconcilers.jobs import JobReaper
 from dockyard.reconcilers.supervisor import Supervisor
-from dockyard.services.jobs import LOOP as JOBS_LOOP
-from dockyard.services.jobs import WEBHOOK_LOOP
 from tests.api.test_admin import assert_error
 from tests.api.test_jobs import finish, job_routes, make_endpoint, must_job, submit, take
 from tests.conftest import Harness
@@ -159,10 +158,10 @@ async def until(what: str, check: Callable[[], Awaitable[bool]], deadline: float
 
 
 async def test_the_server_runs_the_pool_beside_the_reaper(harness: Harness) -> None:
-    loops = {loop.name: loop for loop in build_loops(harness.context)}
-    deliveries = loops[WEBHOOK_LOOP]
+    loops = {loop.name: loop for loop in build_loops(harness.context, harness.routes)}
+    deliveries = loops[LoopName.JOB_WEBHOOKS]
     assert isinstance(deliveries, WebhookDeliveries)
-    assert isinstance(loops[JOBS_LOOP], JobReaper)
+    assert isinstance(loops[LoopName.JOBS], JobReaper)
     await deliveries.close()
 
 
@@ -368,7 +367,7 @@ async def test_hanging_receivers_of_one_org_hold_up_neither_another_org_nor_the_
     settings.webhook_timeout = 300.0  # A's receivers hang for the whole test
     per_org = settings.webhook_concurrency_per_org
     reaper, deliveries = JobReaper(harness.context, interval=0.1), WebhookDeliveries(harness.context, interval=0.1)
-    supervisor = Supervisor(harness.context.db, [reaper, deliveries], CollectorRegistry())
+    supervisor = Supervisor(harness.context.db, CollectorRegistry())
     waker, harness.context.waker = harness.context.waker, supervisor.wake
     other = await harness.new_client("beta")
     try:
@@ -376,7 +375,7 @@ async def test_hanging_receivers_of_one_org_hold_up_neither_another_org_nor_the_
             endpoint_a = await make_endpoint(client)
             for _ in range(64):
                 await finished_with_webhook(harness, client, hanging_url, endpoint_a)
-            await supervisor.start()
+            await supervisor.start([reaper, deliveries])
 
             async def a_hangs() -> bool:
                 return hanging.open >= per_org
@@ -387,7 +386,7 @@ async def test_hanging_receivers_of_one_org_hold_up_neither_another_org_nor_the_
             await set_job(harness, late, execution_timeout_ms=1000)  # under RunPod's 5 s minimum, as found: 1 s
             await take(harness, endpoint_b, "w-late")
             hooked = await finished_with_webhook(harness, other, url, endpoint_b)
-            harness.context.wake(WEBHOOK_LOOP)  # as a worker's job-done does
+            harness.context.wake(LoopName.JOB_WEBHOOKS)  # as a worker's job-done does
 
             async def b_delivered() -> bool:
                 return bool(receiver.bodies)

@@ -21,7 +21,6 @@ from dockyard.core.status import JobStatus, WebhookState
 from dockyard.db.base import utcnow
 from dockyard.db.models import JobModel, JobStreamModel
 from dockyard.reconcilers.jobs import JobReaper
-from dockyard.services import keys
 from tests.api.test_jobs import ASYNC_ENDPOINT, finish, job_routes, job_row, make_endpoint, must_job, submit, take
 from tests.conftest import ADMIN_TOKEN, Harness
 from tests.fakes import FakeRuntime
@@ -154,24 +153,21 @@ def test_the_runpod_client_sees_a_job_no_worker_took_within_its_ttl_timed_out(tm
         job_reap_interval=0.2,
     )
     app = create_app(settings, runtime_factory=lambda idc, context: FakeRuntime())
-    try:
-        with serving(app) as url:
-            key = new_key(url, "ttl")
-            no_workers = {**ASYNC_ENDPOINT, "worker_config": {"max_replicas": 0}}
-            created = httpx.post(f"{url}/gpus/v2/endpoints", json=no_workers, headers={"Authorization": key})
-            assert created.status_code == 200, created.text
-            endpoint = runpod.Endpoint(created.json()["id"], api_key=key)
-            endpoint.rp_client.endpoint_url_base = f"{url}/v2"
-            with pytest.raises(requests.HTTPError, match="422"):
-                endpoint.run({"input": {"n": 0}, "policy": {"ttl": 9_999}})  # under RunPod's minimum
+    with serving(app) as url:
+        key = new_key(url, "ttl")
+        no_workers = {**ASYNC_ENDPOINT, "worker_config": {"max_replicas": 0}}
+        created = httpx.post(f"{url}/gpus/v2/endpoints", json=no_workers, headers={"Authorization": key})
+        assert created.status_code == 200, created.text
+        endpoint = runpod.Endpoint(created.json()["id"], api_key=key)
+        endpoint.rp_client.endpoint_url_base = f"{url}/v2"
+        with pytest.raises(requests.HTTPError, match="422"):
+            endpoint.run({"input": {"n": 0}, "policy": {"ttl": 9_999}})  # under RunPod's minimum
 
-            submitted = time.monotonic()
-            job = endpoint.run({"input": {"n": 1}, "policy": {"ttl": 10_000}})
-            assert job.status() == "IN_QUEUE"
-            wait_for("the job to expire", lambda: job.status() != "IN_QUEUE", deadline=30)
-            assert time.monotonic() - submitted >= 9.5
-            state = job._fetch_job()
-            assert state["status"] == "TIMED_OUT"
-            assert state["error"] == "expired in the queue: no worker took it within its ttl of 10 s from submission"
-    finally:
-        keys.forget_cached_keys()
+        submitted = time.monotonic()
+        job = endpoint.run({"input": {"n": 1}, "policy": {"ttl": 10_000}})
+        assert job.status() == "IN_QUEUE"
+        wait_for("the job to expire", lambda: job.status() != "IN_QUEUE", deadline=30)
+        assert time.monotonic() - submitted >= 9.5
+        state = job._fetch_job()
+        assert state["status"] == "TIMED_OUT"
+        assert state["error"] == "expired in the queue: no worker took it within its ttl of 10 s from submission"

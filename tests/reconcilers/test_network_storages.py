@@ -100,7 +100,7 @@ async def test_idc_without_runtime_waits(
 
 
 def test_server_runs_the_loop(harness: Harness) -> None:
-    loops = {loop.name: loop for loop in build_loops(harness.context)}
+    loops = {loop.name: loop for loop in build_loops(harness.context, harness.routes)}
     assert isinstance(loops["network_storages"], NetworkStorageReconciler)
     assert loops["network_storages"].interval == harness.context.settings.reconcile_interval
 

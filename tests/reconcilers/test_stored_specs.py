@@ -135,7 +135,7 @@ async def test_an_endpoint_stored_with_a_reserved_variable_drains_and_fails_unti
         spec["envs"] = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": harness.context.box.encrypt("all")}]
 
     await store(harness, EndpointModel, endpoint_id, reserve)
-    restarted = EndpointReconciler(harness.context)
+    restarted = EndpointReconciler(harness.context, harness.routes)
     try:
         await restarted.reconcile_once()
         await restarted.reconcile_once()  # nothing more: it stays failed, says so once and starts no worker

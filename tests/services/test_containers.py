@@ -8,11 +8,11 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
+from dockyard.core.callers import Principal
 from dockyard.core.status import DesiredState
 from dockyard.db.models import ContainerModel
 from dockyard.schemas.containers import UpdateContainerRequest
 from dockyard.services import containers
-from dockyard.services.keys import Principal
 from tests.api.test_containers import container_row, create_one, make_template
 from tests.conftest import Harness
 

@@ -1,6 +1,6 @@
-"""The key cache of services/keys.py on a real database: one lookup per key however many requests bring it at
-once, an expired entry answering while its one refresh runs, and a revocation that a lookup in flight cannot
-undo."""
+"""The key cache of services/keys.py (a server context's `KeyCache`) on a real database: one lookup per key however
+many requests bring it at once, an expired entry answering while its one refresh runs, and a revocation that a
+lookup in flight cannot undo."""
 
 from __future__ import annotations
 
@@ -45,7 +45,6 @@ async def test_a_key_brought_by_many_requests_at_once_is_looked_up_once(
     harness: Harness, key_queries: list[str]
 ) -> None:
     _, key = await new_key(harness)
-    keys.forget_cached_keys()
     principals = await asyncio.gather(*(keys.authenticate(harness.context, key) for _ in range(50)))
     assert {p.org_id for p in principals} == {principals[0].org_id}
     assert len(key_queries) == 1
@@ -58,27 +57,25 @@ async def test_an_expired_entry_answers_while_its_one_refresh_runs(
     harness: Harness, key_queries: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, key = await new_key(harness)
-    keys.forget_cached_keys()
     first = await keys.authenticate(harness.context, key)
     monkeypatch.setattr(keys, "_CACHE_SECONDS", 0.0)  # every entry is expired from now on
     digest = keys.hash_api_key(key)
-    keys._cache[digest] = (0.0, first)
+    harness.context.keys.entries[digest] = (0.0, first)
 
     answers = [await keys.authenticate(harness.context, key) for _ in range(20)]  # no await yields to the refresh
     assert answers == [first] * 20
-    assert len(keys._lookups) == 1  # one refresh under way for all twenty
-    await asyncio.gather(*keys._lookups.values())
+    assert len(harness.context.keys.lookups) == 1  # one refresh under way for all twenty
+    await asyncio.gather(*harness.context.keys.lookups.values())
     assert len(key_queries) == 2  # the first lookup, then that refresh
-    assert not keys._lookups
+    assert not harness.context.keys.lookups
 
 
 async def test_a_revocation_is_not_undone_by_a_lookup_in_flight(harness: Harness) -> None:
     key_id, key = await new_key(harness)
-    keys.forget_cached_keys()
     lookup = asyncio.create_task(keys.authenticate(harness.context, key))
     await asyncio.sleep(0)  # the lookup has started and reads the key as valid
     async with harness.context.db.write_session() as session:
-        await keys.revoke_key(session, key_id)
+        await keys.revoke_key(harness.context, session, key_id)
     with contextlib.suppress(Unauthorized):
         await lookup  # it answers its own request from what it read, before or after the revocation
     with pytest.raises(Unauthorized):

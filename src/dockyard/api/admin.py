@@ -81,9 +81,12 @@ async def set_quotas(
 
 @router.delete("/keys/{key_id}", response_model=dict[str, str], summary="Revoke an API key")
 async def revoke_api_key(
-    key_id: Annotated[str, Path(min_length=1, max_length=64)], _: AdminDep, session: WriteSessionDep
+    key_id: Annotated[str, Path(min_length=1, max_length=64)],
+    _: AdminDep,
+    context: ContextDep,
+    session: WriteSessionDep,
 ) -> dict[str, str]:
-    await keys.revoke_key(session, key_id)
+    await keys.revoke_key(context, session, key_id)
     return {}
 
 

@@ -10,9 +10,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal, presented_key
 from dockyard.errors import Forbidden, Unauthorized
 from dockyard.services.idempotency import Answer
-from dockyard.services.keys import Principal, authenticate, presented_key
+from dockyard.services.keys import authenticate
 
 
 async def get_context(request: Request) -> ServerContext:
@@ -41,7 +42,7 @@ WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session)]
 
 
 def bearer_token(authorization: str | None) -> str:
-    """The key of `Authorization` (`keys.presented_key`: Bearer or bare); 401 when it carries none."""
+    """The key of `Authorization` (`core.callers.presented_key`: Bearer or bare); 401 when it carries none."""
     if not authorization:
         raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <api key>'")
     token = presented_key(authorization)

@@ -29,8 +29,15 @@ from dockyard.schemas.jobs import (
 )
 from dockyard.services import job_requests as service
 
-EndpointPathId = Annotated[str, Path(min_length=1, max_length=255)]
-JobPathId = Annotated[str, Path(min_length=1, max_length=64)]
+# Declared once, for the routes made here and for the lean path in front of FastAPI (api/jobs_lean.py), which
+# serves `run` and `status` within exactly these bounds and leaves every other request to these routes.
+PREFIXES = {"/v1": "ppio-gpus client", "/v2": "runpod client"}  # each client's base, for the OpenAPI document
+RUN = "/{endpoint_id}/run"
+STATUS = "/{endpoint_id}/status/{job_id}"
+ID_LENGTHS = {"endpoint_id": 255, "job_id": 64}  # the most characters of each id in a path; the least is one
+
+EndpointPathId = Annotated[str, Path(min_length=1, max_length=ID_LENGTHS["endpoint_id"])]
+JobPathId = Annotated[str, Path(min_length=1, max_length=ID_LENGTHS["job_id"])]
 _RUN = "Commits the job (IN_QUEUE) before answering. `Idempotency-Key` makes a repeat answer the same job."
 
 
@@ -104,9 +111,9 @@ def _job_routes(prefix: str, client: str) -> APIRouter:
     routes = APIRouter(prefix=prefix, tags=[f"jobs ({client})"], responses=ERROR_RESPONSES)
     view: dict[str, Any] = {"response_model": JobView, "response_model_exclude_unset": True}
     table: list[tuple[str, str, Callable[..., Any], dict[str, Any], str, str]] = [
-        ("/{endpoint_id}/run", "POST", run, {"response_model": JobAccepted}, "Submit a job", _RUN),
+        (RUN, "POST", run, {"response_model": JobAccepted}, "Submit a job", _RUN),
         ("/{endpoint_id}/runsync", "POST", runsync, view, "Submit a job and wait for it", ""),
-        ("/{endpoint_id}/status/{job_id}", "GET", status, view, "A job's status", ""),
+        (STATUS, "GET", status, view, "A job's status", ""),
         ("/{endpoint_id}/stream/{job_id}", "GET", stream, view, "A job's streamed parts since the last call", ""),
         ("/{endpoint_id}/cancel/{job_id}", "POST", cancel, view, "Cancel a job", ""),
         ("/{endpoint_id}/retry/{job_id}", "POST", retry, {"response_model": JobAccepted}, "Retry a job", ""),
@@ -127,8 +134,8 @@ def _job_routes(prefix: str, client: str) -> APIRouter:
 
 
 router = APIRouter()
-router.include_router(_job_routes("/v1", "ppio-gpus client"))
-router.include_router(_job_routes("/v2", "runpod client"))
+for _prefix, _client in PREFIXES.items():
+    router.include_router(_job_routes(_prefix, _client))
 
 
 @router.get(

@@ -3,10 +3,11 @@ FastAPI.
 
 Under load the API process bounds the job queue, and for these two routes most of its work per call was FastAPI's
 rather than the job's: its middleware stack, routing by regular expression, dependency resolution and the response
-model's validation (bench/RESULTS.md, "`run` through FastAPI"). `LeanJobs` sits between `Front` (gateway/front.py)
-and FastAPI. It recognizes `POST /v{1,2}/{endpoint_id}/run` and `GET /v{1,2}/{endpoint_id}/status/{job_id}` and
-serves their common case itself: the same key check, the same services (services/job_requests.py), the same bytes on
-the wire, and the same request metrics (`middleware.HttpMetrics`, under FastAPI's route templates).
+model's validation (bench/RESULTS.md, "`run` through FastAPI"). `LeanJobs` sits between `Front` (serving/front.py)
+and FastAPI. It recognizes `POST /v{1,2}/{endpoint_id}/run` and `GET /v{1,2}/{endpoint_id}/status/{job_id}`, from
+the paths, prefixes and id bounds api/jobs.py declares for FastAPI's own routes, and serves their common case
+itself: the same key check, the same services (services/job_requests.py), the same bytes on the wire, and the same
+request metrics (`middleware.HttpMetrics`, under FastAPI's route templates).
 
 Every case it does not serve goes to FastAPI as if `LeanJobs` were not there, with whatever body it had read
 replayed: a request without a valid key, a body that does not validate, an `Idempotency-Key`, a content type
@@ -18,25 +19,61 @@ payload over the job limit) is rendered by `errors.api_error_response`, as FastA
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dockyard.api.deps import bearer_token
+from dockyard.api.jobs import ID_LENGTHS, PREFIXES, RUN, STATUS
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal
 from dockyard.errors import ApiError, api_error_response, internal_error_response
 from dockyard.json_depth import too_deep
 from dockyard.middleware import http_metrics
 from dockyard.schemas.jobs import JobView, RunRequest
 from dockyard.services import job_requests, keys
-from dockyard.services.keys import Principal
 
-_PREFIXES = ("v1", "v2")  # the ppio-gpus client's base and the runpod client's (api/jobs.py)
-# The path parameters' bounds, as api/jobs.py declares them: anything else is FastAPI's to refuse.
-_MAX_ENDPOINT_ID = 255
-_MAX_JOB_ID = 64
 _JSON = b"application/json"
+
+
+@dataclass(frozen=True)
+class _Route:
+    """A route served here, as api/jobs.py declares it: `template` is FastAPI's path (the metrics' label too); a
+    path matches when it has as many segments, the same words where the template has words, and at each id's place
+    one to `ID_LENGTHS` characters."""
+
+    template: str
+    words: tuple[tuple[int, str], ...]  # (segment's place, the word there)
+    ids: tuple[tuple[str, int, int], ...]  # (id's name, segment's place, its most characters)
+
+    @classmethod
+    def of(cls, template: str) -> _Route:
+        segments = list(enumerate(template.split("/")))[1:]
+        words = tuple((place, segment) for place, segment in segments if not segment.startswith("{"))
+        ids = tuple(
+            (segment[1:-1], place, ID_LENGTHS[segment[1:-1]]) for place, segment in segments if segment.startswith("{")
+        )
+        return cls(template, words, ids)
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        """The ids of a path split at its slashes (as many segments as the template's), or None when it is not this
+        route's."""
+        for place, word in self.words:
+            if parts[place] != word:
+                return None
+        found = {}
+        for name, place, longest in self.ids:
+            value = parts[place]
+            if not 0 < len(value) <= longest:
+                return None
+            found[name] = value
+        return found
+
+
+_Handler = Callable[[Scope, Receive, Send, str, dict[str, str]], Awaitable[None]]
 
 
 class LeanJobs:
@@ -47,22 +84,25 @@ class LeanJobs:
         self.context = context
         self.metrics = http_metrics(context.registry)
         self.body_limit = context.settings.max_body_bytes
+        # (method, the path's segment count, its first segment) -> the one route that may match, and its handler.
+        self._routes: dict[tuple[str, int, str], tuple[_Route, _Handler]] = {}
+        for prefix in PREFIXES:
+            for method, path, handler in (("POST", RUN, self._run), ("GET", STATUS, self._status)):
+                route = _Route.of(prefix + path)
+                self._routes[(method, len(route.template.split("/")), prefix[1:])] = (route, handler)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             parts = scope["path"].split("/")
-            if len(parts) in (4, 5) and parts[1] in _PREFIXES and 0 < len(parts[2]) <= _MAX_ENDPOINT_ID:
-                method = scope["method"]
-                if len(parts) == 4 and parts[3] == "run" and method == "POST":
-                    await self._run(scope, receive, send, parts[1], parts[2])
-                    return
-                if len(parts) == 5 and parts[3] == "status" and method == "GET" and 0 < len(parts[4]) <= _MAX_JOB_ID:
-                    await self._status(scope, receive, send, parts[1], parts[2], parts[4])
-                    return
+            found = self._routes.get((scope["method"], len(parts), parts[1]))
+            if found is not None and (ids := found[0].match(parts)) is not None:
+                await found[1](scope, receive, send, found[0].template, ids)
+                return
         await self.api(scope, receive, send)
 
-    async def _run(self, scope: Scope, receive: Receive, send: Send, prefix: str, endpoint_id: str) -> None:
+    async def _run(self, scope: Scope, receive: Receive, send: Send, template: str, ids: dict[str, str]) -> None:
         start = time.perf_counter()
+        endpoint_id = ids["endpoint_id"]
         headers = _headers(scope)
         content_type = headers.get(b"content-type", _JSON).partition(b";")[0].strip().lower()
         if b"idempotency-key" in headers or content_type != _JSON or _declared(headers) > self.body_limit:
@@ -91,12 +131,11 @@ class LeanJobs:
         except Exception:
             response = internal_error_response("POST", scope["path"])
         await response(scope, receive, send)
-        self.metrics.record("POST", f"/{prefix}/{{endpoint_id}}/run", response.status_code, time.perf_counter() - start)
+        self.metrics.record("POST", template, response.status_code, time.perf_counter() - start)
 
-    async def _status(
-        self, scope: Scope, receive: Receive, send: Send, prefix: str, endpoint_id: str, job_id: str
-    ) -> None:
+    async def _status(self, scope: Scope, receive: Receive, send: Send, template: str, ids: dict[str, str]) -> None:
         start = time.perf_counter()
+        endpoint_id, job_id = ids["endpoint_id"], ids["job_id"]
         principal = await self._principal(_headers(scope))
         if principal is None:
             await self.api(scope, receive, send)
@@ -113,7 +152,6 @@ class LeanJobs:
         except Exception:
             response = internal_error_response("GET", scope["path"])
         await response(scope, receive, send)
-        template = f"/{prefix}/{{endpoint_id}}/status/{{job_id}}"
         self.metrics.record("GET", template, response.status_code, time.perf_counter() - start)
 
     async def _principal(self, headers: dict[bytes, bytes]) -> Principal | None:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from dockyard.api.deps import ContextDep, IdempotencyKeyDep, PrincipalDep, ReadSessionDep, WriteSessionDep, answered
-from dockyard.reconcilers.network_storages import NetworkStorageReconciler
+from dockyard.core.loops import LoopName
 from dockyard.schemas.common import ERROR_RESPONSES
 from dockyard.schemas.network_storages import (
     CreateNetworkStorageRequest,
@@ -63,5 +63,5 @@ async def delete_network_storage(
     storage_id: StorageId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
 ) -> dict[str, str]:
     await service.delete(session, principal, storage_id)
-    context.wake(NetworkStorageReconciler.name)
+    context.wake(LoopName.NETWORK_STORAGES)
     return {}

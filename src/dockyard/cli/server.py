@@ -25,7 +25,7 @@ def _run(factory: str, host: str | None, port: int | None, config: str | None, w
         os.environ["DOCKYARD_PORT"] = str(port)
     from dockyard.config import load_settings
     from dockyard.logs import configure_logging
-    from dockyard.server_protocol import connection_cap, protocol_for, raise_fd_limit
+    from dockyard.serving.protocol import connection_cap, protocol_for, raise_fd_limit
 
     settings = load_settings()
     configure_logging(settings)
@@ -76,4 +76,4 @@ def gateway(
     ] = 1,
 ) -> None:
     """Run a stand-alone sync gateway beside the server, on the same database; point DOCKYARD_GATEWAY_URL at it."""
-    _run("dockyard.gateway.standalone:create_gateway_app_from_env", host, port, config, workers)
+    _run("dockyard.gateway_app:create_gateway_app_from_env", host, port, config, workers)

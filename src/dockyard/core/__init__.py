@@ -1,1 +1,1 @@
-"""The domain vocabulary shared by every layer: status enums and the one workload spec."""
+"""The domain vocabulary shared by every layer: status enums, loop names and the one workload spec."""

@@ -55,6 +55,7 @@ from urllib.parse import quote
 from prometheus_client import CollectorRegistry
 from starlette.types import Receive, Scope, Send
 
+from dockyard.core.callers import presented_key
 from dockyard.core.status import EndpointType
 from dockyard.errors import error_body
 from dockyard.gateway.dispatcher import DispatchTimeout, EndpointDispatcher, QueueFull
@@ -62,7 +63,6 @@ from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.metrics import EndpointMetrics, request_metrics
 from dockyard.gateway.routes import RouteTable
 from dockyard.gateway.upstream import ConnectFailed, UpstreamError, UpstreamPool, UpstreamResponse
-from dockyard.services.keys import presented_key
 
 log = logging.getLogger(__name__)
 

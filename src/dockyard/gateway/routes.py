@@ -1,9 +1,10 @@
 """The gateway's routing table: for each endpoint, its settings, its dispatcher and where its workers listen.
 
 This is the boundary between the control plane and the data plane. The endpoint reconciler and the health
-prober write to it (`configure`, `worker_starting`, `worker_ready`, `worker_draining`, `worker_gone`); the
-proxy reads it (`get`) on every request; the autoscaler and `/metrics` read its figures (`figures`). It lives
-on one event loop and holds no lock: every method runs to completion between awaits.
+prober write to it (`configure`, `worker_starting`, `worker_ready`, `worker_draining`, `worker_gone`), and so does
+an endpoint's create or update, announced on the planes' channel (core/planes.py) to which the composition root
+subscribes `upsert`; the proxy reads it (`get`) on every request; the autoscaler and `/metrics` read its figures
+(`figures`). It lives on one event loop and holds no lock: every method runs to completion between awaits.
 
 Nothing here touches the database, so a request never waits on one (docs/architecture.md). In the server
 process the reconciler and prober push changes in as they happen; a stand-alone gateway fills the same table
@@ -23,22 +24,10 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from dockyard.core.status import EndpointType
+from dockyard.core.planes import EndpointConfig
 from dockyard.gateway.dispatcher import EndpointDispatcher
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EndpointConfig:
-    """What the gateway needs to serve one endpoint; built from its row by the control plane."""
-
-    endpoint_id: str
-    org_id: str
-    type: EndpointType
-    request_timeout: float  # seconds, counted from the request's arrival
-    max_concurrent_per_worker: int
-    queue_limit: int
 
 
 @dataclass
@@ -75,14 +64,11 @@ class RouteTable:
 
     def __init__(self, *, on_demand: Callable[[str], None] | None = None) -> None:
         """`on_demand(endpoint_id)` is called when a request arrives for an endpoint with no ready worker (the
-        dispatcher's contract: cheap, never blocking). `on_worker_error(endpoint_id, worker_id, reason)` is
-        called when the proxy could not reach a worker, so that its health is checked again at once; it must
-        not block either. Both are how the data plane tells the control plane what it saw."""
+        dispatcher's contract: cheap, never blocking): how the table tells the control plane what it saw."""
         self._routes: dict[str, EndpointRoute] = {}
         self._changes = 0  # counts upserts; see `stamp`
         self._upserted: dict[str, int] = {}  # endpoint id -> the count at its last upsert
         self.on_demand = on_demand
-        self.on_worker_error: Callable[[str, str, str], None] | None = None
 
     def get(self, endpoint_id: str) -> EndpointRoute | None:
         return self._routes.get(endpoint_id)
@@ -163,11 +149,6 @@ class RouteTable:
         if route := self._routes.get(endpoint_id):
             route.dispatcher.worker_gone(worker_id)
             route.addresses.pop(worker_id, None)
-
-    def worker_error(self, endpoint_id: str, worker_id: str, reason: str) -> None:
-        """The proxy could not reach the worker: pass it on to `on_worker_error`."""
-        if self.on_worker_error is not None:
-            self.on_worker_error(endpoint_id, worker_id, reason)
 
     def in_flight(self, endpoint_id: str, worker_id: str) -> int:
         """Requests the worker holds now (0 when unknown): the reconciler removes a draining worker at 0."""

@@ -86,6 +86,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 
 from dockyard.context import ServerContext
+from dockyard.core.loops import LoopName
 from dockyard.core.status import ContainerStatus, DesiredState
 from dockyard.db.base import utcnow
 from dockyard.db.models import ContainerModel, OrganizationModel, ProductModel
@@ -107,7 +108,6 @@ from dockyard.reconcilers.core import EventTarget, Observation, RuntimeLoop, exp
 from dockyard.reconcilers.networks import converge_networks
 from dockyard.runtimes.base import LABEL_NODE, LABEL_ORG, RuntimeObject
 from dockyard.services import idcs
-from dockyard.services.containers import LOOP
 from dockyard.services.runspec import KIND_CONTAINER, load_ssh_keys
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class _Loaded:
 class ContainerReconciler(RuntimeLoop):
     """The `containers` loop; see the module docstring for the algorithm."""
 
-    name = LOOP
+    name = LoopName.CONTAINERS
 
     def __init__(self, context: ServerContext) -> None:
         super().__init__(context, "container")

@@ -6,7 +6,7 @@ The database holds what users and the autoscaler want (the worker template and i
 `desired_replicas` within the worker_config's bounds, `desired`) and one row per worker with what was last
 observed; the runtime is the truth about which containers exist. The loop is level-triggered: every pass looks
 at the whole picture afresh, so a missed wake-up, a crash or a stale write costs at most one pass. Readiness
-is not polled here: the health prober (gateway/prober.py), owned by this reconciler, pushes it into the
+is not polled here: the health prober (control/prober.py), owned by this reconciler, pushes it into the
 routing table the moment a worker answers and calls back to record it.
 
 One pass:
@@ -16,7 +16,7 @@ One pass:
    whose runtime cannot be reached is left exactly as it is (no worker is failed, nothing is removed) until a
    pass reaches it again.
 2. **Route**: the routing table is made to hold exactly the endpoints that still have a row, and every worker
-   row is pushed into it (`gateway.sync.publish_worker`, the rule a stand-alone gateway follows too):
+   row is pushed into it (`control.route_sync.publish_worker`, the rule a stand-alone gateway follows too):
    starting and ready workers by address (and to the prober), draining ones as draining, the rest as gone.
    A restarted server so rebuilds its table from the database. A worker the
    database says is ready is pushed ready at once rather than after a first probe: the prober's regular
@@ -81,12 +81,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from dockyard.context import ServerContext
+from dockyard.control.prober import HealthProber
+from dockyard.control.reports import held_elsewhere, remote_figures
+from dockyard.control.route_sync import forget_others, publish_worker
+from dockyard.core.loops import LoopName
 from dockyard.core.status import DesiredState, EndpointStatus, WorkerStatus
 from dockyard.db.base import utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
-from dockyard.gateway.prober import HealthProber
-from dockyard.gateway.reports import held_elsewhere, remote_figures
-from dockyard.gateway.sync import forget_others, publish_worker
+from dockyard.gateway.routes import RouteTable
 from dockyard.gpus.allocation import load_inventory
 from dockyard.metrics_registry import per_registry
 from dockyard.reconcilers.core import (
@@ -109,8 +111,7 @@ from dockyard.reconcilers.endpoints_workers import (
     to_reap,
     wanted_replicas,
 )
-from dockyard.services.containers import LOOP as CONTAINERS_LOOP
-from dockyard.services.endpoints import LOOP, route_config
+from dockyard.services.endpoints import route_config
 from dockyard.services.worker_runspec import KIND_WORKER
 from dockyard.services.worker_webhooks import KIND_ENDPOINT
 
@@ -153,23 +154,28 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
 class EndpointReconciler(RuntimeLoop):
     """The `endpoints` loop; see the module docstring for the algorithm."""
 
-    name = LOOP
+    name = LoopName.ENDPOINTS
 
-    def __init__(self, context: ServerContext) -> None:
+    def __init__(self, context: ServerContext, routes: RouteTable) -> None:
+        """`routes` is the gateway's table this loop keeps in step with the rows."""
         super().__init__(context, "worker")
+        self.routes = routes
         self.prober = HealthProber(
-            context.routes, context.settings, on_ready=self.on_worker_ready, on_unhealthy=self.on_worker_unhealthy
+            routes, context.settings, on_ready=self.on_worker_ready, on_unhealthy=self.on_worker_unhealthy
         )
+        # A worker the proxy could not reach is probed again at once.
+        self._listening = context.planes.subscribe(worker_unreachable=self.prober.recheck)
         self.crash_loops: dict[str, CrashLoop] = {}
         self._missing_since: dict[str, datetime] = {}
         self._metrics = _metrics_for(context.registry)
 
     async def close(self) -> None:
         """Stop the prober's probes; the routing table keeps what it holds."""
+        self._listening()
         await self.prober.close()
 
     async def reconcile_once(self) -> None:
-        stamp = self.context.routes.stamp()
+        stamp = self.routes.stamp()
         await self._capacity.refresh()
         settings = self.context.settings
         async with self.context.db.read() as session:
@@ -185,13 +191,13 @@ class EndpointReconciler(RuntimeLoop):
         by_endpoint: dict[str, list[WorkerModel]] = defaultdict(list)
         for worker in workers:
             by_endpoint[worker.endpoint_id].append(worker)
-        self.context.routes.configure((route_config(row, settings) for row in endpoints), since=stamp)
+        self.routes.configure((route_config(row, settings) for row in endpoints), since=stamp)
         state = PassState(
             db=self.context.db,
             settings=settings,
             box=self.context.box,
             now=utcnow(),
-            routes=self.context.routes,
+            routes=self.routes,
             remote=remote,
             prober=self.prober,
             products=products,
@@ -201,8 +207,8 @@ class EndpointReconciler(RuntimeLoop):
             orphan_gpus={},
             crash_loops=self.crash_loops,
             missing_since=self._missing_since,
-            wake=lambda: self.context.wake(LOOP),
-            capacity_freed=lambda: self.context.wake(CONTAINERS_LOOP),
+            wake=lambda: self.context.wake(LoopName.ENDPOINTS),
+            capacity_freed=lambda: self.context.wake(LoopName.CONTAINERS),
             container_start=self._metrics.container_start,
         )
         row_ids = {worker.id for worker in workers}
@@ -233,10 +239,10 @@ class EndpointReconciler(RuntimeLoop):
         return observation
 
     def _push(self, workers: list[WorkerModel]) -> None:
-        """Make the routing table and the prober agree with the worker rows (step 2; gateway/sync.py's rule)."""
+        """Make the routing table and the prober agree with the worker rows (step 2; control/route_sync.py's rule)."""
         for worker in workers:
-            publish_worker(self.context.routes, self.prober, worker)
-        forget_others(self.context.routes, self.prober, workers)
+            publish_worker(self.routes, self.prober, worker)
+        forget_others(self.routes, self.prober, workers)
 
     async def _endpoint(
         self, state: PassState, endpoint: EndpointModel, workers: list[WorkerModel]
@@ -371,7 +377,7 @@ class EndpointReconciler(RuntimeLoop):
     def _drop_routes(self, gone: set[str]) -> None:
         """Take endpoints deleted this pass out of the routing table, keeping every other entry as it is."""
         for endpoint_id in gone:
-            self.context.routes.remove(endpoint_id)
+            self.routes.remove(endpoint_id)
 
     def _export(self, workers: dict[str, list[WorkerModel]]) -> None:
         """Every status of every remaining endpoint, zeros included, so a status that empties reads 0."""
@@ -403,16 +409,16 @@ class EndpointReconciler(RuntimeLoop):
         if written:
             self._metrics.cold_start.labels(endpoint_id).observe(cold)
             self.crash_loops.pop(endpoint_id, None)
-            self.context.wake(LOOP)
+            self.context.wake(LoopName.ENDPOINTS)
 
     def _undo_ready(self, endpoint_id: str, worker: WorkerModel | None) -> None:
         """The prober pushed a worker ready that the reconciler has since drained, failed or removed."""
         if worker is not None and worker.status == WorkerStatus.READY:
             return
         if worker is not None and worker.status == WorkerStatus.DRAINING:
-            self.context.routes.worker_draining(endpoint_id, worker.id)
+            self.routes.worker_draining(endpoint_id, worker.id)
         elif worker is not None:
-            self.context.routes.worker_gone(endpoint_id, worker.id)
+            self.routes.worker_gone(endpoint_id, worker.id)
 
     async def on_worker_unhealthy(self, endpoint_id: str, worker_id: str, reason: str) -> None:
         """The prober took a ready worker out after failed health checks: record `failed`; it is replaced."""
@@ -424,7 +430,7 @@ class EndpointReconciler(RuntimeLoop):
             event = ("WorkerFailed", reason)
             written = await guarded_write(session, WorkerModel, worker_id, worker.version, values, _of(worker), event)
         if written:
-            self.context.wake(LOOP)
+            self.context.wake(LoopName.ENDPOINTS)
 
 
 def _of(worker: WorkerModel) -> EventTarget:

@@ -30,13 +30,13 @@ from typing import Any
 
 from prometheus_client import Histogram
 
+from dockyard.control.prober import HealthProber
+from dockyard.control.route_sync import publish_worker
 from dockyard.core.status import EndpointType, WorkerStatus
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
-from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.routes import RouteTable
-from dockyard.gateway.sync import publish_worker
 from dockyard.gpus.allocation import GpuAllocator, NodeInventory, Unschedulable
 from dockyard.reconcilers.core import (
     Delete,
@@ -98,7 +98,7 @@ class PassState(Pass):
 
     routes: RouteTable
     # Worker id -> requests the stand-alone gateways hold on it, for every worker their fresh reports list (read
-    # at the start of the pass; gateway/reports.py `held_elsewhere`).
+    # at the start of the pass; control/reports.py `held_elsewhere`).
     remote: dict[str, int]
     prober: HealthProber
     inventory: list[NodeInventory]

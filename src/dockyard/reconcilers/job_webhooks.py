@@ -40,11 +40,12 @@ from sqlalchemy.orm import defer
 
 from dockyard import outbound
 from dockyard.context import ServerContext
+from dockyard.core.loops import LoopName
 from dockyard.core.status import WebhookState
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import JobModel
 from dockyard.schemas.jobs import JobViewBody
-from dockyard.services.jobs import WEBHOOK_LOOP, job_view
+from dockyard.services.jobs import job_view
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class WebhookDeliveries:
     """The delivery pool (see the module docstring); `deliveries` holds the tasks in flight and their
     organizations."""
 
-    name = WEBHOOK_LOOP
+    name = LoopName.JOB_WEBHOOKS
 
     def __init__(
         self, context: ServerContext, interval: float | None = None, http: httpx.AsyncClient | None = None

@@ -24,12 +24,11 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import defer
 
 from dockyard.context import ServerContext
+from dockyard.core.loops import LoopName
 from dockyard.core.status import JobStatus, WebhookState
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import JobModel
 from dockyard.services.jobs import (
-    LOOP,
-    WEBHOOK_LOOP,
     JobColumns,
     execution_deadline,
     expired,
@@ -42,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 class JobReaper:
-    name = LOOP
+    name = LoopName.JOBS
 
     def __init__(self, context: ServerContext, interval: float | None = None) -> None:
         self.context = context
@@ -104,7 +103,7 @@ class JobReaper:
         for endpoint_id in requeued:
             signals.notify_queued(endpoint_id)
         if wake:
-            self.context.wake(WEBHOOK_LOOP)
+            self.context.wake(LoopName.JOB_WEBHOOKS)
 
     async def _purge(self, now: datetime) -> None:
         """Step 3; the delete's own conditions guard it (a job retried meanwhile is no longer final)."""

@@ -13,6 +13,7 @@ import logging
 from sqlalchemy import delete, select
 
 from dockyard.context import ServerContext
+from dockyard.core.loops import LoopName
 from dockyard.core.status import NetworkStorageStatus
 from dockyard.db.models import NetworkStorageModel
 from dockyard.runtimes.base import RuntimeFailure, RuntimeUnavailable
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class NetworkStorageReconciler:
-    name = "network_storages"
+    name = LoopName.NETWORK_STORAGES
 
     def __init__(self, context: ServerContext, interval: float | None = None) -> None:
         self.context = context

@@ -1,8 +1,8 @@
 """Runs the reconcile loops, one task each, while this server holds the `reconcilers` lease.
 
-Each loop is an object with a `name`, an `interval` and an `async reconcile_once()`; the supervisor calls it
-every `interval` seconds (sooner when `wake(name)` is called), logs and counts a pass that raises, backs
-off, and carries on: one bad pass must never kill a loop (kopf's and controller-runtime's rule).
+Each loop is an object with a `name` (a `core.loops.LoopName`), an `interval` and an `async reconcile_once()`;
+the supervisor calls it every `interval` seconds (sooner when `wake(name)` is called), logs and counts a pass that
+raises, backs off, and carries on: one bad pass must never kill a loop (kopf's and controller-runtime's rule).
 
 Only one server per database reconciles at a time. The lease is a row (`leases.reconcilers`) whose holder
 renews it every few seconds; a server that dies loses it after `LEASE_SECONDS` and another takes over. The
@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from dockyard.core.loops import LoopName
 from dockyard.db.base import new_id, utcnow
 from dockyard.db.models import LeaseModel
 from dockyard.db.session import Database
@@ -34,18 +35,20 @@ LEASE_SECONDS = 15.0
 
 
 class Loop(Protocol):
-    name: str
+    name: LoopName
     interval: float
 
     async def reconcile_once(self) -> None: ...
 
 
 class Supervisor:
-    def __init__(self, db: Database, loops: list[Loop], registry: CollectorRegistry) -> None:
+    """Made before the loops it runs (whose server context takes its `wake`); `start(loops)` runs them."""
+
+    def __init__(self, db: Database, registry: CollectorRegistry) -> None:
         self.db = db
-        self.loops = {loop.name: loop for loop in loops}
+        self.loops: dict[LoopName, Loop] = {}
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
-        self._wakeups = {name: asyncio.Event() for name in self.loops}
+        self._wakeups: dict[LoopName, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._leader = asyncio.Event()
         self.passes = Counter("dockyard_reconcile_passes", "Reconcile passes", ["loop", "result"], registry=registry)
@@ -55,12 +58,17 @@ class Supervisor:
     def is_leader(self) -> bool:
         return self._leader.is_set()
 
-    def wake(self, name: str) -> None:
-        """Run loop `name` now instead of at its next tick (after an API write, say)."""
-        if event := self._wakeups.get(name):
+    def wake(self, name: LoopName) -> None:
+        """Run loop `name` now instead of at its next tick (after an API write, say). A name that is no
+        `LoopName` raises `ValueError`; a loop this supervisor does not run (none before `start`, or not among a
+        test's partial set) has no pass to run sooner, and nothing happens."""
+        if event := self._wakeups.get(LoopName(name)):
             event.set()
 
-    async def start(self) -> None:
+    async def start(self, loops: list[Loop]) -> None:
+        """Run `loops` (one task each) while this server holds the lease, until `stop()`."""
+        self.loops = {loop.name: loop for loop in loops}
+        self._wakeups = {name: asyncio.Event() for name in self.loops}
         self._tasks.append(asyncio.create_task(self._hold_lease(), name="lease"))
         for name in self.loops:
             self._tasks.append(asyncio.create_task(self._run(name), name=f"loop:{name}"))
@@ -128,7 +136,7 @@ class Supervisor:
                 self._leader.clear()
             await asyncio.sleep(LEASE_SECONDS / 3)
 
-    async def _run(self, name: str) -> None:
+    async def _run(self, name: LoopName) -> None:
         loop = self.loops[name]
         wakeup = self._wakeups[name]
         failures = 0

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal
 from dockyard.errors import Conflict, InvalidField, Unavailable
 from dockyard.runtimes.base import RuntimeFailure, RuntimeUnavailable
 from dockyard.services.containers import get_row
-from dockyard.services.keys import Principal
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SINCE_FORMATS = "expected RFC 3339 (2024-05-01T12:00:00Z) or unix seconds (1714564800)"

@@ -17,6 +17,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal
+from dockyard.core.loops import LoopName
 from dockyard.core.status import ContainerStatus, DesiredState, IPStatus, ProductCategory
 from dockyard.core.workload import EnvVar, PortSpec, VolumeSpec, WorkloadSpec
 from dockyard.db.base import new_id, retry_stale
@@ -35,12 +37,10 @@ from dockyard.schemas.containers import (
 from dockyard.schemas.gmi import Port
 from dockyard.services import idempotency, network_storages, quotas, ssh_keys, templates
 from dockyard.services.idcs import get_usable, gpus_by_idc
-from dockyard.services.keys import Principal
 from dockyard.services.products import matching_gpus
 from dockyard.services.tenancy import owned_row
 from dockyard.services.workloads import encrypt_envs, gmi_envs_in, gmi_envs_out, gmi_ports_in, split_command
 
-LOOP = "containers"
 CREATE_OPERATION = "POST /api/v1/containers"
 CREATING_REASON = "accepted; waiting to be placed and started"
 RECREATING_REASON = "recreating with the new configuration; local data is lost, storages are kept"
@@ -271,7 +271,7 @@ async def create(
         lambda: _add_rows(session, principal, request, context=context),
     )
     await session.commit()
-    context.wake(LOOP)
+    context.wake(LoopName.CONTAINERS)
     return answer
 
 
@@ -409,7 +409,7 @@ async def update(
     row.status = ContainerStatus.CREATING
     row.reason = RECREATING_REASON
     await session.commit()
-    context.wake(LOOP)
+    context.wake(LoopName.CONTAINERS)
     return row.id
 
 
@@ -426,7 +426,7 @@ async def delete(session: AsyncSession, principal: Principal, container_id: str,
             await session.commit()
 
     await retry_stale(session, change)
-    context.wake(LOOP)
+    context.wake(LoopName.CONTAINERS)
 
 
 async def _act(
@@ -453,7 +453,7 @@ async def _act(
         return row
 
     row = await retry_stale(session, change)
-    context.wake(LOOP)
+    context.wake(LoopName.CONTAINERS)
     target = ContainerStatus.STOPPED if desired == DesiredState.STOPPED else ContainerStatus.RUNNING
     if row.status == target and not restart:
         return ContainerAction(id=row.id, status=target, reason=row.reason)

@@ -13,12 +13,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal
 from dockyard.db.models import EndpointModel, NodeModel, WorkerModel
 from dockyard.errors import Conflict, NotFound
 from dockyard.schemas.endpoint_workers import EndpointEvent, EndpointEventList, WorkerDetail, WorkerList
 from dockyard.services import endpoints, events
 from dockyard.services.container_logs import open_runtime_logs
-from dockyard.services.keys import Principal
 
 EVENT_KIND = "endpoint"
 

@@ -21,6 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.config import Settings
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal
+from dockyard.core.loops import LoopName
+from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import (
     DesiredState,
     EndpointStatus,
@@ -33,7 +36,6 @@ from dockyard.core.workload import HealthCheck, PortSpec, VolumeSpec, WorkloadSp
 from dockyard.db.base import retry_stale
 from dockyard.db.models import EndpointModel, IdcModel, ProductModel, WorkerModel
 from dockyard.errors import Conflict, InvalidField, NotFound
-from dockyard.gateway.routes import EndpointConfig
 from dockyard.json_depth import too_deep
 from dockyard.schemas.endpoints import (
     CreateEndpointRequest,
@@ -53,11 +55,9 @@ from dockyard.schemas.endpoints import (
 )
 from dockyard.secrets import SecretBox
 from dockyard.services import idempotency, network_storages, products, quotas, registry_auths
-from dockyard.services.keys import Principal
 from dockyard.services.tenancy import owned_row
 from dockyard.services.workloads import decrypt_envs, encrypt_envs, masked_envs, split_command
 
-LOOP = "endpoints"
 CREATE_OPERATION = "POST /gpus/v2/endpoints"
 LISTING = "GET /gpus/v2/endpoints"
 DEPLOYING_REASON = "accepted; waiting for its workers to be placed and started"
@@ -67,7 +67,7 @@ DEFAULT_POLICY = Policy(type=PolicyType.CONCURRENCY, value=1)
 
 
 def route_config(row: EndpointModel, settings: Settings) -> EndpointConfig:
-    """What the gateway needs to serve the endpoint (gateway/routes.py)."""
+    """What the gateway needs to serve the endpoint, as the planes' channel carries it (core/planes.py)."""
     config = row.worker_config
     return EndpointConfig(
         endpoint_id=row.id,
@@ -224,8 +224,8 @@ async def create(
     )
     await session.commit()
     if (row := await session.get(EndpointModel, answer.body["id"])) is not None:
-        context.routes.upsert(route_config(row, context.settings))
-    context.wake(LOOP)
+        context.planes.endpoint_changed(route_config(row, context.settings))
+    context.wake(LoopName.ENDPOINTS)
     return answer
 
 
@@ -442,8 +442,8 @@ async def update(
         row.policy = request.policy.model_dump(mode="json")
     row.desired_replicas = min(max(row.desired_replicas, worker_config["min_replicas"]), worker_config["max_replicas"])
     await session.commit()
-    context.routes.upsert(route_config(row, context.settings))
-    context.wake(LOOP)
+    context.planes.endpoint_changed(route_config(row, context.settings))
+    context.wake(LoopName.ENDPOINTS)
 
 
 async def _admit_update(
@@ -473,4 +473,4 @@ async def delete(session: AsyncSession, principal: Principal, endpoint_id: str, 
             await session.commit()
 
     await retry_stale(session, change)
-    context.wake(LOOP)
+    context.wake(LoopName.ENDPOINTS)

@@ -2,7 +2,7 @@
 and `health` do (api/jobs.py serves them at `/v1/{endpoint_id}/...` and `/v2/{endpoint_id}/...`).
 
 Jobs are durable (docs/architecture.md): `run` commits the row before it answers (without a key, in a group
-commit with the jobs submitted at the same moment, services/job_inserts.py). An `Idempotency-Key` makes
+commit with the jobs submitted at the same moment, job_queue/inserts.py). An `Idempotency-Key` makes
 a submission happen once per endpoint: the job row carries the key under a unique (endpoint, key) constraint,
 and the key is also recorded through `services.idempotency` for its 24 hours, because a finished job is purged
 after its TTL (30 minutes by default) and a replay within the day must still not make a second job. Of
@@ -35,12 +35,14 @@ from sqlalchemy.orm import defer
 
 from dockyard import outbound
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal
+from dockyard.core.loops import LoopName
 from dockyard.core.status import DesiredState, EndpointType, JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, new_id, retry_stale, utcnow
 from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerModel
 from dockyard.db.session import Database
 from dockyard.errors import ApiError, Conflict, InvalidField, NotFound, PayloadTooLarge
-from dockyard.gateway.autoscaler import LOOP as AUTOSCALER
+from dockyard.job_queue.inserts import Limit
 from dockyard.schemas.jobs import (
     EndpointHealth,
     JobAccepted,
@@ -54,9 +56,8 @@ from dockyard.schemas.jobs import (
     RunRequest,
     WorkerCounts,
 )
-from dockyard.services import endpoints, idempotency, job_inserts, quotas
-from dockyard.services.jobs import VIEW_COLUMNS, WEBHOOK_LOOP, finish_values, job_view, retry_values
-from dockyard.services.keys import Principal
+from dockyard.services import endpoints, idempotency, quotas
+from dockyard.services.jobs import VIEW_COLUMNS, finish_values, job_view, retry_values
 
 _WAIT_SLICE = 5.0  # seconds between database reads while waiting, for changes made by another process
 _MAX_INT_MS = 2**31 - 1  # the job's millisecond columns are 32-bit integers
@@ -123,7 +124,7 @@ async def submit(
 
     The endpoint is checked in the write transaction that inserts the job, so an endpoint being deleted never
     gets one. Without a key that transaction is a group commit shared with the jobs submitted at the same
-    moment (services/job_inserts.py)."""
+    moment (job_queue/inserts.py)."""
     settings = context.settings
     input_json = json.dumps(request.input, separators=(",", ":"))
     size = len(input_json.encode())
@@ -164,7 +165,7 @@ async def submit(
         job_id = new_id()
         check_key = (principal.org_id, endpoint_id)
         limit = _queue_limit(context, principal.org_id)
-        at_zero = bool(await job_inserts.insert(context.db, {**row, "id": job_id}, open_endpoint, check_key, limit))
+        at_zero = bool(await context.job_inserts.insert({**row, "id": job_id}, open_endpoint, check_key, limit))
         answer = idempotency.Answer(200, {"id": job_id, "status": JobStatus.IN_QUEUE.value})
     else:
         async with context.db.write_session() as session:
@@ -182,11 +183,11 @@ async def submit(
             return answer
     context.job_signals.notify_queued(endpoint_id)
     if at_zero and not policy.low_priority:  # a low-priority job waits for a worker the endpoint has anyway
-        context.wake(AUTOSCALER)
+        context.wake(LoopName.AUTOSCALER)
     return answer
 
 
-def _queue_limit(context: ServerContext, org_id: str) -> job_inserts.Limit:
+def _queue_limit(context: ServerContext, org_id: str) -> Limit:
     """The organization's `queued_jobs` quota, as the batched insert admits rows against it."""
 
     name = org_id  # until the lock reads the organization's name
@@ -200,7 +201,7 @@ def _queue_limit(context: ServerContext, org_id: str) -> job_inserts.Limit:
     def refusal(used: int, allowed: int) -> ApiError:
         return quotas.refusal(quotas.Resource.QUEUED_JOBS, allowed, used, 1, name, org_id)
 
-    return job_inserts.Limit(org_id, usage, refusal)
+    return Limit(org_id, usage, refusal)
 
 
 async def _submit_once(
@@ -359,7 +360,7 @@ async def cancel(
     if holder:
         context.job_signals.notify_worker(holder)  # its held job-stop poll answers now
     if changed:
-        context.wake(WEBHOOK_LOOP)
+        context.wake(LoopName.JOB_WEBHOOKS)
     return view
 
 
@@ -412,7 +413,7 @@ async def purge_queue(
     for job in removed:
         context.job_signals.notify_changed(job.id)
     if any(job.webhook for job in removed):
-        context.wake(WEBHOOK_LOOP)
+        context.wake(LoopName.JOB_WEBHOOKS)
     return PurgeAnswer(removed=len(removed), status="completed")
 
 

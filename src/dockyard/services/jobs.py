@@ -35,9 +35,6 @@ from dockyard.core.status import JobStatus, WebhookState
 from dockyard.db.models import JobModel
 from dockyard.schemas.jobs import JobViewBody
 
-LOOP = "jobs"  # the reaper's loop name (reconcilers/jobs.py)
-# The webhook deliveries' loop name (reconcilers/job_webhooks.py): wake it when a job with a webhook finishes.
-WEBHOOK_LOOP = "job_webhooks"
 _DEFAULT_KEEP_SECONDS = float(Settings.model_fields["job_ttl_seconds"].default)
 
 
@@ -186,7 +183,7 @@ async def finish(
     now: datetime,
 ) -> None:
     """End `job` (a row of `session`) as `status`; see `finish_values`. Flushes; the caller commits, then calls
-    `context.job_signals.notify_changed(job.id)` and, when `job.webhook`, `context.wake(WEBHOOK_LOOP)`.
+    `context.job_signals.notify_changed(job.id)` and, when `job.webhook`, `context.wake(LoopName.JOB_WEBHOOKS)`.
 
     The flush is guarded by the row's version: a job changed since it was loaded raises `StaleDataError`.
     """

@@ -1,8 +1,8 @@
 """Organizations, members and API keys; authentication of a bearer token.
 
-Keys are shown once at creation and stored as SHA-256 hashes. Lookups are cached for a few seconds per
-process so that authentication costs no database round trip on a hot path; revocation waits out at most
-that cache lifetime on other servers and is immediate on the one that revoked.
+Keys are shown once at creation and stored as SHA-256 hashes. Lookups are cached for a few seconds by each
+server (its context's `KeyCache`) so that authentication costs no database round trip on a hot path; revocation
+waits out at most that cache lifetime on other servers and is immediate on the one that revoked.
 
 A key's lookup is single-flight: when its entry expires, the first request looks it up and the others of that
 moment are answered from the expired entry meanwhile (stale while revalidating), so an expiry under load costs
@@ -18,13 +18,13 @@ import asyncio
 import hmac
 import logging
 import time
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.config import new_token
 from dockyard.context import ServerContext
+from dockyard.core.callers import Principal
 from dockyard.db.base import utcnow
 from dockyard.db.models import ApiKeyModel, MemberModel, OrganizationModel
 from dockyard.errors import Forbidden, NotFound, Unauthorized
@@ -36,37 +36,7 @@ KEY_PREFIX = "dy_"
 _CACHE_SECONDS = 10.0
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: an organization's member through one of its keys, or the operator."""
-
-    org_id: str
-    member_id: str
-    key_id: str
-    is_admin: bool = False
-
-
 OPERATOR = Principal(org_id="", member_id="", key_id="operator", is_admin=True)
-
-_cache: dict[str, tuple[float, Principal | None]] = {}
-# (event loop, digest) -> the lookup under way for it: a task belongs to one loop, and a process may run several
-# (a server and a stand-alone gateway side by side, as in tests).
-_lookups: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[Principal | None]] = {}
-
-
-def presented_key(authorization: str | None) -> str | None:
-    """The key an `Authorization` header carries, `Bearer <key>` or the bare key (the PPIO and RunPod clients and
-    worker SDKs send it bare); None when it carries none. Every door takes a key the same way: the API, the job
-    API, the sync gateway and the worker webhooks."""
-    value = (authorization or "").strip()
-    scheme, _, rest = value.partition(" ")
-    key = rest.strip() if scheme.lower() == "bearer" else value
-    return key if key and " " not in key else None
-
-
-def forget_cached_keys() -> None:
-    _cache.clear()
-    _lookups.clear()
 
 
 async def authenticate(context: ServerContext, token: str, *, allow_admin_token: bool = False) -> Principal:
@@ -74,14 +44,15 @@ async def authenticate(context: ServerContext, token: str, *, allow_admin_token:
     if allow_admin_token and admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
         return OPERATOR
     digest = hash_api_key(token)
-    cached = _cache.get(digest)
+    cache = context.keys
+    cached = cache.entries.get(digest)
     if cached is not None and cached[0] > time.monotonic():
         principal = cached[1]
     else:
         key = (asyncio.get_running_loop(), digest)
-        lookup = _lookups.get(key)
+        lookup = cache.lookups.get(key)
         if lookup is None:
-            lookup = _lookups[key] = asyncio.create_task(_look_up(context, digest))
+            lookup = cache.lookups[key] = asyncio.create_task(_look_up(context, digest))
             lookup.add_done_callback(_log_failure)
         # An expired entry answers while its lookup runs; a key never seen waits for it (shielded: one request
         # leaving must not cancel the lookup the others share).
@@ -115,6 +86,7 @@ async def authorize_metrics(context: ServerContext, authorization: str | None) -
 async def _look_up(context: ServerContext, digest: str) -> Principal | None:
     """Read the key's row, cache what it says (unless the cache was forgotten meanwhile) and return it."""
     key = (asyncio.get_running_loop(), digest)
+    cache = context.keys
     try:
         async with context.db.read_session() as session:
             row = await session.scalar(
@@ -123,12 +95,12 @@ async def _look_up(context: ServerContext, digest: str) -> Principal | None:
         principal = (
             Principal(org_id=row.org_id, member_id=row.member_id, key_id=row.id, is_admin=row.is_admin) if row else None
         )
-        if _lookups.get(key) is asyncio.current_task():
-            _cache[digest] = (time.monotonic() + _CACHE_SECONDS, principal)
+        if cache.lookups.get(key) is asyncio.current_task():
+            cache.entries[digest] = (time.monotonic() + _CACHE_SECONDS, principal)
         return principal
     finally:
-        if _lookups.get(key) is asyncio.current_task():
-            del _lookups[key]
+        if cache.lookups.get(key) is asyncio.current_task():
+            del cache.lookups[key]
 
 
 def _log_failure(lookup: asyncio.Task[Principal | None]) -> None:
@@ -187,10 +159,10 @@ async def create_key(
     return row, plaintext
 
 
-async def revoke_key(session: AsyncSession, key_id: str) -> None:
+async def revoke_key(context: ServerContext, session: AsyncSession, key_id: str) -> None:
     row = await session.get(ApiKeyModel, key_id)
     if row is None or row.revoked_at is not None:
         raise NotFound(f"API key {key_id} not found")
     row.revoked_at = utcnow()
     await session.commit()
-    forget_cached_keys()
+    context.keys.forget()

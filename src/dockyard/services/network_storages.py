@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.config import Settings
+from dockyard.core.callers import Principal
 from dockyard.core.status import DesiredState, NetworkStorageStatus
 from dockyard.core.workload import VolumeSpec
 from dockyard.db.models import ContainerModel, EndpointModel, IdcModel, NetworkStorageModel
@@ -21,7 +22,6 @@ from dockyard.schemas.network_storages import (
     UpdateNetworkStorageRequest,
 )
 from dockyard.services import idempotency, quotas
-from dockyard.services.keys import Principal
 from dockyard.services.tenancy import owned_row
 
 

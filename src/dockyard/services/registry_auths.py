@@ -6,12 +6,12 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dockyard.core.callers import Principal
 from dockyard.db.models import RegistryAuthModel
 from dockyard.runtimes import base as runtime
 from dockyard.schemas.registry_auths import CreateRegistryAuthRequest, RegistryAuth
 from dockyard.secrets import SecretBox
 from dockyard.services import idempotency
-from dockyard.services.keys import Principal
 from dockyard.services.tenancy import owned_row
 
 

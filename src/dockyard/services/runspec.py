@@ -53,6 +53,11 @@ def object_name(container_id: str, generation: int) -> str:
     return f"dy-{container_id[:12]}-g{generation}"
 
 
+def published(obj: RuntimeObject) -> list[dict[str, Any]]:
+    """The host ports the runtime chose, as stored in `published_ports` (GMI's port shape)."""
+    return [{"containerPort": p.container_port, "port": p.host_port, "protocol": p.protocol.upper()} for p in obj.ports]
+
+
 def storage_volume(storage_id: str) -> str:
     return f"dockyard-ns-{storage_id}"
 
@@ -63,11 +68,6 @@ ORG_NETWORK_PREFIX = "dockyard-org-"
 def org_network(org_id: str) -> str:
     """The network of every container and worker of one organization, isolated from every other's."""
     return f"{ORG_NETWORK_PREFIX}{org_id}"
-
-
-def published(obj: RuntimeObject) -> list[dict[str, Any]]:
-    """The host ports the runtime chose, as stored in `published_ports` (GMI's port shape)."""
-    return [{"containerPort": p.container_port, "port": p.host_port, "protocol": p.protocol.upper()} for p in obj.ports]
 
 
 def container_labels(row: ContainerModel, gpu_uuids: Sequence[str], node_id: str) -> dict[str, str]:

@@ -11,11 +11,11 @@ import struct
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dockyard.core.callers import Principal
 from dockyard.db.models import SshKeyModel
 from dockyard.errors import InvalidField
 from dockyard.schemas.ssh_keys import CreateSshKeyRequest, SshKey
 from dockyard.services import idempotency
-from dockyard.services.keys import Principal
 from dockyard.services.tenancy import owned_row
 
 KEY_TYPES = (

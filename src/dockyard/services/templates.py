@@ -8,13 +8,13 @@ import shlex
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dockyard.core.callers import Principal
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.models import TemplateModel
 from dockyard.schemas.common import Page
 from dockyard.schemas.templates import CreateTemplateRequest, Template, TemplateCredential
 from dockyard.secrets import SecretBox, mask
 from dockyard.services import idempotency
-from dockyard.services.keys import Principal
 from dockyard.services.tenancy import owned_row
 from dockyard.services.workloads import (
     encrypt_credential,

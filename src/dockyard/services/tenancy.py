@@ -7,8 +7,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dockyard.core.callers import Principal
 from dockyard.errors import NotFound
-from dockyard.services.keys import Principal
 
 RowT = TypeVar("RowT")
 

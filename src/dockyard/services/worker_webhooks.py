@@ -60,6 +60,8 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from dockyard.config import Settings, new_token
 from dockyard.context import ServerContext
+from dockyard.core.callers import presented_key
+from dockyard.core.loops import LoopName
 from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import JobModel, JobStreamModel, WorkerModel
@@ -68,8 +70,6 @@ from dockyard.json_depth import too_deep, too_deep_message
 from dockyard.schemas.worker_webhooks import TakenJob
 from dockyard.secrets import hash_api_key
 from dockyard.services import events, jobs
-from dockyard.services.endpoints import LOOP
-from dockyard.services.keys import presented_key
 from dockyard.services.worker_runspec import ping_interval_ms
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ async def _seen(context: ServerContext, worker: WorkerModel) -> None:
             .execution_options(synchronize_session=False)
         )
     if worker.last_seen_at is None:
-        context.wake(LOOP)  # its first call: the reconciler records it ready
+        context.wake(LoopName.ENDPOINTS)  # its first call: the reconciler records it ready
     worker.last_seen_at = now
 
 
@@ -294,9 +294,9 @@ async def done(context: ServerContext, worker: WorkerModel, job_id: str, post: W
             raise Conflict(f"result not recorded: {refused}")
         context.job_signals.notify_changed(job_id)
         if webhook:
-            context.wake(jobs.WEBHOOK_LOOP)
+            context.wake(LoopName.JOB_WEBHOOKS)
         if post.stop_pod:
-            context.wake(LOOP)
+            context.wake(LoopName.ENDPOINTS)
         return
     raise Unavailable(f"job {job_id} kept changing while its result was recorded; post it again")
 
@@ -419,7 +419,7 @@ async def ping(
         else:
             signals.notify_changed(job_id)
             if webhook:
-                context.wake(jobs.WEBHOOK_LOOP)
+                context.wake(LoopName.JOB_WEBHOOKS)
     return renewed
 
 

@@ -1,6 +1,8 @@
 """`dockyard gateway`: the sync gateway in a process of its own, beside the server, to spread request load.
 
-It serves the same `GatewayApp` as the server does, at `/{endpoint_id}/...`, plus `/healthz` and `/metrics` (read as
+This is its composition root, as app.py is the server's: it builds the data plane (gateway/), the control parts that
+keep its routing table (control/) and the planes' channel that joins them (core/planes.py). It serves the same
+`GatewayApp` as the server does, at `/{endpoint_id}/...`, plus `/healthz` and `/metrics` (read as
 the server's is, with the metrics token, the admin token or an admin key).
 It never migrates nor writes desired state: the server owns the schema and every row. What it needs comes
 from the database in the background, never on a request:
@@ -33,18 +35,19 @@ from starlette.types import ASGIApp
 from dockyard import __version__
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
+from dockyard.control.prober import HealthProber
+from dockyard.control.reports import Reporter
+from dockyard.control.route_sync import RouteSync
 from dockyard.db.base import new_id
 from dockyard.db.session import Database
 from dockyard.errors import ApiError, error_body
 from dockyard.gateway import metrics as gateway_metrics
-from dockyard.gateway.front import Front
-from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.proxy import GatewayApp
-from dockyard.gateway.reports import Reporter
-from dockyard.gateway.sync import RouteSync
+from dockyard.gateway.routes import RouteTable
 from dockyard.logs import configure_logging
 from dockyard.secrets import SecretBox
 from dockyard.services import keys
+from dockyard.serving.front import Front
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +60,16 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or load_settings()
     db = Database(settings.resolved_database_url)
     context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key))
-    routes = context.routes
+    planes = context.planes
+    routes = RouteTable(on_demand=planes.demand)
     gateway_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
     reporter = Reporter(db, routes, gateway_id, settings.gateway_report_interval)
-    routes.on_demand = reporter.demand
     prober = HealthProber(routes, settings, on_ready=_recorded_elsewhere, on_unhealthy=_recorded_elsewhere)
+    planes.subscribe(demand=reporter.demand, worker_unreachable=prober.recheck)
     sync = RouteSync(db, settings, routes, prober)
-    routes.on_worker_error = prober.recheck
-    gateway = GatewayApp(routes, partial(keys.org_of, context), context.registry, on_worker_error=routes.worker_error)
+    gateway = GatewayApp(
+        routes, partial(keys.org_of, context), context.registry, on_worker_error=planes.worker_unreachable
+    )
     gateway_metrics.register(context.registry, routes)
 
     async def healthz(request: Request) -> JSONResponse:
@@ -100,7 +105,7 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
         routes=[Route("/healthz", healthz), Route("/metrics", metrics), Route("/{path:path}", unknown, methods=None)],
         lifespan=lifespan,
     )
-    return Front(api, gateway, routes)
+    return Front(api, gateway, routes, freeze_gc=settings.gc_freeze)
 
 
 def create_gateway_app_from_env() -> ASGIApp:

@@ -1,4 +1,4 @@
-"""The servers' HTTP protocol (server_protocol.py): a response's head leaves in the same write as its body when
+"""The servers' HTTP protocol (serving/protocol.py): a response's head leaves in the same write as its body when
 the body follows within the turn of the event loop, and on its own at the end of that turn otherwise; over real
 sockets, answers whole, streamed, HEAD, pipelined and closing all arrive intact."""
 
@@ -16,12 +16,13 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from dockyard.config import Settings
-from dockyard.server_protocol import (
+from dockyard.serving.protocol import (
     MIN_CONNECTIONS,
     RESERVED_FDS,
     UNLIMITED_FDS,
     HeadHoldingTransport,
     connection_cap,
+    protocol_for,
 )
 from tests.live import serving
 
@@ -215,3 +216,19 @@ def test_a_body_the_server_holds_back_is_not_timed_out(tmp_path: Path) -> None:
         answer = httpx.post(f"{url}/x", content=b"x" * large, timeout=10)
         assert answer.status_code == 200
         assert answer.text == str(large)
+
+
+def test_heads_and_bodies_are_written_apart_when_switched_off() -> None:
+    settings = Settings(head_with_body=False)
+    assert protocol_for(settings, MIN_CONNECTIONS).keywords["head_with_body"] is False  # type: ignore[attr-defined]
+    head_seen.clear()
+    with serving(app, settings=settings) as base, httpx.Client(base_url=base, timeout=10) as client:
+        try:
+            for n in range(3):
+                assert client.get(f"/n{n}").text == f"/n{n}"
+            with client.stream("GET", "/stream") as answer:
+                assert answer.status_code == 200
+                head_seen.set()
+                assert answer.read() == b"first,last"
+        finally:
+            head_seen.set()

@@ -201,8 +201,9 @@ def _response(status: int, phrase: str, message: str) -> bytes:
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a `HeadHoldingTransport`, bounded by `limits` (see the module
-    docstring); given to uvicorn as its `http` protocol class, or as `protocol_for`'s partial of it."""
+    """uvicorn's httptools protocol over a `HeadHoldingTransport` (over the plain transport when `head_with_body`
+    is off), bounded by `limits` (see the module docstring); given to uvicorn as its `http` protocol class, or as
+    `protocol_for`'s partial of it."""
 
     def __init__(
         self,
@@ -211,9 +212,11 @@ class HttpProtocol(HttpToolsProtocol):
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
         limits: ConnectionLimits = ConnectionLimits(),
+        head_with_body: bool = True,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
+        self.head_with_body = head_with_body
         shared = _shared.get(server_state)
         if shared is None:
             shared = _shared[server_state] = _Connections(self.loop, server_state, limits)
@@ -223,7 +226,7 @@ class HttpProtocol(HttpToolsProtocol):
         self.request_started = False  # a byte of the request being read has arrived
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(HeadHoldingTransport(transport, self.loop))
+        super().connection_made(HeadHoldingTransport(transport, self.loop) if self.head_with_body else transport)
         self.shared.start_sweeping()
         cap = self.limits.max_connections
         if cap and len(self.connections) > cap and not self._make_room(cap):
@@ -285,8 +288,9 @@ class HttpProtocol(HttpToolsProtocol):
         self.request_started = False
 
     def on_response_complete(self) -> None:
-        holding: HeadHoldingTransport = self.transport  # type: ignore[assignment]
-        holding.expect_head()
+        if self.head_with_body:
+            holding: HeadHoldingTransport = self.transport  # type: ignore[assignment]
+            holding.expect_head()
         super().on_response_complete()
         if self.timeout_keep_alive_task is not None and not self.request_started:  # waiting for the next request
             self.shared.idle[self] = None
@@ -314,10 +318,11 @@ class HttpProtocol(HttpToolsProtocol):
 
 
 def protocol_for(settings: Settings, max_connections: int) -> type[HttpProtocol]:
-    """`HttpProtocol` bounded by the settings' timeouts and `max_connections`. A partial rather than a subclass:
-    uvicorn only calls it, and a partial of this module's class pickles, as `--workers` processes need."""
+    """`HttpProtocol` bounded by the settings' timeouts and `max_connections`, writing heads with bodies as the
+    settings' `head_with_body` says. A partial rather than a subclass: uvicorn only calls it, and a partial of this
+    module's class pickles, as `--workers` processes need."""
     limits = ConnectionLimits(settings.header_timeout_seconds, settings.body_timeout_seconds, max_connections)
-    return cast(type[HttpProtocol], partial(HttpProtocol, limits=limits))
+    return cast(type[HttpProtocol], partial(HttpProtocol, limits=limits, head_with_body=settings.head_with_body))
 
 
 def raise_fd_limit() -> tuple[int, int]:

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
+from dockyard.control.autoscaler import Autoscaler, Bounds, Window, decide
 from dockyard.core.status import PolicyType
 from dockyard.db.models import EndpointModel, EventModel
-from dockyard.gateway.autoscaler import Autoscaler, Bounds, Window, decide
 from dockyard.gateway.routes import EndpointFigures, WorkerFigures
 from tests.conftest import Harness
 
@@ -131,13 +131,13 @@ async def _endpoint(harness: Harness, **worker_config: int) -> EndpointModel:
 async def test_a_pass_writes_the_count_and_an_event_with_the_figures(harness: Harness) -> None:
     row = await _endpoint(harness)
     context = harness.context
-    route = context.routes.get(row.id)
+    route = harness.routes.get(row.id)
     assert route is not None  # the API published it to the gateway when the create committed
     route.dispatcher.queue_limit = 100
     waiters = [route.dispatcher.acquire(1e9) for _ in range(5)]
     tasks = [asyncio.create_task(lease.__aenter__()) for lease in waiters]
     await asyncio.sleep(0)
-    autoscaler = Autoscaler(context)
+    autoscaler = Autoscaler(context, harness.routes)
     await autoscaler.reconcile_once()
     async with context.db.read() as session:
         stored = await session.get(EndpointModel, row.id)
@@ -160,9 +160,9 @@ async def test_a_pass_writes_the_count_and_an_event_with_the_figures(harness: Ha
 async def test_a_scale_up_from_zero_answering_a_request_is_timed(harness: Harness) -> None:
     row = await _endpoint(harness)
     context = harness.context
-    route = context.routes.get(row.id)
+    route = harness.routes.get(row.id)
     assert route is not None
-    autoscaler = Autoscaler(context)
+    autoscaler = Autoscaler(context, harness.routes)
     lease = route.dispatcher.acquire(1e9)
     waiter = asyncio.create_task(lease.__aenter__())
     await asyncio.sleep(0)
@@ -198,12 +198,12 @@ async def test_a_scale_up_is_held_at_the_quota_and_says_so(harness: Harness) -> 
     other = await _endpoint(harness, min_replicas=1)
     row = await _endpoint(harness, max_replicas=5)
     context = harness.context
-    route = context.routes.get(row.id)
+    route = harness.routes.get(row.id)
     assert route is not None
     route.dispatcher.queue_limit = 100
     tasks = [asyncio.create_task(route.dispatcher.acquire(1e9).__aenter__()) for _ in range(6)]
     await asyncio.sleep(0)
-    autoscaler = Autoscaler(context)
+    autoscaler = Autoscaler(context, harness.routes)
 
     await autoscaler.reconcile_once()
     async with context.db.read() as session:

@@ -20,7 +20,7 @@ Contract:
   pass; `unwatch(worker_id)` forgets it and stops its probes.
 - `check_now(endpoint_id, worker_id)` probes at once and counts the result like a scheduled probe;
   `recheck(endpoint_id, worker_id, reason)` does the same in a task of its own, for callers that must not wait
-  (the proxy after a connection error, through `RouteTable.on_worker_error`).
+  (the proxy after a connection error, announced on the planes' channel, core/planes.py).
 
 Every probe goes through one shared `httpx.AsyncClient` with `health_check_timeout`. Tasks start lazily on the
 running loop (the prober may be built before it); `close()` cancels them and closes the client.
@@ -113,7 +113,7 @@ class HealthProber:
 
     def recheck(self, endpoint_id: str, worker_id: str, reason: str) -> None:
         """The data plane could not reach the worker (`reason`): `check_now` in a task of its own, so the caller
-        (the proxy, through `RouteTable.on_worker_error`) never waits. Errors arriving while a recheck of the
+        (the proxy, through the planes' channel) never waits. Errors arriving while a recheck of the
         worker is under way join it rather than adding probes."""
         watched = self._watched.get(worker_id)
         if watched is None or watched.failed or watched.rechecking or watched.endpoint_id != endpoint_id:

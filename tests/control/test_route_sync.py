@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dockyard.config import Settings
+from dockyard.control.prober import HealthProber
+from dockyard.control.route_sync import forget_others
+from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import EndpointType
 from dockyard.db.models import WorkerModel
-from dockyard.gateway.prober import HealthProber
-from dockyard.gateway.routes import EndpointConfig, RouteTable
-from dockyard.gateway.sync import forget_others
+from dockyard.gateway.routes import RouteTable
 
 
 async def test_workers_without_a_row_leave_the_table() -> None:

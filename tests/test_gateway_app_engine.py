@@ -23,8 +23,7 @@ import pytest
 
 from dockyard.app import create_app
 from dockyard.config import Settings
-from dockyard.gateway.standalone import create_gateway_app
-from dockyard.services import keys
+from dockyard.gateway_app import create_gateway_app
 from tests.conftest import ADMIN_TOKEN
 from tests.engine import remove_networks
 from tests.live import free_port, serving
@@ -56,7 +55,6 @@ def settings(tmp_path: Path, engine_url: str, worker_images: dict[str, str]) -> 
 def cleanup(engine_url: str) -> Iterator[list[str]]:
     installations: list[str] = []
     yield installations
-    keys.forget_cached_keys()
     engine = docker.DockerClient(base_url=engine_url)
     for installation in installations:
         for container in engine.containers.list(all=True, filters={"label": f"dockyard.installation={installation}"}):

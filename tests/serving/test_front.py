@@ -4,18 +4,24 @@ the whole app: the gateway answers an unknown id exactly as another organization
 
 from __future__ import annotations
 
+import gc
 import json
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 from starlette.types import Message, Receive, Scope, Send
 
+from dockyard.api.jobs_lean import LeanJobs
+from dockyard.app import create_app
+from dockyard.config import Settings
+from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import EndpointType
-from dockyard.gateway.front import Front
 from dockyard.gateway.proxy import GatewayApp
-from dockyard.gateway.routes import EndpointConfig, RouteTable
+from dockyard.gateway.routes import RouteTable
+from dockyard.serving.front import Front
 from tests.conftest import Harness
 from tests.gateway.upstream import Worker, serve
 
@@ -61,7 +67,7 @@ def make_front() -> tuple[Front, Api, GatewayApp, RouteTable]:
     routes.upsert(EndpointConfig(EP, "org", EndpointType.SYNC, 30.0, 4, 10))
     gateway = GatewayApp(routes, authenticate, CollectorRegistry())
     api = Api()
-    return Front(api, gateway, routes), api, gateway, routes
+    return Front(api, gateway, routes, freeze_gc=True), api, gateway, routes
 
 
 async def test_endpoint_paths_reach_the_gateway_and_the_rest_the_api() -> None:
@@ -183,3 +189,36 @@ async def test_websockets_and_lifespan_go_to_the_api_and_shutdown_closes_the_gat
         {"type": "lifespan.shutdown.complete", "closed_before": True},
     ]
     assert closed == [True]
+
+
+@pytest.mark.parametrize("freeze_gc", [True, False])
+async def test_the_garbage_collector_is_frozen_at_startup_only_when_switched_on(freeze_gc: bool) -> None:
+    routes = RouteTable()
+    front = Front(Api(), GatewayApp(routes, authenticate, CollectorRegistry()), routes, freeze_gc=freeze_gc)
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    frozen: list[int] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        frozen.append(gc.get_freeze_count())
+
+    gc.unfreeze()
+    try:
+        await front({"type": "lifespan"}, receive, send)
+    finally:
+        gc.unfreeze()
+    assert (frozen[0] > 0) is freeze_gc
+
+
+@pytest.mark.parametrize("lean_job_routes", [True, False])
+def test_the_lean_job_routes_stand_before_fastapi_only_when_switched_on(tmp_path: Path, lean_job_routes: bool) -> None:
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'dockyard.db'}"
+    app = create_app(Settings(data_dir=tmp_path, database_url=database_url, lean_job_routes=lean_job_routes))
+    api = app.front.api
+    if lean_job_routes:
+        assert isinstance(api, LeanJobs)
+        assert api.api == app.serve_api
+    else:
+        assert api == app.serve_api

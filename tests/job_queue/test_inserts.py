@@ -1,4 +1,4 @@
-"""The group commit of submitted jobs (services/job_inserts.py) over a real database (SQLite and PostgreSQL):
+"""The group commit of submitted jobs (job_queue/inserts.py) over a real database (SQLite and PostgreSQL):
 concurrent submissions share transactions and are all committed before their callers resume; rows of one check key
 share one check per transaction; a refused check refuses the rows of its key only; a batch the database refuses is
 retried row by row, so only the offending row fails; and the API's `run` still answers only committed jobs, and
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dockyard.db.base import new_id
 from dockyard.db.models import EndpointModel, JobModel
 from dockyard.errors import Conflict
-from dockyard.services import job_inserts
+from dockyard.job_queue.inserts import Check
 from tests.api.test_jobs import include_job_routes, make_endpoint
 from tests.conftest import Harness
 
@@ -59,7 +59,7 @@ async def test_concurrent_rows_are_committed_in_fewer_transactions_than_rows(
         return "checked"
 
     rows = [row(endpoint_id, org_id) for _ in range(50)]
-    results = await asyncio.gather(*(job_inserts.insert(harness.context.db, r, check, r["id"]) for r in rows))
+    results = await asyncio.gather(*(harness.context.job_inserts.insert(r, check, r["id"]) for r in rows))
     assert results == ["checked"] * 50
     assert checks == 50  # a key of its own per row: each row was checked
     assert len(transactions) < 50  # rows that arrived together shared a transaction
@@ -78,7 +78,7 @@ async def test_rows_with_one_check_key_share_one_check_per_transaction(
 
     rows = [row(endpoint_id, org_id) for _ in range(50)]
     key = (org_id, endpoint_id)
-    results = await asyncio.gather(*(job_inserts.insert(harness.context.db, r, check, key) for r in rows))
+    results = await asyncio.gather(*(harness.context.job_inserts.insert(r, check, key) for r in rows))
     assert len(checked_in) == len(set(checked_in)) < 50  # once per transaction, and fewer transactions than rows
     assert sorted(set(results)) == list(range(1, len(checked_in) + 1))  # each row got its own batch's answer
     assert await stored(harness, [r["id"] for r in rows]) == {r["id"] for r in rows}
@@ -96,8 +96,8 @@ async def test_a_refusal_is_every_row_of_its_check_key(harness: Harness, endpoin
     refused = [row(endpoint_id, org_id) for _ in range(5)]
     accepted = row(endpoint_id, org_id)
     outcomes = await asyncio.gather(
-        *(job_inserts.insert(harness.context.db, r, check, "closed") for r in refused),
-        job_inserts.insert(harness.context.db, accepted, accept, "open"),
+        *(harness.context.job_inserts.insert(r, check, "closed") for r in refused),
+        harness.context.job_inserts.insert(accepted, accept, "open"),
         return_exceptions=True,
     )
     assert all(isinstance(outcome, Conflict) for outcome in outcomes[:5])
@@ -109,7 +109,7 @@ async def test_a_refused_check_refuses_its_own_row_only(harness: Harness, endpoi
     endpoint_id, org_id = endpoint
     refused = row(endpoint_id, org_id)
 
-    def check_for(candidate: dict[str, Any]) -> job_inserts.Check:
+    def check_for(candidate: dict[str, Any]) -> Check:
         async def check(session: AsyncSession) -> None:
             if candidate is refused:
                 raise Conflict("not this one")
@@ -118,7 +118,7 @@ async def test_a_refused_check_refuses_its_own_row_only(harness: Harness, endpoi
 
     rows = [row(endpoint_id, org_id), refused, row(endpoint_id, org_id)]
     outcomes = await asyncio.gather(
-        *(job_inserts.insert(harness.context.db, r, check_for(r), r["id"]) for r in rows), return_exceptions=True
+        *(harness.context.job_inserts.insert(r, check_for(r), r["id"]) for r in rows), return_exceptions=True
     )
     assert isinstance(outcomes[1], Conflict)
     assert outcomes[0] is None
@@ -136,7 +136,7 @@ async def test_a_row_the_database_refuses_fails_alone(harness: Harness, endpoint
     orphan = row("no-such-endpoint", org_id)
     rows = [row(endpoint_id, org_id), orphan, row(endpoint_id, org_id)]
     outcomes = await asyncio.gather(
-        *(job_inserts.insert(harness.context.db, r, check, org_id) for r in rows), return_exceptions=True
+        *(harness.context.job_inserts.insert(r, check, org_id) for r in rows), return_exceptions=True
     )
     assert isinstance(outcomes[1], IntegrityError)
     assert outcomes[0] is None

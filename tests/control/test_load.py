@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from dockyard.control.load import job_figures, load_figures
+from dockyard.core.loops import LoopName
 from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import utcnow
 from dockyard.db.models import JobModel, WorkerModel
-from dockyard.gateway.autoscaler import LOOP as AUTOSCALER
-from dockyard.gateway.load import job_figures, load_figures
 from dockyard.gateway.routes import RouteTable
 from tests.conftest import Harness
 
@@ -93,13 +93,13 @@ async def test_low_priority_queued_jobs_never_ask_for_a_worker(harness: Harness)
     low = {"input": {"n": 1}, "policy": {"lowPriority": True}}
     answer = await harness.client.post(f"/v2/{endpoint_id}/run", json=low)
     assert answer.status_code == 200, answer.text
-    assert AUTOSCALER not in woken  # the endpoint is at zero, and stays there
+    assert LoopName.AUTOSCALER not in woken  # the endpoint is at zero, and stays there
     async with harness.context.db.read() as session:
         (figures,) = await job_figures(session)
     assert (figures.queued, figures.oldest_wait) == (0, 0.0)
 
     assert (await harness.client.post(f"/v2/{endpoint_id}/run", json={"input": {"n": 2}})).status_code == 200
-    assert AUTOSCALER in woken
+    assert LoopName.AUTOSCALER in woken
     async with harness.context.db.read() as session:
         (figures,) = await job_figures(session)
     assert figures.queued == 1

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from dockyard.config import Settings
+from dockyard.control.prober import HealthProber
+from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import EndpointType
-from dockyard.gateway.prober import HealthProber
-from dockyard.gateway.routes import EndpointConfig, RouteTable
+from dockyard.gateway.routes import RouteTable
 
 ENDPOINT = "ep-1"
 WORKER = "wk-1"
@@ -198,9 +199,8 @@ async def test_recheck_probes_in_the_background_without_waiting(tmp_path: Path, 
     address = f"http://127.0.0.1:{port}"
     try:
         prober.watch(ENDPOINT, WORKER, address, f"{address}/health", ready=True)
-        routes.on_worker_error = prober.recheck
         server.status = 502
-        routes.worker_error(ENDPOINT, WORKER, "connection reset")  # what the proxy calls; returns at once
+        prober.recheck(ENDPOINT, WORKER, "connection reset")  # what the proxy's announcement calls; returns at once
         assert ready_in(routes)
         assert server.hits == 0
         await asyncio.wait_for(recorder.unhealthy_seen.wait(), DEADLINE)

@@ -22,10 +22,10 @@ from collections.abc import Iterable
 from sqlalchemy import select
 
 from dockyard.config import Settings
+from dockyard.control.prober import HealthProber
 from dockyard.core.status import WorkerStatus
 from dockyard.db.models import EndpointModel, WorkerModel
 from dockyard.db.session import Database
-from dockyard.gateway.prober import HealthProber
 from dockyard.gateway.routes import RouteTable
 from dockyard.services.endpoints import route_config
 from dockyard.services.worker_runspec import worker_address, worker_health

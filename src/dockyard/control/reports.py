@@ -4,7 +4,7 @@ The gateway inside the server process is read directly (`RouteTable.figures()`),
 request. A stand-alone gateway (`dockyard gateway`, run beside the server to spread the request load) cannot
 be read that way, so it writes its figures to `gateway_reports` every `gateway_report_interval` seconds, and
 at once when a request reaches an endpoint with no ready worker there. `remote_figures()` reads every report
-fresher than `REPORT_MAX_AGE_INTERVALS` intervals; gateway/load.py sums them with the rest. A gateway that
+fresher than `REPORT_MAX_AGE_INTERVALS` intervals; control/load.py sums them with the rest. A gateway that
 stopped stops reporting and its last figures age out; nothing has to clean up after it.
 
 A report lists the workers its gateway routes to (ready there) or holds requests on, which is what the endpoint

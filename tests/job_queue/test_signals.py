@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dockyard.gateway.job_signals import JobSignals
+from dockyard.job_queue.signals import JobSignals
 
 
 async def test_a_notification_before_the_wait_is_kept_by_the_watch() -> None:

@@ -6,7 +6,7 @@ reaches an endpoint with no ready worker):
 
 1. **Load** the endpoints wanted running (id, worker_config, policy, `desired_replicas`, version), in one
    read transaction, and their load: this process's gateway is read directly, as fresh as its last
-   request; stand-alone gateways' figures come from their reports (gateway/reports.py).
+   request; stand-alone gateways' figures come from their reports (control/reports.py).
 2. **Decide**, per endpoint, with `decide()`, a pure function of the figures, the settings and the
    endpoint's scale-down window:
    - *Demand* is the requests queued plus those in flight.
@@ -29,8 +29,10 @@ reaches an endpoint with no ready worker):
    admission. One held back says so: in its `ScaledUp` event, or, when it cannot add a worker at all, in a
    `ScaleUpHeld` event written once per change of its reason.
 
-A scale-up from zero that answers `on_demand` is timed into `dockyard_autoscaler_scale_from_zero_seconds`:
-from the first request that found the endpoint without a ready worker to the count being written.
+A request that finds an endpoint without a ready worker is announced on the planes' channel (core/planes.py),
+which the autoscaler listens to from its construction to its `close()` (`on_demand`). A scale-up from zero that
+answers one is timed into `dockyard_autoscaler_scale_from_zero_seconds`: from the first such request to the count
+being written.
 """
 
 from __future__ import annotations
@@ -46,18 +48,17 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
+from dockyard.control.load import load_figures
+from dockyard.core.loops import LoopName
 from dockyard.core.status import DesiredState, PolicyType
 from dockyard.db.base import guarded_update
 from dockyard.db.models import EndpointModel, ProductModel
-from dockyard.gateway.load import load_figures
-from dockyard.gateway.routes import EndpointFigures
+from dockyard.gateway.routes import EndpointFigures, RouteTable
 from dockyard.metrics_registry import per_registry
 from dockyard.services import events, quotas
 
 log = logging.getLogger(__name__)
 
-LOOP = "autoscaler"
-ENDPOINTS_LOOP = "endpoints"
 # From a few ms (woken by the request) to a whole `autoscale_interval` and more when the loop is late.
 DECISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -178,20 +179,26 @@ def decide(current: int, figures: EndpointFigures, bounds: Bounds, window: Windo
 class Autoscaler:
     """The `autoscaler` loop; see the module docstring."""
 
-    name = LOOP
+    name = LoopName.AUTOSCALER
 
-    def __init__(self, context: ServerContext) -> None:
+    def __init__(self, context: ServerContext, routes: RouteTable) -> None:
         self.context = context
+        self.routes = routes
         self.interval = context.settings.autoscale_interval
         self._windows: dict[str, Window] = {}
         # Endpoint id -> monotonic time of the first `on_demand` since the last pass began.
         self._demand_since: dict[str, float] = {}
         self._scale_from_zero = _scale_from_zero_for(context.registry)
+        self._listening = context.planes.subscribe(demand=self.on_demand)
+
+    async def close(self) -> None:
+        """Stop listening for demand (the supervisor calls it when the loop stops)."""
+        self._listening()
 
     def on_demand(self, endpoint_id: str) -> None:
         """A request reached an endpoint with no ready worker: decide now instead of at the next tick."""
         self._demand_since.setdefault(endpoint_id, time.monotonic())
-        self.context.wake(LOOP)
+        self.context.wake(LoopName.AUTOSCALER)
 
     async def reconcile_once(self) -> None:
         # Taken before the figures are read: a request after this point is seen by the next pass (its wake-up
@@ -201,7 +208,7 @@ class Autoscaler:
         async with self.context.db.read() as session:
             running = select(EndpointModel).where(EndpointModel.desired == DesiredState.RUNNING)
             rows = list(await session.scalars(running))
-            figures = await load_figures(session, self.context.routes, interval)
+            figures = await load_figures(session, self.routes, interval)
         now = time.monotonic()
         changed = False
         for row in rows:
@@ -218,7 +225,7 @@ class Autoscaler:
         for endpoint_id in set(self._windows) - {row.id for row in rows}:
             del self._windows[endpoint_id]
         if changed:
-            self.context.wake(ENDPOINTS_LOOP)
+            self.context.wake(LoopName.ENDPOINTS)
 
     async def _apply(self, row: EndpointModel, decision: Decision, window: Window) -> bool:
         before = row.desired_replicas

@@ -3,14 +3,14 @@ transaction, so the queue takes submissions as fast as the process answers reque
 trips at a time (on SQLite a writer holds the single write lock over every round trip of its transaction, so writers
 one by one are bound by the event loop's latency, not by the database).
 
-Contract: `await insert(db, row, check, check_key)` runs `check(session)` in the batch's write transaction, then
-inserts `row` (the column values of a new `JobModel`, its `id` among them) unless `check` raised, and returns what
-`check` returned once the row is committed, so a `run` still answers only a durable job. Rows of one batch with
-equal `check_key`s share one run of the check, the first of them: a check must depend on its key alone (the
-organization and endpoint a job goes to), and a batch of jobs for one endpoint reads that endpoint once. Because the
-check and the insert share the transaction (and on SQLite its write lock), what the check saw still holds at the
-commit: an endpoint it found cannot be deleted in between. A check that raises refuses the rows of its key only;
-their callers get its exception. A row may also come with a `Limit`, a cap on how many rows its key (an
+Contract: `await JobInserts(db).insert(row, check, check_key)` runs `check(session)` in the batch's write
+transaction, then inserts `row` (the column values of a new `JobModel`, its `id` among them) unless `check` raised,
+and returns what `check` returned once the row is committed, so a `run` still answers only a durable job. Rows of
+one batch with equal `check_key`s share one run of the check, the first of them: a check must depend on its key
+alone (the organization and endpoint a job goes to), and a batch of jobs for one endpoint reads that endpoint once.
+Because the check and the insert share the transaction (and on SQLite its write lock), what the check saw still
+holds at the commit: an endpoint it found cannot be deleted in between. A check that raises refuses the rows of its
+key only; their callers get its exception. A row may also come with a `Limit`, a cap on how many rows its key (an
 organization) may hold: it is read once per key per batch, in that same transaction, after the check and before any
 insert, and the batch's rows are admitted against it one by one in arrival order, so of 50 rows against room for 10
 exactly 10 are written and 40 get the limit's refusal. Rows are written in arrival order. A batch is whatever
@@ -23,7 +23,6 @@ client that goes away just after a commit always could.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -147,13 +146,18 @@ def _settle(future: asyncio.Future[Any], result: Any = None, error: BaseExceptio
         future.set_exception(error)
 
 
-_inserters: weakref.WeakKeyDictionary[Database, _Inserter] = weakref.WeakKeyDictionary()
+class JobInserts:
+    """One server's group commit of job rows into `db` (the server context holds it): one queue of rows, on the
+    event loop it is used on."""
 
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._inserter: _Inserter | None = None
 
-async def insert(db: Database, row: Row, check: Check, check_key: Hashable, limit: Limit | None = None) -> Any:
-    """Commit one new job row after `check` and within `limit`, in a batch with those submitted at the same time
-    (see the module docstring); `check`'s result."""
-    inserter = _inserters.get(db)
-    if inserter is None or inserter.loop is not asyncio.get_running_loop():
-        inserter = _inserters[db] = _Inserter(db)
-    return await inserter.insert(row, check, check_key, limit)
+    async def insert(self, row: Row, check: Check, check_key: Hashable, limit: Limit | None = None) -> Any:
+        """Commit one new job row after `check` and within `limit`, in a batch with those submitted at the same
+        time (see the module docstring); `check`'s result."""
+        inserter = self._inserter
+        if inserter is None or inserter.loop is not asyncio.get_running_loop():
+            inserter = self._inserter = _Inserter(self.db)
+        return await inserter.insert(row, check, check_key, limit)

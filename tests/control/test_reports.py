@@ -7,12 +7,13 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
+from dockyard.control.load import load_figures
+from dockyard.control.reports import Reporter, merge
+from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import EndpointType
 from dockyard.db.base import utcnow
 from dockyard.db.models import GatewayReportModel
-from dockyard.gateway.load import load_figures
-from dockyard.gateway.reports import Reporter, merge
-from dockyard.gateway.routes import EndpointConfig, EndpointFigures, RouteTable, WorkerFigures
+from dockyard.gateway.routes import EndpointFigures, RouteTable, WorkerFigures
 from tests.conftest import Harness
 
 

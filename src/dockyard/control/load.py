@@ -1,7 +1,7 @@
 """Every endpoint's load, wherever it is counted: the one view the autoscaler and the endpoint reconciler read.
 
 - Sync requests in this process: the routing table (`RouteTable.figures()`), as fresh as the last request.
-- Sync requests in stand-alone gateways: their reports (gateway/reports.py), a report interval old at most.
+- Sync requests in stand-alone gateways: their reports (control/reports.py), a report interval old at most.
 - Async jobs: the durable queue itself. Queued jobs are `queued`, jobs a worker holds are `in_flight` (on that
   worker), and the oldest queued job's age is the oldest wait, so both scaling policies read an async endpoint exactly
   as they read a sync one. Queued low-priority jobs (RunPod's `policy.lowPriority`) are left out, so they never make
@@ -19,10 +19,10 @@ from datetime import datetime
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dockyard.control.reports import merge, remote_figures
 from dockyard.core.status import EndpointType, JobStatus, WorkerStatus
 from dockyard.db.base import utcnow
 from dockyard.db.models import EndpointModel, JobModel, WorkerModel
-from dockyard.gateway.reports import merge, remote_figures
 from dockyard.gateway.routes import EndpointFigures, RouteTable, WorkerFigures
 
 
