@@ -50,7 +50,7 @@ def dockyard_gateway(workdir: Path, engine_url: str, image: str) -> Iterator[tup
         try:
             endpoint = client.wait_for_endpoint(endpoint_id, timeout=START_TIMEOUT_S)
             worker_id = next(w["id"] for w in endpoint["workers"] if w["status"]["status"] == "ready")
-            gateway = Target(f"{str(endpoint['url']).rstrip('/')}/noop", server.headers)
+            gateway = Target(f"{str(endpoint['url']).rstrip('/')}/noop", server.headers, server.pid)
             yield gateway, podman.published_port(engine_url, worker_id, WORKER_PORT)
         finally:
             try:
@@ -76,7 +76,7 @@ def standalone_gateways(workdir: Path, served: Target, workers: int) -> Iterator
     try:
         processes.wait_http(f"http://127.0.0.1:{port}/healthz", gateway, log, START_TIMEOUT_S)
         parts = urlsplit(served.url)
-        target = Target(urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}")), served.headers)
+        target = Target(urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}")), served.headers, gateway.pid)
         # The gateways learn the endpoint's worker from the database within a sync interval; wait for it.
         deadline = time.monotonic() + START_TIMEOUT_S
         while httpx.get(target.url, headers=target.headers, timeout=10).status_code != 200:

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import charts, podman, ray_serve, wrk
+from bench import charts, podman, processes, ray_serve, wrk
 from bench.dockyard_target import dockyard_gateway, standalone_gateways
 from bench.group import Section, Settings
 from bench.nginx_proxy import nginx_proxy
@@ -43,6 +43,8 @@ class SystemResult:
     runs: dict[int, wrk.Measurement] = field(default_factory=dict)
     error: str = ""
     skipped: bool = False
+    # CPU time per request of the system in front of the worker (µs), by connection count, where it is countable.
+    cpu_us: dict[int, float] = field(default_factory=dict)
 
     @property
     def measured(self) -> bool:
@@ -65,8 +67,13 @@ def _measure(name: str, start: Callable[[], AbstractContextManager[Target]], set
         with start() as target:
             for connections in CONNECTIONS:
                 wrk.run(target.url, connections, settings.warmup_s, target.headers)
+                session = target.cpu_session
+                cpu_before = processes.cpu_seconds(session) if session is not None else 0.0
                 run = wrk.run(target.url, connections, settings.duration_s, target.headers)
                 result.runs[connections] = run
+                if session is not None and run.requests_per_s > 0:
+                    used = processes.cpu_seconds(session) - cpu_before
+                    result.cpu_us[connections] = used * 1e6 / (run.requests_per_s * settings.duration_s)
                 print(
                     f"bench:   {connections:>3} connections: {run.requests_per_s:>9.0f} req/s  "
                     f"p50 {run.p50_ms:.3f} ms  p99 {run.p99_ms:.3f} ms  errors {run.errors}",
@@ -140,19 +147,20 @@ def _errors(result: SystemResult) -> str:
 
 def _figures(results: list[SystemResult]) -> list[str]:
     lines = [
-        "| system | req/s at 64 | p50 at 1 | p99 at 1 | p50 at 64 | p99 at 64 | p99 at 512 "
+        "| system | req/s at 64 | CPU µs/request at 64 | p50 at 1 | p99 at 1 | p50 at 64 | p99 at 64 | p99 at 512 "
         "| p99(512) / p99(1) | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         if not r.measured:
             reason = r.error.splitlines()[0] if r.error else "unknown"
-            lines.append(f"| {r.name} | not measured: {reason} |" + " |" * 7)
+            lines.append(f"| {r.name} | not measured: {reason} |" + " |" * 8)
             continue
         one, many, most = r.runs[1], r.runs[64], r.runs[512]
+        cpu = f"{r.cpu_us[64]:.0f}" if 64 in r.cpu_us else "-"
         lines.append(
-            f"| {r.name} | {many.requests_per_s:,.0f} | {_ms(one.p50_ms)} | {_ms(one.p99_ms)} | {_ms(many.p50_ms)} "
-            f"| {_ms(many.p99_ms)} | {_ms(most.p99_ms)} | {r.p99_growth:.1f} | {_errors(r)} |"
+            f"| {r.name} | {many.requests_per_s:,.0f} | {cpu} | {_ms(one.p50_ms)} | {_ms(one.p99_ms)} "
+            f"| {_ms(many.p50_ms)} | {_ms(many.p99_ms)} | {_ms(most.p99_ms)} | {r.p99_growth:.1f} | {_errors(r)} |"
         )
     return lines
 
@@ -223,7 +231,9 @@ def render(results: list[SystemResult], settings: Settings) -> str:
         f"`dockyard gateway --workers {GATEWAY_PROCESSES}` beside it), through nginx (one worker process, keep-alive "
         "upstream) and through Ray Serve (one replica of the same handler, outside the container). "
         f"Each figure is one wrk run of {settings.duration_s:g} s after a {settings.warmup_s:g} s warm-up "
-        f"(wrk -t{wrk.THREADS}, GET, keep-alive); latencies in ms; 1, 64 and 512 are connections.",
+        f"(wrk -t{wrk.THREADS}, GET, keep-alive); latencies in ms; 1, 64 and 512 are connections. CPU µs/request is "
+        "the user and system CPU time of the proxy's processes over the run (/proc), divided by the requests it "
+        "answered: the server's whole process for Dockyard (its loops included), nginx's master and worker.",
         "",
         *_figures(results),
         "",

@@ -51,6 +51,6 @@ def nginx_proxy(workdir: Path, upstream_port: int) -> Iterator[Target]:
     process = processes.start(["nginx", "-p", str(prefix), "-c", str(config)], log)
     try:
         processes.wait_http(f"http://127.0.0.1:{port}/nginx-ready", process, log, 30.0)
-        yield Target(f"http://127.0.0.1:{port}/noop")
+        yield Target(f"http://127.0.0.1:{port}/noop", cpu_session=process.pid)
     finally:
         processes.stop(process)

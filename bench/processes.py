@@ -60,6 +60,19 @@ def _session_members(session: int) -> list[int]:
     return members
 
 
+def cpu_seconds(session: int) -> float:
+    """The user and system CPU time the processes of `session` have used so far (fields 14 and 15 of
+    /proc/PID/stat, in clock ticks); a process that exits meanwhile is left out."""
+    ticks = 0
+    for pid in _session_members(session):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def stop(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
     """SIGTERM to the process's group, then SIGKILL to whatever is left of its session after `grace_s` (or once
     the leader is gone): a session catches what a group does not, such as Ray's actors, which make groups of

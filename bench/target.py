@@ -11,7 +11,10 @@ MAX_CONCURRENT_PER_WORKER = 1024
 
 @dataclass(frozen=True)
 class Target:
-    """`url` is requested with GET, with `headers`, by the load generator."""
+    """`url` is requested with GET, with `headers`, by the load generator. `cpu_session`: the session (as started
+    by bench/processes.py) whose processes are the system in front of the worker, so that a run counts their CPU
+    time per request; None where the system is not one such session (the bare worker, Ray Serve)."""
 
     url: str
     headers: dict[str, str] = field(default_factory=dict)
+    cpu_session: int | None = None
