@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,10 @@ def _endpoint_request(image: str) -> dict[str, Any]:
 
 
 @contextmanager
-def dockyard_gateway(workdir: Path, engine_url: str, image: str) -> Iterator[tuple[Target, int]]:
-    """Run the server and the endpoint; yield the endpoint as a `Target` and the host port its one worker's
-    container publishes (on every interface, so loopback reaches it). On exit, whatever happened: the endpoint is
+def dockyard_gateway(workdir: Path, engine_url: str, image: str) -> Iterator[tuple[Target, int, Callable[[int], None]]]:
+    """Run the server and the endpoint; yield the endpoint as a `Target`, the host port its one worker's container
+    publishes (on loopback), and what sets the endpoint's `max_concurrent_per_worker` through the API (the gateway
+    applies it once the update has committed; the worker stays). On exit, whatever happened: the endpoint is
     deleted through the API, then the server stopped and its containers removed (bench/dockyard_server.py)."""
     with dockyard_server(workdir, engine_url) as server, Client(server.url, server.key) as client:
         endpoint_id = str(client.create_endpoint(_endpoint_request(image))["id"])
@@ -51,7 +52,12 @@ def dockyard_gateway(workdir: Path, engine_url: str, image: str) -> Iterator[tup
             endpoint = client.wait_for_endpoint(endpoint_id, timeout=START_TIMEOUT_S)
             worker_id = next(w["id"] for w in endpoint["workers"] if w["status"]["status"] == "ready")
             gateway = Target(f"{str(endpoint['url']).rstrip('/')}/noop", server.headers, server.pid)
-            yield gateway, podman.published_port(engine_url, worker_id, WORKER_PORT)
+
+            def limit(per_worker: int) -> None:
+                config = {"max_replicas": 1, "max_concurrent_per_worker": per_worker}
+                client.update_endpoint(endpoint_id, {"worker_config": config})
+
+            yield gateway, podman.published_port(engine_url, worker_id, WORKER_PORT), limit
         finally:
             try:
                 delete_endpoint(client, endpoint_id)

@@ -25,6 +25,10 @@ DIRECT, DOCKYARD, NGINX, RAY = "direct", "Dockyard gateway", "nginx", "Ray Serve
 # The scale-out path on the same machine: `dockyard gateway --workers 2`, one process per core.
 GATEWAY_PROCESSES = 2
 DOCKYARD_SCALED = f"Dockyard gateway, {GATEWAY_PROCESSES} processes"
+# What a user gets who sets no `max_concurrent_per_worker`: the endpoint's default, one request at a time per worker
+# (a GPU model server rarely serves more at once), so the gateway queues the rest in front of the worker.
+DEFAULT_CONCURRENCY = 1
+DOCKYARD_DEFAULT = f"Dockyard gateway, max_concurrent_per_worker {DEFAULT_CONCURRENCY} (the default)"
 CHART = "gateway-latency.png"
 CHART_CONNECTIONS = 64
 
@@ -96,10 +100,13 @@ def _measure_all(settings: Settings, workdir: Path) -> list[SystemResult]:
     try:
         with podman.engine_service(workdir) as engine_url:
             image = podman.build_noop_image()
-            with dockyard_gateway(workdir, engine_url, image) as (gateway, worker_port):
+            with dockyard_gateway(workdir, engine_url, image) as (gateway, worker_port, limit):
                 direct = Target(f"http://127.0.0.1:{worker_port}/noop")
                 results.append(_measure(DIRECT, lambda: _given(direct), settings))
                 results.append(_measure(DOCKYARD, lambda: _given(gateway), settings))
+                limit(DEFAULT_CONCURRENCY)
+                results.append(_measure(DOCKYARD_DEFAULT, lambda: _given(gateway), settings))
+                limit(MAX_CONCURRENT_PER_WORKER)
                 scaled = _measure(
                     DOCKYARD_SCALED, lambda: standalone_gateways(workdir, gateway, GATEWAY_PROCESSES), settings
                 )
@@ -109,7 +116,7 @@ def _measure_all(settings: Settings, workdir: Path) -> list[SystemResult]:
         print(f"bench: the Dockyard endpoint and its worker failed:\n{traceback.format_exc()}", flush=True)
         done = {result.name for result in results}
         reason = f"the Dockyard endpoint and its worker failed: {type(exc).__name__}: {exc}"
-        everyone = (DIRECT, DOCKYARD, DOCKYARD_SCALED, NGINX)
+        everyone = (DIRECT, DOCKYARD, DOCKYARD_DEFAULT, DOCKYARD_SCALED, NGINX)
         results += [SystemResult(name, error=reason) for name in everyone if name not in done]
     missing = ray_serve.unavailable_reason()
     if missing is not None:
@@ -227,8 +234,10 @@ def render(results: list[SystemResult], settings: Settings) -> str:
         "",
         f"One no-op worker (bench/noop_worker.py, a container of {podman.NOOP_IMAGE}, product `serverless.cpu`) "
         f"reached directly, through Dockyard's gateway (a sync endpoint with one worker, "
-        f"`max_concurrent_per_worker` {MAX_CONCURRENT_PER_WORKER}; the server's own gateway, then "
-        f"`dockyard gateway --workers {GATEWAY_PROCESSES}` beside it), through nginx (one worker process, keep-alive "
+        f"`max_concurrent_per_worker` {MAX_CONCURRENT_PER_WORKER}, as nginx and Ray Serve put no bound there either; "
+        f"the server's own gateway, then the same with the endpoint's default of {DEFAULT_CONCURRENCY}, as a `dockyard "
+        f"server` started with no settings serves an endpoint created with none, then `dockyard gateway --workers "
+        f"{GATEWAY_PROCESSES}` beside it), through nginx (one worker process, keep-alive "
         "upstream) and through Ray Serve (one replica of the same handler, outside the container). "
         f"Each figure is one wrk run of {settings.duration_s:g} s after a {settings.warmup_s:g} s warm-up "
         f"(wrk -t{wrk.THREADS}, GET, keep-alive); latencies in ms; 1, 64 and 512 are connections. CPU µs/request is "
