@@ -9,14 +9,17 @@ from dataclasses import replace
 import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import delete
 
 from dockyard.core.status import ContainerStatus, DesiredState
+from dockyard.db.models import EndpointModel
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.runtimes.base import ObjectState, RunSpec, RuntimeFailure, RuntimeObject
-from dockyard.services.runspec import authorized_keys_path
+from dockyard.services.runspec import authorized_keys_path, org_network
 from tests.conftest import Harness
 from tests.fakes import FakeRuntime
 from tests.reconcilers.conftest import event_types, make_containers, make_template, must_row, row_of
+from tests.reconcilers.test_endpoints import make_endpoint
 
 
 def only_object(runtime: FakeRuntime) -> RuntimeObject:
@@ -374,3 +377,26 @@ async def test_a_network_goes_when_its_organization_has_no_object_left_on_the_ru
     runtime.available = True
     await reconciler.reconcile_once()
     assert runtime.networks == {}
+
+
+async def test_an_organizations_network_stays_while_its_endpoint_is_at_zero_workers(
+    harness: Harness, reconciler: ContainerReconciler, runtime: FakeRuntime
+) -> None:
+    # Its last worker went (scaled to zero): no object is on the network, but the endpoint may start one any time,
+    # and making the network (and its keeper) again would be most of that start.
+    endpoint_id = await make_endpoint(harness.client, min_replicas=0)
+    async with harness.context.db.read() as session:
+        endpoint = await session.get(EndpointModel, endpoint_id)
+        assert endpoint is not None
+        network = org_network(endpoint.org_id)
+    labels = {"dockyard.installation": runtime.installation_id}
+    runtime.networks[network] = dict(labels)
+    runtime.networks["dockyard-org-gone"] = dict(labels)
+
+    await reconciler.reconcile_once()
+    assert await runtime.list_networks() == [network]
+
+    async with harness.context.db.write() as session:
+        await session.execute(delete(EndpointModel).where(EndpointModel.id == endpoint_id))
+    await reconciler.reconcile_once()
+    assert await runtime.list_networks() == []

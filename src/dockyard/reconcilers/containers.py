@@ -82,14 +82,14 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, union
 from sqlalchemy.exc import IntegrityError
 
 from dockyard.context import ServerContext
 from dockyard.core.loops import LoopName
 from dockyard.core.status import ContainerStatus, DesiredState
 from dockyard.db.base import utcnow
-from dockyard.db.models import ContainerModel, OrganizationModel, ProductModel
+from dockyard.db.models import ContainerModel, EndpointModel, OrganizationModel, ProductModel
 from dockyard.gpus.allocation import GpuAllocator, NodeInventory, load_inventory
 from dockyard.metrics_registry import per_registry
 from dockyard.reconcilers.containers_rows import (
@@ -142,6 +142,9 @@ class _Loaded:
     org_ids: set[str]
     inventory: list[NodeInventory]
     ssh_keys: dict[tuple[str, str], str]
+    # (IDC, organization) for each organization with a container (in any state) or an endpoint (even at zero
+    # workers) there: its network stays while one of them may run again (reconcilers/networks.py).
+    homes: set[tuple[str, str]]
 
 
 class ContainerReconciler(RuntimeLoop):
@@ -207,7 +210,9 @@ class ContainerReconciler(RuntimeLoop):
             self.context.settings.zombie_grace_seconds,
             lambda resource_id, objs: self._adopt(resource_id, objs, loaded.org_ids, observation),
         )
-        await converge_networks(self.context.db, self.context.runtimes, observation, loaded.org_ids, state.removed)
+        await converge_networks(
+            self.context.db, self.context.runtimes, observation, loaded.org_ids, state.removed, loaded.homes
+        )
         settled = [RowResult(row.status, tuple(row.gpu_uuids)) for row in loaded.resting]
         self._export(state, [result for result in results if result is not None] + settled, loaded.bare_counts, objects)
 
@@ -240,10 +245,14 @@ class ContainerReconciler(RuntimeLoop):
             )
             products = {p.id: p for p in await session.scalars(select(ProductModel))}
             org_ids = set(await session.scalars(select(OrganizationModel.id)))
+            owners = union(
+                select(ContainerModel.idc_id, ContainerModel.org_id), select(EndpointModel.idc_id, EndpointModel.org_id)
+            )
+            homes = {(idc_id, org_id) for idc_id, org_id in await session.execute(owners)}
             settings = self.context.settings
             inventory = await load_inventory(session, settings.cpu_overcommit, settings.memory_overcommit)
             ssh_keys = await load_ssh_keys(session, [row for row in rows if row.desired == DesiredState.RUNNING])
-        return _Loaded(rows, resting, bare_counts, products, org_ids, inventory, ssh_keys)
+        return _Loaded(rows, resting, bare_counts, products, org_ids, inventory, ssh_keys, homes)
 
     async def _wake(
         self, loaded: _Loaded, objects: dict[str, list[RuntimeObject]], unreachable: dict[str, str]

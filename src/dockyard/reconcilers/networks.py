@@ -6,10 +6,13 @@ that is on another network than its organization's (`runspec.org_network`), as o
 networks of their own is on the engine's default network, is moved onto its organization's network and off every
 other, live (`Runtime.move_to_network`: it keeps running and its published ports), with a `NetworkMoved` event on
 the container or the worker's endpoint; level-triggered, so one moved back behind Dockyard's back is moved again.
-Then an organization's network on an IDC whose listing holds no object of that organization is removed: each holds a
-subnet of the engine's address pools, which are finite (Docker's defaults hold about 30 bridge networks). An object
-created on it since the listing keeps it, as the runtime never removes a network an object is on, and a create that
-comes after the removal makes it again.
+Then an organization's network on an IDC is removed once nothing of that organization needs it there: no listed
+object, and no row that may run again (a container in any state, an endpoint even at zero workers). Each network
+holds a subnet of the engine's address pools, which are finite (Docker's defaults hold about 30 bridge networks), so
+one goes with its organization's last row there; it stays while rows remain, because making it again (and on
+Podman its keeper) is most of a scale from zero's container start (bench/RESULTS.md, Cold start). An object created
+on it since the listing keeps it, as the runtime never removes a network an object is on, and a create that comes
+after the removal makes it again.
 """
 
 from __future__ import annotations
@@ -29,12 +32,18 @@ log = logging.getLogger(__name__)
 
 
 async def converge_networks(
-    db: Database, runtimes: Mapping[str, Runtime], observation: Observation, org_ids: set[str], removed: set[str]
+    db: Database,
+    runtimes: Mapping[str, Runtime],
+    observation: Observation,
+    org_ids: set[str],
+    removed: set[str],
+    homes: set[tuple[str, str]],
 ) -> None:
     """Move the objects `observation` lists off their organization's network onto it (but those `removed` this pass,
-    and those of organizations not among `org_ids`), then remove the networks no listed object needs."""
+    and those of organizations not among `org_ids`), then remove the networks that neither a listed object nor an
+    organization's rows need: `homes` holds (IDC, organization) for each organization with rows on that IDC."""
     await _move_to_own_networks(db, runtimes, observation, org_ids, removed)
-    await _remove_unused_networks(runtimes, observation)
+    await _remove_unused_networks(runtimes, observation, homes)
 
 
 async def _move_to_own_networks(
@@ -76,11 +85,14 @@ async def _move_to_own_networks(
     )
 
 
-async def _remove_unused_networks(runtimes: Mapping[str, Runtime], observation: Observation) -> None:
-    """Remove each listed IDC's networks that no organization with an object there joins."""
+async def _remove_unused_networks(
+    runtimes: Mapping[str, Runtime], observation: Observation, homes: set[tuple[str, str]]
+) -> None:
+    """Remove each listed IDC's networks that no organization with an object or a row there joins."""
     for idc_id, listed in observation.listed.items():
         runtime = runtimes[idc_id]
         keep = {org_network(obj.labels.get(LABEL_ORG, "")) for obj in listed}
+        keep.update(org_network(org_id) for home_idc, org_id in homes if home_idc == idc_id)
         try:
             for name in await runtime.list_networks():
                 if name not in keep:
@@ -95,4 +107,4 @@ async def _remove_network(runtime: Runtime, name: str) -> None:
     except RuntimeFailure as exc:  # an object joined it since the listing
         log.debug("network %s kept: %s", name, exc.reason)
     else:
-        log.info("removed network %s: no object of its organization is left", name)
+        log.info("removed network %s: nothing of its organization is left there", name)
