@@ -104,3 +104,35 @@ async def test_another_installations_last_network_going_lifts_no_isolation(
     finally:
         remove_networks(neighbour.installation_id)
         await neighbour.close()
+
+
+async def test_a_keeper_that_will_not_restart_is_passed_over_for_another(
+    runtime: EngineRuntime, busybox_image: str, engine_url: str, engine: docker.DockerClient
+) -> None:
+    """A keeper stuck where the engine will not restart it (paused here; a server killed while the engine stopped a
+    keeper leaves one `Error`) keeps no other keeper from putting the rule back when a network goes."""
+    net_a, net_b = f"{runtime.installation_id}-a", f"{runtime.installation_id}-b"
+    server = await started(runtime, busybox_image, "a1", HTTPD, network=net_a, org="org-a")
+    friend = engine.containers.get(await started(runtime, busybox_image, "a2", SLEEP, network=net_a, org="org-a"))
+    intruder = engine.containers.get(await started(runtime, busybox_image, "b1", SLEEP, network=net_b, org="org-b"))
+    address = network_of(engine.containers.get(server))[1]["IPAddress"]
+    await probe_until_answered(friend, address, 8080)
+    # Its keeper's name sorts before every other: the one a removal would pick first.
+    stuck = EngineRuntime(engine_url, installation_id=f"0000{runtime.installation_id}")
+    neighbour = EngineRuntime(engine_url, installation_id=f"{runtime.installation_id}-other")
+    stuck_net, theirs = f"{stuck.installation_id}-s", f"{neighbour.installation_id}-c"
+    try:
+        await stuck.remove(await started(stuck, busybox_image, "s1", SLEEP, network=stuck_net, org="org-s"))
+        pause = ["podman", "pod", "pause", keeper_name(stuck_net)]
+        await asyncio.to_thread(subprocess.run, pause, check=True, capture_output=True)
+        object_id = await started(neighbour, busybox_image, "c1", SLEEP, network=theirs, org="org-c")
+        await neighbour.remove(object_id)
+        await neighbour.remove_network(theirs)
+        assert keepers(stuck.installation_id) == {keeper_name(stuck_net): "Paused"}
+        assert keepers(neighbour.installation_id) == {}
+        assert await isolated(intruder, address)
+    finally:
+        remove_networks(stuck.installation_id)
+        remove_networks(neighbour.installation_id)
+        await stuck.close()
+        await neighbour.close()

@@ -95,6 +95,21 @@ class NetworkKeepers:
         if not others:
             return  # no isolated network is left to isolate
         own = [pod for pod in others if (pod.get("Labels") or {}).get(LABEL_KEEPER) == installation_id]
-        chosen = str(min(own or others, key=lambda pod: str(pod["Name"]))["Name"])
-        restart = f"/{quote(chosen, safe='')}/restart"
-        await self._pods(client, "POST", restart, (200, 404), f"restart the keeper {chosen}")
+        # This installation's keepers first, then any; running ones before the rest: a keeper can be stuck (a
+        # server killed while the engine stopped it leaves its infra container `Stopping`, its pod `Error`), and
+        # one that will not restart must not keep another from putting the rule back.
+        by_name = sorted(own, key=_name) + sorted((pod for pod in others if pod not in own), key=_name)
+        failures: list[str] = []
+        for pod in sorted(by_name, key=lambda pod: pod.get("Status") != "Running"):
+            restart = f"/{quote(_name(pod), safe='')}/restart"
+            try:
+                await self._pods(client, "POST", restart, (200, 404), f"restart the keeper {_name(pod)}")
+            except RuntimeFailure as failure:
+                failures.append(str(failure))
+                continue
+            return
+        raise RuntimeFailure("no network keeper restarted, isolation may be lifted: " + "; ".join(failures))
+
+
+def _name(pod: dict[str, Any]) -> str:
+    return str(pod["Name"])
