@@ -48,6 +48,7 @@ from dockyard.gateway.proxy import GatewayApp
 from dockyard.gateway.routes import RouteTable
 from dockyard.logs import add_secrets, configure_logging
 from dockyard.middleware import BodyLimitMiddleware, JsonDepthMiddleware, MetricsMiddleware
+from dockyard.openapi import install_docs
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.reconcilers.endpoints import EndpointReconciler
 from dockyard.reconcilers.job_webhooks import WebhookDeliveries
@@ -66,14 +67,17 @@ log = logging.getLogger(__name__)
 RuntimeFactory = Callable[[IdcModel, ServerContext], Runtime]
 
 DESCRIPTION = """
-Dockyard serves two API families on one server, each wire-compatible with the platform it comes from:
+Dockyard serves several API families on one server, each wire-compatible with the platform it comes from:
 
 * **Serverless endpoints** (`/gpus/v2`): PPIO's GPU API v2, snake_case, unix-second timestamps.
+* **Sync endpoints' calls** (`/{endpoint_id}/{path}`): the gateway, which proxies any method to a worker.
+* **Async endpoints' jobs** (`/v1/{endpoint_id}/...`, `/v2/{endpoint_id}/...`): the `ppio-gpus` and `runpod`
+  clients' job API; their workers call the webhooks under `/gpus/v2/workers` with their own keys.
 * **GPU containers** (`/api/v1`): GMI Cloud's Cluster Engine API, camelCase, RFC 3339 timestamps.
-* **Operator** (`/admin/v1`): organizations, keys, IDCs, products, nodes and GPUs.
+* **Operator** (`/admin/v1`): organizations, keys, quotas, IDCs, products, nodes and GPUs.
 
-Authenticate with `Authorization: Bearer <api key>`. Every error has the body
-`{"code", "reason", "message", "details"}`; validation errors name the field.
+Authenticate with `Authorization: Bearer <api key>` (**Authorize** above takes it; each route names the key it
+needs). Every error has the body `{"code", "reason", "message", "details"}`; validation errors name the field.
 """
 
 
@@ -178,10 +182,11 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
-        redoc_url="/redoc",
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: openapi.install_docs serves them offline
+        redoc_url=None,
     )
     app.state.context = context
+    install_docs(app)
     gateway_metrics.register(context.registry, routes)
     install_error_handlers(app)
     app.add_exception_handler(StaleDataError, _on_stale)  # type: ignore[arg-type]

@@ -49,6 +49,8 @@ async def list_containers(
     status: Annotated[ContainerStatus | None, Query(description="only containers with this status")] = None,
     name: Annotated[str | None, Query(max_length=255, description="case-insensitive substring of the name")] = None,
 ) -> Page[Container]:
+    """Your organization's containers, a page at a time, newest first, each with its status and the reason for it;
+    filter by status or by a part of the name."""
     return await service.list_page(
         session, principal, page=page, page_size=page_size, status=status, name=name, context=context
     )
@@ -58,6 +60,8 @@ async def list_containers(
 async def get_container(
     container_id: ContainerId, response: Response, context: ContextDep, principal: PrincipalDep, session: ReadSessionDep
 ) -> Container:
+    """One container: status and reason, ports published on the host, addresses, GPUs, env (secrets masked). The
+    `ETag` header is the version to send as `If-Match` with a PUT."""
     container, etag = await service.get(session, principal, container_id, context=context)
     response.headers["ETag"] = etag
     return container
@@ -84,6 +88,8 @@ async def update_container(
 async def delete_container(
     container_id: ContainerId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
 ) -> dict[str, str]:
+    """Marks the container `terminating` and answers at once; its runtime objects are removed soon after, its GPUs
+    freed, and then it is gone."""
     await service.delete(session, principal, container_id, context=context)
     return {}
 
@@ -92,6 +98,8 @@ async def delete_container(
 async def restart_container(
     container_id: ContainerId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
 ) -> ContainerAction:
+    """Stops and starts the container again with the same configuration; its status goes through `creating` to
+    `running`."""
     return await service.restart(session, principal, container_id, context=context)
 
 
@@ -99,6 +107,8 @@ async def restart_container(
 async def stop_container(
     container_id: ContainerId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
 ) -> ContainerAction:
+    """Stops the container (SIGTERM, then SIGKILL after the grace period); it keeps its GPUs and configuration, and
+    `start` runs it again."""
     return await service.stop(session, principal, container_id, context=context)
 
 
@@ -106,6 +116,7 @@ async def stop_container(
 async def start_container(
     container_id: ContainerId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
 ) -> ContainerAction:
+    """Starts a `stopped` container again with the configuration it had."""
     return await service.start(session, principal, container_id, context=context)
 
 
@@ -124,6 +135,9 @@ async def container_logs_route(
     follow: Annotated[bool, Query(description="keep streaming new output until the container stops")] = False,
     since: Annotated[str | None, Query(max_length=64, description="RFC 3339 time or unix seconds")] = None,
 ) -> Response:
+    """The container's stdout and stderr as plain text, from `since`, the last `tail` lines, or all; with `follow`
+    the answer streams new output until the container stops or the client leaves (`dockyard containers logs ID
+    --follow`)."""
     chunks = await container_logs.open_logs(
         session,
         principal,

@@ -24,6 +24,8 @@ TEXT = "text/plain; charset=utf-8"
 async def list_workers(
     endpoint_id: EndpointPathId, context: ContextDep, principal: PrincipalDep, session: ReadSessionDep
 ) -> WorkerList:
+    """The endpoint's workers with their status (`pending`, `starting`, `ready`, `draining`, `stopping`, `failed`)
+    and the reason for it."""
     return await service.list_workers(session, principal, endpoint_id, context=context)
 
 

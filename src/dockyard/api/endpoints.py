@@ -49,6 +49,8 @@ async def list_endpoints(
     keyword: Annotated[str | None, Query(max_length=255, description="case-insensitive substring of the name")] = None,
     member_ids: Annotated[str | None, Query(max_length=4096, description="comma-separated member ids")] = None,
 ) -> EndpointList:
+    """Your organization's endpoints, newest first, `limit` at a time; pass `next_cursor` as `cursor` for the next
+    page."""
     return await service.list_page(
         session, principal, limit=limit, cursor=cursor, keyword=keyword, member_ids=member_ids, context=context
     )
@@ -58,6 +60,8 @@ async def list_endpoints(
 async def get_endpoint(
     endpoint_id: EndpointPathId, context: ContextDep, principal: PrincipalDep, session: ReadSessionDep
 ) -> Endpoint:
+    """One endpoint: its status and the reason for it, its worker config and its `url` (the gateway's for a sync
+    endpoint, the job API's for an async one)."""
     return await service.get(session, principal, endpoint_id, context=context)
 
 
@@ -82,5 +86,6 @@ async def update_endpoint(
 async def delete_endpoint(
     endpoint_id: EndpointPathId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
 ) -> dict[str, str]:
+    """Marks the endpoint `deleting` and answers at once: its workers are drained and removed, then it is gone."""
     await service.delete(session, principal, endpoint_id, context=context)
     return {}

@@ -46,5 +46,8 @@ async def healthz(context: ContextDep) -> JSONResponse:
     response_class=Response,
 )
 async def metrics(context: ContextDep, authorization: Annotated[str | None, Header()] = None) -> Response:
+    """The server's Prometheus metrics (requests, gateway queues and workers, reconcile loops, jobs). It names
+    every organization's endpoints, so it answers only the operator's credentials: 401 without, 403 with an
+    ordinary API key."""
     await keys.authorize_metrics(context, authorization)
     return Response(generate_latest(context.registry), media_type=CONTENT_TYPE_LATEST)

@@ -14,4 +14,6 @@ router = APIRouter(prefix="/api/v1/idcs", tags=["idcs"], responses=ERROR_RESPONS
 
 @router.get("", response_model=list[IdcInfo], summary="List IDCs")
 async def list_idcs(_: PrincipalDep, session: ReadSessionDep) -> list[IdcInfo]:
+    """The IDCs your containers can run in, each `available`, `full` (it has GPUs and none is free) or
+    `maintenance`."""
     return await service.list_idcs(session)

@@ -39,6 +39,23 @@ ID_LENGTHS = {"endpoint_id": 255, "job_id": 64}  # the most characters of each i
 EndpointPathId = Annotated[str, Path(min_length=1, max_length=ID_LENGTHS["endpoint_id"])]
 JobPathId = Annotated[str, Path(min_length=1, max_length=ID_LENGTHS["job_id"])]
 _RUN = "Commits the job (IN_QUEUE) before answering. `Idempotency-Key` makes a repeat answer the same job."
+_RUNSYNC = (
+    "Submits the job as `run` does, then waits up to `wait` ms for it to finish: the finished job's view, or its "
+    "view so far (IN_QUEUE or IN_PROGRESS) when the wait ran out; poll `status` from there."
+)
+_STATUS = (
+    "The job's status (IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED, TIMED_OUT) with `delayTime` and "
+    "`executionTime` (ms), and its `output` or `error` once it has one."
+)
+_STREAM = "The parts a generator handler yielded since the last call of this route, with the job's status."
+_CANCEL = (
+    "A queued job never runs; a running one is stopped where the SDK can (runpod's stop channel) or its result dropped."
+)
+_RETRY = "Puts a FAILED, TIMED_OUT or CANCELLED job back in the queue with the same input; 409 for any other status."
+_PURGE = "Cancels every job of the endpoint still IN_QUEUE and answers how many; running jobs go on."
+_HEALTH = (
+    "The endpoint's jobs by status and its workers by what they do (idle, running), as the clients' `health` reads."
+)
 
 
 async def run(
@@ -112,13 +129,13 @@ def _job_routes(prefix: str, client: str) -> APIRouter:
     view: dict[str, Any] = {"response_model": JobView, "response_model_exclude_unset": True}
     table: list[tuple[str, str, Callable[..., Any], dict[str, Any], str, str]] = [
         (RUN, "POST", run, {"response_model": JobAccepted}, "Submit a job", _RUN),
-        ("/{endpoint_id}/runsync", "POST", runsync, view, "Submit a job and wait for it", ""),
-        (STATUS, "GET", status, view, "A job's status", ""),
-        ("/{endpoint_id}/stream/{job_id}", "GET", stream, view, "A job's streamed parts since the last call", ""),
-        ("/{endpoint_id}/cancel/{job_id}", "POST", cancel, view, "Cancel a job", ""),
-        ("/{endpoint_id}/retry/{job_id}", "POST", retry, {"response_model": JobAccepted}, "Retry a job", ""),
-        ("/{endpoint_id}/purge-queue", "POST", purge_queue, {"response_model": PurgeAnswer}, "Purge the queue", ""),
-        ("/{endpoint_id}/health", "GET", health, {"response_model": EndpointHealth}, "Job and worker counts", ""),
+        ("/{endpoint_id}/runsync", "POST", runsync, view, "Submit a job and wait for it", _RUNSYNC),
+        (STATUS, "GET", status, view, "A job's status", _STATUS),
+        ("/{endpoint_id}/stream/{job_id}", "GET", stream, view, "A job's streamed parts since the last call", _STREAM),
+        ("/{endpoint_id}/cancel/{job_id}", "POST", cancel, view, "Cancel a job", _CANCEL),
+        ("/{endpoint_id}/retry/{job_id}", "POST", retry, {"response_model": JobAccepted}, "Retry a job", _RETRY),
+        ("/{endpoint_id}/purge-queue", "POST", purge_queue, {"response_model": PurgeAnswer}, "Purge the queue", _PURGE),
+        ("/{endpoint_id}/health", "GET", health, {"response_model": EndpointHealth}, "Job and worker counts", _HEALTH),
     ]
     for path, method, handler, options, summary, description in table:
         routes.add_api_route(
@@ -126,7 +143,7 @@ def _job_routes(prefix: str, client: str) -> APIRouter:
             handler,
             methods=[method],
             summary=summary,
-            description=description or None,
+            description=description,
             operation_id=f"{handler.__name__}_{prefix.strip('/')}",
             **options,
         )

@@ -31,11 +31,14 @@ async def create_network_storage(
     session: WriteSessionDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> Response:
+    """Makes a volume of `size_gb` in an IDC (counted against the `storage_gb` quota) that containers and endpoints
+    mount by its id."""
     return answered(await service.create(session, principal, body, idempotency_key, settings=context.settings))
 
 
 @router.get("", response_model=NetworkStorageList, summary="List network storages")
 async def list_network_storages(principal: PrincipalDep, session: ReadSessionDep) -> NetworkStorageList:
+    """Your organization's network storages with their declared sizes."""
     return NetworkStorageList(data=await service.list_all(session, principal))
 
 
@@ -43,6 +46,7 @@ async def list_network_storages(principal: PrincipalDep, session: ReadSessionDep
 async def get_network_storage(
     storage_id: StorageId, principal: PrincipalDep, session: ReadSessionDep
 ) -> NetworkStorage:
+    """One network storage; 404 when it is not one of your organization's."""
     return await service.get(session, principal, storage_id)
 
 
@@ -54,6 +58,8 @@ async def resize_network_storage(
     principal: PrincipalDep,
     session: WriteSessionDep,
 ) -> dict[str, str]:
+    """Raises the storage's declared size, within the `storage_gb` quota; a volume already made keeps its first
+    cap."""
     await service.resize(session, principal, storage_id, body, settings=context.settings)
     return {}
 
@@ -62,6 +68,7 @@ async def resize_network_storage(
 async def delete_network_storage(
     storage_id: StorageId, context: ContextDep, principal: PrincipalDep, session: WriteSessionDep
 ) -> dict[str, str]:
+    """Removes the storage; refused while a container or endpoint mounts it."""
     await service.delete(session, principal, storage_id)
     context.wake(LoopName.NETWORK_STORAGES)
     return {}

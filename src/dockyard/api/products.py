@@ -24,6 +24,8 @@ async def list_products(
         str | None, Query(min_length=1, max_length=50, pattern=ID_PATTERN, description="only this IDC's")
     ] = None,
 ) -> list[ProductInfo]:
+    """The products a container may run as, per IDC: GPU model and count, CPUs, memory, price per hour, and
+    `valid`, whether it can be ordered there now."""
     return await service.list_products(session, idc)
 
 
@@ -36,4 +38,6 @@ async def list_ppio_products(
         str | None, Query(max_length=1024, description="comma-separated region ids: only these regions'")
     ] = None,
 ) -> PpioProductList:
+    """The products in PPIO's shape, instance and serverless (for endpoints), optionally only one category's or
+    some regions'."""
     return PpioProductList(data=await service.list_ppio_products(session, category, region_ids))

@@ -14,4 +14,5 @@ router = APIRouter(prefix="/gpus/v2/regions", tags=["regions"], responses=ERROR_
 
 @router.get("", response_model=RegionList, summary="List regions")
 async def list_regions(_: PrincipalDep, session: ReadSessionDep) -> RegionList:
+    """The regions endpoints and products are offered in (Dockyard's IDCs), in PPIO's shape, each with its status."""
     return RegionList(data=await service.list_regions(session))

@@ -24,6 +24,8 @@ async def create_template(
     session: WriteSessionDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> Response:
+    """Records an image with its defaults (command, args, env, ports, registry credentials) and answers its id.
+    Secret values are encrypted at rest and answered masked."""
     return answered(await service.create(session, principal, body, idempotency_key, box=context.box))
 
 
@@ -35,6 +37,7 @@ async def list_templates(
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=1000)] = 50,
 ) -> Page[Template]:
+    """Your organization's templates, a page at a time, newest first."""
     return await service.list_page(session, principal, page=page, page_size=page_size, box=context.box)
 
 
@@ -42,6 +45,7 @@ async def list_templates(
 async def get_template(
     template_id: TemplateId, context: ContextDep, principal: PrincipalDep, session: ReadSessionDep
 ) -> Template:
+    """One template, its secret values masked; 404 when it is not one of your organization's."""
     return await service.get(session, principal, template_id, box=context.box)
 
 
@@ -53,10 +57,12 @@ async def update_template(
     principal: PrincipalDep,
     session: WriteSessionDep,
 ) -> Template:
+    """Replaces the template's fields with the body's (the same checks as a create)."""
     return await service.update(session, principal, template_id, body, box=context.box)
 
 
 @router.delete("/{template_id}", response_model=dict[str, str], summary="Delete a template")
 async def delete_template(template_id: TemplateId, principal: PrincipalDep, session: WriteSessionDep) -> dict[str, str]:
+    """Removes the template; 404 when it is not one of your organization's."""
     await service.delete(session, principal, template_id)
     return {}

@@ -58,6 +58,9 @@ async def job_take(
     sdk: SdkQuery = "",
     job_in_progress: InProgressQuery = 0,
 ) -> Response:
+    """Held open up to `job_take_wait_seconds` until a job is queued: the oldest is leased to this worker (its
+    pings keep the lease) and answered as `{"id", "input"}`; 204 when none came. 401 unless the key is this
+    worker's."""
     worker = await service.authenticate(context, authorization, endpoint_id, worker_id)
     taken = await service.take(context, worker, 1, request.is_disconnected)
     return JSONResponse(taken[0].model_dump()) if taken else Response(status_code=204)
@@ -74,6 +77,8 @@ async def job_take_batch(
     sdk: SdkQuery = "",
     job_in_progress: InProgressQuery = 0,
 ) -> Response:
+    """As job-take, for up to `batch_size` jobs at once, answered as a list (the SDKs' concurrent workers); 204
+    when none came."""
     worker = await service.authenticate(context, authorization, endpoint_id, worker_id)
     taken = await service.take(context, worker, batch_size, request.is_disconnected)
     return JSONResponse([job.model_dump() for job in taken]) if taken else Response(status_code=204)
@@ -91,6 +96,8 @@ async def job_stop(
     authorization: AuthorizationHeader = None,
     sdk: SdkQuery = "",
 ) -> Response:
+    """The ids of the jobs this worker runs that it must stop (cancelled, or past their timeout), which the runpod
+    SDK polls; 204 when there are none."""
     worker = await service.authenticate(context, authorization, endpoint_id, worker_id)
     stop = await service.stop_signals(context, worker)
     return JSONResponse({"jobsToStop": stop}) if stop else Response(status_code=204)
@@ -151,6 +158,8 @@ async def ping(
     reason: Annotated[str, Query(max_length=1024)] = "",
     sdk: SdkQuery = "",
 ) -> JSONResponse:
+    """Renews the leases of the jobs named in `job_id` and answers which were renewed. `status=unhealthy` reports a
+    failed start-up fitness check (`check`, `reason`)."""
     worker = await service.authenticate(context, authorization, endpoint_id, worker_id)
     unhealthy = (check or "unnamed", reason) if status == "unhealthy" else None
     renewed = await service.ping(context, worker, service.job_ids(job_id), unhealthy=unhealthy)
