@@ -1,0 +1,102 @@
+"""The tutorial, walked as a reader would: every fenced `bash` block of docs/tutorial.md, in order, in one shell,
+against a real server on Podman with the CLI configured through its environment (`DOCKYARD_URL`,
+`DOCKYARD_API_KEY`). Each block must exit 0, and the answers the tutorial promises must be the ones printed."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.engine import ROOT
+from tests.servers import EngineServer, engine_server
+
+pytestmark = pytest.mark.engine
+
+TUTORIAL = ROOT / "docs" / "tutorial.md"
+WALK_SECONDS = 300
+"""The most the whole tutorial may take; it takes well under a minute (the SDK's `pip install` is most of it)."""
+BLOCK = re.compile(r"^```bash\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+MARK = "### tutorial block "
+
+
+def bash_blocks(markdown: str) -> list[str]:
+    """The fenced `bash` blocks of a Markdown text, in order."""
+    return BLOCK.findall(markdown)
+
+
+def walk_script(blocks: list[str]) -> str:
+    """One bash script running `blocks` in order, each announced on stdout, stopping at the first failure."""
+    parts = ["set -euo pipefail"]
+    for index, block in enumerate(blocks, 1):
+        parts += [f"echo '{MARK}{index}'", block]
+    parts.append(f"echo '{MARK}done'")
+    return "\n".join(parts) + "\n"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, engine_url: str, python_image: str) -> Iterator[EngineServer]:
+    # On every address, as the tutorial asks: async workers reach its webhooks from their containers.
+    with engine_server(tmp_path_factory.mktemp("tutorial"), engine_url, host="0.0.0.0") as running:
+        yield running
+
+
+def test_the_blocks_are_found_in_order() -> None:
+    blocks = bash_blocks(TUTORIAL.read_text())
+    assert len(blocks) >= 8
+    assert blocks[0].startswith("mkdir -p hello")
+    assert all(block.strip() for block in blocks)
+    assert walk_script(["true", "false"]).splitlines() == [
+        "set -euo pipefail",
+        f"echo '{MARK}1'",
+        "true",
+        f"echo '{MARK}2'",
+        "false",
+        f"echo '{MARK}done'",
+    ]
+
+
+def test_the_tutorial_runs_as_written(server: EngineServer, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DOCKYARD_URL": server.url,
+        "DOCKYARD_API_KEY": server.key,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),  # no saved login of this machine's user takes part
+        # `dockyard` and `python3` of the Python running the tests (the image's version: the SDK's wheels fit).
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    walked = subprocess.run(
+        ["bash", "-c", walk_script(bash_blocks(TUTORIAL.read_text()))],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WALK_SECONDS,
+    )
+    outputs = block_outputs(walked.stdout)
+    last = list(outputs)[-1] if outputs else "none"
+    assert walked.returncode == 0, f"block {last} failed:\n{walked.stdout[-3000:]}\n{walked.stderr[-3000:]}"
+    assert last == "done"
+    # What the tutorial says each call answers: the sync call, then `run --wait` and `status` of the async jobs.
+    assert any('{"greeting": "hello, tutorial"}' in text for text in outputs.values())
+    jobs = next(text for text in outputs.values() if "hello, second job" in text)
+    assert "COMPLETED" in jobs, jobs
+    assert "hello, queue" in jobs, jobs
+
+
+def block_outputs(stdout: str) -> dict[str, str]:
+    """What each block printed, by its number (`done` last, once every block passed)."""
+    outputs: dict[str, str] = {}
+    current = ""
+    for line in stdout.splitlines():
+        if line.startswith(MARK):
+            current = line.removeprefix(MARK)
+            outputs[current] = ""
+        elif current:
+            outputs[current] += line + "\n"
+    return outputs
