@@ -1,6 +1,7 @@
 """The tutorial, walked as a reader would: every fenced `bash` block of docs/tutorial.md, in order, in one shell,
 against a real server on Podman with the CLI configured through its environment (`DOCKYARD_URL`,
-`DOCKYARD_API_KEY`). Each block must exit 0, and the answers the tutorial promises must be the ones printed."""
+`DOCKYARD_API_KEY`). Each block must exit 0, and the answers the tutorial promises must be the ones printed.
+And every page's relative links lead to a file that exists."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import pytest
 from tests.engine import ROOT
 from tests.servers import EngineServer, engine_server
 
-pytestmark = pytest.mark.engine
-
 TUTORIAL = ROOT / "docs" / "tutorial.md"
 WALK_SECONDS = 300
 """The most the whole tutorial may take; it takes well under a minute (the SDK's `pip install` is most of it)."""
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 BLOCK = re.compile(r"^```bash\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 MARK = "### tutorial block "
 
@@ -37,6 +38,17 @@ def walk_script(blocks: list[str]) -> str:
         parts += [f"echo '{MARK}{index}'", block]
     parts.append(f"echo '{MARK}done'")
     return "\n".join(parts) + "\n"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
+def test_every_relative_link_leads_to_a_file(page: Path) -> None:
+    targets = [target for target in LINK.findall(page.read_text()) if "://" not in target]
+    assert [target for target in targets if not (page.parent / target).exists()] == []
+
+
+def test_the_docs_index_lists_every_page() -> None:
+    listed = set(LINK.findall((ROOT / "docs" / "README.md").read_text()))
+    assert {page.name for page in PAGES if page.parent.name == "docs" and page.name != "README.md"} <= listed
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +73,7 @@ def test_the_blocks_are_found_in_order() -> None:
     ]
 
 
+@pytest.mark.engine
 def test_the_tutorial_runs_as_written(server: EngineServer, tmp_path: Path) -> None:
     env = {
         **os.environ,
