@@ -64,7 +64,7 @@ _SECURITY_BY_PREFIX: tuple[tuple[str, list[dict[str, list[str]]]], ...] = (
     ("/admin/", [{"adminToken": []}]),
     ("/gpus/v2/workers/", [{"workerKey": []}]),
 )
-_API_KEY = [{"apiKey": []}]
+_API_KEY: list[dict[str, list[str]]] = [{"apiKey": []}]
 
 GATEWAY_PATH = "/{endpoint_id}/{path}"
 GATEWAY_METHODS = ("get", "post", "put", "patch", "delete")
