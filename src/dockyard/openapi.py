@@ -19,12 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-
-from dockyard.schemas.common import ErrorBody
 
 ASSETS_URL = "/docs-assets"
 """Where the browsers' scripts and styles are served; a fixed word, so the front never takes it for an endpoint."""
@@ -91,23 +89,18 @@ def install_docs(app: FastAPI) -> None:
     app.openapi = lambda: document(app)  # type: ignore[method-assign]
     app.mount(ASSETS_URL, StaticFiles(packages=[ASSETS_PACKAGE]), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
-    oauth2_redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(
             openapi_url=openapi_url,
             title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=oauth2_redirect,
+            oauth2_redirect_url=None,  # every scheme is a bearer token: no OAuth2 flow comes back to a page
             swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
             swagger_ui_parameters={"persistAuthorization": True},
         )
-
-    @app.get(oauth2_redirect, include_in_schema=False)
-    async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
@@ -132,7 +125,6 @@ def document(app: FastAPI) -> dict[str, Any]:
         spec["paths"][GATEWAY_PATH] = _gateway_path()
         components = spec.setdefault("components", {})
         components["securitySchemes"] = SECURITY_SCHEMES
-        components.setdefault("schemas", {}).setdefault("ErrorBody", ErrorBody.model_json_schema())
         for path, item in spec["paths"].items():
             security = next((rule for prefix, rule in _SECURITY_BY_PREFIX if path.startswith(prefix)), _API_KEY)
             for operation in item.values():
@@ -158,6 +150,7 @@ def _gateway_path() -> dict[str, Any]:
             "schema": {"type": "string"},
         },
     ]
+    # The error body every route answers; the API's routes put its schema in the document (schemas.common).
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     responses: dict[str, Any] = {"200": {"description": "the worker's answer, as it gave it (any status)"}}
     responses.update({code: {"description": text, "content": error} for code, text in _GATEWAY_ERRORS.items()})
