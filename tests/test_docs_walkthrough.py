@@ -24,6 +24,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 BLOCK = re.compile(r"^```bash\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 MARK = "### tutorial block "
+BUILT_IMAGE = re.compile(r"podman build .*-t (localhost/\S+)")
 
 
 def bash_blocks(markdown: str) -> list[str]:
@@ -56,6 +57,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, engine_url: str, python_ima
     # On every address, as the tutorial asks: async workers reach its webhooks from their containers.
     with engine_server(tmp_path_factory.mktemp("tutorial"), engine_url, host="0.0.0.0") as running:
         yield running
+    # The images the tutorial built, once its workers are gone, so that runs do not pile them up; one that a
+    # walk beside this one still runs is refused and kept (no --force).
+    images = BUILT_IMAGE.findall(TUTORIAL.read_text())
+    subprocess.run(["podman", "rmi", *images], capture_output=True, check=False)
 
 
 def test_the_blocks_are_found_in_order() -> None:
@@ -63,6 +68,7 @@ def test_the_blocks_are_found_in_order() -> None:
     assert len(blocks) >= 8
     assert blocks[0].startswith("mkdir -p hello")
     assert all(block.strip() for block in blocks)
+    assert BUILT_IMAGE.findall(TUTORIAL.read_text()) == ["localhost/hello-sync:1", "localhost/hello-jobs:1"]
     assert walk_script(["true", "false"]).splitlines() == [
         "set -euo pipefail",
         f"echo '{MARK}1'",
