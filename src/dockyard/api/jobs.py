@@ -53,9 +53,7 @@ _CANCEL = (
 )
 _RETRY = "Puts a FAILED, TIMED_OUT or CANCELLED job back in the queue with the same input; 409 for any other status."
 _PURGE = "Cancels every job of the endpoint still IN_QUEUE and answers how many; running jobs go on."
-_HEALTH = (
-    "The endpoint's jobs by status and its workers by what they do (idle, running), as the clients' `health` reads."
-)
+_HEALTH = "The endpoint's jobs by status and its workers by RunPod's states (idle, initializing, ready, running)."
 
 
 async def run(
