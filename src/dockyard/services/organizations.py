@@ -64,10 +64,29 @@ async def list_keys(session: AsyncSession, org_id: str) -> list[ApiKey]:
     return [_key_wire(row) for row in rows]
 
 
-async def create_key_for_org_name(session: AsyncSession, org_name: str, member: str = "default") -> str:
+async def list_all_keys(session: AsyncSession, org_name: str | None = None) -> list[ApiKey]:
+    """Every organization's keys (or those of the organization named `org_name`), revoked ones included, oldest
+    first."""
+    statement = select(ApiKeyModel).order_by(ApiKeyModel.created_at)
+    if org_name is not None:
+        org_id = await session.scalar(select(OrganizationModel.id).where(OrganizationModel.name == org_name))
+        if org_id is None:
+            raise NotFound(f"no organization named {org_name}; `dockyard admin orgs list` shows them")
+        statement = statement.where(ApiKeyModel.org_id == org_id)
+    return [_key_wire(row) for row in await session.scalars(statement)]
+
+
+async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey:
+    """`dockyard admin keys revoke`: running servers stop taking the key within their key cache's lifetime."""
+    return _key_wire(await keys.revoke_stored_key(session, key_id))
+
+
+async def create_key_for_org_name(
+    session: AsyncSession, org_name: str, member: str = "default", *, is_admin: bool = False
+) -> str:
     """`dockyard admin create-key --org NAME`: the organization is created when missing."""
     org = await keys.get_or_create_org(session, org_name)
     member_row = await keys.get_or_create_member(session, org, member)
-    _, plaintext = await keys.create_key(session, org, member_row, name="cli")
+    _, plaintext = await keys.create_key(session, org, member_row, name="cli", is_admin=is_admin)
     await session.commit()
     return plaintext
