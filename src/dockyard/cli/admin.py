@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dockyard.cli import admin_backup
 from dockyard.cli.admin_db import CreateOption, DataDirOption, admin_settings, on_database
 
 if TYPE_CHECKING:
@@ -277,3 +278,7 @@ def inventory_command(as_json: JsonOption = False, data_dir: DataDirOption = Non
         ],
         empty="no products",
     )
+
+
+app.command("backup")(admin_backup.backup)
+app.command("restore")(admin_backup.restore)
