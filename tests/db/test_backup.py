@@ -3,6 +3,7 @@ data dir lost, `dockyard admin restore`, the server started again; every object 
 
 from __future__ import annotations
 
+import io
 import shutil
 import stat
 import tarfile
@@ -23,6 +24,7 @@ from dockyard.context import ServerContext
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db import backup as backups
 from dockyard.db.models import EndpointModel, RegistryAuthModel, TemplateModel
+from dockyard.services.runspec import write_authorized_keys
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes import FakeRuntime
 
@@ -158,12 +160,19 @@ async def test_backup_wipe_restore_brings_back_every_object_and_secret(tmp_path:
     data_dir, archive = tmp_path / "data", tmp_path / "dockyard-backup.tar.gz"
     async with running(data_dir) as app:
         made = await make_objects(app)
+        # What the reconciler writes for a container with SSH keys (it does not run here).
+        authorized = write_authorized_keys(data_dir, made["container"], ["ssh-ed25519 AAAAC3Nza test@laptop"])
         backed_up = admin("backup", str(archive), "--data-dir", str(data_dir))  # while the server runs
         assert backed_up.exit_code == 0, backed_up.output
     key = (data_dir / "secret.key").read_text()
     assert mode(archive) == 0o600  # it holds the secret key
     with tarfile.open(archive) as contents:
-        assert sorted(contents.getnames()) == ["dockyard.db", "manifest.json", "secret.key"]
+        assert sorted(contents.getnames()) == [
+            "dockyard.db",
+            "manifest.json",
+            "secret.key",
+            f"ssh/{made['container']}/authorized_keys",
+        ]
 
     shutil.rmtree(data_dir)
     restored = admin("restore", str(archive), "--data-dir", str(data_dir))
@@ -171,6 +180,8 @@ async def test_backup_wipe_restore_brings_back_every_object_and_secret(tmp_path:
     assert "restored schema" in restored.stdout
     assert (data_dir / "secret.key").read_text() == key
     assert (mode(data_dir), mode(data_dir / "dockyard.db"), mode(data_dir / "secret.key")) == (0o700, 0o600, 0o600)
+    assert authorized.read_text() == "ssh-ed25519 AAAAC3Nza test@laptop\n"
+    assert (mode(authorized), mode(authorized.parent), mode(data_dir / "ssh")) == (0o600, 0o700, 0o700)
 
     async with running(data_dir) as app:
         await assert_objects_back(app, made)
@@ -201,6 +212,19 @@ async def test_a_database_restored_without_its_key_would_lose_the_secrets_so_res
     settings = Settings(data_dir=tmp_path / "fresh", secret_key="a-different-key")
     with pytest.raises(backups.BackupError, match="DOCKYARD_SECRET_KEY differs"):
         backups.restore(settings, archive)
+
+    # An archive with more in it than a backup writes: only the names of the backup's own shapes reach the disk.
+    hostile = tmp_path / "hostile.tar.gz"
+    with tarfile.open(archive) as source, tarfile.open(hostile, "w:gz") as out:
+        for member in source.getmembers():
+            out.addfile(member, source.extractfile(member))
+        for name in ("../evil", "ssh/x/../../../evil/authorized_keys", "ssh/x/authorized_keys/../../../evil"):
+            member = tarfile.TarInfo(name)
+            member.size = 4
+            out.addfile(member, io.BytesIO(b"evil"))
+    assert admin("restore", str(hostile), "--data-dir", str(tmp_path / "fresh")).exit_code == 0
+    assert sorted(path.name for path in (tmp_path / "fresh").iterdir()) == ["dockyard.db", "secret.key"]
+    assert not (tmp_path / "evil").exists()  # where both escapes would have landed
 
 
 def test_postgresql_and_strange_archives_are_refused_with_what_to_do(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ with SQLite's online backup API, a consistent snapshot taken while the server ke
 could catch a half-applied transaction, or miss what is still in the `-wal` file).
 
 The archive is a gzipped tar of `manifest.json` (its format, the Dockyard version and the schema revision),
-`dockyard.db` and `secret.key`, written 0600 since it holds the key. A PostgreSQL installation is backed up with
-`pg_dump` and a copy of the key (docs/operations.md); these functions refuse it with that advice.
+`dockyard.db`, `secret.key` and the containers' `ssh/*/authorized_keys` (the files their engine objects mount,
+which a restarted container needs in place), written 0600 since it holds the key. A PostgreSQL installation is
+backed up with `pg_dump` and a copy of the key (docs/operations.md); these functions refuse it with that advice.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sqlite3
 import tarfile
 import tempfile
@@ -33,6 +35,8 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 DATABASE = "dockyard.db"
 SECRET_KEY = "secret.key"
+SSH_DIR = "ssh"
+_SSH_FILE = re.compile(r"ssh/[A-Za-z0-9-]{1,64}/authorized_keys")  # runspec.authorized_keys_path, for any container
 
 
 class BackupError(Exception):
@@ -111,6 +115,10 @@ def backup(settings: Settings, target: Path) -> Manifest:
             _add(archive, MANIFEST, json.dumps({"format": FORMAT, **asdict(manifest)}, indent=2).encode())
             _add(archive, DATABASE, snapshot.read_bytes())
             _add(archive, SECRET_KEY, key.encode())
+            for path in sorted((settings.data_dir / SSH_DIR).glob("*/authorized_keys")):
+                name = path.relative_to(settings.data_dir).as_posix()
+                if _SSH_FILE.fullmatch(name) and path.is_file() and not path.is_symlink():
+                    _add(archive, name, path.read_bytes())
         try:
             os.link(partial, target)  # never over a file that appeared meanwhile; a whole archive or none
         except FileExistsError:
@@ -144,6 +152,8 @@ def restore(settings: Settings, source: Path) -> Manifest:
     try:
         with tarfile.open(source, mode="r:gz") as archive:
             raw_manifest, data, key = (_member(archive, name) for name in (MANIFEST, DATABASE, SECRET_KEY))
+            # Only names of the one shape the backup writes: nothing else of an archive reaches the disk.
+            ssh_files = {name: _member(archive, name) for name in archive.getnames() if _SSH_FILE.fullmatch(name)}
     except (OSError, tarfile.TarError) as exc:
         raise BackupError(f"cannot read {source} as a backup archive: {exc}") from None
     try:
@@ -192,4 +202,12 @@ def restore(settings: Settings, source: Path) -> Manifest:
         key_fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(key_fd, "w") as out:
             out.write(stored_key)
+    for name, content in ssh_files.items():
+        path = settings.data_dir / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (settings.data_dir / SSH_DIR).chmod(0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(content)
     return manifest
