@@ -3,15 +3,18 @@ data dir lost, `dockyard admin restore`, the server started again; every object 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 import stat
+import subprocess
 import tarfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -27,6 +30,7 @@ from dockyard.db.models import EndpointModel, RegistryAuthModel, TemplateModel
 from dockyard.services.runspec import write_authorized_keys
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes import FakeRuntime
+from tests.pg import PostgresServer, client_tool, postgres_available
 
 PASSWORD = "hunter2-registry-password"
 ENV_SECRET = "tok-0123456789abcdef"
@@ -43,9 +47,10 @@ def admin(*args: str) -> Result:
     return CliRunner().invoke(cli_app, ["admin", *args], env=CLEAN_ENV)
 
 
-def server_settings(data_dir: Path) -> Settings:
+def server_settings(data_dir: Path, database_url: str = "") -> Settings:
     return Settings(
         data_dir=data_dir,
+        database_url=database_url,
         admin_token=ADMIN_TOKEN,
         public_address="127.0.0.1",
         run_reconcilers=False,
@@ -54,8 +59,8 @@ def server_settings(data_dir: Path) -> Settings:
 
 
 @asynccontextmanager
-async def running(data_dir: Path) -> AsyncIterator[FastAPI]:
-    app = create_app(server_settings(data_dir), runtime_factory=lambda idc, context: FakeRuntime())
+async def running(data_dir: Path, database_url: str = "") -> AsyncIterator[FastAPI]:
+    app = create_app(server_settings(data_dir, database_url), runtime_factory=lambda idc, context: FakeRuntime())
     async with app.router.lifespan_context(app):
         yield app
 
@@ -152,6 +157,10 @@ async def assert_objects_back(app: FastAPI, made: dict[str, str]) -> None:
     assert all(value.startswith("enc:v1:") for value in stored)  # decrypted above, not stored in the clear
 
 
+def run(*command: str) -> None:
+    subprocess.run(command, check=True, capture_output=True)
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -239,3 +248,33 @@ def test_postgresql_and_strange_archives_are_refused_with_what_to_do(tmp_path: P
     assert refused.exit_code == 1
     assert "cannot read" in refused.stderr
     assert not (tmp_path / "data").exists()
+
+
+async def test_postgresql_backup_with_pg_dump_and_the_key_restores_as_documented(
+    tmp_path: Path, postgres: PostgresServer | None
+) -> None:
+    if postgres is None:
+        pytest.skip(f"PostgreSQL half skipped: {postgres_available()}")
+    data_dir, dump, key_copy = tmp_path / "data", tmp_path / "dockyard.dump", tmp_path / "dockyard.secret.key"
+    database_url = await postgres.create_database()
+    libpq_url = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    name = database_url.rsplit("/", 1)[1]
+    async with running(data_dir, database_url) as app:
+        made = await make_objects(app)
+        # While the server runs, as documented.
+        await asyncio.to_thread(run, client_tool("pg_dump"), "--format=custom", f"--file={dump}", libpq_url)
+        shutil.copy(data_dir / "secret.key", key_copy)
+
+    shutil.rmtree(data_dir)
+    conn = await asyncpg.connect(host="127.0.0.1", port=postgres.port, user="postgres", database="postgres")
+    try:
+        await conn.execute(f'DROP DATABASE "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    await asyncio.to_thread(run, client_tool("pg_restore"), "--no-owner", f"--dbname={libpq_url}", str(dump))
+    data_dir.mkdir(mode=0o700)
+    shutil.copy(key_copy, data_dir / "secret.key")
+
+    async with running(data_dir, database_url) as app:
+        await assert_objects_back(app, made)
