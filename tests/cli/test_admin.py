@@ -23,6 +23,8 @@ from dockyard.config import Settings
 from dockyard.services.bootstrap import local_node_id
 from tests.api.test_quotas import QUOTA_NAMES
 from tests.fakes import FakeRuntime
+from tests.live import free_port
+from tests.pg import PostgresServer, postgres_available
 
 
 def create_key(env: dict[str, str], org: str, *args: str) -> str:
@@ -126,7 +128,7 @@ def test_a_missing_database_is_refused_naming_where_it_looked_and_nothing_is_mad
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+    env: dict[str, str | None] = {name: None for name in os.environ if name.startswith("DOCKYARD_")}
     env["DOCKYARD_ENGINE_URL"] = "unix:///nonexistent.sock"
     if variable == "DOCKYARD_DATA_DIR":
         env["DOCKYARD_DATA_DIR"] = str(empty)
@@ -135,26 +137,21 @@ def test_a_missing_database_is_refused_naming_where_it_looked_and_nothing_is_mad
         env["DOCKYARD_DATA_DIR"] = str(tmp_path / "never-made")
         env["DOCKYARD_DATABASE_URL"] = f"sqlite+aiosqlite:///{empty / 'dockyard.db'}"
         where = f"sqlite+aiosqlite:///{empty / 'dockyard.db'} (DOCKYARD_DATABASE_URL)"
-    done = subprocess.run(
-        [sys.executable, "-m", "dockyard", "admin", "create-key", "--org", "acme"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 1
-    assert done.stdout == ""  # no key the server would reject
-    message = " ".join(done.stderr.split())
+    refused = CliRunner().invoke(cli_app, ["admin", "create-key", "--org", "acme"], env=env)
+    assert refused.exit_code == 1
+    assert refused.stdout == ""  # no key the server would reject
+    message = " ".join(refused.stderr.split())
     assert message.startswith(f"error: no Dockyard database at {where}."), message
     assert "--data-dir DIR or the DOCKYARD_DATA_DIR / DOCKYARD_DATABASE_URL" in message
     assert message.endswith("or add --create to make a new one there")
     assert list(empty.iterdir()) == []
     assert not (tmp_path / "never-made").exists()
 
-    key = create_key(env, "acme", "--create")
+    made = CliRunner().invoke(cli_app, ["admin", "create-key", "--org", "acme", "--create"], env=env)
+    assert made.exit_code == 0, made.output
     with sqlite3.connect(empty / "dockyard.db") as conn:
         stored = conn.execute("SELECT key_hash FROM api_keys").fetchall()
-    assert stored == [(hashlib.sha256(key.encode()).hexdigest(),)]
+    assert stored == [(hashlib.sha256(made.stdout.strip().encode()).hexdigest(),)]
 
 
 def admin(data_dir: Path, *args: str) -> Result:
@@ -247,3 +244,32 @@ async def test_keys_made_and_revoked_by_the_cli_are_what_the_running_server_take
             spare_id = next(key["id"] for key in listed if key["prefix"] == spare_key[:10])
             assert (await asyncio.to_thread(admin, data, "keys", "revoke", spare_id)).exit_code == 0
             assert await status("/api/v1/templates", spare_key) == 401
+
+
+def test_an_empty_or_unreachable_postgresql_database_is_refused_without_its_password(
+    postgres: PostgresServer | None, tmp_path: Path
+) -> None:
+    if postgres is None:
+        pytest.skip(f"PostgreSQL half skipped: {postgres_available()}")
+    database_url = asyncio.run(postgres.create_database())
+    base = {name: None for name in os.environ if name.startswith("DOCKYARD_")}
+    env: dict[str, str | None] = {**base, "DOCKYARD_DATA_DIR": str(tmp_path / "data")}
+
+    def admin_on(url: str, *args: str) -> Result:
+        return CliRunner().invoke(cli_app, ["admin", *args], env={**env, "DOCKYARD_DATABASE_URL": url})
+
+    empty = admin_on(database_url, "orgs", "list")
+    assert empty.exit_code == 1
+    masked = database_url.replace("//postgres@", "//***@", 1)  # the userinfo never shown, password or not
+    assert f"no Dockyard database at {masked} (DOCKYARD_DATABASE_URL)" in " ".join(empty.stderr.split())
+    unreachable = f"postgresql+asyncpg://postgres:db-password-1234@127.0.0.1:{free_port()}/dockyard"
+    refused = admin_on(unreachable, "orgs", "list")
+    assert refused.exit_code == 1
+    assert "cannot read a database" in refused.stderr
+    assert "--create" not in refused.stderr  # it would not help
+    assert "db-password-1234" not in refused.stderr
+    assert not (tmp_path / "data").exists()
+
+    made = admin_on(database_url, "orgs", "create", "acme", "--create")
+    assert made.exit_code == 0, made.output
+    assert [org["name"] for org in json.loads(admin_on(database_url, "orgs", "list", "--json").stdout)] == ["acme"]

@@ -60,7 +60,7 @@ def _data_dir_source(data_dir_option: bool) -> str:
     return "the default for this user"
 
 
-def _missing(settings: Settings, data_dir_option: bool, why: str) -> NoDatabase:
+def _missing(settings: Settings, data_dir_option: bool, why: str, *, creatable: bool = True) -> NoDatabase:
     if settings.database_url:
         where = f"{settings.masked_database_url} (DOCKYARD_DATABASE_URL)"
     else:
@@ -69,8 +69,8 @@ def _missing(settings: Settings, data_dir_option: bool, why: str) -> NoDatabase:
     return NoDatabase(
         f"{why} at {where}. Point this command at the server's database with --data-dir DIR or the "
         "DOCKYARD_DATA_DIR / DOCKYARD_DATABASE_URL / DOCKYARD_CONFIG the server runs with "
-        "(`systemctl show dockyard -p Environment` shows a service's); "
-        "or add --create to make a new one there"
+        "(`systemctl show dockyard -p Environment` shows a service's)"
+        + ("; or add --create to make a new one there" if creatable else "")
     )
 
 
@@ -108,7 +108,8 @@ async def _found(settings: Settings, data_dir_option: bool) -> bool:
     try:
         return await _server_has_schema(url)
     except Exception as exc:  # the driver's own errors: a refused connection, a database that does not exist
-        raise _missing(settings, data_dir_option, f"cannot read a database ({type(exc).__name__})") from None
+        why = f"cannot read a database ({type(exc).__name__})"
+        raise _missing(settings, data_dir_option, why, creatable=False) from None
 
 
 def on_database(settings: Settings, create: bool, data_dir_option: bool, work: Callable[[Database], Awaitable[T]]) -> T:
