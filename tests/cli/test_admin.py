@@ -201,15 +201,17 @@ def test_orgs_keys_and_inventory_are_managed_from_the_cli(tmp_path: Path) -> Non
     assert user_key[:10] in table
     assert user_key not in table
 
-    revoked = admin(data, "keys", "revoke", keys[0]["id"])
+    assert "give at least 4 characters" in admin(data, "keys", "revoke", "").stderr
+    revoked = admin(data, "keys", "revoke", user_key[:10])  # as `keys list` shows it
     assert revoked.exit_code == 0, revoked.output
     assert revoked.stdout == f"revoked {keys[0]['id']} ({user_key[:10]}…)\n"
     again = admin(data, "keys", "revoke", keys[0]["id"])
     assert again.exit_code == 1
     assert "`dockyard admin keys list` shows every key" in again.stderr
+    assert admin(data, "keys", "revoke", keys[1]["id"][:8]).exit_code == 0  # a unique beginning of the id
     after = json.loads(admin(data, "keys", "list", "--json").stdout)
     assert after[0]["revoked_at"] is not None
-    assert after[1]["revoked_at"] is None
+    assert after[1]["revoked_at"] is not None
 
     inventory = json.loads(admin(data, "inventory", "--json").stdout)
     assert [node["id"] for node in inventory["nodes"]] == [local_node_id()]

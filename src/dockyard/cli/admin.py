@@ -19,7 +19,10 @@ if TYPE_CHECKING:
     from dockyard.db.session import Database
     from dockyard.schemas.admin import ApiKey, Node, Organization, Product
 
-app = typer.Typer(help="Operator commands (run where the server's database is reachable).", no_args_is_help=True)
+app = typer.Typer(
+    help="The operator's commands, on the server's host and its database (--data-dir; docs/operations.md).",
+    no_args_is_help=True,
+)
 orgs_app = typer.Typer(help="List and create organizations.", no_args_is_help=True)
 keys_app = typer.Typer(help="List and revoke API keys.", no_args_is_help=True)
 app.add_typer(orgs_app, name="orgs")
@@ -193,7 +196,10 @@ def list_keys(
 
 @keys_app.command("revoke")
 def revoke_key(
-    key_id: Annotated[str, typer.Argument(help="the key's id (`dockyard admin keys list`)")],
+    key: Annotated[
+        str,
+        typer.Argument(help="the key's id, a unique beginning of it, or the key's first characters (`keys list`)"),
+    ],
     data_dir: DataDirOption = None,
 ) -> None:
     """Revoke an API key. A running server stops taking it within 10 seconds (its cache of keys)."""
@@ -201,7 +207,7 @@ def revoke_key(
 
     async def work(db: Database) -> ApiKey:
         async with db.write_session() as session:
-            return await organizations.revoke_key(session, key_id)
+            return await organizations.revoke_key(session, key)
 
     revoked = on_database(admin_settings(data_dir), False, data_dir is not None, work)
     typer.echo(f"revoked {revoked.id} ({revoked.prefix}…)")

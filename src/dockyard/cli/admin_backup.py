@@ -29,8 +29,9 @@ def restore(
     archive: Annotated[Path, typer.Argument(help="an archive `dockyard admin backup` wrote")],
     data_dir: DataDirOption = None,
 ) -> None:
-    """Restore an archive into a data dir without a database (stop the server and move the old one aside first);
-    the server started on it next migrates it to its own schema if it is older."""
+    """Restore an archive into a data dir without a database (stop the server, move the old one aside first).
+
+    The server started on it next migrates an older schema to its own."""
     from dockyard.cli.output import fail
     from dockyard.db import backup as backups
 

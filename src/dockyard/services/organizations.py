@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.db.models import ApiKeyModel, OrganizationModel
-from dockyard.errors import Conflict, NotFound
+from dockyard.errors import BadRequest, Conflict, NotFound
 from dockyard.schemas.admin import ApiKey, CreatedApiKey, CreateKeyRequest, Organization
 from dockyard.services import keys
 
@@ -76,9 +76,24 @@ async def list_all_keys(session: AsyncSession, org_name: str | None = None) -> l
     return [_key_wire(row) for row in await session.scalars(statement)]
 
 
-async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey:
-    """`dockyard admin keys revoke`: running servers stop taking the key within their key cache's lifetime."""
-    return _key_wire(await keys.revoke_stored_key(session, key_id))
+async def revoke_key(session: AsyncSession, key: str) -> ApiKey:
+    """`dockyard admin keys revoke KEY`: KEY is a key's id, a unique beginning of it, or the first characters of the
+    key that `keys list` shows. Running servers stop taking it within their key cache's lifetime."""
+    if len(key) < 4:
+        raise BadRequest(f"KEY {key!r} is too short to pick one key: give at least 4 characters of its id")
+    rows = list(
+        await session.scalars(
+            select(ApiKeyModel).where(
+                ApiKeyModel.revoked_at.is_(None),
+                (ApiKeyModel.id == key) | ApiKeyModel.id.startswith(key, autoescape=True) | (ApiKeyModel.prefix == key),
+            )
+        )
+    )
+    rows = [row for row in rows if row.id == key] or rows
+    if len(rows) > 1:
+        raise Conflict(f"{key} matches {len(rows)} keys; give more of the id (`dockyard admin keys list`)")
+    # None found: the stored key's own lookup says it is unknown, or revoked already.
+    return _key_wire(await keys.revoke_stored_key(session, rows[0].id if rows else key))
 
 
 async def create_key_for_org_name(
