@@ -242,12 +242,26 @@ def test_postgresql_and_strange_archives_are_refused_with_what_to_do(tmp_path: P
         with pytest.raises(backups.BackupError, match="pg_dump"):
             action(postgres, tmp_path / "archive.tar.gz")
 
+    damaged = tmp_path / "damaged.tar.gz"
+    with tarfile.open(damaged, "w:gz") as out:
+        for name, content in (
+            ("manifest.json", b'{"format": 1, "dockyard": "0.1.0", "schema": "0006", "created_at": "x"}'),
+            ("dockyard.db", b"not a database" * 100),
+            ("secret.key", b"key"),
+        ):
+            member = tarfile.TarInfo(name)
+            member.size = len(content)
+            out.addfile(member, io.BytesIO(content))
+    refused = admin("restore", str(damaged), "--data-dir", str(tmp_path / "data"))
+    assert refused.exit_code == 1
+    assert "is not a Dockyard database (file is not a database)" in refused.stderr
+    assert not (tmp_path / "data" / "dockyard.db").exists()
+
     not_an_archive = tmp_path / "notes.txt"
     not_an_archive.write_text("hello")
     refused = admin("restore", str(not_an_archive), "--data-dir", str(tmp_path / "data"))
     assert refused.exit_code == 1
     assert "cannot read" in refused.stderr
-    assert not (tmp_path / "data").exists()
 
 
 async def test_postgresql_backup_with_pg_dump_and_the_key_restores_as_documented(

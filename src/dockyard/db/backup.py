@@ -75,13 +75,17 @@ def _secret_key(settings: Settings) -> str:
 
 
 def _schema_revision(database: Path) -> str:
-    with closing(sqlite3.connect(database)) as conn:
-        problems = conn.execute("PRAGMA quick_check").fetchone()[0]
-        if problems != "ok":
-            raise BackupError(f"the database {database} fails SQLite's integrity check ({problems})")
-        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    """The schema revision of a copy of the database, once SQLite finds it whole."""
+    try:
+        with closing(sqlite3.connect(database)) as conn:
+            problems = conn.execute("PRAGMA quick_check").fetchone()[0]
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone() if problems == "ok" else None
+    except sqlite3.DatabaseError as exc:  # not a database, or one without Dockyard's schema
+        raise BackupError(f"the database copied from {database.name} is not a Dockyard database ({exc})") from None
+    if problems != "ok":
+        raise BackupError(f"the database copied from {database.name} fails SQLite's integrity check ({problems})")
     if row is None:
-        raise BackupError(f"{database} holds no Dockyard schema")
+        raise BackupError(f"the database copied from {database.name} holds no Dockyard schema")
     return str(row[0])
 
 
