@@ -26,7 +26,7 @@ DELETE_TIMEOUT_S = 60.0
 
 def create_key(env: dict[str, str], workdir: Path) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "dockyard", "admin", "create-key", "--org", "bench"],
+        [sys.executable, "-m", "dockyard", "admin", "create-key", "--org", "bench", "--create"],
         env=env,
         cwd=workdir,
         capture_output=True,

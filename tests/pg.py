@@ -20,6 +20,13 @@ def _bin(name: str) -> str | None:
     return shutil.which(name)
 
 
+def client_tool(name: str) -> str:
+    """The path of a PostgreSQL client program (`pg_dump`, `pg_restore`), installed with the server's."""
+    path = _bin(name)
+    assert path, f"{name} not installed (apt-get install postgresql)"
+    return path
+
+
 def postgres_available() -> str | None:
     """None when the tests can start PostgreSQL here; otherwise why not."""
     if _bin("initdb") is None or _bin("pg_ctl") is None:

@@ -287,8 +287,10 @@ class Settings(BaseSettings):
         return key
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """The settings from overrides, `DOCKYARD_*` variables, the YAML file and defaults, in that order.
+def load_settings(*, make_data_dir: bool = True, **overrides: Any) -> Settings:
+    """The settings from overrides, `DOCKYARD_*` variables, the YAML file and defaults, in that order; the data dir
+    is made (0700) unless `make_data_dir` is false, as for the operator's commands, which must not make one where
+    they found none.
 
     Raises `ConfigError` naming every bad setting.
     """
@@ -302,7 +304,8 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(
             f"invalid configuration ({problems}); fix the DOCKYARD_* variable or the DOCKYARD_CONFIG file that sets it"
         ) from exc
-    ensure_private_dir(settings.data_dir)
+    if make_data_dir:
+        ensure_private_dir(settings.data_dir)
     return settings
 
 

@@ -63,7 +63,7 @@ def engine(engine_url: str) -> Iterator[docker.DockerClient]:
 
 def create_key(env: dict[str, str]) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "dockyard", "admin", "create-key", "--org", "crash"],
+        [sys.executable, "-m", "dockyard", "admin", "create-key", "--org", "crash", "--create"],
         env=env,
         capture_output=True,
         text=True,
@@ -124,7 +124,7 @@ def test_sigkill_mid_work_then_restart_converges(
     engine: docker.DockerClient,
     busybox_image: str,
 ) -> None:
-    key = create_key(crash_env)  # migrates and bootstraps the database, installation id included
+    key = create_key(crash_env)  # makes, migrates and bootstraps the database, installation id included
     installation = asyncio.run(installation_of(database_url))
     server = ServerProcess(crash_env, tmp_path / "server.log")
     try:

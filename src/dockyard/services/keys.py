@@ -159,10 +159,17 @@ async def create_key(
     return row, plaintext
 
 
-async def revoke_key(context: ServerContext, session: AsyncSession, key_id: str) -> None:
+async def revoke_stored_key(session: AsyncSession, key_id: str) -> ApiKeyModel:
+    """Mark the key revoked and commit. Servers stop taking it once their cache entry of it expires
+    (`_CACHE_SECONDS`); the one that revoked it at once (`revoke_key`)."""
     row = await session.get(ApiKeyModel, key_id)
     if row is None or row.revoked_at is not None:
-        raise NotFound(f"API key {key_id} not found")
+        raise NotFound(f"API key {key_id} not found; `dockyard admin keys list` shows every key and its state")
     row.revoked_at = utcnow()
     await session.commit()
+    return row
+
+
+async def revoke_key(context: ServerContext, session: AsyncSession, key_id: str) -> None:
+    await revoke_stored_key(session, key_id)
     context.keys.forget()

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.db.models import ApiKeyModel, OrganizationModel
-from dockyard.errors import Conflict, NotFound
+from dockyard.errors import BadRequest, Conflict, NotFound
 from dockyard.schemas.admin import ApiKey, CreatedApiKey, CreateKeyRequest, Organization
 from dockyard.services import keys
 
@@ -64,10 +64,44 @@ async def list_keys(session: AsyncSession, org_id: str) -> list[ApiKey]:
     return [_key_wire(row) for row in rows]
 
 
-async def create_key_for_org_name(session: AsyncSession, org_name: str, member: str = "default") -> str:
+async def list_all_keys(session: AsyncSession, org_name: str | None = None) -> list[ApiKey]:
+    """Every organization's keys (or those of the organization named `org_name`), revoked ones included, oldest
+    first."""
+    statement = select(ApiKeyModel).order_by(ApiKeyModel.created_at)
+    if org_name is not None:
+        org_id = await session.scalar(select(OrganizationModel.id).where(OrganizationModel.name == org_name))
+        if org_id is None:
+            raise NotFound(f"no organization named {org_name}; `dockyard admin orgs list` shows them")
+        statement = statement.where(ApiKeyModel.org_id == org_id)
+    return [_key_wire(row) for row in await session.scalars(statement)]
+
+
+async def revoke_key(session: AsyncSession, key: str) -> ApiKey:
+    """`dockyard admin keys revoke KEY`: KEY is a key's id, a unique beginning of it, or the first characters of the
+    key that `keys list` shows. Running servers stop taking it within their key cache's lifetime."""
+    if len(key) < 4:
+        raise BadRequest(f"KEY {key!r} is too short to pick one key: give at least 4 characters of its id")
+    rows = list(
+        await session.scalars(
+            select(ApiKeyModel).where(
+                ApiKeyModel.revoked_at.is_(None),
+                (ApiKeyModel.id == key) | ApiKeyModel.id.startswith(key, autoescape=True) | (ApiKeyModel.prefix == key),
+            )
+        )
+    )
+    rows = [row for row in rows if row.id == key] or rows
+    if len(rows) > 1:
+        raise Conflict(f"{key} matches {len(rows)} keys; give more of the id (`dockyard admin keys list`)")
+    # None found: the stored key's own lookup says it is unknown, or revoked already.
+    return _key_wire(await keys.revoke_stored_key(session, rows[0].id if rows else key))
+
+
+async def create_key_for_org_name(
+    session: AsyncSession, org_name: str, member: str = "default", *, is_admin: bool = False
+) -> str:
     """`dockyard admin create-key --org NAME`: the organization is created when missing."""
     org = await keys.get_or_create_org(session, org_name)
     member_row = await keys.get_or_create_member(session, org, member)
-    _, plaintext = await keys.create_key(session, org, member_row, name="cli")
+    _, plaintext = await keys.create_key(session, org, member_row, name="cli", is_admin=is_admin)
     await session.commit()
     return plaintext
