@@ -9,6 +9,10 @@ import threading
 import time
 from typing import Any
 
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from dockyard.runtimes.base import LABEL_ID, ObjectState
 from tests.cli.conftest import IMAGE, Cli
 
@@ -147,3 +151,37 @@ def test_names_and_id_prefixes_stand_for_ids_and_say_when_they_are_ambiguous(cli
     stopped = cli("containers", "stop", first, "solo")
     assert stopped.exit_code == 0, stopped.output
     assert stopped.stdout == f"{first}: stopped\n{only}: stopped\n"
+
+
+def test_options_that_take_an_id_take_a_name(cli: Cli) -> None:
+    """`--ssh-key`, `--storage` and `--registry-auth` resolve names as the arguments do; the new list commands show
+    what they name."""
+    headers = {"Authorization": f"Bearer {cli.api_key}"}
+    with httpx.Client(base_url=cli.server.url, headers=headers) as api:
+        storage = api.post("/gpus/v2/network-storages", json={"name": "data", "region_id": "local", "size_gb": 1})
+        assert storage.status_code == 200, storage.text
+        auth = api.post("/gpus/v2/registry-auths", json={"name": "hub", "username": "robot", "password": "pw"})
+        assert auth.status_code == 200, auth.text
+    key = Ed25519PrivateKey.generate().public_key()
+    public_key = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    key_id = cli("ssh-keys", "add", "--name", "laptop", "--public-key", public_key).stdout.strip()
+    _template(cli)
+
+    container_id = _container(cli, "box", "--ssh-key", "laptop", "--storage", "data:/data")
+    body = _get(cli, container_id)
+    assert body["sshKeyIdList"] == [key_id]
+    assert body["storages"] == [{"id": storage.json()["id"], "containerPath": "/data"}]
+    assert "data" in cli("network-storages", "list").stdout
+    assert "robot" in cli("registry-auths", "list").stdout
+
+    endpoint = cli(
+        "endpoints", "create", "--type", "sync", "--name", "private", "--product", "serverless.cpu",
+        "--image", IMAGE, "--max-replicas", "1", "--registry-auth", "hub", "--json",
+    )  # fmt: skip
+    assert endpoint.exit_code == 0, endpoint.output
+    got = json.loads(cli("endpoints", "get", "private", "--json").stdout)
+    assert got["registry_auth_id"] == auth.json()["id"]
+    assert cli("endpoints", "delete", "private").exit_code == 0
+
+    deleted = cli("ssh-keys", "delete", "laptop")
+    assert deleted.stdout == f"{key_id}: deleted\n"

@@ -20,6 +20,7 @@ from dockyard.cli.options import (
     parse_storages,
 )
 from dockyard.cli.output import (
+    as_commands,
     fail,
     handle_errors,
     print_json,
@@ -64,7 +65,7 @@ def _rows(containers: list[Json]) -> list[list[str]]:
             escape(str(c["id"])),
             escape(str(c.get("name", ""))),
             status_text(str(c.get("status", ""))),
-            escape(str(c.get("reason", ""))),
+            escape(as_commands(str(c.get("reason", "")))),
             escape(str(c.get("product", ""))),
             escape(format_ports(c)),
             escape(str(c.get("createdAt", ""))),
@@ -86,7 +87,8 @@ def _finish_wait(
     except ContainerFailed as exc:
         fail(f"{exc.message}; `dockyard containers logs {exc.container.get('id', '')}` shows its output")
     except WaitTimeout as exc:
-        fail(f"{exc.message}; `dockyard containers get ID` shows one")
+        look = f"dockyard containers get {ids[0]}" if len(ids) == 1 else "dockyard containers list"
+        fail(f"{exc.message}; `{look}` shows where it stands")
     if as_json:
         print_json([state for state in states.values() if state is not None])
     return states
@@ -183,7 +185,7 @@ def get(ctx: typer.Context, container_id: IdArgument, as_json: JsonOption = Fals
             ["id", escape(str(container["id"]))],
             ["name", escape(str(container.get("name", "")))],
             ["status", status_text(str(container.get("status", "")))],
-            ["reason", escape(str(container.get("reason", "")))],
+            ["reason", escape(as_commands(str(container.get("reason", ""))))],
             ["idc / product", escape(f"{container.get('idc', '')} / {container.get('product', '')}")],
             ["template", escape(str(container.get("templateId", "")))],
             ["ports", escape(format_ports(container))],

@@ -26,6 +26,7 @@ from dockyard.cli.options import (
     read_json_body,
 )
 from dockyard.cli.output import (
+    as_commands,
     fail,
     handle_errors,
     live_wait,
@@ -127,7 +128,7 @@ def _status(thing: Json) -> str:
 
 def _message(thing: Json) -> str:
     status = thing.get("status") or {}
-    return str(status.get("error") or status.get("message") or "")
+    return as_commands(str(status.get("error") or status.get("message") or ""))
 
 
 def _replicas(endpoint: Json) -> str:

@@ -170,7 +170,8 @@ class WaitProgress:
             elif state is None:
                 table.add_row(name, status_text(GONE), "", elapsed)
             else:
-                table.add_row(name, status_text(str(state["status"])), escape(str(state.get("reason", ""))), elapsed)
+                reason = escape(as_commands(str(state.get("reason", ""))))
+                table.add_row(name, status_text(str(state["status"])), reason, elapsed)
         return table
 
 
