@@ -73,6 +73,13 @@ def test_update_changes_only_what_is_given_and_keeps_the_host_port(cli: Cli) -> 
     assert nothing.exit_code == 1
     assert "nothing to change" in nothing.stderr
 
+    # A stopped container is recreated stopped, and the wait ends there.
+    assert cli("containers", "stop", container_id, "--wait").exit_code == 0
+    renamed = cli("containers", "update", container_id, "--name", "box-2", *FAST)
+    assert renamed.exit_code == 0, renamed.output
+    assert renamed.stdout == f"{container_id}: stopped; ports 8080/tcp\n"
+    assert _get(cli, container_id)["name"] == "box-2"
+
 
 def test_update_says_when_the_host_port_was_taken_and_prints_the_new_one(cli: Cli) -> None:
     _template(cli)

@@ -241,15 +241,17 @@ def update(
     with target(ctx).client() as client:
         container_id = resolve(client, CONTAINER, container_id)
         before = client.get_container(container_id)
-        # The PUT takes the name and template whole (GMI's contract); envs are sent back masked, which keeps
-        # their stored values, with the given ones set over them.
-        envs = {e["name"]: e for e in before.get("envs") or []}
-        envs.update((e["name"], e) for e in parse_envs(env))
+        # The PUT takes the name and the template whole (GMI's contract); what it is not sent is kept.
         request: dict[str, Any] = {
             "name": name if name is not None else before["name"],
             "templateId": resolve(client, TEMPLATE, template) if template is not None else before["templateId"],
-            "envs": list(envs.values()),
         }
+        if env is not None:
+            # A sent list replaces the container's: its variables go back masked, which keeps their stored values,
+            # with the given ones set over them.
+            envs = {e["name"]: e for e in before.get("envs") or []}
+            envs.update((e["name"], e) for e in parse_envs(env))
+            request["envs"] = list(envs.values())
         if port is not None:
             request["ports"] = parse_ports(port)
         if storage is not None:
@@ -265,14 +267,16 @@ def update(
             else:
                 typer.echo(f"{container_id}: recreating; `dockyard containers get {container_id}` shows it")
             return
-        after = _finish_wait(client, [container_id], {"running"}, timeout, as_json, settle)[container_id] or {}
+        # A stopped container is recreated stopped: `start` runs it.
+        until = "stopped" if before.get("status") == "stopped" else "running"
+        settled = settle if until == "running" else 0.0
+        after = _finish_wait(client, [container_id], {until}, timeout, as_json, settled)[container_id] or {}
     moved = _moved_ports(before, after)
     if moved:
-        stderr().print(
-            f"[yellow]host ports changed:[/yellow] {escape(', '.join(moved))} (the previous ones were taken)"
-        )
+        changed = escape(", ".join(moved))
+        stderr().print(f"[yellow]host ports changed:[/yellow] {changed} (the previous ones were taken on the host)")
     if not as_json:
-        typer.echo(f"{container_id}: running; ports {format_ports(after) or 'none'}")
+        typer.echo(f"{container_id}: {until}; ports {format_ports(after) or 'none'}")
 
 
 @app.command("logs")
