@@ -271,7 +271,7 @@ def update(
         until = "stopped" if before.get("status") == "stopped" else "running"
         settled = settle if until == "running" else 0.0
         after = _finish_wait(client, [container_id], {until}, timeout, as_json, settled)[container_id] or {}
-    moved = _moved_ports(before, after)
+    moved = _moved_ports(before, after) if port is None else []  # ports given are changed on purpose
     if moved:
         changed = escape(", ".join(moved))
         stderr().print(f"[yellow]host ports changed:[/yellow] {changed} (the previous ones were taken on the host)")

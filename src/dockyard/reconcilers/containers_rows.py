@@ -225,15 +225,17 @@ def keep_host_ports(ports: Sequence[PortBinding], previous: Sequence[dict[str, A
     ]
 
 
-def moved_ports(previous: Sequence[dict[str, Any]], obj: RuntimeObject) -> str:
-    """The host ports that changed from `previous` to what `obj` publishes, as a reason a user reads ("" when none
-    did): each port's previous and new host port, and why."""
+def moved_ports(asked: Sequence[PortBinding], kept: Sequence[PortBinding], obj: RuntimeObject) -> str:
+    """The host ports `keep_host_ports` asked to keep (`kept`, from the spec's `asked`) that `obj` publishes on
+    another one, as a reason a user reads ("" when none moved): each port's previous and new host port, and why."""
     now = {(port.container_port, port.protocol.lower()): port.host_port for port in obj.ports}
-    moved = [
-        f"{port}/{protocol} {host} -> {now[port, protocol]}"
-        for (port, protocol), host in _host_ports(previous).items()
-        if now.get((port, protocol), host) != host
-    ]
+    moved = []
+    for asked_port, kept_port in zip(asked, kept, strict=True):
+        if asked_port.host_port is not None or kept_port.host_port is None:
+            continue  # fixed by the user, or new: nothing was kept
+        key = (kept_port.container_port, kept_port.protocol.lower())
+        if now.get(key, kept_port.host_port) != kept_port.host_port:
+            moved.append(f"{key[0]}/{key[1]} {kept_port.host_port} -> {now[key]}")
     if not moved:
         return ""
     return (
@@ -504,12 +506,12 @@ class RowTask:
             gpus=placed.gpus,
             node_id=placed.node_id,
         )
-        previous = list(row.published_ports or ())
+        kept = keep_host_ports(run_spec.ports, row.published_ports or ())
         try:
-            obj = await self._launch(runtime, run_spec, keep_host_ports(run_spec.ports, previous))
+            obj = await self._launch(runtime, run_spec, kept)
         except RuntimeFailure as exc:
             return self._failed_create(exc.reason)
-        return self._observed(obj, moved_ports(previous, obj))
+        return self._observed(obj, moved_ports(run_spec.ports, kept, obj))
 
     async def _launch(self, runtime: Runtime, run_spec: RunSpec, kept: list[PortBinding]) -> RuntimeObject:
         """Create and start the object on the host ports it had before (`kept`), else, when one of those is taken
