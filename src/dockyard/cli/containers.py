@@ -216,7 +216,10 @@ def update(
     container_id: IdArgument,
     name: Annotated[str | None, typer.Option("--name", help="a new name")] = None,
     template: Annotated[
-        str | None, typer.Option("--template", help="another template (id or name): its image and defaults")
+        str | None,
+        typer.Option(
+            "--template", help="another template (id or name): its image and defaults; the image is a template's"
+        ),
     ] = None,
     env: Annotated[
         list[str] | None,
