@@ -15,6 +15,7 @@ from dockyard.runtimes.base import (
     ExecResult,
     HostCapacity,
     ObjectState,
+    PortTaken,
     PublishedPort,
     PullPolicy,
     RegistryAuth,
@@ -40,6 +41,7 @@ class FakeRuntime:
         self.calls: list[tuple[str, str]] = []
         self.available = True
         self.fail_start: dict[str, str] = {}  # image -> reason
+        self.taken_ports: set[int] = set()  # host ports something else on the host holds
         # image -> the only credentials its registry accepts; in `images` too once pulled, which a create with
         # `PullPolicy.IF_NOT_PRESENT` then runs whoever asks (the host's cache is shared)
         self.private: dict[str, RegistryAuth] = {}
@@ -96,6 +98,9 @@ class FakeRuntime:
         spec = self.specs[obj.id]
         if reason := self.fail_start.get(spec.image):
             raise RuntimeFailure(reason)
+        for port in spec.ports:
+            if port.host_port in self.taken_ports:
+                raise PortTaken(f"host port {port.host_port} is already in use on the host")
         ports = [
             PublishedPort(p.container_port, p.host_port or next(self._ports), p.protocol, p.host_ip) for p in spec.ports
         ]

@@ -273,8 +273,11 @@ class Client(JobsMixin):
         on_change: ChangeCallback | None = None,
         interval: float = 0.25,
         max_interval: float = 2.0,
+        settle: float = 0.0,
     ) -> dict[str, Json | None]:
-        """Poll every container until each one's status is in `until`, and return their last states.
+        """Poll every container until each one's status is in `until` and has stayed so for `settle` seconds, and
+        return their last states (one that leaves `until` meanwhile, as a container that exits right after it
+        started, is waited for again).
 
         A container the server no longer has (404) is `None` and counts as status `GONE`, the goal of a wait
         after a delete. One that reaches `error` (unless `error` is wanted) stops the wait at once with
@@ -287,6 +290,7 @@ class Client(JobsMixin):
         seen: dict[str, tuple[str, str]] = {}
         deadline = time.monotonic() + timeout
         delay = interval
+        reached: float | None = None
         while True:
             changed = False
             for container_id in ids:
@@ -304,16 +308,22 @@ class Client(JobsMixin):
                 for state in states.values():
                     if state is not None and state["status"] == "error":
                         raise ContainerFailed(state)
+            now = time.monotonic()
             if all(status in until for status in statuses.values()):
-                return states
-            if time.monotonic() >= deadline:
+                reached = now if reached is None else reached
+                if now - reached >= settle or now >= deadline:
+                    return states
+            else:
+                reached = None
+            if reached is None and now >= deadline:
                 waiting = ", ".join(_late(i, states[i], s) for i, s in statuses.items() if s not in until)
                 raise WaitTimeout(
                     f"gave up after {timeout:g} s waiting for {' or '.join(sorted(until))}: {waiting}; "
                     "the reason field and the container's logs say what it is doing",
                     states,
                 )
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            left = deadline - time.monotonic() if reached is None else reached + settle - time.monotonic()
+            time.sleep(min(delay, max(0.0, left)))
             delay = min(delay * 1.5, max_interval)
 
     def _poll(self, container_id: str) -> Json | None:
@@ -352,6 +362,16 @@ class Client(JobsMixin):
 
     def delete_ssh_key(self, key_id: str) -> Json:
         return self._object("DELETE", f"/api/v1/ssh-keys/{key_id}")
+
+    # Network storages and registry auths (PPIO's `/gpus/v2`).
+
+    def list_network_storages(self) -> list[Json]:
+        """Every network storage: `[{id, name, region_id, size_gb, mounted_by, ...}]`, newest first."""
+        return cast(list[Json], self._object("GET", "/gpus/v2/network-storages")["data"])
+
+    def list_registry_auths(self) -> list[Json]:
+        """Every registry auth: `[{id, name, username}]` (passwords are never answered)."""
+        return cast(list[Json], self._object("GET", "/gpus/v2/registry-auths")["data"])
 
     # Catalog.
 
@@ -448,6 +468,40 @@ class Client(JobsMixin):
                     f"with {wanted} ready worker(s): it is {status} ({message}) with {ready_workers(endpoint)} ready; "
                     f"its events and workers say why (`dockyard endpoints events {endpoint_id}`, "
                     f"`dockyard endpoints workers {endpoint_id}`)",
+                    {endpoint_id: endpoint},
+                )
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+    def wait_for_endpoint_gone(
+        self,
+        endpoint_id: str,
+        *,
+        timeout: float = 300.0,
+        on_change: Callable[[Json], None] | None = None,
+        interval: float = 0.5,
+    ) -> None:
+        """Poll the endpoint every `interval` seconds until the server no longer has it (404), as after a delete.
+        `WaitTimeout` after `timeout` seconds says its status and its workers left. `on_change` gets the state
+        whenever its status or a worker's changes."""
+        deadline = time.monotonic() + timeout
+        seen: object = None
+        while True:
+            try:
+                endpoint = self.get_endpoint(endpoint_id)
+            except ApiError as exc:
+                if exc.code == 404:
+                    return
+                raise
+            key = (endpoint.get("status"), [(w.get("id"), w.get("status")) for w in endpoint.get("workers") or []])
+            if key != seen and on_change is not None:
+                on_change(endpoint)
+            seen = key
+            if time.monotonic() >= deadline:
+                status = endpoint.get("status") or {}
+                raise WaitTimeout(
+                    f"gave up after {timeout:g} s waiting for endpoint {endpoint_label(endpoint)} to be gone: it is "
+                    f"{status.get('status')} ({status.get('message') or 'no reason recorded'}) with "
+                    f"{len(endpoint.get('workers') or [])} worker(s) left",
                     {endpoint_id: endpoint},
                 )
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))

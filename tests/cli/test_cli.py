@@ -7,6 +7,7 @@ import json
 import socket
 import stat
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
@@ -170,7 +171,7 @@ def test_container_lifecycle_with_wait(cli: Cli) -> None:
     template_id = _template(cli)
     created = cli(
         "containers", "create", "--template", template_id, "--product", "cpu.small", "--name", "web",
-        "--env", "MODE=demo", "--wait",
+        "--env", "MODE=demo", "--wait", "--settle", "0",
     )  # fmt: skip
     assert created.exit_code == 0, created.output
     container_id = created.stdout.strip().splitlines()[-1]
@@ -196,7 +197,7 @@ def test_container_lifecycle_with_wait(cli: Cli) -> None:
     assert stopped.exit_code == 0, stopped.output
     assert [c["status"] for c in json.loads(stopped.stdout)] == ["stopped"]
 
-    started = cli("containers", "start", container_id, "--wait")
+    started = cli("containers", "start", container_id, "--wait", "--settle", "0")
     assert started.exit_code == 0, started.output
     assert started.stdout == f"{container_id}: running\n"
 
@@ -230,7 +231,7 @@ def test_wait_follows_a_container_waiting_for_a_gpu_until_it_runs(cli: Cli) -> N
     template_id = _template(cli)
     try:
         first = cli("containers", "create", "--template", template_id, "--product", "gpu.h100.1x", "--name", "first",
-                    "--wait")  # fmt: skip
+                    "--wait", "--settle", "0")  # fmt: skip
         assert first.exit_code == 0, first.output
         first_id = first.stdout.strip().splitlines()[-1]
         second = cli("containers", "create", "--template", template_id, "--product", "gpu.h100.1x", "--name", "second",
@@ -245,7 +246,7 @@ def test_wait_follows_a_container_waiting_for_a_gpu_until_it_runs(cli: Cli) -> N
         (second_id,) = [c["id"] for c in listed if c["name"] == "second"]
 
         assert cli("containers", "delete", first_id).exit_code == 0
-        started = cli("containers", "start", second_id, "--wait", "--timeout", "30")
+        started = cli("containers", "start", second_id, "--wait", "--timeout", "30", "--settle", "0")
         assert started.exit_code == 0, started.output
         assert started.stdout == f"{second_id}: running\n"
     finally:
@@ -261,3 +262,26 @@ def test_create_with_an_unknown_product_shows_the_servers_advice(cli: Cli) -> No
     assert created.exit_code == 1
     assert created.stderr.startswith("error: ")
     assert "product" in created.stderr
+
+
+def test_version_is_the_packages(cli: Cli) -> None:
+    result = cli("--version")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"dockyard {version('dockyard')}\n"
+
+
+def test_help_documents_the_exit_codes(cli: Cli) -> None:
+    shown = " ".join(cli("--help").stdout.split())
+    assert "Exit status: 0 done" in shown
+    assert "1 an error, or --wait ended without the awaited state" in shown
+
+
+def test_the_servers_hints_name_commands_not_routes(cli: Cli) -> None:
+    unknown = "0b7e7c1e-0000-4000-8000-000000000000"
+    got = cli("containers", "get", unknown)
+    assert got.exit_code == 1
+    assert got.stderr == f"error: container {unknown} not found; `dockyard containers list` lists yours\n"
+    created = cli("containers", "create", "--template", unknown, "--product", "cpu.small", "--name", "x")
+    assert created.exit_code == 1
+    assert "`dockyard templates create` creates one" in created.stderr
+    assert "/api/v1" not in created.stderr

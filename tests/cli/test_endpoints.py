@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -284,6 +285,7 @@ def test_wait_ends_at_failure_with_the_reason(cli: Cli) -> None:
     timer.join()
     assert updated.exit_code == 1
     assert f"error: endpoint chat ({endpoint_id}) is failed: image localhost/x not found" in updated.stderr
+    assert f"`dockyard endpoints events {endpoint_id}`" in updated.stderr
 
 
 def test_wait_shows_workers_and_returns_once_enough_are_ready(cli: Cli) -> None:
@@ -416,3 +418,58 @@ def test_the_sdk_invokes_and_returns_error_answers_as_they_are(cli: Cli) -> None
         assert client.invoke_endpoint(endpoint_id, "broken").status_code == 500
         with client.stream_endpoint(endpoint_id, "stream", method="GET") as response:
             assert list(response.iter_lines()) == ["first", "second"]
+
+
+def _remove_row(cli: Cli, endpoint_id: str) -> None:
+    """What the reconciler does once an endpoint's workers are gone."""
+    with Session(_engine(cli)) as session:
+        row = session.get(EndpointModel, endpoint_id)
+        assert row is not None
+        session.delete(row)
+        session.commit()
+
+
+def test_delete_wait_returns_once_the_endpoint_is_gone(cli: Cli) -> None:
+    endpoint_id = _create(cli)
+    timer = _later(0.8, lambda: _remove_row(cli, endpoint_id))
+    deleted = cli("endpoints", "delete", "chat", "--wait", "--timeout", "30")
+    timer.join()
+    assert deleted.exit_code == 0, deleted.output
+    assert deleted.stdout == f"{endpoint_id}: deleted\n"
+    assert "deleting" in deleted.stderr  # the progress shown meanwhile
+
+
+def test_delete_wait_exits_1_when_the_endpoint_outlives_it(cli: Cli) -> None:
+    endpoint_id = _create(cli)
+    _add_worker(cli, endpoint_id, WorkerStatus.DRAINING)
+    deleted = cli("endpoints", "delete", endpoint_id[:8], "--wait", "--timeout", "1")
+    assert deleted.exit_code == 1
+    assert f"gave up after 1 s waiting for endpoint chat ({endpoint_id}) to be gone: it is deleting" in deleted.stderr
+    assert "with 1 worker(s) left" in deleted.stderr
+    assert f"`dockyard endpoints events {endpoint_id}`" in deleted.stderr
+
+
+def _fields(table: str) -> dict[str, str]:
+    """`endpoints get`'s FIELD and VALUE columns."""
+    pairs = [re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in table.splitlines()]
+    return {pair[0]: pair[1] if len(pair) > 1 else "" for pair in pairs}
+
+
+def test_an_async_endpoint_shows_its_job_api_and_no_health_check(cli: Cli) -> None:
+    created = cli(
+        "endpoints", "create", "--type", "async", "--name", "queue", "--product", "serverless.cpu",
+        "--image", IMAGE, "--max-replicas", "1",
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    endpoint_id = created.stdout.strip()
+    shown = cli("endpoints", "get", "queue")
+    assert shown.exit_code == 0, shown.output
+    rows = _fields(shown.stdout)
+    assert rows["job api"] == f"{_get(cli, endpoint_id)['url']} (run, status/JOB, ...)"
+    assert rows["job api"].endswith(f"/v1/{endpoint_id} (run, status/JOB, ...)")
+    assert "health check" not in rows
+    assert "url" not in rows
+    sync_id = _create(cli)
+    sync = _fields(cli("endpoints", "get", sync_id).stdout)
+    assert sync["url"] == _get(cli, sync_id)["url"]
+    assert "health check" in sync

@@ -42,6 +42,8 @@ class FakeJobs:
         async def record(request: Request, call_next: Any) -> Any:
             if request.headers.get("authorization") != f"Bearer {KEY}":
                 return JSONResponse(error_body(401, "invalid API key"), status_code=401)
+            if request.url.path == "/gpus/v2/endpoints":  # the CLI's lookup of a name or id prefix
+                return await call_next(request)
             body = await request.body()
             self.requests.append(
                 {
@@ -95,12 +97,21 @@ class FakeJobs:
             keys = ("id", "status", "delayTime", "executionTime", "output", "error", "workerId")
             return {key: found[key] for key in keys if key in found}
 
+        @fake.get("/gpus/v2/endpoints")
+        async def endpoints() -> dict[str, Any]:
+            listed = [{"id": ENDPOINT, "name": "queue", "type": "async"}]
+            return {"data": listed, "next_cursor": "", "has_more": False}
+
         @fake.get("/v1/{endpoint_id}/stream/{job_id}")
         async def stream(job_id: str) -> dict[str, Any]:
             found = self.jobs[job_id]
             polls = found["stream_polls"] = found.get("stream_polls", 0) + 1
-            parts = {1: [], 2: [{"output": "a"}, {"output": "b"}], 3: [{"output": "c"}]}[polls]
-            return {"id": job_id, "status": "COMPLETED" if polls == 3 else "IN_PROGRESS", "stream": parts}
+            parts = {1: [], 2: [{"output": "a"}, {"output": {"n": 2}}], 3: [{"output": "c"}]}[polls]
+            if polls == 3:  # the job ends with the outcome its input asks for
+                found["status"] = found["input"].get("outcome", "COMPLETED")
+                if found["status"] != "COMPLETED":
+                    found["error"] = "handler: out of memory"
+            return {"id": job_id, "status": found["status"] if polls == 3 else "IN_PROGRESS", "stream": parts}
 
         @fake.post("/v1/{endpoint_id}/cancel/{job_id}")
         async def cancel(job_id: str) -> Any:
@@ -269,6 +280,25 @@ def test_status_shows_the_job_and_json_gives_the_view(cli: Any) -> None:
     assert "3.4s" in third.stdout
 
 
+def test_stream_prints_each_part_as_it_arrives_and_ends_with_the_jobs_status(cli: Any, fake: FakeJobs) -> None:
+    job_id = json.loads(cli("jobs", "run", ENDPOINT, "--json").stdout)["id"]
+    streamed = cli("jobs", "stream", ENDPOINT, job_id)
+    assert streamed.exit_code == 0, streamed.output
+    assert streamed.stdout == 'a\n{"n": 2}\nc\n'
+    assert streamed.stderr == f"job {job_id}: COMPLETED\n"
+    assert [sent["path"] for sent in fake.requests].count(f"/v1/{ENDPOINT}/stream/{job_id}") == 3
+
+
+@pytest.mark.parametrize("outcome", ["FAILED", "TIMED_OUT", "CANCELLED"])
+def test_stream_exits_1_unless_the_job_completed(cli: Any, outcome: str) -> None:
+    job_id = cli("jobs", "run", ENDPOINT, "--input", json.dumps({"outcome": outcome})).stdout.strip()
+    streamed = cli("jobs", "stream", ENDPOINT, job_id)
+    assert streamed.exit_code == 1
+    assert streamed.stdout == 'a\n{"n": 2}\nc\n'
+    assert f"error: job {job_id} is {outcome}: handler: out of memory; " in streamed.stderr
+    assert f"`dockyard jobs status {ENDPOINT} {job_id} --json`" in streamed.stderr
+
+
 def test_cancel_prints_the_new_status(cli: Any, fake: FakeJobs) -> None:
     cli("jobs", "run", ENDPOINT)
     result = cli("jobs", "cancel", ENDPOINT, "job-1")
@@ -305,24 +335,39 @@ def test_endpoints_health_counts_jobs_and_workers(cli: Any, fake: FakeJobs) -> N
     assert as_json["workers"] == {"idle": 5, "running": 6}
 
 
+UNKNOWN = "0b7e7c1e-0000-4000-8000-000000000000"
+
+
 @pytest.mark.parametrize(
     "args",
     [
-        ("jobs", "run", "ep-nope"),
-        ("jobs", "status", "ep-nope", "job-1"),
-        ("jobs", "cancel", "ep-nope", "job-1"),
-        ("jobs", "list", "ep-nope"),
-        ("endpoints", "health", "ep-nope"),
+        ("jobs", "run", UNKNOWN),
+        ("jobs", "status", UNKNOWN, "job-1"),
+        ("jobs", "cancel", UNKNOWN, "job-1"),
+        ("jobs", "list", UNKNOWN),
+        ("jobs", "stream", UNKNOWN, "job-1"),
+        ("endpoints", "health", UNKNOWN),
     ],
 )
 def test_an_unknown_endpoint_says_so_and_where_to_look(cli: Any, args: tuple[str, ...]) -> None:
     result = cli(*args)
     assert result.exit_code == 1
     assert result.stderr == (
-        "error: endpoint ep-nope not found among your async endpoints; "
+        f"error: endpoint {UNKNOWN} not found among your async endpoints; "
         "`dockyard endpoints list` shows yours and their types\n"
     )
     assert "Traceback" not in result.output
+
+
+def test_an_endpoint_is_named_by_its_name_or_id_prefix(cli: Any, fake: FakeJobs) -> None:
+    for given in ("queue", "ep-a"):
+        assert cli("jobs", "list", given).exit_code == 0
+        assert fake.requests[-1]["path"] == f"/gpus/v2/endpoints/{ENDPOINT}/jobs"
+    unknown = cli("jobs", "list", "ep-nope")
+    assert unknown.exit_code == 1
+    assert unknown.stderr == (
+        "error: no endpoint has the id, name or id prefix 'ep-nope'; `dockyard endpoints list` lists yours\n"
+    )
 
 
 def test_an_unknown_job_says_so(cli: Any) -> None:
@@ -350,7 +395,7 @@ def test_a_wrong_key_is_the_servers_error(cli: Any, fake_server: tuple[str, Fake
 
 def test_the_sdk_streams_parts_until_the_job_is_final(client: Client, fake: FakeJobs) -> None:
     job_id = client.run_job(ENDPOINT, {"parts": 3})["id"]
-    assert list(client.stream_job(ENDPOINT, job_id, interval=0.01)) == ["a", "b", "c"]
+    assert list(client.stream_job(ENDPOINT, job_id, interval=0.01)) == ["a", {"n": 2}, "c"]
     assert [sent["path"] for sent in fake.requests].count(f"/v1/{ENDPOINT}/stream/{job_id}") == 3
 
 

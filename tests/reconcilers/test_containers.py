@@ -400,3 +400,21 @@ async def test_an_organizations_network_stays_while_its_endpoint_is_at_zero_work
         await session.execute(delete(EndpointModel).where(EndpointModel.id == endpoint_id))
     await reconciler.reconcile_once()
     assert await runtime.list_networks() == []
+
+
+async def test_a_port_the_update_fixes_elsewhere_is_no_port_that_was_taken(
+    harness: Harness, reconciler: ContainerReconciler
+) -> None:
+    """Only a host port Dockyard chose is kept across a recreate; one the update sets is used, and not reported as a
+    kept port that moved."""
+    container_id = await running_container(harness, reconciler)
+    row = await must_row(harness, container_id)
+    (chosen,) = row.published_ports
+    update = {"name": "box", "templateId": row.template_id, "ports": [{"containerPort": 8080, "port": 31999}]}
+    answer = await harness.client.put(f"/api/v1/containers/{container_id}", json=update)
+    assert answer.status_code == 200, answer.text
+    await reconciler.reconcile_once()
+    row = await must_row(harness, container_id)
+    assert (row.status, row.reason) == (ContainerStatus.RUNNING, "")
+    assert [entry["port"] for entry in row.published_ports] == [31999] != [chosen["port"]]
+    assert "PortsChanged" not in await event_types(harness, container_id)

@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Annotated
 
 import typer
 
-from dockyard.cli import admin, catalog, config, containers, endpoints, jobs, server, ssh_keys, templates
+from dockyard.cli import (
+    admin,
+    catalog,
+    config,
+    containers,
+    endpoints,
+    jobs,
+    network_storages,
+    registry_auths,
+    server,
+    ssh_keys,
+    templates,
+)
+
+EXIT_CODES = (
+    "Exit status: 0 done (with --wait, the awaited state was reached); 1 an error, or --wait ended without the "
+    "awaited state (the reason and a command to look further are printed); 2 a usage error; 130 interrupted. "
+    "Names and unique id prefixes are taken wherever an id goes."
+)
 
 app = typer.Typer(
     name="dockyard",
     help="Dockyard: GPU containers and serverless GPU endpoints on your own machines.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"dockyard {version('dockyard')}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -31,6 +57,10 @@ def connect(
         str | None,
         typer.Option("--api-key", envvar="DOCKYARD_API_KEY", help="your API key (default: the one saved by `login`)"),
     ] = None,
+    _version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit"),
+    ] = False,
 ) -> None:
     """Dockyard: GPU containers and serverless GPU endpoints on your own machines."""
     ctx.obj = config.Target(url=url, api_key=api_key)
@@ -50,6 +80,8 @@ app.add_typer(endpoints.app, name="endpoints")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(templates.app, name="templates")
 app.add_typer(ssh_keys.app, name="ssh-keys")
+app.add_typer(network_storages.app, name="network-storages")
+app.add_typer(registry_auths.app, name="registry-auths")
 app.add_typer(admin.app, name="admin")
 
 

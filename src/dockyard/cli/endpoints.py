@@ -26,6 +26,7 @@ from dockyard.cli.options import (
     read_json_body,
 )
 from dockyard.cli.output import (
+    as_commands,
     fail,
     handle_errors,
     live_wait,
@@ -36,7 +37,8 @@ from dockyard.cli.output import (
     status_text,
     stderr,
 )
-from dockyard.client import ApiError, Client, Json, ready_workers
+from dockyard.cli.resolve import ENDPOINT, REGISTRY_AUTH, resolve, resolve_all
+from dockyard.client import ApiError, Client, EndpointFailed, Json, WaitTimeout, ready_workers
 from dockyard.core.status import EndpointType
 
 app = typer.Typer(
@@ -44,7 +46,9 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-IdArgument = Annotated[str, typer.Argument(help="the endpoint id (`dockyard endpoints list`)", show_default=False)]
+IdArgument = Annotated[
+    str, typer.Argument(help="the endpoint's id, name or id prefix (`dockyard endpoints list`)", show_default=False)
+]
 WaitOption = Annotated[bool, typer.Option("--wait", help="return once running with min-replicas workers ready")]
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="seconds --wait waits before giving up")]
 FileOption = Annotated[
@@ -66,7 +70,9 @@ HealthPortOption = Annotated[int | None, typer.Option("--health-port", min=1, ma
 PolicyOption = Annotated[str | None, typer.Option("--policy", help="scaling: queue:SECONDS or concurrency:REQUESTS")]
 WorkerCommandOption = Annotated[str | None, typer.Option("--command", help="replaces the image's command")]
 EntrypointOption = Annotated[str | None, typer.Option("--entrypoint", help="replaces the image's entrypoint")]
-RegistryAuthOption = Annotated[str | None, typer.Option("--registry-auth", help="a registry auth id (private image)")]
+RegistryAuthOption = Annotated[
+    str | None, typer.Option("--registry-auth", help="a registry auth's id or name (private image)")
+]
 
 # The worker_config fields the options set, in the order `_worker_config` takes them.
 WORKER_CONFIG = (
@@ -122,7 +128,7 @@ def _status(thing: Json) -> str:
 
 def _message(thing: Json) -> str:
     status = thing.get("status") or {}
-    return str(status.get("error") or status.get("message") or "")
+    return as_commands(str(status.get("error") or status.get("message") or ""))
 
 
 def _replicas(endpoint: Json) -> str:
@@ -180,12 +186,26 @@ class EndpointProgress:
 
 
 def _wait(client: Client, endpoint_id: str, timeout: float) -> Json:
+    """Wait for the endpoint to be up; exits 1 with its reason and where to look further when it fails or the wait
+    runs out."""
     progress = EndpointProgress(endpoint_id)
-    return live_wait(
-        progress,
-        lambda: client.wait_for_endpoint(endpoint_id, timeout=timeout, on_change=progress.update),
-        f"dockyard endpoints get {endpoint_id}",
-    )
+    try:
+        return live_wait(
+            progress,
+            lambda: client.wait_for_endpoint(endpoint_id, timeout=timeout, on_change=progress.update),
+            f"dockyard endpoints get {endpoint_id}",
+        )
+    except EndpointFailed as exc:
+        fail(
+            f"{exc.message}; `dockyard endpoints events {endpoint_id}` and "
+            f"`dockyard endpoints workers {endpoint_id}` say more"
+        )
+
+
+def _registry_auth(client: Client, body: dict[str, Any]) -> None:
+    """`registry_auth_id` given by name or id prefix, as its id."""
+    if body.get("registry_auth_id"):
+        body["registry_auth_id"] = resolve(client, REGISTRY_AUTH, str(body["registry_auth_id"]))
 
 
 @app.command("create")
@@ -241,6 +261,7 @@ def create(
         if missing:
             fail(f"missing {', '.join(missing)}; give them, or the whole request body with --file spec.json")
     with target(ctx).client() as client:
+        _registry_auth(client, body)
         created = client.create_endpoint(body)
         if wait:
             endpoint = _wait(client, str(created["id"]), timeout)
@@ -293,6 +314,8 @@ def update(
     config = _worker_config(min_replicas, max_replicas, idle_timeout, max_concurrent, request_timeout, gpu_num)
     body = _body(file, fields, port, env, policy)
     with target(ctx).client() as client:
+        endpoint_id = resolve(client, ENDPOINT, endpoint_id)
+        _registry_auth(client, body)
         if config or health_path is not None or health_port is not None:
             # The API takes a sent worker_config whole: keep the current values of what is not given.
             current = client.get_endpoint(endpoint_id)
@@ -340,12 +363,30 @@ def list_(
     print_table(COLUMNS, rows, empty="No endpoints. Create one with `dockyard endpoints create`.")
 
 
+def _is_async(endpoint: Json) -> bool:
+    return endpoint.get("type") == EndpointType.ASYNC.value
+
+
+def _url_row(endpoint: Json) -> list[str]:
+    """An async endpoint is called at its job API (`{url}/run`, `{url}/status/JOB`), a sync one at its URL."""
+    url = escape(str(endpoint.get("url", "")))
+    return ["job api", f"{url} (run, status/JOB, ...)"] if _is_async(endpoint) else ["url", url]
+
+
+def _health_rows(endpoint: Json, check: Json) -> list[list[str]]:
+    """The health check, which only a sync endpoint's workers are probed with (an async worker is ready once it
+    takes jobs)."""
+    if _is_async(endpoint):
+        return []
+    return [["health check", escape(f"GET {check.get('path', '')} on port {check.get('port', '')}")]]
+
+
 @app.command("get")
 @handle_errors
 def get(ctx: typer.Context, endpoint_id: IdArgument, as_json: JsonOption = False) -> None:
     """Show one endpoint and its workers (env values masked)."""
     with target(ctx).client() as client:
-        endpoint = client.get_endpoint(endpoint_id)
+        endpoint = client.get_endpoint(resolve(client, ENDPOINT, endpoint_id))
     if as_json:
         print_json(endpoint)
         return
@@ -358,14 +399,14 @@ def get(ctx: typer.Context, endpoint_id: IdArgument, as_json: JsonOption = False
         ["type", escape(str(endpoint.get("type", "")))],
         ["status", status_text(_status(endpoint))],
         ["message", escape(_message(endpoint))],
-        ["url", escape(str(endpoint.get("url", "")))],
+        _url_row(endpoint),
         ["image", escape(str(endpoint.get("image", "")))],
         ["product / region", escape(f"{endpoint.get('product_id', '')} / {endpoint.get('region_id', '')}")],
         ["workers", _replicas(endpoint)],
         ["policy", escape(f"{policy.get('type', '')}:{policy.get('value', '')}")],
         ["per worker", escape(f"{config.get('max_concurrent_per_worker')} requests, {config.get('gpu_num')} GPU(s)")],
         ["ports", escape(", ".join(str(p) for p in endpoint.get("ports") or []))],
-        ["health check", escape(f"GET {check.get('path', '')} on port {check.get('port', '')}")],
+        *_health_rows(endpoint, check),
         ["envs", escape(", ".join(f"{e['key']}={e.get('value', '')}" for e in endpoint.get("envs") or []))],
         ["created", _seconds(endpoint.get("created_at"))],
     ]
@@ -375,14 +416,34 @@ def get(ctx: typer.Context, endpoint_id: IdArgument, as_json: JsonOption = False
         print_table(("WORKER", "STATUS", "HEALTH", "MESSAGE"), _worker_rows(endpoint["workers"], False), empty="")
 
 
+def _wait_gone(client: Client, endpoint_id: str, timeout: float) -> None:
+    """Wait, showing its workers going, until the endpoint is gone; exits 1 with its state when the wait runs out."""
+    progress = EndpointProgress(endpoint_id)
+    try:
+        live_wait(
+            progress,
+            lambda: client.wait_for_endpoint_gone(endpoint_id, timeout=timeout, on_change=progress.update),
+            f"dockyard endpoints get {endpoint_id}",
+        )
+    except WaitTimeout as exc:
+        fail(f"{exc.message}; `dockyard endpoints events {endpoint_id}` says what holds it")
+
+
 @app.command("delete")
 @handle_errors
-def delete(ctx: typer.Context, endpoint_ids: Annotated[list[str], typer.Argument(help="endpoint ids")]) -> None:
+def delete(
+    ctx: typer.Context,
+    endpoint_ids: Annotated[list[str], typer.Argument(help="endpoints' ids, names or id prefixes")],
+    wait: Annotated[bool, typer.Option("--wait", help="show progress and return once each endpoint is gone")] = False,
+    timeout: TimeoutOption = 300.0,
+) -> None:
     """Delete endpoints: their workers are drained, then removed."""
     with target(ctx).client() as client:
-        for endpoint_id in endpoint_ids:
+        for endpoint_id in resolve_all(client, ENDPOINT, endpoint_ids):
             client.delete_endpoint(endpoint_id)
-            typer.echo(f"{endpoint_id}: deleting")
+            if wait:
+                _wait_gone(client, endpoint_id, timeout)
+            typer.echo(f"{endpoint_id}: {'deleted' if wait else 'deleting'}")
 
 
 @app.command("workers")
@@ -390,6 +451,7 @@ def delete(ctx: typer.Context, endpoint_ids: Annotated[list[str], typer.Argument
 def workers(ctx: typer.Context, endpoint_id: IdArgument, as_json: JsonOption = False) -> None:
     """List an endpoint's workers, oldest first."""
     with target(ctx).client() as client:
+        endpoint_id = resolve(client, ENDPOINT, endpoint_id)
         found = client.endpoint_workers(endpoint_id)
     if as_json:
         print_json({"data": found})
@@ -412,6 +474,7 @@ def logs(
 ) -> None:
     """Print a worker's output."""
     with target(ctx).client() as client:
+        endpoint_id = resolve(client, ENDPOINT, endpoint_id)
         if not follow:
             typer.echo(client.worker_logs(endpoint_id, worker_id, tail=tail), nl=False)
             return
@@ -428,7 +491,7 @@ def events(
 ) -> None:
     """What was decided about an endpoint (scaling, workers started or failed) and why, newest first."""
     with target(ctx).client() as client:
-        found = client.endpoint_events(endpoint_id, limit=limit)
+        found = client.endpoint_events(resolve(client, ENDPOINT, endpoint_id), limit=limit)
     if as_json:
         print_json({"data": found})
         return
@@ -481,6 +544,7 @@ def invoke(
     headers = parse_headers(header, content)
     verb = (method or ("POST" if content is not None else "GET")).upper()
     with target(ctx).client() as client:
+        endpoint_id = resolve(client, ENDPOINT, endpoint_id)
         try:
             with client.stream_endpoint(
                 endpoint_id, path, method=verb, content=content, headers=headers, timeout=timeout

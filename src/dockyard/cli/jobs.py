@@ -14,17 +14,19 @@ from rich.table import Table
 
 from dockyard.cli.config import target
 from dockyard.cli.options import JsonOption, read_data
-from dockyard.cli.output import fail, handle_errors, live_wait, print_created, print_json, print_table
+from dockyard.cli.output import fail, handle_errors, live_wait, print_created, print_json, print_table, stderr
+from dockyard.cli.resolve import ENDPOINT, resolve
 from dockyard.client import ApiError, Client, Json
 from dockyard.client_jobs import FINAL_STATUSES
 
 app = typer.Typer(
-    help="Jobs of async endpoints: run (and wait for) one, show its status, cancel it, list an endpoint's jobs.",
+    help="Jobs of async endpoints: run (and wait for) one, stream or show it, cancel it, list an endpoint's jobs.",
     no_args_is_help=True,
 )
 
 EndpointArgument = Annotated[
-    str, typer.Argument(help="the async endpoint's id (`dockyard endpoints list`)", show_default=False)
+    str,
+    typer.Argument(help="the async endpoint's id, name or id prefix (`dockyard endpoints list`)", show_default=False),
 ]
 JobArgument = Annotated[str, typer.Argument(help="the job id (`dockyard jobs list ENDPOINT`)", show_default=False)]
 
@@ -133,6 +135,12 @@ def _finish(endpoint_id: str, view: Json, timeout: float, as_json: bool) -> None
             f"gave up after {timeout:g} s: job {view['id']} is still {status}; it goes on without you, "
             f"follow it with `dockyard jobs status {endpoint_id} {view['id']}`"
         )
+    _fail_unless_completed(endpoint_id, view)
+
+
+def _fail_unless_completed(endpoint_id: str, view: Json) -> None:
+    """Exit 1 with a final job's error and where to read all of it, unless it COMPLETED."""
+    status = str(view.get("status", ""))
     if status != "COMPLETED":
         summary = _error_summary(view["error"]) if view.get("error") else "no error recorded"
         fail(
@@ -164,6 +172,7 @@ def run(
     """Queue a job; prints its id (with --wait, its output once it is done; exit 1 unless it COMPLETED)."""
     job_input = _read_input(input_)
     with target(ctx).client() as client:
+        endpoint_id = resolve(client, ENDPOINT, endpoint_id)
         try:
             queued = client.run_job(
                 endpoint_id,
@@ -196,6 +205,7 @@ def _wait(client: Client, endpoint_id: str, job_id: str, timeout: float) -> Json
 def status(ctx: typer.Context, endpoint_id: EndpointArgument, job_id: JobArgument, as_json: JsonOption = False) -> None:
     """Show a job: its status, how long it waited and ran, and its output or error."""
     with target(ctx).client() as client:
+        endpoint_id = resolve(client, ENDPOINT, endpoint_id)
         try:
             view = client.job_status(endpoint_id, job_id)
         except ApiError as exc:
@@ -219,11 +229,34 @@ def status(ctx: typer.Context, endpoint_id: EndpointArgument, job_id: JobArgumen
     print_table(("FIELD", "VALUE"), rows, empty="")
 
 
+@app.command("stream")
+@handle_errors
+def stream(ctx: typer.Context, endpoint_id: EndpointArgument, job_id: JobArgument, as_json: JsonOption = False) -> None:
+    """Print the parts a job's handler yields, one a line, as they arrive; at the job's end say its status (exit 1
+    unless it COMPLETED)."""
+    with target(ctx).client() as client:
+        endpoint_id = resolve(client, ENDPOINT, endpoint_id)
+        try:
+            for part in client.stream_job(endpoint_id, job_id):
+                typer.echo(json.dumps(part) if as_json else _compact(part))
+            view = client.job_status(endpoint_id, job_id)
+        except ApiError as exc:
+            _not_found(exc, endpoint_id, job_id)
+        except KeyboardInterrupt:
+            stderr().print(
+                f"Stopped reading; the job goes on. Follow it with `dockyard jobs status {endpoint_id} {job_id}`."
+            )
+            raise typer.Exit(130) from None
+    stderr().print(f"job {job_id}: {view.get('status', '')}")
+    _fail_unless_completed(endpoint_id, view)
+
+
 @app.command("cancel")
 @handle_errors
 def cancel(ctx: typer.Context, endpoint_id: EndpointArgument, job_id: JobArgument, as_json: JsonOption = False) -> None:
     """Cancel a queued or running job (a running one's worker is told to stop)."""
     with target(ctx).client() as client:
+        endpoint_id = resolve(client, ENDPOINT, endpoint_id)
         try:
             view = client.cancel_job(endpoint_id, job_id)
         except ApiError as exc:
@@ -247,6 +280,7 @@ def list_(
 ) -> None:
     """List an endpoint's jobs, newest first."""
     with target(ctx).client() as client:
+        endpoint_id = resolve(client, ENDPOINT, endpoint_id)
         try:
             jobs = client.list_jobs(endpoint_id, status=status_.upper() if status_ else None, limit=limit)
         except ApiError as exc:
@@ -277,6 +311,7 @@ def list_(
 def health(ctx: typer.Context, endpoint_id: EndpointArgument, as_json: JsonOption = False) -> None:
     """An async endpoint's jobs by status and its workers, idle or running."""
     with target(ctx).client() as client:
+        endpoint_id = resolve(client, ENDPOINT, endpoint_id)
         try:
             answer = client.endpoint_health(endpoint_id)
         except ApiError as exc:

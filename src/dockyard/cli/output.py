@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, ParamSpec, TypeVar
@@ -58,9 +59,40 @@ def stderr() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+_ID = r"([A-Za-z0-9._-]+)"
+# The routes the server's messages point at, and the command that does the same (most specific first). A route
+# with no command stays as it is.
+ROUTE_COMMANDS = [
+    (re.compile(rf"PUT /api/v1/containers/{_ID}"), r"`dockyard containers update \1`"),
+    (re.compile(r"GET /api/v1/containers/products(\?idc=[A-Za-z0-9._-]+)?"), "`dockyard products`"),
+    (re.compile(r"GET /api/v1/containers\b"), "`dockyard containers list`"),
+    (re.compile(r"POST /api/v1/templates\b"), "`dockyard templates create`"),
+    (re.compile(r"GET /api/v1/templates\b"), "`dockyard templates list`"),
+    (re.compile(r"POST /api/v1/ssh-keys\b"), "`dockyard ssh-keys add`"),
+    (re.compile(r"GET /api/v1/ssh-keys\b"), "`dockyard ssh-keys list`"),
+    (re.compile(r"GET /(api/v1/idcs|gpus/v2/regions)\b"), "`dockyard idcs`"),
+    (re.compile(r"GET /gpus/v2/products\?category=serverless(&region_ids=[A-Za-z0-9._-]+)?"), "`dockyard products`"),
+    (re.compile(rf"PUT /gpus/v2/endpoints/{_ID}"), r"`dockyard endpoints update \1`"),
+    (re.compile(rf"GET /gpus/v2/endpoints/{_ID}/workers"), r"`dockyard endpoints workers \1`"),
+    (re.compile(rf"GET /gpus/v2/endpoints/{_ID}"), r"`dockyard endpoints get \1`"),
+    (re.compile(r"GET /gpus/v2/endpoints\b"), "`dockyard endpoints list`"),
+    (re.compile(r"GET /gpus/v2/network-storages\b"), "`dockyard network-storages list`"),
+    (re.compile(r"GET /gpus/v2/registry-auths\b"), "`dockyard registry-auths list`"),
+]
+
+
+def as_commands(message: str) -> str:
+    """A server's message with the routes it points at replaced by the commands that do the same, for a reader of
+    the CLI."""
+    for route, command in ROUTE_COMMANDS:
+        message = route.sub(command, message)
+    return message
+
+
 def fail(message: str) -> NoReturn:
-    """Print `error: message` on stderr and exit 1; `message` must say what to do."""
-    stderr().print(f"[red]error:[/red] {escape(message)}")
+    """Print `error: message` on stderr and exit 1; `message` must say what to do (routes it names are said as
+    the commands that do the same)."""
+    stderr().print(f"[red]error:[/red] {escape(as_commands(message))}")
     raise typer.Exit(1)
 
 
@@ -138,7 +170,8 @@ class WaitProgress:
             elif state is None:
                 table.add_row(name, status_text(GONE), "", elapsed)
             else:
-                table.add_row(name, status_text(str(state["status"])), escape(str(state.get("reason", ""))), elapsed)
+                reason = escape(as_commands(str(state.get("reason", ""))))
+                table.add_row(name, status_text(str(state["status"])), reason, elapsed)
         return table
 
 
@@ -167,11 +200,14 @@ def live_wait(progress: Any, wait: Callable[[], R], watch: str) -> R:
             console.line()
 
 
-def wait_with_progress(client: Client, ids: Sequence[str], until: set[str], timeout: float) -> dict[str, Json | None]:
-    """Wait for `ids` to reach `until`, showing the live table of the containers."""
+def wait_with_progress(
+    client: Client, ids: Sequence[str], until: set[str], timeout: float, settle: float = 0.0
+) -> dict[str, Json | None]:
+    """Wait for `ids` to reach `until` (and stay there `settle` seconds), showing the live table of the
+    containers."""
     progress = WaitProgress(ids)
     return live_wait(
         progress,
-        lambda: client.wait_for_containers(ids, until=until, timeout=timeout, on_change=progress.update),
+        lambda: client.wait_for_containers(ids, until=until, timeout=timeout, on_change=progress.update, settle=settle),
         "dockyard containers list",
     )

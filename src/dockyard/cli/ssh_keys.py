@@ -11,6 +11,7 @@ from rich.markup import escape
 from dockyard.cli.config import target
 from dockyard.cli.options import JsonOption
 from dockyard.cli.output import fail, handle_errors, print_created, print_json, print_table
+from dockyard.cli.resolve import SSH_KEY, resolve_all
 
 app = typer.Typer(help="SSH public keys to install into containers.", no_args_is_help=True)
 
@@ -57,9 +58,11 @@ def list_(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 @app.command("delete")
 @handle_errors
-def delete(ctx: typer.Context, key_ids: Annotated[list[str], typer.Argument(help="SSH key ids")]) -> None:
+def delete(
+    ctx: typer.Context, key_ids: Annotated[list[str], typer.Argument(help="SSH keys' ids, names or id prefixes")]
+) -> None:
     """Delete SSH keys (containers that have them keep them until recreated)."""
     with target(ctx).client() as client:
-        for key_id in key_ids:
+        for key_id in resolve_all(client, SSH_KEY, key_ids):
             client.delete_ssh_key(key_id)
             typer.echo(f"{key_id}: deleted")

@@ -12,12 +12,13 @@ from dockyard.cli.config import target
 from dockyard.cli.containers import format_ports
 from dockyard.cli.options import ArgOption, CommandOption, EnvOption, JsonOption, PortOption, parse_envs, parse_ports
 from dockyard.cli.output import fail, handle_errors, print_created, print_json, print_table
+from dockyard.cli.resolve import TEMPLATE, resolve, resolve_all
 
 app = typer.Typer(
     help="Templates: an image with its command, env and ports, to create containers from.", no_args_is_help=True
 )
 
-IdArgument = Annotated[str, typer.Argument(help="the template id")]
+IdArgument = Annotated[str, typer.Argument(help="the template's id, name or id prefix")]
 COLUMNS = ("ID", "NAME", "IMAGE", "COMMAND", "PORTS", "CREATED")
 
 
@@ -91,7 +92,7 @@ def list_(
 def get(ctx: typer.Context, template_id: IdArgument, as_json: JsonOption = False) -> None:
     """Show one template (secrets masked)."""
     with target(ctx).client() as client:
-        template = client.get_template(template_id)
+        template = client.get_template(resolve(client, TEMPLATE, template_id))
     if as_json:
         print_json(template)
         return
@@ -113,9 +114,11 @@ def get(ctx: typer.Context, template_id: IdArgument, as_json: JsonOption = False
 
 @app.command("delete")
 @handle_errors
-def delete(ctx: typer.Context, template_ids: Annotated[list[str], typer.Argument(help="template ids")]) -> None:
+def delete(
+    ctx: typer.Context, template_ids: Annotated[list[str], typer.Argument(help="templates' ids, names or id prefixes")]
+) -> None:
     """Delete templates (containers made from them keep running)."""
     with target(ctx).client() as client:
-        for template_id in template_ids:
+        for template_id in resolve_all(client, TEMPLATE, template_ids):
             client.delete_template(template_id)
             typer.echo(f"{template_id}: deleted")

@@ -43,9 +43,12 @@ One pass:
    - *desired running, no object of the current generation* (new, updated or restarted): objects of older
      generations are removed first; the node and its GPUs are chosen and recorded on the row before anything is created,
      so a crash can never hand one GPU out twice; then create, start, read back the published ports and
-     record `running`. A `RuntimeFailure` (image not found, port taken) gives `error` with the runtime's
-     reason, removes the half-made object and releases the GPUs. A row that does not fit because others hold
-     what it needs (no free GPU, no node with the product's CPU and memory free: reconcilers/nodes.py,
+     record `running`. A recreated container asks for the host ports it had published before, so its addresses stay;
+     when one is taken on the host by then, it is started on ports the runtime chooses and its reason (and a
+     `PortsChanged` event) says which changed, from what to what, while it runs. A `RuntimeFailure` (image not found,
+     port taken) gives `error` with the runtime's reason, removes the half-made object and releases the GPUs. A row
+     that does not fit because others hold what it needs (no free GPU, no node with the product's CPU and memory
+     free: reconcilers/nodes.py,
      gpus/allocation.py) *waits*: it stays `creating`, holding nothing, its reason saying what it waits for
      (an event once per reason), and is placed by the first pass that finds room; a container or worker that
      releases capacity wakes the loop. One that no node could take even empty (no such GPU, a CUDA too old,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -40,7 +40,16 @@ from dockyard.reconcilers.core import (
     launch,
     place,
 )
-from dockyard.runtimes.base import LABEL_NODE, ObjectState, Runtime, RuntimeFailure, RuntimeObject
+from dockyard.runtimes.base import (
+    LABEL_NODE,
+    ObjectState,
+    PortBinding,
+    PortTaken,
+    RunSpec,
+    Runtime,
+    RuntimeFailure,
+    RuntimeObject,
+)
 from dockyard.services.idcs import unreachable_reason
 from dockyard.services.runspec import (
     KIND_CONTAINER,
@@ -192,6 +201,49 @@ def waiting_reason(unschedulable: Unschedulable, idc_id: str) -> str:
     )
 
 
+def _host_ports(published_ports: Sequence[dict[str, Any]]) -> dict[tuple[int, str], int]:
+    """(container port, protocol) -> host port, from the row's `published_ports`; an entry that is not a port
+    (none is written so, but the column is JSON) is left out."""
+    ports = {}
+    for entry in published_ports:
+        try:
+            ports[int(entry["containerPort"]), str(entry["protocol"]).lower()] = int(entry["port"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return ports
+
+
+def keep_host_ports(ports: Sequence[PortBinding], previous: Sequence[dict[str, Any]]) -> list[PortBinding]:
+    """`ports` with each port the runtime may choose asking for the host port it had before (`previous`, the row's
+    `published_ports`), so a recreate keeps the addresses users were given; a fixed host port stays as it is."""
+    before = _host_ports(previous)
+    return [
+        replace(port, host_port=before.get((port.container_port, port.protocol.lower())))
+        if port.host_port is None
+        else port
+        for port in ports
+    ]
+
+
+def moved_ports(asked: Sequence[PortBinding], kept: Sequence[PortBinding], obj: RuntimeObject) -> str:
+    """The host ports `keep_host_ports` asked to keep (`kept`, from the spec's `asked`) that `obj` publishes on
+    another one, as a reason a user reads ("" when none moved): each port's previous and new host port, and why."""
+    now = {(port.container_port, port.protocol.lower()): port.host_port for port in obj.ports}
+    moved = []
+    for asked_port, kept_port in zip(asked, kept, strict=True):
+        if asked_port.host_port is not None or kept_port.host_port is None:
+            continue  # fixed by the user, or new: nothing was kept
+        key = (kept_port.container_port, kept_port.protocol.lower())
+        if now.get(key, kept_port.host_port) != kept_port.host_port:
+            moved.append(f"{key[0]}/{key[1]} {kept_port.host_port} -> {now[key]}")
+    if not moved:
+        return ""
+    return (
+        f"host ports changed when the container was recreated ({', '.join(moved)}): the previous ones were taken "
+        "on the host; connect to the new ones"
+    )
+
+
 class RowTask:
     """One row's work in one pass. Owns no state beyond the pass: everything it needs is in the row, the
     observed objects and `PassState`."""
@@ -282,8 +334,9 @@ class RowTask:
             ("Waiting", reason) if reason != self.row.reason else None,
         )
 
-    def _observed(self, obj: RuntimeObject) -> Update:
-        """A running object recorded as running, an exited one as the error its exit explains."""
+    def _observed(self, obj: RuntimeObject, moved: str = "") -> Update:
+        """A running object recorded as running (`moved`: its reason when just created, saying which host ports
+        changed), an exited one as the error its exit explains."""
         row = self.row
         common: dict[str, Any] = {
             "runtime_id": obj.id,
@@ -297,7 +350,10 @@ class RowTask:
         if obj.state == ObjectState.RUNNING:
             if row.status != ContainerStatus.RUNNING:
                 common.update(started_at=obj.started_at or self.state.now, exit_code=None)
-            return self._status(ContainerStatus.RUNNING, "", "Started", published_ports=published(obj), **common)
+            # A running container's only reason is a change of its host ports, kept while it runs.
+            reason = moved if row.status != ContainerStatus.RUNNING else row.reason
+            event_type = "PortsChanged" if moved else "Started"
+            return self._status(ContainerStatus.RUNNING, reason, event_type, published_ports=published(obj), **common)
         if obj.state == ObjectState.EXITED and row.status != ContainerStatus.ERROR:
             # The object is kept so its logs stay readable, and so are its GPUs until a restart or delete.
             reason = exit_reason(obj, self.state.products.get(row.product_id))
@@ -450,8 +506,20 @@ class RowTask:
             gpus=placed.gpus,
             node_id=placed.node_id,
         )
+        kept = keep_host_ports(run_spec.ports, row.published_ports or ())
         try:
-            obj = await launch(state.db, runtime, row.idc_id, run_spec)
+            obj = await self._launch(runtime, run_spec, kept)
         except RuntimeFailure as exc:
             return self._failed_create(exc.reason)
-        return self._observed(obj)
+        return self._observed(obj, moved_ports(run_spec.ports, kept, obj))
+
+    async def _launch(self, runtime: Runtime, run_spec: RunSpec, kept: list[PortBinding]) -> RuntimeObject:
+        """Create and start the object on the host ports it had before (`kept`), else, when one of those is taken
+        now, on those the runtime chooses."""
+        db, idc_id = self.state.db, self.row.idc_id
+        if kept == run_spec.ports:
+            return await launch(db, runtime, idc_id, run_spec)
+        try:
+            return await launch(db, runtime, idc_id, replace(run_spec, ports=kept))
+        except PortTaken:
+            return await launch(db, runtime, idc_id, run_spec)

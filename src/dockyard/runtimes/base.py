@@ -39,6 +39,10 @@ class RuntimeFailure(Exception):
         self.reason = reason
 
 
+class PortTaken(RuntimeFailure):
+    """A host port the object asked for is held by something else on the host."""
+
+
 class RuntimeUnavailable(Exception):
     """The runtime could not be reached; nothing is known about its objects right now."""
 

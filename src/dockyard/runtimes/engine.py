@@ -30,6 +30,7 @@ from dockyard.runtimes.base import (
     ExecResult,
     GpuDevice,
     HostCapacity,
+    PortTaken,
     PullPolicy,
     RunSpec,
     RuntimeFailure,
@@ -39,6 +40,7 @@ from dockyard.runtimes.base import (
 from dockyard.runtimes.engine_networks import EngineNetworks, port_bindings
 from dockyard.runtimes.engine_objects import (
     is_name_conflict,
+    is_port_taken,
     is_storage_opt_unsupported,
     is_volume_size_unsupported,
     object_from_inspect,
@@ -357,7 +359,9 @@ class EngineRuntime:
         except NotFound as error:
             raise RuntimeFailure(f"container {object_id} not found: create it first") from error
         except APIError as error:
-            raise RuntimeFailure(start_failure_reason(str(error.explanation or error))) from error
+            message = str(error.explanation or error)
+            failure = PortTaken if is_port_taken(message) else RuntimeFailure
+            raise failure(start_failure_reason(message)) from error
         started = await self.inspect(object_id)
         if started is None:
             raise RuntimeFailure(f"container {object_id} vanished right after it started: check the engine's log")

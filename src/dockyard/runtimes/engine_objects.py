@@ -143,10 +143,16 @@ def object_from_listing(entry: dict[str, Any]) -> RuntimeObject:
     )
 
 
+def is_port_taken(message: str) -> bool:
+    """The engine refused to start a container because a host port it asks for is held by something else."""
+    lowered = message.lower()
+    return "address already in use" in lowered or "port is already allocated" in lowered
+
+
 def start_failure_reason(message: str) -> str:
     """A sentence a user can act on for the engine's refusal to start a container."""
     lowered = message.lower()
-    if "address already in use" in lowered or "port is already allocated" in lowered:
+    if is_port_taken(message):
         match = _TAKEN_PORT.search(message)
         port = f"host port {match.group(1)}" if match else "a requested host port"
         return f"{port} is already in use on the host: free it, or publish the container on another host port"
