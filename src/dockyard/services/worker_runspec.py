@@ -14,7 +14,8 @@ generation the worker was made for. What goes in:
 
 An async endpoint's worker runs an unmodified `ppio-gpus`, `runpod` or `novita-gpus` worker SDK (Novita's is PPIO's
 under `NOVITA_` names), which serves no HTTP: it calls Dockyard's worker webhooks instead (api/worker_webhooks.py).
-So it publishes only the spec's own ports, is never health-probed, and gets every SDK's environment (`webhook_env`):
+So it publishes only the spec's own ports, is never health-probed (its endpoint shows its health check as not
+applying), and gets every SDK's environment (`webhook_env`):
 the four webhook URL templates, its id as the pod id, its own webhook key, the endpoint id and the ping interval. The
 templates are written for the SDKs' substitutions: `$ID` in the job-take URL becomes the worker id; `$PPIO_POD_ID`,
 `$RUNPOD_POD_ID`, `$NOVITA_POD_ID` in the others become the worker id at start and `$ID` in job-done and stream the
@@ -139,7 +140,12 @@ def worker_object_name(worker_id: str) -> str:
 
 
 def health_check(spec: WorkloadSpec) -> HealthCheck:
-    return spec.health_check or HealthCheck()
+    """The health check a sync worker is probed with: the spec's, else `/health` on the first port (port 80 only
+    for a spec with no port at all, which is then also where requests go). A spec stored without one (an endpoint
+    made before the API filled in the default) so gets the same default as a new one."""
+    if spec.health_check is not None:
+        return spec.health_check
+    return HealthCheck(port=spec.ports[0].container_port) if spec.ports else HealthCheck()
 
 
 def serving_port(spec: WorkloadSpec) -> int:
