@@ -16,8 +16,15 @@ from dockyard.config import Settings
 from dockyard.core.status import EndpointType
 from dockyard.core.workload import EnvVar, HealthCheck, PortSpec, WorkloadSpec
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
+from dockyard.reconcilers.endpoints_workers import never_called_in
 from dockyard.secrets import SecretBox
-from dockyard.services.worker_runspec import WebhookAccess, build_worker_run_spec, webhook_base_url
+from dockyard.services.worker_runspec import (
+    CONTAINER_HOST,
+    WebhookAccess,
+    build_worker_run_spec,
+    health_check,
+    webhook_base_url,
+)
 
 BASE = "http://10.1.2.3:8080"
 KEY = "worker-key-0123456789"
@@ -146,3 +153,44 @@ def test_sync_worker_has_no_webhook_env_and_async_worker_publishes_no_probe_port
 )
 def test_webhook_base_url_is_the_server_as_a_container_sees_it(fields: dict[str, Any], expected: str) -> None:
     assert webhook_base_url(Settings(**fields)) == expected
+
+
+def test_a_spec_stored_without_a_health_check_is_probed_on_its_first_port() -> None:
+    """The default the API fills in, applied as well to a spec stored without one: never port 80 behind the
+    user's back while the worker serves elsewhere."""
+    ports = [PortSpec(container_port=9000), PortSpec(container_port=9001)]
+    assert health_check(WorkloadSpec(image="i", ports=ports)) == HealthCheck(path="/health", port=9000)
+    given = HealthCheck(path="/ping", port=9001)
+    assert health_check(WorkloadSpec(image="i", ports=ports, health_check=given)) == given
+    assert health_check(WorkloadSpec(image="i")) == HealthCheck(path="/health", port=80)
+
+
+def test_an_async_worker_publishes_no_health_check_port() -> None:
+    endpoint, worker, product = rows(EndpointType.ASYNC)
+    spec = build_worker_run_spec(
+        endpoint,
+        worker,
+        product=product,
+        box=SecretBox(Fernet.generate_key().decode()),
+        gpus=[],
+        node_id="",
+        registry_auth=None,
+        webhook=WebhookAccess(BASE, KEY, 10000),
+    )
+    assert [port.container_port for port in spec.ports] == [9000]  # its own port only, not the check's 8000
+
+
+def test_the_reason_of_an_async_worker_that_never_called_in_names_its_url_and_the_cause() -> None:
+    loopback = Settings(port=8080, public_url="", host="127.0.0.1", worker_call_in_timeout=60)
+    reason = never_called_in(loopback, "ep-1")
+    assert reason == (
+        "never called in: no job-take or ping webhook call within 60 s of its container starting; it was given "
+        f"http://{CONTAINER_HOST}:8080/gpus/v2/workers/ep-1/job-take/; the server listens on 127.0.0.1 only, which "
+        "no container reaches: start it with `dockyard server --host 0.0.0.0` (DOCKYARD_HOST), or set "
+        "DOCKYARD_WORKER_WEBHOOK_URL to an address the workers reach"
+    )
+    reachable = Settings(host="0.0.0.0", worker_webhook_url="http://10.0.0.5:8080", worker_call_in_timeout=60)
+    reason = never_called_in(reachable, "ep-1")
+    assert "it was given http://10.0.0.5:8080/gpus/v2/workers/ep-1/job-take/;" in reason
+    assert "`dockyard endpoints logs ep-1`" in reason
+    assert "listens on" not in reason

@@ -103,10 +103,6 @@ class HealthCheckIn(SnakeModel):
 class HealthCheckOut(SnakeModel):
     path: str
     port: int
-    applies: bool = Field(
-        default=True,
-        description="false for an async endpoint: its workers call the webhooks and are never probed",
-    )
 
 
 PortNumber = Annotated[int, Field(ge=1, le=65535)]

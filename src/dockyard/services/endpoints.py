@@ -277,7 +277,7 @@ def to_wire(row: EndpointModel, workers: Sequence[WorkerModel], context: ServerC
             )
             for worker in workers
         ],
-        health_check=HealthCheckOut(path=health.path, port=health.port, applies=row.type == EndpointType.SYNC),
+        health_check=HealthCheckOut(path=health.path, port=health.port),
         region_id=row.idc_id,
         member_id=row.member_id,
         owner_id=row.org_id,

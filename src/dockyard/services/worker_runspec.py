@@ -14,8 +14,7 @@ generation the worker was made for. What goes in:
 
 An async endpoint's worker runs an unmodified `ppio-gpus`, `runpod` or `novita-gpus` worker SDK (Novita's is PPIO's
 under `NOVITA_` names), which serves no HTTP: it calls Dockyard's worker webhooks instead (api/worker_webhooks.py).
-So it publishes only the spec's own ports, is never health-probed (its endpoint shows its health check as not
-applying), and gets every SDK's environment (`webhook_env`):
+So it publishes only the spec's own ports, is never health-probed, and gets every SDK's environment (`webhook_env`):
 the four webhook URL templates, its id as the pod id, its own webhook key, the endpoint id and the ping interval. The
 templates are written for the SDKs' substitutions: `$ID` in the job-take URL becomes the worker id; `$PPIO_POD_ID`,
 `$RUNPOD_POD_ID`, `$NOVITA_POD_ID` in the others become the worker id at start and `$ID` in job-done and stream the
