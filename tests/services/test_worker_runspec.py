@@ -16,10 +16,8 @@ from dockyard.config import Settings
 from dockyard.core.status import EndpointType
 from dockyard.core.workload import EnvVar, HealthCheck, PortSpec, WorkloadSpec
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
-from dockyard.reconcilers.endpoints_workers import never_called_in
 from dockyard.secrets import SecretBox
 from dockyard.services.worker_runspec import (
-    CONTAINER_HOST,
     WebhookAccess,
     build_worker_run_spec,
     health_check,
@@ -178,19 +176,3 @@ def test_an_async_worker_publishes_no_health_check_port() -> None:
         webhook=WebhookAccess(BASE, KEY, 10000),
     )
     assert [port.container_port for port in spec.ports] == [9000]  # its own port only, not the check's 8000
-
-
-def test_the_reason_of_an_async_worker_that_never_called_in_names_its_url_and_the_cause() -> None:
-    loopback = Settings(port=8080, public_url="", host="127.0.0.1", worker_call_in_timeout=60)
-    reason = never_called_in(loopback, "ep-1")
-    assert reason == (
-        "never called in: no job-take or ping webhook call within 60 s of its container starting; it was given "
-        f"http://{CONTAINER_HOST}:8080/gpus/v2/workers/ep-1/job-take/; the server listens on 127.0.0.1 only, which "
-        "no container reaches: start it with `dockyard server --host 0.0.0.0` (DOCKYARD_HOST), or set "
-        "DOCKYARD_WORKER_WEBHOOK_URL to an address the workers reach"
-    )
-    reachable = Settings(host="0.0.0.0", worker_webhook_url="http://10.0.0.5:8080", worker_call_in_timeout=60)
-    reason = never_called_in(reachable, "ep-1")
-    assert "it was given http://10.0.0.5:8080/gpus/v2/workers/ep-1/job-take/;" in reason
-    assert "`dockyard endpoints logs ep-1`" in reason
-    assert "listens on" not in reason
