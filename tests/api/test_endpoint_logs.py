@@ -102,3 +102,22 @@ def test_engine_times_parse_to_microseconds_in_utc() -> None:
     assert parse(b"hello") is None
     assert endpoint_logs.last_bytes(b"aa\nbbb\ncc\n", 7) == b"cc\n"
     assert endpoint_logs.last_bytes(b"aa\n", 7) == b"aa\n"
+
+
+async def test_follow_streams_the_running_workers_new_lines_after_the_window(
+    harness: Harness, client: httpx.AsyncClient, fake_runtime: FakeRuntime
+) -> None:
+    """The window first; then each running worker followed from its end (the fake's follow ends with its output:
+    nothing new), so the stream ends when they do."""
+    endpoint_id = await create(client)
+    running = await started_worker(harness, endpoint_id, fake_runtime)
+    await removed(harness, endpoint_id, "gone-1", b"2025-12-31T23:59:59Z before\n")
+    received = b""
+    async with client.stream("GET", f"{URL}/{endpoint_id}/logs", params={"follow": "true"}) as answer:
+        assert answer.status_code == 200
+        async for chunk in answer.aiter_bytes():
+            received += chunk
+    assert received.decode().splitlines() == [
+        "2025-12-31T23:59:59.000000Z gone-1 before",
+        *(f"2026-01-01T00:00:00.000000Z {running} {word}" for word in ("one", "two", "three")),
+    ]
