@@ -2,7 +2,8 @@
 "connection refused" as its last probe within seconds and is failed after its probe bound, with a reason the API
 and the CLI show; a health check sent without a port probes the first port; an async worker that never calls its
 webhooks (the server on loopback) is failed naming the URL it was given and the cause; a worker scaled away
-leaves its output readable through the API and the CLI until its retention has passed."""
+leaves its output readable through the API and the CLI until its retention has passed, and while it ran its new
+lines were followed."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ PROBE_INTERVAL = 0.5
 STARTUP_FAILURES = 4  # so a starting worker failing its check is failed after 2 s
 CALL_IN = 3.0
 RETENTION = 2.0
-# Serves /health (200) on 8080 after saying hello with its worker id.
+# Serves /health (200) on 8080 after saying hello with its worker id, and logs each request (each probe).
 SERVE = (
     "sh -c 'mkdir -p /www && echo ok > /www/health && echo hello-from-$DOCKYARD_WORKER_ID "
-    "&& exec httpd -f -p 8080 -h /www'"
+    "&& exec httpd -f -v -p 8080 -h /www'"
 )
 
 
@@ -168,6 +169,12 @@ def test_a_scaled_away_workers_output_is_readable_until_its_retention_passes(
         return found[0] if found else None
 
     worker_id = wait_for("the worker ready", ready, deadline=30)["id"]
+    logs_url = f"/gpus/v2/endpoints/{endpoint_id}/logs"
+    with server.api() as api, api.stream("GET", logs_url, params={"follow": "true", "limit": 1}) as followed:
+        lines = followed.iter_lines()
+        window, new = next(lines), next(lines)  # the window's last line, then one the worker wrote later
+    assert window.split(" ", 2)[1] == new.split(" ", 2)[1] == worker_id
+    assert window < new  # by time: RFC 3339 UTC with microseconds sorts as text
     with server.api() as api:
         none = {"worker_config": {"min_replicas": 0, "max_replicas": 0}}
         scaled = api.put(f"/gpus/v2/endpoints/{endpoint_id}", json=none)
