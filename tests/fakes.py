@@ -29,6 +29,9 @@ DEFAULT_NETWORK = "default"
 """Where the fake puts an object whose `RunSpec.network` is "" (Podman's `podman`, Docker's `bridge`)."""
 
 
+FAKE_LOG_TIME = b"2026-01-01T00:00:00.000000001Z"  # every line's time when read with timestamps
+
+
 class FakeRuntime:
     def __init__(self, installation_id: str = "test", images: set[str] | None = None) -> None:
         self.installation_id = installation_id
@@ -149,14 +152,20 @@ class FakeRuntime:
         return [o for o in self.objects.values() if o.labels.get(LABEL_INSTALLATION) == self.installation_id]
 
     async def logs(
-        self, object_id: str, *, tail: int | None = None, follow: bool = False, since: datetime | None = None
+        self,
+        object_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        since: datetime | None = None,
+        timestamps: bool = False,
     ) -> AsyncIterator[bytes]:
         obj = self._find(object_id)
         if obj is None:
             raise RuntimeFailure(f"container {object_id} not found")
         lines = self.output[obj.id]
         for line in lines if tail is None else lines[max(len(lines) - tail, 0) :]:  # tail=0: none, as engines
-            yield line
+            yield (FAKE_LOG_TIME + b" " + line) if timestamps else line
 
     async def exec(self, object_id: str, command: list[str]) -> ExecResult:
         return ExecResult(0, "")

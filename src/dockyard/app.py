@@ -21,6 +21,7 @@ from dockyard import __version__
 from dockyard.api import (
     admin,
     containers,
+    endpoint_logs,
     endpoint_workers,
     endpoints,
     health,
@@ -211,6 +212,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         quotas.router,
         endpoints.router,
         endpoint_workers.router,
+        endpoint_logs.router,
     ):
         app.include_router(router)
     app.add_middleware(JsonDepthMiddleware)  # inside the size bound: it holds what it checks

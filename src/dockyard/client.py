@@ -423,6 +423,26 @@ class Client(JobsMixin):
         path = f"/gpus/v2/endpoints/{endpoint_id}/workers/{worker_id}/logs"
         return self._request("GET", path, params=_params(tail=tail, since=since)).text
 
+    def endpoint_logs(
+        self,
+        endpoint_id: str,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        worker: str | None = None,
+        limit: int | None = None,
+    ) -> str:
+        """The output of the endpoint's workers, removed ones kept included, merged by time and tagged."""
+        params = _params(since=since, until=until, worker=worker, limit=limit)
+        return self._request("GET", f"/gpus/v2/endpoints/{endpoint_id}/logs", params=params).text
+
+    def follow_endpoint_logs(
+        self, endpoint_id: str, *, since: str | None = None, worker: str | None = None, limit: int | None = None
+    ) -> Iterator[str]:
+        """`endpoint_logs`, then the running workers' new lines as they come, until the caller stops iterating."""
+        params = _params(since=since, worker=worker, limit=limit, follow="true")
+        return self._follow(f"/gpus/v2/endpoints/{endpoint_id}/logs", params)
+
     def follow_worker_logs(
         self, endpoint_id: str, worker_id: str, *, tail: int | None = None, since: str | None = None
     ) -> Iterator[str]:

@@ -83,7 +83,7 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message names the setting and says where it comes from."""
 
 
-_LOOPBACK = ("127.0.0.1", "localhost")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")  # a server listening on one is reached from this host only
 
 
 class Settings(BaseSettings):
@@ -155,7 +155,21 @@ class Settings(BaseSettings):
     health_check_interval: float = Field(default=5.0, gt=0)  # a ready worker is probed this often
     health_check_timeout: float = Field(default=2.0, gt=0)
     health_check_failures: int = Field(default=3, ge=1)  # failed probes in a row before a ready worker is replaced
+    # A starting worker whose container runs but whose health check has not answered 200 is failed after this
+    # many checks `health_check_interval` apart (12 x 5 s: a minute), naming the last probe's result; a worker that
+    # loads a large model before it serves its health check needs more. The image pull comes before and is not
+    # counted: `worker_startup_timeout` bounds it.
+    health_startup_failures: int = Field(default=12, ge=1)
     worker_startup_timeout: float = Field(default=600.0, gt=0)  # created -> ready, image pull included
+    # An async worker whose container runs but that has made no webhook call (job-take or ping) this long is
+    # failed and replaced, with the URL it was given: the SDKs call at once, so a silent one cannot reach it.
+    worker_call_in_timeout: float = Field(default=60.0, gt=0)
+    # Workers' output kept after their containers are removed (reconcilers/endpoint_logs.py): each worker's last
+    # `worker_log_bytes`, at most `endpoint_log_bytes` per endpoint (its oldest dropped first), for
+    # `worker_log_retention_seconds`.
+    worker_log_bytes: int = Field(default=1024 * 1024, ge=0)
+    endpoint_log_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    worker_log_retention_seconds: float = Field(default=86400.0, gt=0)
     worker_drain_timeout: float = Field(default=300.0, ge=0)  # a draining worker is removed after this, busy or not
     # Async jobs. A worker's lease on a job lasts `job_lease_seconds` from its last ping (the SDKs ping every
     # 10 s), so a dead worker's job is back in the queue within that; after `job_max_attempts` takes it fails.
@@ -259,7 +273,7 @@ class Settings(BaseSettings):
         reached nowhere else, so its URL is then the loopback address."""
         if self.public_url:
             return self.public_url.rstrip("/")
-        address = self.host if self.host in _LOOPBACK else self.public_address
+        address = self.host if self.host in LOOPBACK_HOSTS else self.public_address
         return f"http://{address}:{self.port}"
 
     @cached_property

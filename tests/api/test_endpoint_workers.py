@@ -179,7 +179,11 @@ async def test_workers_list(harness: Harness, client: httpx.AsyncClient) -> None
     public = harness.context.settings.resolved_public_url
     assert [w["id"] for w in data] == [ready, failed]
     first = data[0]
-    assert set(first) == {"id", "status", "log", "health", "drain", "generation", "node_id", "created_at", "updated_at"}
+    assert set(first) == {
+        *("id", "status", "log", "health", "drain", "generation", "node_id", "created_at", "updated_at"),
+        *("last_probe", "first_call_at", "last_call_at"),
+    }
+    assert (first["last_probe"], first["first_call_at"], first["last_call_at"]) == (None, None, None)
     assert first["status"] == {"status": "ready", "error": "", "message": ""}
     assert (first["health"], first["drain"], first["generation"], first["node_id"]) == (True, False, 1, "node-a")
     assert first["log"] == f"{public}{URL}/{endpoint_id}/workers/{ready}/logs"
@@ -225,3 +229,21 @@ async def test_events_newest_first_and_limited(harness: Harness, client: httpx.A
     assert [e["type"] for e in limited] == ["ScaledUp", "WorkerReady"]
     assert_error(await client.get(f"{URL}/{endpoint_id}/events", params={"limit": 0}), 422, "limit")
     assert_error(await client.get(f"{URL}/nope/events"), 404)
+
+
+async def test_workers_list_shows_the_last_probe_and_the_webhook_calls(
+    harness: Harness, client: httpx.AsyncClient
+) -> None:
+    """What the prober last saw of a starting worker, and an async worker's first and last webhook calls, as the
+    reconciler and the webhooks record them on the row."""
+    endpoint_id = await create(client)
+    worker_id = await add_worker(harness, endpoint_id, status=WorkerStatus.STARTING, runtime_id="c1")
+    probed, first, last = (datetime(2026, 1, 1, 0, 0, s, tzinfo=UTC) for s in (10, 20, 30))
+    async with harness.context.db.write() as session:
+        worker = await session.get(WorkerModel, worker_id)
+        assert worker is not None
+        worker.last_probe_at, worker.last_probe_result = probed, "connection refused"
+        worker.first_seen_at, worker.last_seen_at = first, last
+    shown = (await client.get(f"{URL}/{endpoint_id}/workers")).json()["data"][0]
+    assert shown["last_probe"] == {"at": int(probed.timestamp()), "result": "connection refused"}
+    assert (shown["first_call_at"], shown["last_call_at"]) == (int(first.timestamp()), int(last.timestamp()))

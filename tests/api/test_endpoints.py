@@ -220,6 +220,11 @@ async def test_get_has_seed_000_shape(harness: Harness, client: httpx.AsyncClien
     assert row.spec["envs"][0]["value"] != SECRET  # encrypted at rest
 
 
+async def test_a_health_check_without_a_port_probes_the_first_one(client: httpx.AsyncClient) -> None:
+    endpoint_id = await create(client, ports=[7000, 8000], health_check={"path": "/ready"})
+    assert (await get(client, endpoint_id))["health_check"] == {"path": "/ready", "port": 7000}
+
+
 async def test_defaults(client: httpx.AsyncClient) -> None:
     endpoint_id = await create(client, ports=[7000, 8000])
     body = await get(client, endpoint_id)

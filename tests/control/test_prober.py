@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -80,6 +80,13 @@ def ready_in(routes: RouteTable) -> bool:
     return route.dispatcher.is_ready(WORKER)
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    deadline = asyncio.get_running_loop().time() + DEADLINE
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not within the deadline"
+        await asyncio.sleep(0.01)
+
+
 class Recorder:
     """The reconciler's side of the prober: what each callback saw when it ran."""
 
@@ -89,6 +96,7 @@ class Recorder:
         self.ready_was_routed: bool | None = None
         self.unhealthy: list[str] = []
         self.unhealthy_seen = asyncio.Event()
+        self.probes: list[str] = []
 
     async def on_ready(self, endpoint_id: str, worker_id: str) -> None:
         assert (endpoint_id, worker_id) == (ENDPOINT, WORKER)
@@ -100,10 +108,16 @@ class Recorder:
         self.unhealthy.append(reason)
         self.unhealthy_seen.set()
 
+    async def on_probe(self, endpoint_id: str, worker_id: str, result: str) -> None:
+        assert (endpoint_id, worker_id) == (ENDPOINT, WORKER)
+        self.probes.append(result)
+
 
 def prober_for(tmp_path: Path, routes: RouteTable, recorder: Recorder, **overrides: float) -> HealthProber:
     settings = Settings(data_dir=tmp_path, **overrides)
-    return HealthProber(routes, settings, on_ready=recorder.on_ready, on_unhealthy=recorder.on_unhealthy)
+    return HealthProber(
+        routes, settings, on_ready=recorder.on_ready, on_unhealthy=recorder.on_unhealthy, on_probe=recorder.on_probe
+    )
 
 
 async def test_a_starting_worker_is_routed_ready_before_on_ready_runs(tmp_path: Path, server: HealthServer) -> None:
@@ -144,7 +158,7 @@ async def test_a_ready_worker_failing_its_checks_is_taken_out_with_the_reason(
         assert server.hits >= 2
         server.status = 503
         await asyncio.wait_for(recorder.unhealthy_seen.wait(), DEADLINE)
-        assert recorder.unhealthy == ["health check GET /health on port 8080 failed 3 times in a row: answered 503"]
+        assert recorder.unhealthy == ["health check GET /health on port 8080 failed 3 times in a row: status 503"]
         assert not ready_in(routes)
         route = routes.get(ENDPOINT)
         assert route is not None
@@ -184,7 +198,7 @@ async def test_check_now_probes_at_once(tmp_path: Path, server: HealthServer) ->
         assert not recorder.unhealthy
         assert await prober.check_now(ENDPOINT, WORKER) is False
         await asyncio.wait_for(recorder.unhealthy_seen.wait(), DEADLINE)
-        assert recorder.unhealthy[0].endswith("failed 2 times in a row: answered 500")
+        assert recorder.unhealthy[0].endswith("failed 2 times in a row: status 500")
         assert not ready_in(routes)
         assert await prober.check_now(ENDPOINT, "unknown-worker") is False
     finally:
@@ -205,7 +219,58 @@ async def test_recheck_probes_in_the_background_without_waiting(tmp_path: Path, 
         assert server.hits == 0
         await asyncio.wait_for(recorder.unhealthy_seen.wait(), DEADLINE)
         assert server.hits == 1
-        assert recorder.unhealthy[0].endswith("failed once: answered 502")
+        assert recorder.unhealthy[0].endswith("failed once: status 502")
         assert not ready_in(routes)
+    finally:
+        await prober.close()
+
+
+async def test_a_starting_worker_that_never_answers_200_is_failed_after_its_probe_bound(
+    tmp_path: Path, server: HealthServer
+) -> None:
+    """A refused port, then a 404: each new result is reported at once, and the worker is failed after
+    `health_startup_failures` checks `health_check_interval` apart, naming the check and the last result."""
+    routes, port = table(), free_port()
+    recorder = Recorder(routes)
+    prober = prober_for(
+        tmp_path, routes, recorder, worker_probe_interval=0.02, health_check_interval=0.1, health_startup_failures=4
+    )
+    address = f"http://127.0.0.1:{port}"
+    try:
+        prober.watch(ENDPOINT, WORKER, address, f"{address}/health", ready=False, check="GET /health on port 8080")
+        await until(lambda: bool(recorder.probes))
+        assert recorder.probes == ["connection refused"]
+        server.status = 404
+        await server.start(port)
+        await asyncio.wait_for(recorder.unhealthy_seen.wait(), DEADLINE)
+        assert recorder.probes[-1] == "status 404"
+        assert recorder.unhealthy == [
+            "health check GET /health on port 8080 failed 4 times in 0.4 s after its container started: status 404; "
+            f"set the port and path it serves with `dockyard endpoints update {ENDPOINT} --health-port PORT "
+            f"--health-path PATH`, or read its output with `dockyard endpoints logs {ENDPOINT}`"
+        ]
+        assert not ready_in(routes)
+        hits = server.hits
+        await asyncio.sleep(0.1)
+        assert server.hits == hits  # a failed worker is probed no more
+    finally:
+        await prober.close()
+
+
+async def test_a_starting_worker_answering_in_time_is_not_failed(tmp_path: Path, server: HealthServer) -> None:
+    routes, port = table(), free_port()
+    recorder = Recorder(routes)
+    prober = prober_for(
+        tmp_path, routes, recorder, worker_probe_interval=0.02, health_check_interval=0.1, health_startup_failures=3
+    )
+    address = f"http://127.0.0.1:{port}"
+    try:
+        prober.watch(ENDPOINT, WORKER, address, f"{address}/health", ready=False)
+        await asyncio.sleep(0.15)  # one check counted of the three
+        await server.start(port)
+        await asyncio.wait_for(recorder.ready.wait(), DEADLINE)
+        assert recorder.unhealthy == []
+        assert recorder.probes[0] == "connection refused"
+        assert recorder.probes[-1] == "ok"
     finally:
         await prober.close()

@@ -352,7 +352,7 @@ async def test_an_unhealthy_worker_is_failed_stopped_and_replaced(
     endpoint_id = await make_endpoint(harness.client, min_replicas=1)
     await endpoints.reconcile_once()
     (first,) = await all_ready(harness, endpoints, endpoint_id)
-    reason = "health check GET /health on port 8080 failed 3 times in a row: answered 503"
+    reason = "health check GET /health on port 8080 failed 3 times in a row: status 503"
     harness.routes.worker_gone(endpoint_id, first.id)
     await endpoints.on_worker_unhealthy(endpoint_id, first.id, reason)
     await endpoints.reconcile_once()

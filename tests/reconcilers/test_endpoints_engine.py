@@ -112,7 +112,7 @@ async def test_workers_become_ready_fail_roll_and_go_on_podman(
     # A worker that stops answering its health check is failed with the check's reason and replaced.
     sick = first[1]
     await post(f"{worker_address(sick.published_ports)}/admin/unhealthy")
-    health_reason = "health check GET /health on port 8080 failed 3 times in a row: answered 503"
+    health_reason = "health check GET /health on port 8080 failed 3 times in a row: status 503"
     await until(reconciler, lambda: failed_with(sick.id, health_reason), "the unhealthy worker failed")
     await until(reconciler, lambda: ready_count(2), "the unhealthy worker replaced")
     before_roll = {w.id for w in await workers_of(harness, endpoint_id) if w.status == WorkerStatus.READY}

@@ -7,14 +7,19 @@ from __future__ import annotations
 import asyncio
 from contextlib import AbstractAsyncContextManager
 
+from sqlalchemy import select
+
+from dockyard.config import Settings
 from dockyard.control.reports import Reporter
 from dockyard.core.status import WorkerStatus
+from dockyard.db.models import WorkerLogModel
 from dockyard.gateway.routes import RouteTable
 from dockyard.reconcilers.endpoints import EndpointReconciler
+from dockyard.reconcilers.endpoints_workers import never_called_in
 from dockyard.runtimes.base import RegistryAuth
-from dockyard.services.worker_runspec import worker_address
+from dockyard.services.worker_runspec import CONTAINER_HOST, worker_address
 from tests.conftest import Harness
-from tests.fakes import FakeRuntime
+from tests.fakes import FAKE_LOG_TIME, FakeRuntime
 from tests.reconcilers.test_endpoints import all_ready, make_endpoint, set_desired, worker_objects, workers_of
 
 
@@ -141,3 +146,60 @@ async def test_another_organizations_worker_cannot_run_an_image_pulled_with_cred
         WorkerStatus.FAILED,
         f"image {image} needs registry credentials that can pull it: unauthorized",
     )
+
+
+def test_the_reason_of_an_async_worker_that_never_called_in_names_its_url_and_the_cause() -> None:
+    loopback = Settings(port=8080, public_url="", host="127.0.0.1", worker_call_in_timeout=60)
+    reason = never_called_in(loopback, "ep-1")
+    assert reason == (
+        "never called in: no job-take or ping webhook call within 60 s of its container starting; it was given "
+        f"http://{CONTAINER_HOST}:8080/gpus/v2/workers/ep-1/job-take/; the server listens on 127.0.0.1 only, which "
+        "no container reaches: start it with `dockyard server --host 0.0.0.0` (DOCKYARD_HOST), or set "
+        "DOCKYARD_WORKER_WEBHOOK_URL to an address the workers reach"
+    )
+    reachable = Settings(host="0.0.0.0", worker_webhook_url="http://10.0.0.5:8080", worker_call_in_timeout=60)
+    reason = never_called_in(reachable, "ep-1")
+    assert "it was given http://10.0.0.5:8080/gpus/v2/workers/ep-1/job-take/;" in reason
+    assert "`dockyard endpoints logs ep-1`" in reason
+    assert "listens on" not in reason
+
+
+async def test_a_starting_worker_failing_its_probes_is_failed_by_the_prober_and_counts_towards_the_crash_loop(
+    harness: Harness, endpoints: EndpointReconciler
+) -> None:
+    """Nothing listens at a fake worker's address: each probe is refused, recorded on the row, and the worker is
+    failed after `health_startup_failures` checks, long before the startup timeout."""
+    settings = harness.context.settings
+    settings.worker_probe_interval, settings.health_check_interval, settings.health_startup_failures = 0.01, 0.05, 2
+    endpoint_id = await make_endpoint(harness.client, min_replicas=1)
+    await endpoints.reconcile_once()
+    (starting,) = await workers_of(harness, endpoint_id)
+    deadline = asyncio.get_running_loop().time() + 10
+    while (worker := (await workers_of(harness, endpoint_id))[0]).status != WorkerStatus.FAILED:
+        assert asyncio.get_running_loop().time() < deadline, "not failed within 10 s"
+        await asyncio.sleep(0.02)
+    assert worker.id == starting.id
+    assert worker.reason.startswith(
+        "health check GET /health on port 8080 failed 2 times in 0.1 s after its container started: "
+        "connection refused; "
+    )
+    assert (worker.last_probe_result, worker.last_probe_at is not None) == ("connection refused", True)
+    assert endpoints.crash_loops[endpoint_id].failures == 1
+
+
+async def test_a_worker_scaled_away_leaves_its_output_kept(
+    harness: Harness, endpoints: EndpointReconciler, runtime: FakeRuntime
+) -> None:
+    endpoint_id = await make_endpoint(harness.client)
+    await set_desired(harness, endpoint_id, 1)
+    await endpoints.reconcile_once()
+    (worker,) = await all_ready(harness, endpoints, endpoint_id)
+    runtime.output[worker.runtime_id] = [b"loaded the model\n", b"served a request\n"]
+    await set_desired(harness, endpoint_id, 0)
+    await endpoints.reconcile_once()
+    await endpoints.reconcile_once()
+    assert await workers_of(harness, endpoint_id) == []
+    async with harness.context.db.read() as session:
+        (kept,) = await session.scalars(select(WorkerLogModel))
+    assert (kept.endpoint_id, kept.worker_id) == (endpoint_id, worker.id)
+    assert kept.output == FAKE_LOG_TIME + b" loaded the model\n" + FAKE_LOG_TIME + b" served a request\n"

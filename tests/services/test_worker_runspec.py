@@ -17,7 +17,12 @@ from dockyard.core.status import EndpointType
 from dockyard.core.workload import EnvVar, HealthCheck, PortSpec, WorkloadSpec
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
 from dockyard.secrets import SecretBox
-from dockyard.services.worker_runspec import WebhookAccess, build_worker_run_spec, webhook_base_url
+from dockyard.services.worker_runspec import (
+    WebhookAccess,
+    build_worker_run_spec,
+    health_check,
+    webhook_base_url,
+)
 
 BASE = "http://10.1.2.3:8080"
 KEY = "worker-key-0123456789"
@@ -146,3 +151,28 @@ def test_sync_worker_has_no_webhook_env_and_async_worker_publishes_no_probe_port
 )
 def test_webhook_base_url_is_the_server_as_a_container_sees_it(fields: dict[str, Any], expected: str) -> None:
     assert webhook_base_url(Settings(**fields)) == expected
+
+
+def test_a_spec_stored_without_a_health_check_is_probed_on_its_first_port() -> None:
+    """The default the API fills in, applied as well to a spec stored without one: never port 80 behind the
+    user's back while the worker serves elsewhere."""
+    ports = [PortSpec(container_port=9000), PortSpec(container_port=9001)]
+    assert health_check(WorkloadSpec(image="i", ports=ports)) == HealthCheck(path="/health", port=9000)
+    given = HealthCheck(path="/ping", port=9001)
+    assert health_check(WorkloadSpec(image="i", ports=ports, health_check=given)) == given
+    assert health_check(WorkloadSpec(image="i")) == HealthCheck(path="/health", port=80)
+
+
+def test_an_async_worker_publishes_no_health_check_port() -> None:
+    endpoint, worker, product = rows(EndpointType.ASYNC)
+    spec = build_worker_run_spec(
+        endpoint,
+        worker,
+        product=product,
+        box=SecretBox(Fernet.generate_key().decode()),
+        gpus=[],
+        node_id="",
+        registry_auth=None,
+        webhook=WebhookAccess(BASE, KEY, 10000),
+    )
+    assert [port.container_port for port in spec.ports] == [9000]  # its own port only, not the check's 8000

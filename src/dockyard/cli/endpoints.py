@@ -150,9 +150,19 @@ def _worker_rows(workers: list[Json], detail: bool) -> list[list[str]]:
             ]
         row.append(escape(_message(worker)))
         if detail:
-            row.append(_seconds(worker.get("created_at")))
+            row += [escape(_probe(worker)), _seconds(worker.get("created_at"))]
         rows.append(row)
     return rows
+
+
+def _probe(worker: Json) -> str:
+    """What the last health probe saw and when ("status 404 at 12:00:03"); an async worker's last webhook call."""
+    probe = worker.get("last_probe")
+    if isinstance(probe, dict) and probe.get("result"):
+        return f"{probe['result']} at {_seconds(probe.get('at'))}"
+    if worker.get("last_call_at"):
+        return f"called in at {_seconds(worker.get('last_call_at'))}"
+    return ""
 
 
 class EndpointProgress:
@@ -457,7 +467,7 @@ def workers(ctx: typer.Context, endpoint_id: IdArgument, as_json: JsonOption = F
         print_json({"data": found})
         return
     print_table(
-        ("ID", "STATUS", "HEALTH", "DRAIN", "GEN", "NODE", "MESSAGE", "CREATED"),
+        ("ID", "STATUS", "HEALTH", "DRAIN", "GEN", "NODE", "MESSAGE", "LAST PROBE", "CREATED"),
         _worker_rows(found, detail=True),
         empty=f"No workers. `dockyard endpoints events {endpoint_id}` says what was decided and why.",
     )
@@ -468,17 +478,32 @@ def workers(ctx: typer.Context, endpoint_id: IdArgument, as_json: JsonOption = F
 def logs(
     ctx: typer.Context,
     endpoint_id: IdArgument,
-    worker_id: Annotated[str, typer.Argument(help="the worker id (`dockyard endpoints workers ENDPOINT`)")],
+    worker_id: Annotated[
+        str | None,
+        typer.Argument(help="one running worker's raw output, untagged (`dockyard endpoints workers ENDPOINT`)"),
+    ] = None,
+    worker: Annotated[
+        str | None, typer.Option("--worker", help="only this worker's lines, a removed one's included")
+    ] = None,
+    since: Annotated[str | None, typer.Option("--since", help="RFC 3339 time or unix seconds")] = None,
     tail: Annotated[int | None, typer.Option("--tail", min=0, help="only the last N lines")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new output (Ctrl-C stops)")] = False,
 ) -> None:
-    """Print a worker's output."""
+    """Print the output of an endpoint's workers merged by time, each line led by its time and worker id; removed
+    workers' output is kept for a day (the server's DOCKYARD_WORKER_LOG_RETENTION_SECONDS)."""
     with target(ctx).client() as client:
         endpoint_id = resolve(client, ENDPOINT, endpoint_id)
-        if not follow:
-            typer.echo(client.worker_logs(endpoint_id, worker_id, tail=tail), nl=False)
+        if worker_id is not None:
+            if not follow:
+                typer.echo(client.worker_logs(endpoint_id, worker_id, tail=tail, since=since), nl=False)
+                return
+            print_stream(client.follow_worker_logs(endpoint_id, worker_id, tail=tail, since=since))
             return
-        print_stream(client.follow_worker_logs(endpoint_id, worker_id, tail=tail))
+        limit = None if tail is None else max(tail, 1)
+        if not follow:
+            typer.echo(client.endpoint_logs(endpoint_id, since=since, worker=worker, limit=limit), nl=False)
+            return
+        print_stream(client.follow_endpoint_logs(endpoint_id, since=since, worker=worker, limit=limit))
 
 
 @app.command("events")

@@ -8,7 +8,14 @@ Contract:
 - `watch(endpoint_id, worker_id, address, health_url, ready=False)`: a starting worker is probed every
   `worker_probe_interval` until its health check answers 200 (a refused connection is normal while it
   starts). Then, at once and before any database write, `routes.worker_ready(...)`, and `on_ready` is called
-  (in a task of its own) to record it.
+  (in a task of its own) to record it. While it starts, a failing check is counted once per
+  `health_check_interval`: after `health_startup_failures` such counts it is failed through `on_unhealthy`
+  ("health check GET /health on port 8080 failed 12 times in 60 s after its container started: status 404;
+  set ..."), so a wrong port or path answers in about a minute, not at the startup timeout.
+- `on_probe(endpoint_id, worker_id, result)` is called (in a task of its own) with a probe's result when it
+  differs from the last one reported and at each count while starting: "ok", "connection refused",
+  "status 404", "timeout", "connection closed" (`probe_result`). The texts name no address: they are shown
+  to the tenant.
 - `watch(..., ready=True)`: a worker the database already says is ready (a restarted server rebuilding its
   table) is pushed ready at once, without waiting for a probe; if it is not really ready, the regular probes
   fail it like any other. Requests keep flowing to it meanwhile, which the proxy's own `check_now` on a
@@ -44,6 +51,21 @@ log = logging.getLogger(__name__)
 
 OnReady = Callable[[str, str], Awaitable[None]]
 OnUnhealthy = Callable[[str, str, str], Awaitable[None]]
+OnProbe = Callable[[str, str, str], Awaitable[None]]
+OK = "ok"
+
+
+def probe_result(error: httpx.HTTPError | httpx.InvalidURL | None, status: int = 200) -> str:
+    """A probe's result in the few words shown to the tenant: what the worker's port did, never an address."""
+    if error is None:
+        return OK if status == 200 else f"status {status}"
+    if isinstance(error, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(error, httpx.ConnectError):
+        return "connection refused"
+    if isinstance(error, httpx.RemoteProtocolError | httpx.ReadError):
+        return "connection closed"
+    return "connection failed"
 
 
 @dataclass
@@ -54,7 +76,9 @@ class _Watched:
     health_url: str
     check: str  # how the reason names the check: "GET /health on port 8080"
     ready: bool
+    since: float = 0.0  # monotonic time it was first probed while starting
     failures: int = 0
+    reported: str = ""  # the last result given to `on_probe`
     failed: bool = False
     rechecking: bool = False
     task: asyncio.Task[None] | None = None
@@ -63,11 +87,20 @@ class _Watched:
 class HealthProber:
     """See the module docstring for the contract."""
 
-    def __init__(self, routes: RouteTable, settings: Settings, *, on_ready: OnReady, on_unhealthy: OnUnhealthy) -> None:
+    def __init__(
+        self,
+        routes: RouteTable,
+        settings: Settings,
+        *,
+        on_ready: OnReady,
+        on_unhealthy: OnUnhealthy,
+        on_probe: OnProbe | None = None,
+    ) -> None:
         self.routes = routes
         self.settings = settings
         self.on_ready = on_ready
         self.on_unhealthy = on_unhealthy
+        self.on_probe = on_probe
         self._watched: dict[str, _Watched] = {}
         self._callbacks: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
@@ -98,7 +131,13 @@ class HealthProber:
         if current is not None:
             self.unwatch(worker_id)
         watched = _Watched(
-            endpoint_id, worker_id, address, health_url, check or f"GET {urlsplit(health_url).path}", ready
+            endpoint_id,
+            worker_id,
+            address,
+            health_url,
+            check or f"GET {urlsplit(health_url).path}",
+            ready,
+            since=asyncio.get_running_loop().time(),
         )
         self._watched[worker_id] = watched
         if ready:
@@ -163,23 +202,25 @@ class HealthProber:
                 await asyncio.sleep(settings.worker_probe_interval)
 
     async def _probe(self, url: str) -> tuple[bool, str]:
-        """(healthy, what was seen): healthy is a 200 answer."""
+        """(healthy, `probe_result`): healthy is a 200 answer."""
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.settings.health_check_timeout)
         try:
             answer = await self._client.get(url)
-        except httpx.TimeoutException:
-            return False, f"no answer within {self.settings.health_check_timeout:g} s"
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            return False, str(exc) or type(exc).__name__
-        if answer.status_code == 200:
-            return True, ""
-        return False, f"answered {answer.status_code}"
+            return False, probe_result(exc)
+        return answer.status_code == 200, probe_result(None, answer.status_code)
 
     def _record(self, watched: _Watched, healthy: bool, detail: str) -> None:
         """Count one probe's result. Runs without awaiting, so the table changes before anyone else runs."""
         if watched.failed or self._watched.get(watched.worker_id) is not watched:
             return  # unwatched or replaced while the probe was in flight
+        if not watched.ready and not healthy:
+            self._starting_failed(watched, detail)
+            return
+        if detail != watched.reported and self.on_probe is not None:
+            watched.reported = detail
+            self._spawn(self.on_probe(watched.endpoint_id, watched.worker_id, detail))
         if healthy:
             watched.failures = 0
             if not watched.ready:
@@ -187,8 +228,6 @@ class HealthProber:
                 self.routes.worker_ready(watched.endpoint_id, watched.worker_id, watched.address)
                 self._spawn(self.on_ready(watched.endpoint_id, watched.worker_id))
             return
-        if not watched.ready:
-            return  # still starting: refusals are normal until it listens; the reconciler enforces the timeout
         watched.failures += 1
         if watched.failures < self.settings.health_check_failures:
             return
@@ -196,6 +235,27 @@ class HealthProber:
         self.routes.worker_gone(watched.endpoint_id, watched.worker_id)
         times = "once" if watched.failures == 1 else f"{watched.failures} times in a row"
         reason = f"health check {watched.check} failed {times}: {detail}"
+        self._spawn(self.on_unhealthy(watched.endpoint_id, watched.worker_id, reason))
+
+    def _starting_failed(self, watched: _Watched, detail: str) -> None:
+        """A failed probe of a starting worker: refusals are normal until it listens, so only one failure per
+        `health_check_interval` counts, and `health_startup_failures` of them fail it."""
+        interval, limit = self.settings.health_check_interval, self.settings.health_startup_failures
+        counted = int((asyncio.get_running_loop().time() - watched.since) // interval)
+        if detail == watched.reported and counted <= watched.failures:
+            return
+        watched.failures, watched.reported = counted, detail
+        if self.on_probe is not None:
+            self._spawn(self.on_probe(watched.endpoint_id, watched.worker_id, detail))
+        if counted < limit:
+            return
+        watched.failed = True
+        reason = (
+            f"health check {watched.check} failed {counted} times in {counted * interval:g} s after its container "
+            f"started: {detail}; set the port and path it serves with `dockyard endpoints update "
+            f"{watched.endpoint_id} --health-port PORT --health-path PATH`, or read its output with "
+            f"`dockyard endpoints logs {watched.endpoint_id}`"
+        )
         self._spawn(self.on_unhealthy(watched.endpoint_id, watched.worker_id, reason))
 
     def _spawn(self, callback: Awaitable[None]) -> None:

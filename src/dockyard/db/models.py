@@ -9,7 +9,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dockyard.core.status import (
@@ -298,6 +310,25 @@ class WorkerModel(Versioned, Base):
     # authenticates that worker's job-take, job-done, stream and ping calls, and nothing else.
     key_hash: Mapped[str] = mapped_column(String(64), default="", index=True)
     last_seen_at: Mapped[datetime | None] = mapped_column(default=None)  # an async worker's last webhook call
+    first_seen_at: Mapped[datetime | None] = mapped_column(default=None)  # and its first
+    # A starting or ready worker's last health probe that differed from the one before, or counted against it
+    # (control/prober.py `probe_result`: "ok", "connection refused", "status 404", "timeout").
+    last_probe_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_probe_result: Mapped[str] = mapped_column(String(64), default="")
+
+
+class WorkerLogModel(Base):
+    """A removed worker's output, kept for `worker_log_retention_seconds` after its container went
+    (reconcilers/endpoint_logs.py): its last `worker_log_bytes`, each line led by the engine's RFC 3339 time."""
+
+    __tablename__ = "worker_logs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[str] = mapped_column(String(36))
+    worker_id: Mapped[str] = mapped_column(String(36))
+    output: Mapped[bytes] = mapped_column(LargeBinary)
+    removed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class EventModel(Base):

@@ -23,13 +23,17 @@ One pass:
    probes fail it within `health_check_failures` intervals if it is not, and holding every request until a
    probe succeeded would stall a whole endpoint after each restart.
 3. **Observe workers**: a starting or ready worker whose container exited is `failed` ("exited with code 3"),
-   one whose container vanished is failed after `missing_debounce_seconds`, one still starting after
-   `worker_startup_timeout` is failed naming its health check. A failed worker's container is stopped and
-   kept for its logs, and its GPUs released; only the three newest failed workers per endpoint are kept.
-   An async endpoint's worker runs a worker SDK that serves no HTTP and is never probed: it is recorded
-   `ready` once it has called one of its webhooks (`last_seen_at`; its first call wakes this loop), and
-   failed when none came within `worker_startup_timeout`. Its container is created with a fresh webhook key
-   whose hash is recorded on the row first; draining, it is retired once it holds no job.
+   one whose container vanished is failed after `missing_debounce_seconds`. A starting worker whose health
+   check keeps failing is failed by the prober after `health_startup_failures` checks, naming its last result
+   (each result it sees is recorded on the row, `last_probe_*`); one still starting after
+   `worker_startup_timeout` is failed naming its health check all the same. A failed worker's container is
+   stopped and kept for its logs, and its GPUs released; only the three newest failed workers per endpoint
+   are kept. An async endpoint's worker runs a worker SDK that serves no HTTP and is never probed: it is
+   recorded `ready` once it has called one of its webhooks (`last_seen_at`; its first call wakes this loop),
+   and failed when none came within `worker_call_in_timeout` of its container starting, naming the URL it was
+   given. Its container is created with a fresh webhook key whose hash is recorded on the row first;
+   draining, it is retired once it holds no job. A worker's output is kept before its container is removed
+   (reconcilers/endpoint_logs.py).
 4. **Plan and act**, concurrently across workers (at most eight at once), each write guarded:
    - *Scale*: live workers of the current generation (pending, starting, ready, not draining) are brought to
      `desired_replicas` clamped to min/max: missing ones are inserted `pending` and started in the same
@@ -71,17 +75,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from dockyard.context import ServerContext
-from dockyard.control.prober import HealthProber
+from dockyard.control.prober import OK, HealthProber
 from dockyard.control.reports import held_elsewhere, remote_figures
 from dockyard.control.route_sync import forget_others, publish_worker
 from dockyard.core.loops import LoopName
@@ -111,6 +116,7 @@ from dockyard.reconcilers.endpoints_workers import (
     to_reap,
     wanted_replicas,
 )
+from dockyard.services import endpoint_logs
 from dockyard.services.endpoints import route_config
 from dockyard.services.worker_runspec import KIND_WORKER
 from dockyard.services.worker_webhooks import KIND_ENDPOINT
@@ -119,6 +125,7 @@ log = logging.getLogger(__name__)
 
 COLD_START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 # A present image starts in a fraction of a second; a pull takes minutes.
+PRUNE_EVERY = 60.0  # seconds between deletions of removed workers' output past its retention
 CONTAINER_START_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -161,12 +168,17 @@ class EndpointReconciler(RuntimeLoop):
         super().__init__(context, "worker")
         self.routes = routes
         self.prober = HealthProber(
-            routes, context.settings, on_ready=self.on_worker_ready, on_unhealthy=self.on_worker_unhealthy
+            routes,
+            context.settings,
+            on_ready=self.on_worker_ready,
+            on_unhealthy=self.on_worker_unhealthy,
+            on_probe=self.on_worker_probed,
         )
         # A worker the proxy could not reach is probed again at once.
         self._listening = context.planes.subscribe(worker_unreachable=self.prober.recheck)
         self.crash_loops: dict[str, CrashLoop] = {}
         self._missing_since: dict[str, datetime] = {}
+        self._next_prune = 0.0  # monotonic seconds
         self._metrics = _metrics_for(context.registry)
 
     async def close(self) -> None:
@@ -229,6 +241,7 @@ class EndpointReconciler(RuntimeLoop):
             self._drop_routes(gone)
         grace = settings.zombie_grace_seconds
         await self._orphans.sweep(orphans, observation, self.context.runtimes, grace)
+        await self._prune_output()
         self._export({endpoint_id: left for endpoint_id, left in after.items() if endpoint_id not in gone})
 
     async def _observe(self) -> Observation:
@@ -237,6 +250,15 @@ class EndpointReconciler(RuntimeLoop):
         for idc_id, why in observation.unreachable.items():
             log.info("endpoints: the runtime of IDC %s cannot be reached (%s); its endpoints wait", idc_id, why)
         return observation
+
+    async def _prune_output(self) -> None:
+        """Removed workers' output past its retention goes (`endpoint_logs.prune`), checked at most every
+        `PRUNE_EVERY` seconds, or twice per retention period where that is shorter."""
+        settings, now = self.context.settings, time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + min(PRUNE_EVERY, settings.worker_log_retention_seconds / 2)
+        await endpoint_logs.prune(self.context.db, endpoint_logs.retention_cutoff(settings))
 
     def _push(self, workers: list[WorkerModel]) -> None:
         """Make the routing table and the prober agree with the worker rows (step 2; control/route_sync.py's rule)."""
@@ -403,6 +425,8 @@ class EndpointReconciler(RuntimeLoop):
                 "status": WorkerStatus.READY,
                 "health": True,
                 "reason": f"ready: answered its health check {cold:.1f} s after it was wanted",
+                "last_probe_at": answered,
+                "last_probe_result": OK,
             }
             event = ("WorkerReady", f"ready after a cold start of {cold:.1f} s")
             written = await guarded_write(session, WorkerModel, worker_id, worker.version, values, _of(worker), event)
@@ -421,7 +445,9 @@ class EndpointReconciler(RuntimeLoop):
             self.routes.worker_gone(endpoint_id, worker.id)
 
     async def on_worker_unhealthy(self, endpoint_id: str, worker_id: str, reason: str) -> None:
-        """The prober took a ready worker out after failed health checks: record `failed`; it is replaced."""
+        """The prober took a ready worker out after failed health checks, or gave up on a starting one: record
+        `failed`; it is replaced. A starting one counts towards its endpoint's crash loop, as any worker that
+        fails before it was ever ready."""
         async with self.context.db.write() as session:
             worker = await session.get(WorkerModel, worker_id)
             if worker is None or worker.status not in (WorkerStatus.STARTING, WorkerStatus.READY):
@@ -429,8 +455,29 @@ class EndpointReconciler(RuntimeLoop):
             values = {"status": WorkerStatus.FAILED, "health": False, "reason": reason}
             event = ("WorkerFailed", reason)
             written = await guarded_write(session, WorkerModel, worker_id, worker.version, values, _of(worker), event)
-        if written:
-            self.context.wake(LoopName.ENDPOINTS)
+        if not written:
+            return
+        if worker.status == WorkerStatus.STARTING:
+            loop = self.crash_loops.get(endpoint_id)
+            if loop is None or loop.generation != worker.generation:
+                loop = self.crash_loops[endpoint_id] = CrashLoop(worker.generation)
+            loop.failed(reason)
+        self.context.wake(LoopName.ENDPOINTS)
+
+    async def on_worker_probed(self, endpoint_id: str, worker_id: str, result: str) -> None:
+        """Record what the prober saw on the worker's row for its views, leaving the row's version and
+        `modified_at` as they are: this is no change of state, and the reconciler's guarded writes and
+        timeouts rely on them."""
+        async with self.context.db.write() as session:
+            await session.execute(
+                update(WorkerModel)
+                .where(
+                    WorkerModel.id == worker_id,
+                    WorkerModel.status.in_((WorkerStatus.STARTING, WorkerStatus.READY)),
+                )
+                .values(last_probe_at=utcnow(), last_probe_result=result, modified_at=WorkerModel.modified_at)
+                .execution_options(synchronize_session=False)
+            )
 
 
 def _of(worker: WorkerModel) -> EventTarget:

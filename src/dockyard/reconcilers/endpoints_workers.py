@@ -15,7 +15,7 @@ An async endpoint's worker runs a worker SDK that serves no HTTP, so it is never
 it a fresh webhook key and records the key's hash on the row before the container that holds the key exists
 (a container left from an earlier try holds an older key, so it is removed first); the worker's first webhook
 call stamps `last_seen_at` and wakes the loop, and `observe` then records it `ready`, or fails it when no call
-came within `worker_startup_timeout`; a draining one is retired once it holds no job.
+came within `worker_call_in_timeout` (`never_called_in` says why); a draining one is retired once it holds no job.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from typing import Any
 
 from prometheus_client import Histogram
 
+from dockyard.config import LOOPBACK_HOSTS, Settings
 from dockyard.control.prober import HealthProber
 from dockyard.control.route_sync import publish_worker
-from dockyard.core.status import EndpointType, WorkerStatus
+from dockyard.core.status import DesiredState, EndpointType, WorkerStatus
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
@@ -50,10 +51,11 @@ from dockyard.reconcilers.core import (
     launch,
     place,
 )
-from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject
+from dockyard.runtimes.base import ObjectState, Runtime, RuntimeFailure, RuntimeObject, RuntimeUnavailable
 from dockyard.secrets import hash_api_key
-from dockyard.services import quotas, registry_auths
+from dockyard.services import endpoint_logs, quotas, registry_auths
 from dockyard.services.worker_runspec import (
+    WEBHOOK_PREFIX,
     WebhookAccess,
     build_worker_run_spec,
     health_check,
@@ -195,12 +197,8 @@ class WorkerTask:
             )
             if await self.writer.apply(ready):
                 self.state.crash_loops.pop(self.endpoint.id, None)
-        elif self.state.now - worker.modified_at > timedelta(seconds=settings.worker_startup_timeout):
-            await self.fail(
-                f"called neither its job-take nor its ping webhook within {settings.worker_startup_timeout:g} s of "
-                f"the container starting: its logs say why; it must run a ppio-gpus or runpod worker that can reach "
-                f"{webhook_base_url(settings)}"
-            )
+        elif self.state.now - worker.modified_at > timedelta(seconds=settings.worker_call_in_timeout):
+            await self.fail(never_called_in(settings, self.endpoint.id))
 
     async def fail(self, reason: str, *, remove: bool = False) -> None:
         """Mark the worker failed (it is replaced because fewer live workers than wanted remain). Its container
@@ -263,8 +261,10 @@ class WorkerTask:
         await self.retire("WorkerRemoved", "drained and removed")
 
     async def retire(self, event_type: str, message: str) -> None:
-        """Remove the worker's container, then its row; the gateway forgets it."""
+        """Keep the worker's output (`services.endpoint_logs`), remove its container, then its row; the gateway
+        forgets it."""
         target = self.object.id if self.object is not None else worker_object_name(self.worker.id)
+        await self._keep_output(target)
         try:
             await self.runtime.remove(target)
         except RuntimeFailure as exc:
@@ -274,6 +274,25 @@ class WorkerTask:
             self.state.routes.worker_gone(self.endpoint.id, self.worker.id)
             self.state.prober.unwatch(self.worker.id)
             self.state.missing_since.pop(self.worker.id, None)
+
+    async def _keep_output(self, target: str) -> None:
+        """Hand the output of the container about to be removed to `endpoint_logs.keep`. None is kept of an
+        endpoint being deleted (its kept output goes with it) or of a worker that never had a container; a read
+        that fails keeps nothing rather than holding the removal up."""
+        settings, worker = self.state.settings, self.worker
+        if not settings.worker_log_bytes or not worker.runtime_id or self.endpoint.desired == DesiredState.DELETED:
+            return
+        output = bytearray()
+        try:
+            async for chunk in self.runtime.logs(target, tail=endpoint_logs.KEEP_TAIL_LINES, timestamps=True):
+                output += chunk
+                if len(output) > 2 * settings.worker_log_bytes:
+                    # One byte more than kept, so that `keep` still drops the line this cut in two.
+                    del output[: len(output) - settings.worker_log_bytes - 1]
+        except (RuntimeFailure, RuntimeUnavailable) as exc:
+            log.info("the output of worker %s could not be read before its removal: %s", worker.id, exc)
+            return
+        await endpoint_logs.keep(self.state.db, worker, bytes(output), settings=settings)
 
     async def start(self) -> None:
         """pending -> starting: wait out the crash-loop backoff, place it (node, GPUs), create and start its
@@ -382,6 +401,27 @@ class WorkerTask:
             await self.writer.apply(Update({"reason": f"waiting to be placed: {placed.reason}"}))
             return None
         return placed
+
+
+def never_called_in(settings: Settings, endpoint_id: str) -> str:
+    """Why an async worker that made no webhook call was failed: the URL it was given (no key is in it) and the
+    likely cause, the server listening where no container reaches it."""
+    url = f"{webhook_base_url(settings)}{WEBHOOK_PREFIX}/{endpoint_id}/job-take/"
+    if settings.host in LOOPBACK_HOSTS and not settings.worker_webhook_url:
+        cause = (
+            f"the server listens on {settings.host} only, which no container reaches: start it with "
+            "`dockyard server --host 0.0.0.0` (DOCKYARD_HOST), or set DOCKYARD_WORKER_WEBHOOK_URL to an address "
+            "the workers reach"
+        )
+    else:
+        cause = (
+            "check that the image runs a ppio-gpus or runpod worker and that the URL is reachable from the "
+            f"workers (DOCKYARD_WORKER_WEBHOOK_URL); its output says more: `dockyard endpoints logs {endpoint_id}`"
+        )
+    return (
+        f"never called in: no job-take or ping webhook call within {settings.worker_call_in_timeout:g} s of its "
+        f"container starting; it was given {url}; {cause}"
+    )
 
 
 @dataclass

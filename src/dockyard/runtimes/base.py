@@ -233,10 +233,17 @@ class Runtime(Protocol):
         ...
 
     def logs(
-        self, object_id: str, *, tail: int | None = None, follow: bool = False, since: datetime | None = None
+        self,
+        object_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        since: datetime | None = None,
+        timestamps: bool = False,
     ) -> AsyncIterator[bytes]:
         """Its output (stdout and stderr interleaved), the last `tail` lines, since `since` (at or before the
-        epoch: from the beginning); with `follow`, until it stops or the consumer closes the iterator. Raises
+        epoch: from the beginning); with `follow`, until it stops or the consumer closes the iterator; with
+        `timestamps`, each line led by the time it was written (RFC 3339, UTC, up to nanoseconds) and a space. Raises
         `RuntimeFailure` when the object does not exist or the runtime refuses the read."""
         ...
 

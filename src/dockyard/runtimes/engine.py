@@ -445,7 +445,13 @@ class EngineRuntime:
         ]
 
     async def logs(
-        self, object_id: str, *, tail: int | None = None, follow: bool = False, since: datetime | None = None
+        self,
+        object_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        since: datetime | None = None,
+        timestamps: bool = False,
     ) -> AsyncIterator[bytes]:
         client, _ = await self._ready()
         # The SDK refuses a `since` at or before the epoch (InvalidArgument) where the engine would answer all.
@@ -460,6 +466,7 @@ class EngineRuntime:
                 follow=follow,
                 tail=tail if tail is not None else "all",
                 since=seconds if seconds > 0 else None,
+                timestamps=timestamps,
             )
         except NotFound as error:
             raise RuntimeFailure(f"container {object_id} not found: it may have been removed") from error

@@ -31,7 +31,10 @@ CUDA_PATTERN = r"^(\d{1,3}\.\d{1,3})?$"
 _COMMAND = "The start command as a shell would split it; replaces the image's CMD. Empty keeps the image's."
 _ENTRYPOINT = "Replaces the image's ENTRYPOINT, split like `command`. Empty keeps the image's."
 _ENVS = "Values are stored encrypted and answered masked; sending a masked value back keeps the stored secret."
-_HEALTH = "GET `path` on `port` must answer 200 for a worker to be ready; default: the first port, `/health`."
+_HEALTH = (
+    "GET `path` on `port` must answer 200 for a sync worker to be ready; default: the first port, `/health`. "
+    "Async workers are never probed."
+)
 
 
 class WorkerConfig(SnakeModel):
@@ -94,7 +97,7 @@ class EndpointEnv(SnakeModel):
 
 class HealthCheckIn(SnakeModel):
     path: UrlPath = Field(default="/health", description="requested as http://<worker>:<port><path>")
-    port: int = Field(ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535, description="omitted: the endpoint's first port")
 
 
 class HealthCheckOut(SnakeModel):

@@ -19,10 +19,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SINCE_FORMATS = "expected RFC 3339 (2024-05-01T12:00:00Z) or unix seconds (1714564800)"
 
 
-def parse_since(value: str | None) -> datetime | None:
+def parse_since(value: str | None, field: str = "since") -> datetime | None:
     """RFC 3339 (`2024-05-01T12:00:00Z`) or unix seconds (`1714564800`). None, meaning from the beginning, when
     absent or at or before the epoch (`0`, `-1`, `1970-01-01T00:00:00Z`); a time in the future is kept (no
-    output yet). Raises `InvalidField` on `since` for anything else: not a time, not finite, past year 9999."""
+    output yet). Raises `InvalidField` on `field` for anything else: not a time, not finite, past year 9999."""
     if value is None or not value.strip():
         return None
     text = value.strip()
@@ -32,17 +32,17 @@ def parse_since(value: str | None) -> datetime | None:
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
-            raise InvalidField("since", _SINCE_FORMATS) from None
+            raise InvalidField(field, _SINCE_FORMATS) from None
         parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     else:
         if not math.isfinite(seconds):
-            raise InvalidField("since", f"{text} is not a time; {_SINCE_FORMATS}")
+            raise InvalidField(field, f"{text} is not a time; {_SINCE_FORMATS}")
         if seconds <= 0:
             return None
         try:
             parsed = datetime.fromtimestamp(seconds, UTC)
         except (ValueError, OverflowError, OSError):
-            raise InvalidField("since", f"{text} is past year 9999; send a time before it, or omit since") from None
+            raise InvalidField(field, f"{text} is past year 9999; send a time before it, or omit {field}") from None
     return None if parsed <= _EPOCH else parsed
 
 

@@ -16,7 +16,13 @@ from dockyard.context import ServerContext
 from dockyard.core.callers import Principal
 from dockyard.db.models import EndpointModel, NodeModel, WorkerModel
 from dockyard.errors import Conflict, NotFound
-from dockyard.schemas.endpoint_workers import EndpointEvent, EndpointEventList, WorkerDetail, WorkerList
+from dockyard.schemas.endpoint_workers import (
+    EndpointEvent,
+    EndpointEventList,
+    LastProbe,
+    WorkerDetail,
+    WorkerList,
+)
 from dockyard.services import endpoints, events
 from dockyard.services.container_logs import open_runtime_logs
 
@@ -48,6 +54,13 @@ async def list_workers(
                 node_id=worker.node_id,
                 created_at=worker.created_at,
                 updated_at=worker.modified_at,
+                last_probe=(
+                    LastProbe(at=worker.last_probe_at, result=worker.last_probe_result)
+                    if worker.last_probe_at is not None
+                    else None
+                ),
+                first_call_at=worker.first_seen_at,
+                last_call_at=worker.last_seen_at,
             )
             for wire, worker in zip(shown, workers, strict=True)
         ]

@@ -56,6 +56,7 @@ from dockyard.schemas.endpoints import (
 from dockyard.secrets import SecretBox
 from dockyard.services import idempotency, network_storages, products, quotas, registry_auths
 from dockyard.services.tenancy import owned_row
+from dockyard.services.worker_runspec import health_check as effective_health_check
 from dockyard.services.workloads import decrypt_envs, encrypt_envs, masked_envs, split_command
 
 CREATE_OPERATION = "POST /gpus/v2/endpoints"
@@ -148,10 +149,12 @@ def _ports(ports: Sequence[int]) -> list[PortSpec]:
 
 
 def _health_check(health_check: HealthCheckIn | None, ports: Sequence[PortSpec]) -> HealthCheck:
-    """The given health check, or `/health` on the first port (the WorkloadSpec's default port when none)."""
-    if health_check is not None:
-        return HealthCheck(path=health_check.path, port=health_check.port)
-    return HealthCheck(port=ports[0].container_port) if ports else HealthCheck()
+    """The given health check, its port or all of it defaulting to `/health` on the first port (the WorkloadSpec's
+    default port when none)."""
+    default = HealthCheck(port=ports[0].container_port) if ports else HealthCheck()
+    if health_check is None:
+        return default
+    return HealthCheck(path=health_check.path, port=default.port if health_check.port is None else health_check.port)
 
 
 def _template(spec: WorkloadSpec, box: SecretBox, product_id: str, region_id: str) -> dict[str, Any]:
@@ -245,7 +248,7 @@ def endpoint_url(row: EndpointModel, settings: Settings) -> str:
 
 def to_wire(row: EndpointModel, workers: Sequence[WorkerModel], context: ServerContext) -> Endpoint:
     spec = WorkloadSpec.model_validate(row.spec)
-    health = spec.health_check or HealthCheck()
+    health = effective_health_check(spec)
     public = context.settings.resolved_public_url
     return Endpoint(
         id=row.id,

@@ -139,7 +139,12 @@ def worker_object_name(worker_id: str) -> str:
 
 
 def health_check(spec: WorkloadSpec) -> HealthCheck:
-    return spec.health_check or HealthCheck()
+    """The health check a sync worker is probed with: the spec's, else `/health` on the first port (port 80 only
+    for a spec with no port at all, which is then also where requests go). A spec stored without one (an endpoint
+    made before the API filled in the default) so gets the same default as a new one."""
+    if spec.health_check is not None:
+        return spec.health_check
+    return HealthCheck(port=spec.ports[0].container_port) if spec.ports else HealthCheck()
 
 
 def serving_port(spec: WorkloadSpec) -> int:

@@ -37,9 +37,10 @@ exactly one worker's webhooks and only its endpoint's jobs (an unknown key is 40
   `ppio-gpus` SDK has no stop channel: a cancelled job it runs stays `CANCELLED` and its late result is ignored
   as above.
 
-Every call is proof the worker is alive: `last_seen_at` is stamped (at most once a second, without bumping the
-row's version or `modified_at`, which the reconciler's guarded writes and drain timeout rely on), and a
-worker's first call wakes the endpoint reconciler, which records it `ready` (reconcilers/endpoints_workers.py).
+Every call is proof the worker is alive: `last_seen_at` is stamped (at most once a second, `first_seen_at` on the
+first call; without bumping the row's version or `modified_at`, which the reconciler's guarded writes and drain
+timeout rely on), and a worker's first call wakes the endpoint reconciler, which records it `ready`
+(reconcilers/endpoints_workers.py).
 """
 
 from __future__ import annotations
@@ -121,7 +122,11 @@ async def _seen(context: ServerContext, worker: WorkerModel) -> None:
         await session.execute(
             update(WorkerModel)
             .where(WorkerModel.id == worker.id)
-            .values(last_seen_at=now, modified_at=WorkerModel.modified_at)
+            .values(
+                last_seen_at=now,
+                first_seen_at=func.coalesce(WorkerModel.first_seen_at, now),
+                modified_at=WorkerModel.modified_at,
+            )
             .execution_options(synchronize_session=False)
         )
     if worker.last_seen_at is None:
