@@ -162,6 +162,11 @@ def test_the_reason_of_an_async_worker_that_never_called_in_names_its_url_and_th
     assert "it was given http://10.0.0.5:8080/gpus/v2/workers/ep-1/job-take/;" in reason
     assert "`dockyard endpoints logs ep-1`" in reason
     assert "listens on" not in reason
+    # The reason reaches the tenant: credentials in the operator's URL never do.
+    secret = Settings(host="0.0.0.0", worker_webhook_url="http://op:hunter2@10.0.0.5:8080", worker_call_in_timeout=60)
+    reason = never_called_in(secret, "ep-1")
+    assert "hunter2" not in reason
+    assert "it was given http://***@10.0.0.5:8080/gpus/v2/workers/ep-1/job-take/;" in reason
 
 
 async def test_a_starting_worker_failing_its_probes_is_failed_by_the_prober_and_counts_towards_the_crash_loop(

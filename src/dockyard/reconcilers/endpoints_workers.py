@@ -39,6 +39,7 @@ from dockyard.db.base import utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
 from dockyard.gateway.routes import RouteTable
 from dockyard.gpus.allocation import GpuAllocator, NodeInventory, Unschedulable
+from dockyard.outbound import redact_url
 from dockyard.reconcilers.core import (
     Delete,
     Demand,
@@ -405,8 +406,9 @@ class WorkerTask:
 
 def never_called_in(settings: Settings, endpoint_id: str) -> str:
     """Why an async worker that made no webhook call was failed: the URL it was given (no key is in it) and the
-    likely cause, the server listening where no container reaches it."""
-    url = f"{webhook_base_url(settings)}{WEBHOOK_PREFIX}/{endpoint_id}/job-take/"
+    likely cause, the server listening where no container reaches it. The URL is redacted: an operator's
+    DOCKYARD_WORKER_WEBHOOK_URL may carry credentials, and the reason is shown to the tenant."""
+    url = redact_url(f"{webhook_base_url(settings)}{WEBHOOK_PREFIX}/{endpoint_id}/job-take/")
     if settings.host in LOOPBACK_HOSTS and not settings.worker_webhook_url:
         cause = (
             f"the server listens on {settings.host} only, which no container reaches: start it with "
