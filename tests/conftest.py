@@ -26,6 +26,17 @@ from tests.pg import PostgresServer, postgres_available
 
 pytest_plugins = ["tests.engine"]
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run every test that uses the container engine on one parallel worker, one after another (the suite runs
+    under pytest-xdist's `--dist loadgroup`): Podman 4's netavark lifts every network's isolation for the moment
+    between one network's removal and the next container start, so a test removing its networks beside another
+    test that checks isolation would see the other's failure. Tests of the database and the logic share the
+    other workers."""
+    for item in items:
+        if "engine_url" in getattr(item, "fixturenames", ()) or item.get_closest_marker("engine"):
+            item.add_marker(pytest.mark.xdist_group("engine"))
+
 ADMIN_TOKEN = "test-admin-token"
 
 
