@@ -37,6 +37,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "engine_url" in getattr(item, "fixturenames", ()) or item.get_closest_marker("engine"):
             item.add_marker(pytest.mark.xdist_group("engine"))
 
+
 ADMIN_TOKEN = "test-admin-token"
 
 
