@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     health_check_failures: int = Field(default=3, ge=1)  # failed probes in a row before a ready worker is replaced
     worker_startup_timeout: float = Field(default=600.0, gt=0)  # created -> ready, image pull included
     worker_drain_timeout: float = Field(default=300.0, ge=0)  # a draining worker is removed after this, busy or not
+    # An async worker started this long ago that has never called its webhooks is shown as the reason its
+    # endpoint's jobs wait (services/waits.py), with the URL it was given.
+    worker_call_in_seconds: float = Field(default=30.0, gt=0)
     # Async jobs. A worker's lease on a job lasts `job_lease_seconds` from its last ping (the SDKs ping every
     # 10 s), so a dead worker's job is back in the queue within that; after `job_max_attempts` takes it fails.
     job_lease_seconds: float = Field(default=30.0, gt=0)

@@ -104,7 +104,17 @@ async def test_run_commits_and_status_answers_on_both_bases(harness: Harness, cl
     for base in ("/v1", "/v2"):
         answer = await client.get(f"{base}/{endpoint_id}/status/{job_id}")
         assert answer.status_code == 200, answer.text
-        assert answer.json() == {"id": job_id, "status": "IN_QUEUE", "delayTime": 0, "executionTime": 0}
+        view = answer.json()
+        reason = view.pop("reason")
+        assert view == {
+            "id": job_id,
+            "status": "IN_QUEUE",
+            "delayTime": 0,
+            "executionTime": 0,
+            "position": 1,
+            "estimatedStartAt": None,  # no job was taken yet: nothing to estimate from
+        }
+        assert reason["code"] == "SCALING_FROM_ZERO"
 
     await take(harness, endpoint_id)
     await finish(harness, job_id, JobStatus.COMPLETED, output={"text": "hello"})
@@ -300,6 +310,7 @@ async def test_health_counts(harness: Harness, client: httpx.AsyncClient) -> Non
         "jobs": {"completed": 1, "failed": 1, "inProgress": 1, "inQueue": 2, "retried": 0},
         # RunPod's six worker states, from ours.
         "workers": {"idle": 1, "initializing": 2, "ready": 2, "running": 1, "throttled": 0, "unhealthy": 1},
+        "reason": None,  # two ready workers of the two it may have: the queue moves, nothing blocks it
     }
     await take(harness, endpoint_id, ready_b)
     workers_now = (await client.get(f"/v2/{endpoint_id}/health")).json()["workers"]
