@@ -108,6 +108,12 @@ class RouteTable:
                 queue_limit=config.queue_limit, max_concurrent_per_worker=config.max_concurrent_per_worker
             )
 
+    def demand(self, endpoint_id: str) -> None:
+        """Tell the control plane that a request wanted the endpoint although none of its workers could take it
+        (one it refused at once, a failed endpoint's): as the dispatcher does for a request it queues."""
+        if self.on_demand is not None:
+            self.on_demand(endpoint_id)
+
     def remove(self, endpoint_id: str) -> None:
         """Stop serving the endpoint; requests still queued for it time out at their deadline."""
         self._routes.pop(endpoint_id, None)
@@ -117,8 +123,7 @@ class RouteTable:
         endpoint_id = config.endpoint_id
 
         def on_demand() -> None:
-            if self.on_demand is not None:
-                self.on_demand(endpoint_id)
+            self.demand(endpoint_id)
 
         return EndpointDispatcher(
             queue_limit=config.queue_limit,

@@ -76,6 +76,8 @@ def route_config(row: EndpointModel, settings: Settings) -> EndpointConfig:
         request_timeout=float(config["request_timeout"]),
         max_concurrent_per_worker=int(config["max_concurrent_per_worker"]),
         queue_limit=settings.gateway_queue_limit,
+        status=row.status,
+        reason=row.reason,
     )
 
 
