@@ -43,6 +43,7 @@ from dockyard.db.base import guarded_update, new_id, retry_stale, utcnow
 from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerModel
 from dockyard.errors import ApiError, Conflict, InvalidField, NotFound, PayloadTooLarge
 from dockyard.job_queue.inserts import Limit
+from dockyard.job_queue.metrics import job_metrics
 from dockyard.schemas.jobs import (
     EndpointHealth,
     JobAccepted,
@@ -364,10 +365,10 @@ async def cancel(
     to stop at its next ping or job-done; a finished one is answered unchanged."""
     owner = (await async_endpoint(session, principal, endpoint_id)).id  # a string: a rollback expires rows
 
-    async def change() -> tuple[JobView, bool, str]:
+    async def change() -> tuple[JobView, bool, str, bool]:
         job = await _job(session, owner, job_id)
         if job.status.final:
-            return JobView.model_validate(job_view(job)), False, ""
+            return JobView.model_validate(job_view(job)), False, "", False
         holder = job.worker_id if job.status == JobStatus.IN_PROGRESS else ""
         values = finish_values(job, JobStatus.CANCELLED, now=utcnow(), outcome="cancelled by the client")
         for name, value in {**values, "cancel_requested": bool(holder)}.items():
@@ -375,9 +376,11 @@ async def cancel(
         await session.flush()
         view = JobView.model_validate(job_view(job))
         await session.commit()
-        return view, bool(job.webhook), holder
+        return view, bool(job.webhook), holder, True
 
-    view, changed, holder = await retry_stale(session, change)
+    view, changed, holder, ended = await retry_stale(session, change)
+    if ended:
+        job_metrics(context.registry).ended(owner, JobStatus.CANCELLED)
     context.job_signals.notify_changed(job_id)
     if holder:
         context.job_signals.notify_worker(holder)  # its held job-stop poll answers now
@@ -432,6 +435,7 @@ async def purge_queue(
         if await guarded_update(session, JobModel, job.id, job.version, **values):
             removed.append(job)
     await session.commit()
+    job_metrics(context.registry).ended(endpoint.id, JobStatus.CANCELLED, len(removed))
     for job in removed:
         context.job_signals.notify_changed(job.id)
     if any(job.webhook for job in removed):
