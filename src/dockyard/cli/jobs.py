@@ -14,7 +14,7 @@ from rich.table import Table
 
 from dockyard.cli.config import target
 from dockyard.cli.options import JsonOption, read_data
-from dockyard.cli.output import fail, handle_errors, live_wait, print_created, print_json, print_table
+from dockyard.cli.output import fail, handle_errors, live_wait, print_created, print_json, print_table, stderr
 from dockyard.client import ApiError, Client, Json
 from dockyard.client_jobs import FINAL_STATUSES
 
@@ -51,6 +51,18 @@ def _time(value: Any) -> str:
     if isinstance(value, int | float):
         return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return escape(str(value or ""))
+
+
+def reason_rows(reason: Any) -> list[list[str]]:
+    """The rows that show a blocking reason (services/waits.py): its code and since when, then its message;
+    none when nothing blocks."""
+    if not isinstance(reason, dict):
+        return []
+    since = f" since {_time(reason['since'])}" if isinstance(reason.get("since"), int) else ""
+    return [
+        ["waiting on", escape(f"{reason.get('code', '')}{since}")],
+        ["why", escape(str(reason.get("message", "")))],
+    ]
 
 
 def _compact(value: Any) -> str:
@@ -209,9 +221,12 @@ def status(ctx: typer.Context, endpoint_id: EndpointArgument, job_id: JobArgumen
         ["waited", _duration(view.get("delayTime"))],
         ["ran", _duration(view.get("executionTime"))],
     ]
-    for field, key in (("worker", "workerId"), ("retries", "retries")):
+    for field, key in (("worker", "workerId"), ("retries", "retries"), ("position", "position")):
         if key in view:
             rows.append([field, escape(str(view[key]))])
+    if view.get("estimatedStartAt"):
+        rows.append(["starts about", _time(view["estimatedStartAt"])])
+    rows.extend(reason_rows(view.get("reason")))
     if "output" in view:
         rows.append(["output", escape(_compact(view["output"]))])
     if view.get("error"):
@@ -293,3 +308,6 @@ def health(ctx: typer.Context, endpoint_id: EndpointArgument, as_json: JsonOptio
         ],
         empty="",
     )
+    if rows := reason_rows(answer.get("reason")):
+        stderr().print()
+        print_table(("FIELD", "VALUE"), rows, empty="")
