@@ -101,8 +101,8 @@ class FakeJobs:
             return view(found)
 
         def view(found: dict[str, Any]) -> dict[str, Any]:
-            keys = ("id", "status", "delayTime", "executionTime", "output", "error", "workerId", "position")
-            keys += ("estimatedStartAt", "reason")
+            keys = ["id", "status", "delayTime", "executionTime", "output", "error", "workerId", "position"]
+            keys += ["estimatedStartAt", "reason"]
             return {key: found[key] for key in keys if key in found}
 
         @fake.get("/v1/{endpoint_id}/stream/{job_id}")
