@@ -98,6 +98,10 @@ def test_workers_failing_before_ready_give_the_last_error() -> None:
     assert "exited with code 3" in found.message
     assert "dockyard endpoints logs ep1 w-last" in found.message
     assert found.since == int(first.since.timestamp())
+    # Failing workers explain a silent one too (it may be the next to fail); old failures explain nothing.
+    silent = worker(WorkerStatus.STARTING, ago=60)
+    assert code_of(facts(last, silent)) == WaitCode.WORKERS_FAILING
+    assert code_of(facts(replace(last, since=NOW - timedelta(hours=1)), silent)) == WaitCode.WORKERS_NOT_CALLING_IN
     # Failures of an older template do not count against the current one.
     assert code_of(facts(replace(first, current=False), backoff)) == WaitCode.WORKER_STARTING
 

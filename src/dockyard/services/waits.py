@@ -9,10 +9,10 @@ second, not a thousand.
 The reasons, first that applies wins (docs/troubleshooting.md says what each means and what to do):
 
 1. `ENDPOINT_FAILED`: Dockyard marked the endpoint failed (a crash loop, a spec it refuses).
-2. `WORKERS_NOT_CALLING_IN`: an async worker started longer than `call_in_seconds` ago and has never called its
+2. `WORKERS_FAILING`: no worker ready and some of the current template failed before becoming ready within
+   `FAILURES_WINDOW` (the last one's error: a worker failed for never calling in says so there).
+3. `WORKERS_NOT_CALLING_IN`: an async worker started longer than `call_in_seconds` ago and has never called its
    webhooks (with the URL it was given: a server on loopback is the usual cause).
-3. `WORKERS_FAILING`: no worker ready and some of the current template failed before becoming ready (the last
-   one's error).
 4. `NO_FREE_GPU` / `NO_ROOM`: a worker waits to be placed (the placement's own sentence).
 5. `QUOTA_REACHED`: the autoscaler's scale-up is held by the organization's quota and no worker is coming.
 6. `WORKER_STARTING`: a worker is being placed or started (since when).
@@ -43,6 +43,7 @@ from dockyard.services.worker_runspec import webhook_base_url
 
 CACHE_SECONDS = 1.0  # how long the job status view reuses an endpoint's explanation
 THROUGHPUT_WINDOW = timedelta(minutes=5)  # jobs taken in this window make the estimate of a queued job's start
+FAILURES_WINDOW = timedelta(minutes=10)  # a failed worker older than this no longer explains a wait
 _EVENTS = ("EndpointFailed", "ScaleUpHeld", "ScaledUp")
 _WAITING = (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS)
 _GONE = (WorkerStatus.FAILED, WorkerStatus.EXITED, WorkerStatus.STOPPING, WorkerStatus.DRAINING)
@@ -114,6 +115,16 @@ def blocking(facts: QueueFacts, now: datetime) -> Blocking | None:
         )
     live = [w for w in facts.workers if w.status not in _GONE and not w.drain]
     ready = [w for w in live if w.status == WorkerStatus.READY]
+    recent = now - FAILURES_WINDOW
+    failed = [w for w in facts.workers if w.status == WorkerStatus.FAILED and w.current and w.since >= recent]
+    if failed and not ready:
+        last = max(failed, key=lambda w: w.since)
+        return Blocking(
+            code=WaitCode.WORKERS_FAILING,
+            message=f"{len(failed)} worker(s) failed before becoming ready; the last: {last.reason}. "
+            f"`dockyard endpoints logs {endpoint} {last.id}` shows its output",
+            since=_unix(min(w.since for w in failed)),
+        )
     silent = [
         w
         for w in live
@@ -130,15 +141,6 @@ def blocking(facts: QueueFacts, now: datetime) -> Blocking | None:
             f"at {facts.webhook_url}; that URL must reach the server from inside a container (serve on 0.0.0.0, or "
             f"set DOCKYARD_WORKER_WEBHOOK_URL). `dockyard endpoints logs {endpoint} {worker.id}` shows its output",
             since=_unix(worker.since),
-        )
-    failed = [w for w in facts.workers if w.status == WorkerStatus.FAILED and w.current]
-    if failed and not ready:
-        last = max(failed, key=lambda w: w.since)
-        return Blocking(
-            code=WaitCode.WORKERS_FAILING,
-            message=f"{len(failed)} worker(s) failed before becoming ready; the last: {last.reason}. "
-            f"`dockyard endpoints logs {endpoint} {last.id}` shows its output",
-            since=_unix(min(w.since for w in failed)),
         )
     placing = [w for w in live if w.status == WorkerStatus.PENDING and w.reason.startswith(_PLACING)]
     if placing and not ready:
