@@ -4,13 +4,14 @@ a missing image and a worker that exits (workers failing, then the endpoint fail
 at once), an async worker that never calls in, max replicas 1 under load, a GPU product with no free GPU (a
 simulated inventory) and the organization's worker quota reached.
 
-Each server is the in-process one of tests/servers.py with fast loops; the crash-loop backoff is shortened so the
-endpoint fails within seconds."""
+The server is the in-process one of tests/servers.py with fast loops, one for the module but for max replicas (whose
+worker must reach it); the crash-loop backoff is shortened so that an endpoint fails within seconds."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dockyard.cli import app as cli_app
-from dockyard.reconcilers import endpoints_workers
+from dockyard.reconcilers import endpoints, endpoints_workers
+from tests.conftest import ADMIN_TOKEN
 from tests.servers import EngineServer, engine_server, wait_for
 
 pytestmark = pytest.mark.engine
@@ -35,12 +37,6 @@ HOLDER = (
     "any(u.urlopen(ask, timeout=60).read().strip() for _ in iter(int, 1)); "
     "time.sleep(3600)"
 )
-
-
-@pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Crash-loop backoff of 0.3 s, doubling: an endpoint is failed after its third failure within a few seconds."""
-    monkeypatch.setattr(endpoints_workers, "BACKOFF_FIRST", 0.3)
 
 
 def create(server: EngineServer, image: str, *, kind: str = "async", **fields: Any) -> str:
@@ -98,10 +94,23 @@ def endpoint_blocking(server: EngineServer, endpoint_id: str, code: str) -> dict
     return found if found is not None and found["code"] == code else None
 
 
-@pytest.fixture
-def server(tmp_path: Path, engine_url: str, fast_backoff: None) -> Iterator[EngineServer]:
-    with engine_server(tmp_path / "data", engine_url, worker_call_in_seconds=2) as running:
-        yield running
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, engine_url: str) -> Iterator[EngineServer]:
+    """One server for the module, on loopback (so async workers cannot call in), with a short call-in bound, one
+    simulated H100 on a node large enough for its product, and a short crash loop (a backoff of 0.3 s, doubling,
+    and failed at the second failure in a row)."""
+    data = tmp_path_factory.mktemp("waits")
+    gpus: dict[str, Any] = {
+        "simulated_gpus": "NVIDIA H100 80GB HBM3:1",
+        "node_cpus": 64.0,
+        "node_memory_mb": 512 * 1024,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(endpoints_workers, "BACKOFF_FIRST", 0.3)
+        # Failed at the second failure in a row, not the third: a pull of a missing image takes the engine seconds.
+        patch.setattr(endpoints, "CRASH_LOOP_FAILURES", 2)
+        with engine_server(data, engine_url, worker_call_in_seconds=2, **gpus) as running:
+            yield running
 
 
 def test_a_missing_image_and_a_worker_that_exits_fail_the_endpoint_which_answers_at_once(
@@ -190,33 +199,39 @@ def test_max_replicas_1_under_load(tmp_path: Path, engine_url: str, python_image
         assert "MAX_REPLICAS" in cli(server, tmp_path, "endpoints", "get", endpoint_id)
 
 
-def test_a_gpu_product_with_no_free_gpu(tmp_path: Path, engine_url: str, busybox_image: str) -> None:
-    # One simulated H100 (and a node large enough for the product) and an endpoint that wants two workers of it:
-    # the first holds the GPU, the second finds no node with a free one.
-    gpus = {"simulated_gpus": "NVIDIA H100 80GB HBM3:1", "node_cpus": 64.0, "node_memory_mb": 512 * 1024}
-    with engine_server(tmp_path / "data", engine_url, **gpus) as server:
-        endpoint_id = create(
-            server,
-            busybox_image,
-            product_id="serverless.h100",
-            command="sleep 3600",
-            worker_config={"min_replicas": 2, "max_replicas": 2},
-        )
-        job_id = submit(server, endpoint_id)
-        view = appears("NO_FREE_GPU", lambda: job_reason(server, endpoint_id, job_id, "NO_FREE_GPU"))
-        assert "free GPU(s) of its product" in view["reason"]["message"]
-        assert "NO_FREE_GPU" in cli(server, tmp_path, "jobs", "status", endpoint_id, job_id)
-        assert "NO_FREE_GPU" in cli(server, tmp_path, "endpoints", "get", endpoint_id)
+def test_a_gpu_product_with_no_free_gpu(server: EngineServer, busybox_image: str, tmp_path: Path) -> None:
+    # An endpoint that wants two workers of the one H100: the first holds it, the second finds no node with one free.
+    endpoint_id = create(
+        server,
+        busybox_image,
+        product_id="serverless.h100",
+        command="sleep 3600",
+        worker_config={"min_replicas": 2, "max_replicas": 2},
+    )
+    job_id = submit(server, endpoint_id)
+    view = appears("NO_FREE_GPU", lambda: job_reason(server, endpoint_id, job_id, "NO_FREE_GPU"))
+    assert "free GPU(s) of its product" in view["reason"]["message"]
+    assert "NO_FREE_GPU" in cli(server, tmp_path, "jobs", "status", endpoint_id, job_id)
+    assert "NO_FREE_GPU" in cli(server, tmp_path, "endpoints", "get", endpoint_id)
 
 
-def test_the_organizations_worker_quota_reached(tmp_path: Path, engine_url: str, busybox_image: str) -> None:
-    with engine_server(tmp_path / "data", engine_url, quota_workers=0) as server:
-        endpoint_id = create(server, busybox_image, command="sleep 3600")
-        job_id = submit(server, endpoint_id)
-        view = appears("QUOTA_REACHED", lambda: job_reason(server, endpoint_id, job_id, "QUOTA_REACHED"))
-        assert "quota" in view["reason"]["message"]
-        assert "QUOTA_REACHED" in cli(server, tmp_path, "jobs", "status", endpoint_id, job_id)
-        assert "QUOTA_REACHED" in cli(server, tmp_path, "endpoints", "health", endpoint_id)
+def test_the_organizations_worker_quota_reached(server: EngineServer, busybox_image: str, tmp_path: Path) -> None:
+    held = replace(server, key=_key_with_quota(server.url, "no-workers", {"workers": 0}))
+    endpoint_id = create(held, busybox_image, command="sleep 3600")
+    job_id = submit(held, endpoint_id)
+    view = appears("QUOTA_REACHED", lambda: job_reason(held, endpoint_id, job_id, "QUOTA_REACHED"))
+    assert "quota" in view["reason"]["message"]
+    assert "QUOTA_REACHED" in cli(held, tmp_path, "jobs", "status", endpoint_id, job_id)
+    assert "QUOTA_REACHED" in cli(held, tmp_path, "endpoints", "health", endpoint_id)
+
+
+def _key_with_quota(url: str, org: str, limits: dict[str, int]) -> str:
+    """A key of a new organization given `limits`, through the operator's API."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        org_id = admin.post("/admin/v1/organizations", json={"name": org}).json()["id"]
+        assert admin.put(f"/admin/v1/organizations/{org_id}/quotas", json=limits).status_code == 200
+        key: str = admin.post(f"/admin/v1/organizations/{org_id}/keys", json={}).json()["key"]
+        return key
 
 
 def _quoted(script: str) -> str:
