@@ -292,6 +292,20 @@ async def test_a_failed_endpoint_is_503_at_once_with_its_reason_and_recovers(gat
     assert answer.status_code == 200, answer.text
 
 
+async def test_requests_waiting_when_the_endpoint_fails_are_answered_then(gateway: Gateway) -> None:
+    gateway.configure(timeout=30)
+    waiting = [asyncio.create_task(gateway.client.get(f"/{EP}/x")) for _ in range(2)]
+    await eventually(lambda: gateway.dispatcher.queued == 2)
+    gateway.configure(timeout=30, status=EndpointStatus.FAILED, reason="image not found")
+    for answer in await asyncio.wait_for(asyncio.gather(*waiting), 10):  # not their 30 s deadline
+        assert answer.status_code == 503
+        assert answer.json()["reason"] == "ENDPOINT_FAILED"
+        assert "image not found" in answer.json()["message"]
+        assert answer.headers["retry-after"] == "10"
+    assert gateway.dispatcher.queued == 0
+    assert gateway.count(503) == 2
+
+
 async def test_full_queue_is_429_with_retry_after_while_others_wait(gateway: Gateway) -> None:
     gateway.configure(cap=1, queue_limit=1)
     worker = await gateway.worker("w1")

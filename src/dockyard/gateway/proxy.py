@@ -11,8 +11,9 @@ the endpoint's `EndpointDispatcher` and one exchange over a shared connection po
    headers, the same work first, and the metrics' `unknown` label, as every refused request's is), so that
    existence does not leak; an async endpoint is 404 too, saying that its jobs go to `/v1/{id}/run`. An endpoint
    the control plane marked `failed` (its status and reason reach the table with its config) is answered at once:
-   503 with `Retry-After` and the endpoint's reason, rather than a wait for a worker that is not coming; the
-   request still counts as demand, and calls go through again as soon as the table holds it un-failed.
+   503 with `Retry-After` and the endpoint's reason, rather than a wait for a worker that is not coming (requests
+   already waiting when it fails get the same answer then); the request still counts as demand, and calls go
+   through again as soon as the table holds it un-failed.
 2. Queueing. The deadline is the arrival time plus the endpoint's `request_timeout`. `dispatcher.acquire`
    hands out the least-loaded ready worker with a free slot, or queues the request: a full queue is 429 with
    `Retry-After`, the deadline passing in the queue is 504 (saying what the endpoint was doing meanwhile). The
@@ -63,7 +64,7 @@ from starlette.types import Receive, Scope, Send
 from dockyard.core.callers import presented_key
 from dockyard.core.status import EndpointStatus, EndpointType
 from dockyard.errors import error_body
-from dockyard.gateway.dispatcher import DispatchTimeout, EndpointDispatcher, QueueFull
+from dockyard.gateway.dispatcher import DispatchTimeout, EndpointDispatcher, QueueFull, TurnedAway
 from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.metrics import EndpointMetrics, request_metrics
 from dockyard.gateway.routes import RouteTable
@@ -196,7 +197,9 @@ class GatewayApp:
             await _reply(send, metrics, arrival, 404, message)
             return
         if route.config.status is EndpointStatus.FAILED:
-            await self._failed(send, metrics, arrival, endpoint, route.config.reason)
+            self.routes.demand(endpoint)  # still demand: an endpoint at zero workers keeps being retried
+            message, extra, details = _failure(endpoint, route.config.reason)
+            await _reply(send, metrics, arrival, 503, message, extra, reason=FAILED_REASON, details=details)
             return
 
         client_address = scope.get("client")
@@ -255,6 +258,21 @@ class GatewayApp:
                 f"retry after {retry_after} s"
             )
             return await self._error(call, 429, message, [(b"retry-after", str(retry_after).encode())])
+        except TurnedAway:
+            call.finished = True
+            message, extra, details = _failure(call.endpoint, call.route.config.reason)
+            await _reply(
+                call.send,
+                call.metrics,
+                call.arrival,
+                503,
+                message,
+                extra,
+                counted=False,
+                reason=FAILED_REASON,
+                details=details,
+            )
+            return 503
         except DispatchTimeout:
             config = call.route.config
             message = (
@@ -263,19 +281,6 @@ class GatewayApp:
                 f"`dockyard endpoints get {call.endpoint}` says why it waits"
             )
             return await self._error(call, 504, message)
-
-    async def _failed(self, send: Send, metrics: EndpointMetrics, arrival: float, endpoint: str, reason: str) -> None:
-        """A failed endpoint's answer, at once: 503 with `Retry-After` and the endpoint's reason. The request still
-        counts as demand, so an endpoint at zero workers keeps being retried (within its crash-loop backoff), and
-        calls go through again once it recovers."""
-        self.routes.demand(endpoint)
-        message = (
-            f"endpoint {endpoint} failed: {reason or 'no reason recorded'}. Fix the cause and update it "
-            f"(`dockyard endpoints update {endpoint}`); it also retries by itself. Retry after {FAILED_RETRY_AFTER} s"
-        )
-        details = [{"code": FAILED_REASON, "message": reason}]
-        headers = [(b"retry-after", str(FAILED_RETRY_AFTER).encode())]
-        await _reply(send, metrics, arrival, 503, message, headers, reason=FAILED_REASON, details=details)
 
     async def _attempt(self, call: Exchange, worker: str) -> int:
         """Send the request to `worker` and relay its answer; raises `_Refused` when nothing could be sent."""
@@ -350,6 +355,15 @@ class GatewayApp:
         elif scope["type"] == "websocket":
             await receive()
             await send({"type": "websocket.close", "code": 1008})
+
+
+def _failure(endpoint: str, reason: str) -> tuple[str, _Headers, list[dict[str, Any]]]:
+    """A failed endpoint's 503: its message, its `Retry-After` and its details (the endpoint's reason)."""
+    message = (
+        f"endpoint {endpoint} failed: {reason or 'no reason recorded'}. Fix the cause and update it "
+        f"(`dockyard endpoints update {endpoint}`); it also retries by itself. Retry after {FAILED_RETRY_AFTER} s"
+    )
+    return message, [(b"retry-after", str(FAILED_RETRY_AFTER).encode())], [{"code": FAILED_REASON, "message": reason}]
 
 
 def _another_ready(dispatcher: EndpointDispatcher, worker: str) -> bool:
