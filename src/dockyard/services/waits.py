@@ -75,7 +75,7 @@ class QueueFacts:
     reason: str
     failed_since: datetime | None  # the latest `EndpointFailed` event
     max_replicas: int
-    desired_replicas: int  # the autoscaler's figure
+    desired_replicas: int  # the autoscaler's figure, at least min_replicas
     gpus_per_worker: int
     queued: int  # jobs IN_QUEUE
     running: int  # jobs IN_PROGRESS
@@ -224,7 +224,8 @@ async def facts(session: AsyncSession, endpoint: EndpointModel, *, settings: Set
         reason=endpoint.reason,
         failed_since=failed[1] if failed is not None else None,
         max_replicas=int(endpoint.worker_config.get("max_replicas", 0)),
-        desired_replicas=endpoint.desired_replicas,
+        # Its min_replicas are wanted even before the autoscaler has written them.
+        desired_replicas=max(endpoint.desired_replicas, int(endpoint.worker_config.get("min_replicas", 0))),
         gpus_per_worker=int(gpus or 0),
         queued=jobs.get(JobStatus.IN_QUEUE, 0),
         running=jobs.get(JobStatus.IN_PROGRESS, 0),
