@@ -265,7 +265,7 @@ async def _read_view(context: ServerContext, job_id: str) -> JobViewBody | None:
     return job_view(job) if job is not None else None
 
 
-async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> JobView | None:
+async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> JobViewBody | None:
     """The job's view once it is final, or as it is after `wait_seconds`; None when it was purged meanwhile."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
@@ -275,7 +275,7 @@ async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> 
         with context.job_signals.watch_changed(job_id) as changed:
             view = await _read_view(context, job_id)
             if view is None or JobStatus(view["status"]).final or remaining <= 0:
-                return JobView.model_validate(view) if view is not None else None
+                return view
             await changed.wait(min(remaining, _WAIT_SLICE))
 
 
@@ -298,10 +298,9 @@ async def run_sync(
     view = await wait_for(context, job_id, 0.0 if failed else wait_seconds)
     if view is None:
         raise NotFound(f"job {job_id} finished and its result has already expired; give it a longer ttl")
-    if view.status == JobStatus.IN_QUEUE:
-        body = view.model_dump(mode="json", by_alias=True, exclude_unset=True)
-        return JobView.model_validate(await _queued(context, endpoint_id, body))  # type: ignore[arg-type]
-    return view
+    if view["status"] == JobStatus.IN_QUEUE:
+        view = await _queued(context, endpoint_id, view)
+    return JobView.model_validate(view)
 
 
 async def _queued(context: ServerContext, endpoint_id: str, view: JobViewBody) -> JobViewBody:
