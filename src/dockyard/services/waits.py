@@ -42,6 +42,7 @@ from dockyard.schemas.waits import Blocking, WaitCode
 from dockyard.services.worker_runspec import webhook_base_url
 
 CACHE_SECONDS = 1.0  # how long the job status view reuses an endpoint's explanation
+_CACHE_BOUND = 1024  # entries kept before the expired ones are dropped
 THROUGHPUT_WINDOW = timedelta(minutes=5)  # jobs taken in this window make the estimate of a queued job's start
 FAILURES_WINDOW = timedelta(minutes=10)  # a failed worker older than this no longer explains a wait
 _EVENTS = ("EndpointFailed", "ScaleUpHeld", "ScaledUp")
@@ -274,6 +275,9 @@ async def snapshot(context: ServerContext, endpoint_id: str) -> Snapshot:
             .where(JobModel.endpoint_id == endpoint_id, JobModel.started_at >= now - THROUGHPUT_WINDOW)
         )
     result = Snapshot(reason, int(taken or 0) / THROUGHPUT_WINDOW.total_seconds(), now)
+    if len(cache.entries) >= _CACHE_BOUND:  # endpoints deleted or no longer polled leave with their expired entries
+        for stale in [key for key, (until, _) in cache.entries.items() if until <= clock]:
+            del cache.entries[stale]
     cache.entries[endpoint_id] = (clock + CACHE_SECONDS, result)
     return result
 
