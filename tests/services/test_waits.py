@@ -1,16 +1,20 @@
 """`waits.blocking`, the one reason an endpoint's queue waits, from made-up facts: each code, the order in which
-they win, and the queue that moves (no reason)."""
+they win, and the queue that moves (no reason); and the per-endpoint snapshot the job status view reads."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 from dockyard.core.status import EndpointStatus, EndpointType, WorkerStatus
 from dockyard.schemas.waits import WaitCode
+from dockyard.services import waits
 from dockyard.services.waits import QueueFacts, Snapshot, WorkerFacts, blocking, estimated_start
+from tests.api.test_jobs import make_endpoint
+from tests.conftest import Harness
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 URL = "http://host.containers.internal:8000"
@@ -164,3 +168,17 @@ def test_the_estimate_follows_the_throughput_and_not_a_blocked_queue() -> None:
     assert turn is not None
     assert turn.code == WaitCode.MAX_REPLICAS
     assert estimated_start(Snapshot(turn, rate=0.5, at=NOW), 3) == int(NOW.timestamp()) + 4 + 1
+
+
+async def test_the_snapshot_is_reused_for_a_second_and_expired_ones_are_dropped(
+    harness: Harness, client: httpx.AsyncClient
+) -> None:
+    endpoint_id = await make_endpoint(client)
+    first = await waits.snapshot(harness.context, endpoint_id)
+    assert first.blocking is None  # an endpoint at zero with nothing queued: nothing waits
+    assert await waits.snapshot(harness.context, endpoint_id) is first  # within its second: not read again
+    entries = harness.context.waits.entries
+    entries.update({f"gone-{n}": (0.0, first) for n in range(1024)})  # expired long ago
+    entries[endpoint_id] = (0.0, first)
+    assert await waits.snapshot(harness.context, endpoint_id) is not first
+    assert set(entries) == {endpoint_id}
