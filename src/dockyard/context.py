@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -39,6 +40,14 @@ class KeyCache:
 
 
 @dataclass
+class WaitCache:
+    """Each endpoint's explanation of its queue (services/waits.py `Snapshot`), with the monotonic time it is good
+    until: the status view of a queued job reads it instead of the database."""
+
+    entries: dict[str, tuple[float, Any]] = field(default_factory=dict)
+
+
+@dataclass
 class ServerContext:
     settings: Settings
     db: Database
@@ -59,6 +68,7 @@ class ServerContext:
     # The group commit of submitted jobs into `db`.
     job_inserts: JobInserts = field(init=False)
     keys: KeyCache = field(default_factory=KeyCache)
+    waits: WaitCache = field(default_factory=WaitCache)
 
     def __post_init__(self) -> None:
         self.job_inserts = JobInserts(self.db)

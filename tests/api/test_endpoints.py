@@ -163,6 +163,9 @@ async def test_get_has_seed_000_shape(harness: Harness, client: httpx.AsyncClien
         )
 
     body = await get(client, endpoint_id)
+    # Every seed field with its type, and Dockyard's one addition: why its work waits (null when nothing does).
+    blocking = body.pop("blocking")
+    assert blocking is None or set(blocking) == {"code", "message", "since"}
     assert_same_shape(SEED, body)
     settings = harness.context.settings
     member_id = body["member_id"]

@@ -22,9 +22,9 @@ from sqlalchemy import func, select
 from dockyard.api import jobs as jobs_api
 from dockyard.app import create_app
 from dockyard.config import Settings
-from dockyard.core.status import JobStatus, WorkerStatus
+from dockyard.core.status import EndpointStatus, JobStatus, WorkerStatus
 from dockyard.db.base import utcnow
-from dockyard.db.models import JobModel, JobStreamModel, WorkerModel
+from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerModel
 from dockyard.db.session import Database
 from dockyard.services import jobs
 from tests.api.test_admin import assert_error
@@ -104,7 +104,17 @@ async def test_run_commits_and_status_answers_on_both_bases(harness: Harness, cl
     for base in ("/v1", "/v2"):
         answer = await client.get(f"{base}/{endpoint_id}/status/{job_id}")
         assert answer.status_code == 200, answer.text
-        assert answer.json() == {"id": job_id, "status": "IN_QUEUE", "delayTime": 0, "executionTime": 0}
+        view = answer.json()
+        reason = view.pop("reason")
+        assert view == {
+            "id": job_id,
+            "status": "IN_QUEUE",
+            "delayTime": 0,
+            "executionTime": 0,
+            "position": 1,
+            "estimatedStartAt": None,  # no job was taken yet: nothing to estimate from
+        }
+        assert reason["code"] == "SCALING_FROM_ZERO"
 
     await take(harness, endpoint_id)
     await finish(harness, job_id, JobStatus.COMPLETED, output={"text": "hello"})
@@ -300,6 +310,7 @@ async def test_health_counts(harness: Harness, client: httpx.AsyncClient) -> Non
         "jobs": {"completed": 1, "failed": 1, "inProgress": 1, "inQueue": 2, "retried": 0},
         # RunPod's six worker states, from ours.
         "workers": {"idle": 1, "initializing": 2, "ready": 2, "running": 1, "throttled": 0, "unhealthy": 1},
+        "reason": None,  # two ready workers of the two it may have: the queue moves, nothing blocks it
     }
     await take(harness, endpoint_id, ready_b)
     workers_now = (await client.get(f"/v2/{endpoint_id}/health")).json()["workers"]
@@ -382,6 +393,61 @@ async def test_runsync_answers_in_queue_when_not_done(harness: Harness, client: 
     assert answer.json()["status"] == "IN_QUEUE"
     assert (await must_job(harness, answer.json()["id"])).status == JobStatus.IN_QUEUE
     assert_error(await client.post(f"/v1/{endpoint_id}/runsync?wait=-1", json={"input": 1}), 422, "wait")
+
+
+async def test_a_queued_job_says_its_place_and_when_it_should_start(
+    harness: Harness, client: httpx.AsyncClient
+) -> None:
+    endpoint_id = await make_endpoint(client)
+    async with harness.context.db.write() as session:
+        ready = WorkerModel(endpoint_id=endpoint_id, org_id="", generation=1, status=WorkerStatus.READY)
+        session.add(ready)
+        await session.flush()
+        worker_id = ready.id
+    ids = [await submit(client, endpoint_id) for _ in range(3)]
+    third = (await client.get(f"/v2/{endpoint_id}/status/{ids[2]}")).json()
+    assert third["position"] == 3
+    assert third["estimatedStartAt"] is None  # nothing taken yet: no throughput to go by
+    assert third["reason"] is None  # a ready worker with room: the queue moves
+    await take(harness, endpoint_id, worker_id)
+    harness.context.waits.entries.clear()  # the explanation is reused for a second; read it afresh
+    third = (await client.get(f"/v1/{endpoint_id}/status/{ids[2]}")).json()
+    assert third["position"] == 2
+    assert third["estimatedStartAt"] >= int(utcnow().timestamp())
+    # Only a queued job carries them.
+    running = (await client.get(f"/v1/{endpoint_id}/status/{ids[0]}")).json()
+    assert running["status"] == "IN_PROGRESS"
+    assert {"position", "estimatedStartAt", "reason"}.isdisjoint(running)
+
+
+async def test_a_failed_endpoint_says_so_in_its_jobs_and_runsync_answers_at_once(
+    harness: Harness, client: httpx.AsyncClient
+) -> None:
+    endpoint_id = await make_endpoint(client)
+    queued = await submit(client, endpoint_id)
+    failure = "3 workers in a row failed before becoming ready; the last: exited with code 1"
+    async with harness.context.db.write() as session:
+        row = await session.get(EndpointModel, endpoint_id)
+        assert row is not None
+        row.status, row.reason = EndpointStatus.FAILED, failure
+    harness.context.waits.entries.clear()
+    view = (await client.get(f"/v2/{endpoint_id}/status/{queued}")).json()
+    assert view["reason"]["code"] == "ENDPOINT_FAILED"
+    assert failure in view["reason"]["message"]
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    answer = await client.post(f"/v2/{endpoint_id}/runsync?wait=60000", json={"input": 1})
+    took = loop.time() - began
+    print(f"runsync on a failed endpoint answered in {took * 1000:.0f} ms")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "IN_QUEUE"  # RunPod's answer: accepted, and why it waits
+    assert answer.json()["position"] == 2
+    assert answer.json()["reason"]["code"] == "ENDPOINT_FAILED"
+    assert took < 30  # it did not hold the call for its 60 s wait
+    health = (await client.get(f"/v1/{endpoint_id}/health")).json()
+    assert health["reason"]["code"] == "ENDPOINT_FAILED"
+    endpoint = (await client.get(f"/gpus/v2/endpoints/{endpoint_id}")).json()
+    assert endpoint["blocking"]["code"] == "ENDPOINT_FAILED"
 
 
 async def test_idempotency_key_same_job_per_endpoint(harness: Harness, client: httpx.AsyncClient) -> None:

@@ -196,6 +196,7 @@ def test_create_list_get_update_delete(cli: Cli) -> None:
     shown = cli("endpoints", "get", endpoint_id)
     assert "GET /ready on port 8080" in shown.stdout
     assert "s3cret" not in shown.stdout
+    assert "SCALING_FROM_ZERO" in shown.stdout  # no worker yet, and it wants one (min_replicas 1)
 
     updated = cli("endpoints", "update", endpoint_id, "--max-replicas", "4", "--health-port", "9090", "--json")
     assert updated.exit_code == 0, updated.output

@@ -25,6 +25,13 @@ KEY = "dk-test-key"
 ENDPOINT = "ep-async"
 
 
+BLOCKED = {
+    "code": "WORKERS_FAILING",
+    "message": "2 worker(s) failed before becoming ready; the last: exited with code 3",
+    "since": 1767225600,
+}
+
+
 @dataclass
 class FakeJobs:
     """The stand-in's state: jobs by id, and every request it got as `(method, path, query, headers, body)`."""
@@ -83,7 +90,9 @@ class FakeJobs:
             if found is None:
                 return not_found(f"job {job_id} not found on endpoint {ENDPOINT}")
             wanted = found["input"].get("outcome", "COMPLETED")
-            if found["status"] == "IN_QUEUE" and wanted != "IN_QUEUE":
+            if found["status"] == "IN_QUEUE" and wanted == "IN_QUEUE":
+                found.update(position=3, estimatedStartAt=None, reason=BLOCKED)
+            elif found["status"] == "IN_QUEUE":
                 found.update(status="IN_PROGRESS", delayTime=1200, workerId="worker-1")
             elif found["status"] == "IN_PROGRESS":
                 found.update(status=wanted, executionTime=3400)
@@ -94,7 +103,8 @@ class FakeJobs:
             return view(found)
 
         def view(found: dict[str, Any]) -> dict[str, Any]:
-            keys = ("id", "status", "delayTime", "executionTime", "output", "error", "workerId")
+            keys = ["id", "status", "delayTime", "executionTime", "output", "error", "workerId", "position"]
+            keys += ["estimatedStartAt", "reason"]
             return {key: found[key] for key in keys if key in found}
 
         @fake.get("/gpus/v2/endpoints")
@@ -134,6 +144,7 @@ class FakeJobs:
             return {
                 "jobs": {"completed": 7, "failed": 2, "inProgress": 1, "inQueue": 4, "retried": 3},
                 "workers": {"idle": 5, "running": 6},
+                "reason": BLOCKED,
             }
 
         @fake.get("/gpus/v2/endpoints/{endpoint_id}/jobs")
@@ -299,6 +310,17 @@ def test_stream_exits_1_unless_the_job_completed(cli: Any, outcome: str) -> None
     assert f"`dockyard jobs status {ENDPOINT} {job_id} --json`" in streamed.stderr
 
 
+def test_status_of_a_queued_job_shows_its_place_and_why_it_waits(cli: Any) -> None:
+    cli("jobs", "run", ENDPOINT, "--input", '{"outcome": "IN_QUEUE"}')
+    shown = cli("jobs", "status", ENDPOINT, "job-1")
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert any(line.split() == ["position", "3"] for line in lines)
+    assert "WORKERS_FAILING since 2026-01-01T00:00:00Z" in shown.stdout
+    assert "the last: exited with code 3" in shown.stdout
+    assert "starts about" not in shown.stdout  # no estimate: none is shown
+
+
 def test_cancel_prints_the_new_status(cli: Any, fake: FakeJobs) -> None:
     cli("jobs", "run", ENDPOINT)
     result = cli("jobs", "cancel", ENDPOINT, "job-1")
@@ -327,12 +349,14 @@ def test_list_shows_jobs_newest_first_filtered_by_status(cli: Any, fake: FakeJob
 def test_endpoints_health_counts_jobs_and_workers(cli: Any, fake: FakeJobs) -> None:
     result = cli("endpoints", "health", ENDPOINT)
     assert result.exit_code == 0, result.output
-    header, row = result.stdout.splitlines()
+    header, row, *why = result.stdout.splitlines()
     assert header.split()[:2] == ["IN", "QUEUE"]
     assert row.split() == ["4", "1", "7", "2", "3", "5", "6"]
+    assert "WORKERS_FAILING" in "\n".join(why)  # why its queue does not move
     assert fake.requests[-1]["path"] == f"/v1/{ENDPOINT}/health"
     as_json = json.loads(cli("endpoints", "health", ENDPOINT, "--json").stdout)
     assert as_json["workers"] == {"idle": 5, "running": 6}
+    assert as_json["reason"] == BLOCKED
 
 
 UNKNOWN = "0b7e7c1e-0000-4000-8000-000000000000"

@@ -1,5 +1,6 @@
 """EndpointDispatcher: least-loaded dispatch under the per-worker cap, the bounded FIFO queue, pushed readiness,
-deadlines, cancellation and drains. Everything is asserted through counters and the order of events."""
+deadlines, turning waiters away, cancellation and drains. Everything is asserted through counters and the order of
+events."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from dockyard.gateway.dispatcher import DispatchTimeout, EndpointDispatcher, QueueFull
+from dockyard.gateway.dispatcher import DispatchTimeout, EndpointDispatcher, QueueFull, TurnedAway
 
 FAR = 1e9  # a deadline no test reaches; the loop's clock counts from an arbitrary origin, far below this
 
@@ -472,3 +473,21 @@ async def test_idle_for_counts_from_readiness_and_from_the_last_release(monkeypa
     assert dispatcher.idle_for("a") == 5.0
     dispatcher.worker_gone("a")
     assert dispatcher.idle_for("a") == 0.0
+
+
+async def test_turn_away_refuses_every_waiter_at_once_and_serves_the_next() -> None:
+    dispatcher = EndpointDispatcher(queue_limit=10, max_concurrent_per_worker=1)
+    got: list[str] = []
+    waiters = [asyncio.create_task(hold(dispatcher, asyncio.Event(), got)) for _ in range(3)]
+    await settle()
+    assert dispatcher.queued == 3
+    dispatcher.turn_away()
+    for waiter in waiters:
+        with pytest.raises(TurnedAway):
+            await waiter
+    assert got == []
+    assert_idle(dispatcher)
+    # Only those waiting then: a request after it is served as before.
+    dispatcher.set_workers(["a"])
+    async with dispatcher.acquire(FAR) as worker:
+        assert worker == "a"

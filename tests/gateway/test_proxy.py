@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from dockyard.core.planes import EndpointConfig
-from dockyard.core.status import EndpointType
+from dockyard.core.status import EndpointStatus, EndpointType
 from dockyard.gateway.dispatcher import EndpointDispatcher
 from dockyard.gateway.proxy import GatewayApp
 from dockyard.gateway.routes import RouteTable
@@ -64,8 +64,10 @@ class Gateway:
         queue_limit: int = 100,
         kind: EndpointType = EndpointType.SYNC,
         org: str = ORG,
+        status: EndpointStatus = EndpointStatus.RUNNING,
+        reason: str = "",
     ) -> None:
-        self.routes.upsert(EndpointConfig(endpoint_id, org, kind, timeout, cap, queue_limit))
+        self.routes.upsert(EndpointConfig(endpoint_id, org, kind, timeout, cap, queue_limit, status, reason))
 
     @property
     def dispatcher(self) -> EndpointDispatcher:
@@ -254,13 +256,54 @@ async def test_slow_worker_is_504_at_request_timeout(gateway: Gateway) -> None:
 
 
 async def test_queued_with_no_ready_worker_is_504(gateway: Gateway) -> None:
-    gateway.configure(timeout=0.3)
+    gateway.configure(timeout=0.3, status=EndpointStatus.DEPLOYING, reason="waiting for its first worker")
     answer = await gateway.client.get(f"/{EP}/x")
     assert answer.status_code == 504
     assert "no worker" in answer.json()["message"]
     assert "request_timeout of 0.3 s" in answer.json()["message"]
+    # Why it waited, from the table: what the endpoint was doing meanwhile.
+    assert "the endpoint is deploying: waiting for its first worker" in answer.json()["message"]
     assert gateway.on_demand == [EP]
     assert gateway.dispatcher.queued == 0
+
+
+async def test_a_failed_endpoint_is_503_at_once_with_its_reason_and_recovers(gateway: Gateway) -> None:
+    reason = "3 workers in a row failed before becoming ready; the last: image not found"
+    gateway.configure(timeout=30, status=EndpointStatus.FAILED, reason=reason)
+    await gateway.worker("w1")  # even a worker in the table is not tried: the endpoint is failed
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    answer = await gateway.client.post(f"/{EP}/x", content=b"{}")
+    took = loop.time() - began
+    print(f"a failed endpoint answered {answer.status_code} in {took * 1000:.0f} ms")
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "10"
+    body = answer.json()
+    assert body["reason"] == "ENDPOINT_FAILED"
+    assert reason in body["message"]
+    assert f"dockyard endpoints update {EP}" in body["message"]
+    assert body["details"] == [{"code": "ENDPOINT_FAILED", "message": reason}]
+    assert gateway.workers[0].served == 0
+    assert gateway.on_demand == [EP]  # still demand: an endpoint at zero keeps being retried
+    assert gateway.count(503) == 1
+    # The control plane pushes it un-failed (a PUT, a worker ready): calls go through again by themselves.
+    gateway.configure(timeout=30, status=EndpointStatus.UPDATING, reason="rolling")
+    answer = await gateway.client.post(f"/{EP}/x", content=b"{}")
+    assert answer.status_code == 200, answer.text
+
+
+async def test_requests_waiting_when_the_endpoint_fails_are_answered_then(gateway: Gateway) -> None:
+    gateway.configure(timeout=30)
+    waiting = [asyncio.create_task(gateway.client.get(f"/{EP}/x")) for _ in range(2)]
+    await eventually(lambda: gateway.dispatcher.queued == 2)
+    gateway.configure(timeout=30, status=EndpointStatus.FAILED, reason="image not found")
+    for answer in await asyncio.wait_for(asyncio.gather(*waiting), 10):  # not their 30 s deadline
+        assert answer.status_code == 503
+        assert answer.json()["reason"] == "ENDPOINT_FAILED"
+        assert "image not found" in answer.json()["message"]
+        assert answer.headers["retry-after"] == "10"
+    assert gateway.dispatcher.queued == 0
+    assert gateway.count(503) == 2
 
 
 async def test_full_queue_is_429_with_retry_after_while_others_wait(gateway: Gateway) -> None:

@@ -1,19 +1,23 @@
 """A container that does not fit waits, over the in-memory runtime and a real database (SQLite and PostgreSQL):
 it stays `creating` with a reason saying what it waits for, holds nothing, is placed by the first pass that
-finds room (oldest first), and a worker letting go of capacity wakes the loop. The real-engine twin is in
-test_containers_engine.py."""
+finds room (oldest first), says it waits for its image and start once placed, and a worker letting go of capacity
+wakes the loop. The real-engine twin is in test_containers_engine.py."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import update
 
 from dockyard.core.status import ContainerStatus, WorkerStatus
 from dockyard.db.base import utcnow
 from dockyard.db.models import ContainerModel
 from dockyard.reconcilers.containers import ContainerReconciler
+from dockyard.reconcilers.core import PLACED_REASON
 from dockyard.reconcilers.endpoints import EndpointReconciler
+from dockyard.runtimes.base import RunSpec, RuntimeObject
 from dockyard.services.bootstrap import local_node_id
 from tests.conftest import Harness
 from tests.fakes import FakeRuntime
@@ -177,3 +181,27 @@ async def test_a_worker_that_lets_go_of_its_gpu_wakes_the_containers_loop(
     await reconciler.reconcile_once()
     row = await must_row(harness, container_id)
     assert (row.status, row.node_id) == (ContainerStatus.RUNNING, local_node_id())
+
+
+async def test_a_placed_container_says_it_waits_for_its_image_and_start(
+    harness: Harness, reconciler: ContainerReconciler, runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The create (the image's pull, on a real engine) is held until the row has been read mid-pass.
+    creating, release = asyncio.Event(), asyncio.Event()
+    create = runtime.create
+
+    async def slow_create(spec: RunSpec) -> RuntimeObject:
+        creating.set()
+        await release.wait()
+        return await create(spec)
+
+    monkeypatch.setattr(runtime, "create", slow_create)
+    template_id = await make_template(harness.client)
+    (container_id,) = await make_containers(harness.client, template_id)
+    passing = asyncio.create_task(reconciler.reconcile_once())
+    await asyncio.wait_for(creating.wait(), 10)
+    got = (await harness.client.get(f"/api/v1/containers/{container_id}")).json()
+    assert (got["status"], got["reason"]) == ("creating", PLACED_REASON.format(local_node_id()))
+    release.set()
+    await passing
+    assert (await must_row(harness, container_id)).status == ContainerStatus.RUNNING

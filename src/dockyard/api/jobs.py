@@ -82,7 +82,7 @@ async def runsync(
 async def status(
     endpoint_id: EndpointPathId, job_id: JobPathId, context: ContextDep, principal: PrincipalDep
 ) -> JobView:
-    return await service.status(context.db, principal, endpoint_id, job_id)
+    return await service.status(context, principal, endpoint_id, job_id)
 
 
 async def stream(
@@ -117,8 +117,10 @@ async def purge_queue(
     return await service.purge_queue(session, principal, endpoint_id, context=context)
 
 
-async def health(endpoint_id: EndpointPathId, principal: PrincipalDep, session: ReadSessionDep) -> EndpointHealth:
-    return await service.health(session, principal, endpoint_id)
+async def health(
+    endpoint_id: EndpointPathId, context: ContextDep, principal: PrincipalDep, session: ReadSessionDep
+) -> EndpointHealth:
+    return await service.health(session, principal, endpoint_id, settings=context.settings)
 
 
 def _job_routes(prefix: str, client: str) -> APIRouter:

@@ -142,7 +142,7 @@ class LeanJobs:
             return
         response: Response
         try:
-            view = await job_requests.status(self.context.db, principal, endpoint_id, job_id)
+            view = await job_requests.status(self.context, principal, endpoint_id, job_id)
             # What FastAPI makes of the route's response model (api/jobs.py): validated, by alias, set keys only,
             # written by pydantic's own JSON serializer.
             wire = JobView.model_validate(view).model_dump_json(by_alias=True, exclude_unset=True)

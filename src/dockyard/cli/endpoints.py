@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dockyard.cli.config import target
+from dockyard.cli.jobs import reason_rows
 from dockyard.cli.options import (
     EnvOption,
     JsonOption,
@@ -409,6 +410,7 @@ def get(ctx: typer.Context, endpoint_id: IdArgument, as_json: JsonOption = False
         ["type", escape(str(endpoint.get("type", "")))],
         ["status", status_text(_status(endpoint))],
         ["message", escape(_message(endpoint))],
+        *reason_rows(endpoint.get("blocking")),
         _url_row(endpoint),
         ["image", escape(str(endpoint.get("image", "")))],
         ["product / region", escape(f"{endpoint.get('product_id', '')} / {endpoint.get('region_id', '')}")],

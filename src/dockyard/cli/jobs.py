@@ -55,6 +55,18 @@ def _time(value: Any) -> str:
     return escape(str(value or ""))
 
 
+def reason_rows(reason: Any) -> list[list[str]]:
+    """The rows that show a blocking reason (services/waits.py): its code and since when, then its message;
+    none when nothing blocks."""
+    if not isinstance(reason, dict):
+        return []
+    since = f" since {_time(reason['since'])}" if isinstance(reason.get("since"), int) else ""
+    return [
+        ["waiting on", escape(f"{reason.get('code', '')}{since}")],
+        ["why", escape(str(reason.get("message", "")))],
+    ]
+
+
 def _compact(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -219,9 +231,12 @@ def status(ctx: typer.Context, endpoint_id: EndpointArgument, job_id: JobArgumen
         ["waited", _duration(view.get("delayTime"))],
         ["ran", _duration(view.get("executionTime"))],
     ]
-    for field, key in (("worker", "workerId"), ("retries", "retries")):
+    for field, key in (("worker", "workerId"), ("retries", "retries"), ("position", "position")):
         if key in view:
             rows.append([field, escape(str(view[key]))])
+    if view.get("estimatedStartAt"):
+        rows.append(["starts about", _time(view["estimatedStartAt"])])
+    rows.extend(reason_rows(view.get("reason")))
     if "output" in view:
         rows.append(["output", escape(_compact(view["output"]))])
     if view.get("error"):
@@ -328,3 +343,6 @@ def health(ctx: typer.Context, endpoint_id: EndpointArgument, as_json: JsonOptio
         ],
         empty="",
     )
+    if rows := reason_rows(answer.get("reason")):
+        stderr().print()
+        print_table(("FIELD", "VALUE"), rows, empty="")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dockyard.core.status import EndpointType
+from dockyard.core.status import EndpointStatus, EndpointType
 
 EndpointChanged = Callable[["EndpointConfig"], None]
 Demand = Callable[[str], None]
@@ -44,6 +44,10 @@ class EndpointConfig:
     request_timeout: float  # seconds, counted from the request's arrival
     max_concurrent_per_worker: int
     queue_limit: int
+    # The endpoint's status and its reason, as last stored: a `failed` endpoint is answered at once (503), and a
+    # request that times out waiting for a worker is told what the endpoint was doing meanwhile.
+    status: EndpointStatus = EndpointStatus.RUNNING
+    reason: str = ""
 
 
 class PlaneChannel:

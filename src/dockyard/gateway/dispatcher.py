@@ -10,8 +10,9 @@ Contract:
 - With no free slot the request waits in a FIFO queue: a freed slot goes to the oldest waiter. When
   `queue_limit` requests already wait, `acquire` raises `QueueFull` at once, before any waiting. When
   `deadline` (on the running loop's clock, `loop.time()`, counted by the caller from the request's arrival)
-  passes first, it raises `DispatchTimeout`. A waiter cancelled while queued leaves the queue; one cancelled in
-  the same tick as it was handed a slot gives that slot back.
+  passes first, it raises `DispatchTimeout`; `turn_away()` raises `TurnedAway` in every waiter at once. A waiter
+  cancelled while queued leaves the queue; one cancelled in the same tick as it was handed a slot gives that slot
+  back.
 - Readiness is pushed: `set_workers`, `worker_ready`, `worker_draining` and `worker_gone` change the ready set
   and, within the same call, hand every slot they free to the waiters, which resume on the loop's next turn.
   Nothing here polls or sleeps. A worker that is draining or gone gets no new request; the requests it already
@@ -55,6 +56,10 @@ class QueueFull(DispatchError):
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"queue full, retry after {retry_after:.1f}s")
         self.retry_after = retry_after
+
+
+class TurnedAway(DispatchError):
+    """The endpoint stopped taking requests while this one waited (it failed: no worker is coming)."""
 
 
 class DispatchTimeout(DispatchError):
@@ -200,6 +205,15 @@ class EndpointDispatcher:
         self._retire(worker_id)
 
     # Dispatch.
+
+    def turn_away(self) -> None:
+        """Raise `TurnedAway` in every request waiting now, at once: the endpoint failed, so waiting out their
+        deadlines would only delay the same answer."""
+        waiters = list(self._waiters)
+        self._waiters.clear()
+        for future in waiters:
+            if not future.done():
+                future.set_exception(TurnedAway())
 
     def acquire(self, deadline: float) -> Lease:
         """A slot on a ready worker, held for the `async with` body; see the module docstring."""

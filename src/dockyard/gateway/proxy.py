@@ -9,11 +9,16 @@ the endpoint's `EndpointDispatcher` and one exchange over a shared connection po
    Bearer <key>` or the bare key, as the rest of the API takes it) is 401; an endpoint that is unknown or belongs
    to another organization is 404, never 403, and the two are answered alike in every respect (status, body,
    headers, the same work first, and the metrics' `unknown` label, as every refused request's is), so that
-   existence does not leak; an async endpoint is 404 too, saying that its jobs go to `/v1/{id}/run`.
+   existence does not leak; an async endpoint is 404 too, saying that its jobs go to `/v1/{id}/run`. An endpoint
+   the control plane marked `failed` (its status and reason reach the table with its config) is answered at once:
+   503 with `Retry-After` and the endpoint's reason, rather than a wait for a worker that is not coming (requests
+   already waiting when it fails get the same answer then); the request still counts as demand, and calls go
+   through again as soon as the table holds it un-failed.
 2. Queueing. The deadline is the arrival time plus the endpoint's `request_timeout`. `dispatcher.acquire`
    hands out the least-loaded ready worker with a free slot, or queues the request: a full queue is 429 with
-   `Retry-After`, the deadline passing in the queue is 504. The slot is held until the response body has
-   been sent or the client has gone, and released by the dispatcher's context manager whatever ends it.
+   `Retry-After`, the deadline passing in the queue is 504 (saying what the endpoint was doing meanwhile). The
+   slot is held until the response body has been sent or the client has gone, and released by the dispatcher's
+   context manager whatever ends it.
 3. Forwarding. The deadline holds until the worker's response headers arrive: a worker that has not begun
    to answer by then gets 504. After the headers the body streams for as long as the worker and the client
    keep it going, so a server-sent-event or token stream is never cut at `request_timeout`; a client that
@@ -49,16 +54,17 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry
 from starlette.types import Receive, Scope, Send
 
 from dockyard.core.callers import presented_key
-from dockyard.core.status import EndpointType
+from dockyard.core.status import EndpointStatus, EndpointType
 from dockyard.errors import error_body
-from dockyard.gateway.dispatcher import DispatchTimeout, EndpointDispatcher, QueueFull
+from dockyard.gateway.dispatcher import DispatchTimeout, EndpointDispatcher, QueueFull, TurnedAway
 from dockyard.gateway.exchange import Exchange
 from dockyard.gateway.metrics import EndpointMetrics, request_metrics
 from dockyard.gateway.routes import RouteTable
@@ -83,6 +89,10 @@ _DROP_REQUEST = frozenset(
 # invalid. `X-Dockyard-Worker` is ours to set.
 _DROP_RESPONSE = frozenset([*_HOP_BY_HOP, b"date", b"server", b"x-dockyard-worker"])
 _UNKNOWN = "unknown"  # the endpoint label of requests refused before reaching an endpoint of their caller
+# A failed endpoint's answer: the error's reason (the blocking code services/waits.py gives it too), and the
+# seconds a client is told to wait: a few reconcile passes, long enough for a retry or an update to show.
+FAILED_REASON = "ENDPOINT_FAILED"
+FAILED_RETRY_AFTER = 10
 
 
 class _Refused(Exception):
@@ -186,6 +196,11 @@ class GatewayApp:
             message = f"endpoint {endpoint} is an async endpoint; submit jobs with POST /v1/{endpoint}/run"
             await _reply(send, metrics, arrival, 404, message)
             return
+        if route.config.status is EndpointStatus.FAILED:
+            self.routes.demand(endpoint)  # still demand: an endpoint at zero workers keeps being retried
+            message, extra, details = _failure(endpoint, route.config.reason)
+            await _reply(send, metrics, arrival, 503, message, extra, reason=FAILED_REASON, details=details)
+            return
 
         client_address = scope.get("client")
         if client_address:
@@ -243,8 +258,28 @@ class GatewayApp:
                 f"retry after {retry_after} s"
             )
             return await self._error(call, 429, message, [(b"retry-after", str(retry_after).encode())])
+        except TurnedAway:
+            call.finished = True
+            message, extra, details = _failure(call.endpoint, call.route.config.reason)
+            await _reply(
+                call.send,
+                call.metrics,
+                call.arrival,
+                503,
+                message,
+                extra,
+                counted=False,
+                reason=FAILED_REASON,
+                details=details,
+            )
+            return 503
         except DispatchTimeout:
-            message = f"no worker of endpoint {call.endpoint} was free within its request_timeout of {call.timeout:g} s"
+            config = call.route.config
+            message = (
+                f"no worker of endpoint {call.endpoint} was free within its request_timeout of {call.timeout:g} s; "
+                f"the endpoint is {config.status.value}: {config.reason or 'no reason recorded'}. "
+                f"`dockyard endpoints get {call.endpoint}` says why it waits"
+            )
             return await self._error(call, 504, message)
 
     async def _attempt(self, call: Exchange, worker: str) -> int:
@@ -322,6 +357,15 @@ class GatewayApp:
             await send({"type": "websocket.close", "code": 1008})
 
 
+def _failure(endpoint: str, reason: str) -> tuple[str, _Headers, list[dict[str, Any]]]:
+    """A failed endpoint's 503: its message, its `Retry-After` and its details (the endpoint's reason)."""
+    message = (
+        f"endpoint {endpoint} failed: {reason or 'no reason recorded'}. Fix the cause and update it "
+        f"(`dockyard endpoints update {endpoint}`); it also retries by itself. Retry after {FAILED_RETRY_AFTER} s"
+    )
+    return message, [(b"retry-after", str(FAILED_RETRY_AFTER).encode())], [{"code": FAILED_REASON, "message": reason}]
+
+
 def _another_ready(dispatcher: EndpointDispatcher, worker: str) -> bool:
     return any(other != worker and dispatcher.is_ready(other) for other in dispatcher.in_flight_by_worker)
 
@@ -345,10 +389,12 @@ async def _reply(
     extra: _Headers = (),
     *,
     counted: bool = True,
+    reason: str = "",
+    details: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """Answer with the error body every 4xx/5xx uses (errors.py; it names no reason for 502). `counted`: False
-    when the caller counts the request itself."""
-    body = json.dumps(error_body(code, message, reason="UNAVAILABLE" if code == 502 else "")).encode()
+    """Answer with the error body every 4xx/5xx uses (errors.py; it names no reason for 502, so that one is given
+    here, as is a failed endpoint's). `counted`: False when the caller counts the request itself."""
+    body = json.dumps(error_body(code, message, details, reason or ("UNAVAILABLE" if code == 502 else ""))).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": code, "headers": headers})
     metrics.latency.observe(asyncio.get_running_loop().time() - arrival)

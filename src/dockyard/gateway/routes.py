@@ -12,8 +12,9 @@ from its own sync of the database and its own prober.
 
 Contract:
 - `configure(configs)` makes the table hold exactly these endpoints. A new endpoint gets a dispatcher; a
-  changed one keeps its dispatcher, queue and all, with the new bounds; one no longer listed is dropped, and
-  requests still waiting for it time out at their deadline.
+  changed one keeps its dispatcher, queue and all, with the new bounds (one that became `failed` turns its waiting
+  requests away at once); one no longer listed is dropped, and requests still waiting for it time out at their
+  deadline.
 - Worker calls for an endpoint the table does not hold are ignored: the next `configure` decides.
 - `address(endpoint_id, worker_id)` is the base URL (`http://host:port`) requests are proxied to.
 """
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from dockyard.core.planes import EndpointConfig
+from dockyard.core.status import EndpointStatus
 from dockyard.gateway.dispatcher import EndpointDispatcher
 
 log = logging.getLogger(__name__)
@@ -103,10 +105,19 @@ class RouteTable:
         if route is None:
             self._routes[config.endpoint_id] = EndpointRoute(config, self._dispatcher(config))
         elif route.config != config:
+            failing = config.status is EndpointStatus.FAILED and route.config.status is not EndpointStatus.FAILED
             route.config = config
             route.dispatcher.reconfigure(
                 queue_limit=config.queue_limit, max_concurrent_per_worker=config.max_concurrent_per_worker
             )
+            if failing:  # no worker is coming: the requests waiting for one are answered now, not at their deadline
+                route.dispatcher.turn_away()
+
+    def demand(self, endpoint_id: str) -> None:
+        """Tell the control plane that a request wanted the endpoint although none of its workers could take it
+        (one it refused at once, a failed endpoint's): as the dispatcher does for a request it queues."""
+        if self.on_demand is not None:
+            self.on_demand(endpoint_id)
 
     def remove(self, endpoint_id: str) -> None:
         """Stop serving the endpoint; requests still queued for it time out at their deadline."""
@@ -117,8 +128,7 @@ class RouteTable:
         endpoint_id = config.endpoint_id
 
         def on_demand() -> None:
-            if self.on_demand is not None:
-                self.on_demand(endpoint_id)
+            self.demand(endpoint_id)
 
         return EndpointDispatcher(
             queue_limit=config.queue_limit,

@@ -67,6 +67,8 @@ from dockyard.services import events, private_images
 log = logging.getLogger(__name__)
 
 CONCURRENCY = 8
+# A placed row's reason until its object runs: it no longer waits for a node but for its image and its start.
+PLACED_REASON = "placed on node {}; pulling the image and starting it"
 
 T = TypeVar("T")
 # The rows a pass writes: those of what runs on a runtime, and the endpoints that own workers.
@@ -313,8 +315,12 @@ async def place(
         demand.gpu_model,
         demand.gpu_count,
         demand.min_cuda_version,
+        # The reason changes with the placement: what waits now is the image's pull and the start, not a node.
         lambda chosen: writer.apply(
-            Update({"gpu_uuids": chosen.uuids, "node_id": chosen.node_id}, (event_type, describe(chosen)))
+            Update(
+                {"gpu_uuids": chosen.uuids, "node_id": chosen.node_id, "reason": PLACED_REASON.format(chosen.node_id)},
+                (event_type, describe(chosen)),
+            )
         ),
         cpu=demand.cpu,
         memory_mb=demand.memory_mb,

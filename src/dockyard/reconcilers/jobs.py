@@ -8,6 +8,7 @@ Each pass, in order:
    the queue, their attempt closed as "lease expired on worker W" (at-least-once delivery); a job that has
    been taken `job_max_attempts` times FAILS instead, its error naming every attempt.
 3. Finished jobs past `expires_at` are deleted with their stream parts, unless their webhook is still due.
+4. The queue's gauges are set: each endpoint's queued jobs and the age of its oldest (job_queue/metrics.py).
 
 Every step is load → decide outside any transaction → guarded apply (`guarded_update` on the version loaded),
 so a job that a worker or a client changed meanwhile is left alone and judged afresh next pass. Webhooks are
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import defer
 
 from dockyard.context import ServerContext
@@ -28,6 +29,7 @@ from dockyard.core.loops import LoopName
 from dockyard.core.status import JobStatus, WebhookState
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import JobModel
+from dockyard.job_queue.metrics import job_metrics
 from dockyard.services.jobs import (
     JobColumns,
     execution_deadline,
@@ -46,10 +48,28 @@ class JobReaper:
     def __init__(self, context: ServerContext, interval: float | None = None) -> None:
         self.context = context
         self.interval = interval if interval is not None else context.settings.job_reap_interval
+        self._metrics = job_metrics(context.registry)
 
     async def reconcile_once(self) -> None:
         await self._running(utcnow())
         await self._purge(utcnow())
+        await self._export(utcnow())
+
+    async def _export(self, now: datetime) -> None:
+        """The queue gauges (job_queue/metrics.py): every endpoint with a queued job, the others' taken away."""
+        async with self.context.db.read() as session:
+            rows = (
+                await session.execute(
+                    select(JobModel.endpoint_id, func.count(), func.min(JobModel.created_at))
+                    .where(JobModel.status == JobStatus.IN_QUEUE)
+                    .group_by(JobModel.endpoint_id)
+                )
+            ).all()
+        self._metrics.queued.clear()
+        self._metrics.oldest_queued.clear()
+        for endpoint_id, count, oldest in rows:
+            self._metrics.queued.labels(endpoint_id).set(count)
+            self._metrics.oldest_queued.labels(endpoint_id).set(max(0.0, (now - oldest).total_seconds()))
 
     async def _running(self, now: datetime) -> None:
         """Steps 1 and 2: timeouts first, since a job both late and unpinged ran out of time by its own fault."""
@@ -92,6 +112,7 @@ class JobReaper:
                     requeued.add(job.endpoint_id)
                 else:
                     changed.append(job.id)
+                    self._metrics.ended(job.endpoint_id, values["status"])
                     wake = wake or bool(job.webhook)
                     if values.get("cancel_requested") and job.worker_id:
                         flagged.add(job.worker_id)

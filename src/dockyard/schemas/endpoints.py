@@ -21,6 +21,7 @@ from dockyard.schemas.common import (
     UrlPath,
     UserEnvName,
 )
+from dockyard.schemas.waits import Blocking
 
 MAX_REPLICAS = 1000
 MAX_PORTS = 16
@@ -189,6 +190,11 @@ class Endpoint(SnakeModel):
     member_id: str
     owner_id: str = Field(description="the owning organization")
     created_at: UnixSeconds
+    blocking: Blocking | None = Field(
+        default=None,
+        description="GET of one endpoint only: why its work waits (a job queued, a request held); null when nothing "
+        "waits or in a listing (docs/troubleshooting.md)",
+    )
 
 
 class EndpointList(SnakeModel):

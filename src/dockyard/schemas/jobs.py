@@ -3,8 +3,9 @@
 These clients speak RunPod's dialect: camelCase (`delayTime`, `executionTime`, `executionTimeout`), times in
 milliseconds, statuses in UPPER_SNAKE. Optional keys of the status view (`output`, `error`, `retries`,
 `workerId`, `stream`) are absent rather than null when they do not apply, as RunPod answers them; the routers
-therefore declare these models with `response_model_exclude_unset`. The listing for our CLI
-(`/gpus/v2/endpoints/{id}/jobs`) adds PPIO-style `created_at` (unix seconds) and `attempts`.
+therefore declare these models with `response_model_exclude_unset`. A queued job's view adds Dockyard's `position`,
+`estimatedStartAt` and `reason` (services/waits.py), present (the last two null when unknown) only while IN_QUEUE.
+The listing for our CLI (`/gpus/v2/endpoints/{id}/jobs`) adds PPIO-style `created_at` (unix seconds) and `attempts`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Required, TypedDict
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from dockyard.core.status import JobStatus
+from dockyard.schemas.waits import Blocking
 
 # The bounds of RunPod's job policy as its docs state them (docs.runpod.io, serverless/endpoints: "Execution
 # policies" in send-requests, "Execution timeout" and "Job TTL" in endpoint-configurations): `executionTimeout` at
@@ -94,6 +96,16 @@ class JobView(BaseModel):
     retries: int | None = Field(default=None, description="runs beyond the first (lost leases, `retry` calls)")
     worker_id: str | None = Field(default=None, alias="workerId")
     stream: list[StreamPart] | None = Field(default=None, description="`stream` only: the parts not yet read")
+    position: int | None = Field(default=None, description="IN_QUEUE only: its place in the endpoint's queue, 1 first")
+    estimated_start_at: int | None = Field(
+        default=None,
+        alias="estimatedStartAt",
+        description="IN_QUEUE only: unix seconds when a worker should take it, from the endpoint's recent "
+        "throughput; null when that is not known (no job taken lately, or the queue is blocked)",
+    )
+    reason: Blocking | None = Field(
+        default=None, description="IN_QUEUE only: why it is not moving; null when it moves (docs/troubleshooting.md)"
+    )
 
 
 class JobViewBody(TypedDict, total=False):
@@ -109,6 +121,9 @@ class JobViewBody(TypedDict, total=False):
     retries: int
     workerId: str
     stream: list[dict[str, Any]]
+    position: int
+    estimatedStartAt: int | None
+    reason: dict[str, Any] | None
 
 
 class JobListItem(JobView):
@@ -153,3 +168,6 @@ class WorkerCounts(BaseModel):
 class EndpointHealth(BaseModel):
     jobs: JobCounts
     workers: WorkerCounts
+    reason: Blocking | None = Field(
+        default=None, description="why its queued jobs are not moving; null when they move (docs/troubleshooting.md)"
+    )

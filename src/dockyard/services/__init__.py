@@ -7,10 +7,10 @@ Every public function takes its arguments in one order, so that a call reads the
 
 1. Where it works. `session`, the caller's transaction, for everything that runs inside one (the function
    commits it when it writes). A function that opens and commits transactions of its own takes the server
-   `context` instead (job submission, which batches its inserts; `runsync`'s wait; the worker webhooks;
-   reading a runtime's logs), or only the `db` where it needs nothing else of the server (a job's status
-   read, start-up, the control loops' bookkeeping). A function that touches neither starts with the value it
-   works on.
+   `context` instead (job submission, which batches its inserts; `runsync`'s wait; a job's status read, which
+   also reads the server's cache of why queues wait; the worker webhooks; reading a runtime's logs), or only the
+   `db` where it needs nothing else of the server (start-up, the control loops' bookkeeping). A function that
+   touches neither starts with the value it works on.
 2. Who acts: the caller's `principal` (its organization is the tenancy check), or the authenticated `worker`
    of a worker webhook. The operator's functions have none: their routers admit the operator alone.
 3. What: the object's ids, then the request body, then the options (the `Idempotency-Key`, paging, filters).

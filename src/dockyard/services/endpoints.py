@@ -54,7 +54,7 @@ from dockyard.schemas.endpoints import (
     WorkerConfigOut,
 )
 from dockyard.secrets import SecretBox
-from dockyard.services import idempotency, network_storages, products, quotas, registry_auths
+from dockyard.services import idempotency, network_storages, products, quotas, registry_auths, waits
 from dockyard.services.tenancy import owned_row
 from dockyard.services.worker_runspec import health_check as effective_health_check
 from dockyard.services.workloads import decrypt_envs, encrypt_envs, masked_envs, split_command
@@ -77,6 +77,8 @@ def route_config(row: EndpointModel, settings: Settings) -> EndpointConfig:
         request_timeout=float(config["request_timeout"]),
         max_concurrent_per_worker=int(config["max_concurrent_per_worker"]),
         queue_limit=settings.gateway_queue_limit,
+        status=row.status,
+        reason=row.reason,
     )
 
 
@@ -300,8 +302,11 @@ async def _workers(session: AsyncSession, endpoint_ids: Sequence[str]) -> dict[s
 
 
 async def get(session: AsyncSession, principal: Principal, endpoint_id: str, *, context: ServerContext) -> Endpoint:
+    """The endpoint, its workers, and what its work waits for (`blocking`, services/waits.py)."""
     row = await get_row(session, principal, endpoint_id)
-    return to_wire(row, (await _workers(session, [row.id]))[row.id], context)
+    endpoint = to_wire(row, (await _workers(session, [row.id]))[row.id], context)
+    endpoint.blocking = await waits.explain(session, row, settings=context.settings)
+    return endpoint
 
 
 def encode_cursor(created_at: datetime, endpoint_id: str) -> str:

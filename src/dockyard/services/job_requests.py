@@ -34,15 +34,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from dockyard import outbound
+from dockyard.config import Settings
 from dockyard.context import ServerContext
 from dockyard.core.callers import Principal
 from dockyard.core.loops import LoopName
 from dockyard.core.status import DesiredState, EndpointType, JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, new_id, retry_stale, utcnow
 from dockyard.db.models import EndpointModel, JobModel, JobStreamModel, WorkerModel
-from dockyard.db.session import Database
 from dockyard.errors import ApiError, Conflict, InvalidField, NotFound, PayloadTooLarge
 from dockyard.job_queue.inserts import Limit
+from dockyard.job_queue.metrics import job_metrics
 from dockyard.schemas.jobs import (
     EndpointHealth,
     JobAccepted,
@@ -56,7 +57,8 @@ from dockyard.schemas.jobs import (
     RunRequest,
     WorkerCounts,
 )
-from dockyard.services import endpoints, idempotency, quotas
+from dockyard.schemas.waits import WaitCode
+from dockyard.services import endpoints, idempotency, quotas, waits
 from dockyard.services.jobs import VIEW_COLUMNS, finish_values, job_view, retry_values
 
 _WAIT_SLICE = 5.0  # seconds between database reads while waiting, for changes made by another process
@@ -263,7 +265,7 @@ async def _read_view(context: ServerContext, job_id: str) -> JobViewBody | None:
     return job_view(job) if job is not None else None
 
 
-async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> JobView | None:
+async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> JobViewBody | None:
     """The job's view once it is final, or as it is after `wait_seconds`; None when it was purged meanwhile."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
@@ -273,7 +275,7 @@ async def wait_for(context: ServerContext, job_id: str, wait_seconds: float) -> 
         with context.job_signals.watch_changed(job_id) as changed:
             view = await _read_view(context, job_id)
             if view is None or JobStatus(view["status"]).final or remaining <= 0:
-                return JobView.model_validate(view) if view is not None else None
+                return view
             await changed.wait(min(remaining, _WAIT_SLICE))
 
 
@@ -287,13 +289,27 @@ async def run_sync(
     wait_seconds: float,
 ) -> JobView:
     """Submit like `submit`, then answer the job's status view once it is final or `wait_seconds` have passed
-    (RunPod's `runsync`: an unfinished job is answered IN_QUEUE or IN_PROGRESS, to be polled with `status`)."""
+    (RunPod's `runsync`: an unfinished job is answered IN_QUEUE or IN_PROGRESS, to be polled with `status`). On an
+    endpoint marked failed it answers at once: the job stays queued, and its view says why."""
     answer = await submit(context, principal, endpoint_id, request, idempotency_key)
     job_id = str(answer.body["id"])
-    view = await wait_for(context, job_id, wait_seconds)
+    found = await waits.snapshot(context, endpoint_id)
+    failed = found.blocking is not None and found.blocking.code == WaitCode.ENDPOINT_FAILED
+    view = await wait_for(context, job_id, 0.0 if failed else wait_seconds)
     if view is None:
         raise NotFound(f"job {job_id} finished and its result has already expired; give it a longer ttl")
-    return view
+    if view["status"] == JobStatus.IN_QUEUE:
+        view = await _queued(context, endpoint_id, view)
+    return JobView.model_validate(view)
+
+
+async def _queued(context: ServerContext, endpoint_id: str, view: JobViewBody) -> JobViewBody:
+    """A queued job's view with where it stands: `position`, `estimatedStartAt` and the blocking `reason`. The
+    explanation is the endpoint's, cached for a second (services/waits.py); the position is one count."""
+    found = await waits.snapshot(context, endpoint_id)
+    place = await waits.position(context.db, endpoint_id, view["id"])
+    reason = found.blocking.model_dump(mode="json") if found.blocking is not None else None
+    return {**view, "position": place, "estimatedStartAt": waits.estimated_start(found, place), "reason": reason}
 
 
 # Built once (Database.first): the job of the caller's async endpoint, the columns of its status view.
@@ -309,15 +325,21 @@ _STATUS = (
 )
 
 
-async def status(db: Database, principal: Principal, endpoint_id: str, job_id: str) -> JobView:
+async def status(context: ServerContext, principal: Principal, endpoint_id: str, job_id: str) -> JobView:
     """The job's status view. One point read on the hot path (`Database.first`); when it finds nothing, the
-    endpoint is looked up on its own so the 404 says what is missing."""
+    endpoint is looked up on its own so the 404 says what is missing. A queued job's view also says where it
+    stands (`_queued`): reads made for IN_QUEUE jobs alone."""
+    db = context.db
     job = await db.first(_STATUS, {"job_id": job_id, "endpoint_id": endpoint_id, "org_id": principal.org_id})
     if job is None:
         async with db.read() as session:
             endpoint = await async_endpoint(session, principal, endpoint_id)
-            return JobView.model_validate(job_view(await _job(session, endpoint.id, job_id)))
-    return JobView.model_validate(job_view(job))
+            view = job_view(await _job(session, endpoint.id, job_id))
+    else:
+        view = job_view(job)
+    if view["status"] == JobStatus.IN_QUEUE:
+        view = await _queued(context, endpoint_id, view)
+    return JobView.model_validate(view)
 
 
 async def stream(session: AsyncSession, principal: Principal, endpoint_id: str, job_id: str) -> JobView:
@@ -342,10 +364,10 @@ async def cancel(
     to stop at its next ping or job-done; a finished one is answered unchanged."""
     owner = (await async_endpoint(session, principal, endpoint_id)).id  # a string: a rollback expires rows
 
-    async def change() -> tuple[JobView, bool, str]:
+    async def change() -> tuple[JobView, bool, str, bool]:
         job = await _job(session, owner, job_id)
         if job.status.final:
-            return JobView.model_validate(job_view(job)), False, ""
+            return JobView.model_validate(job_view(job)), False, "", False
         holder = job.worker_id if job.status == JobStatus.IN_PROGRESS else ""
         values = finish_values(job, JobStatus.CANCELLED, now=utcnow(), outcome="cancelled by the client")
         for name, value in {**values, "cancel_requested": bool(holder)}.items():
@@ -353,9 +375,11 @@ async def cancel(
         await session.flush()
         view = JobView.model_validate(job_view(job))
         await session.commit()
-        return view, bool(job.webhook), holder
+        return view, bool(job.webhook), holder, True
 
-    view, changed, holder = await retry_stale(session, change)
+    view, changed, holder, ended = await retry_stale(session, change)
+    if ended:
+        job_metrics(context.registry).ended(owner, JobStatus.CANCELLED)
     context.job_signals.notify_changed(job_id)
     if holder:
         context.job_signals.notify_worker(holder)  # its held job-stop poll answers now
@@ -410,6 +434,7 @@ async def purge_queue(
         if await guarded_update(session, JobModel, job.id, job.version, **values):
             removed.append(job)
     await session.commit()
+    job_metrics(context.registry).ended(endpoint.id, JobStatus.CANCELLED, len(removed))
     for job in removed:
         context.job_signals.notify_changed(job.id)
     if any(job.webhook for job in removed):
@@ -417,8 +442,11 @@ async def purge_queue(
     return PurgeAnswer(removed=len(removed), status="completed")
 
 
-async def health(session: AsyncSession, principal: Principal, endpoint_id: str) -> EndpointHealth:
-    """Job counts by status, and worker counts in RunPod's states (`WorkerCounts`), all from the database."""
+async def health(
+    session: AsyncSession, principal: Principal, endpoint_id: str, *, settings: Settings
+) -> EndpointHealth:
+    """Job counts by status, worker counts in RunPod's states (`WorkerCounts`), and why its queued jobs are not
+    moving (`reason`, services/waits.py), all from the database."""
     endpoint = await async_endpoint(session, principal, endpoint_id)
     of_endpoint = JobModel.endpoint_id == endpoint.id
     by_status = await session.execute(
@@ -442,6 +470,7 @@ async def health(session: AsyncSession, principal: Principal, endpoint_id: str) 
     ).all()
     ready = {worker.id for worker in workers if worker.status == WorkerStatus.READY and not worker.drain}
     return EndpointHealth(
+        reason=await waits.explain(session, endpoint, settings=settings),
         jobs=JobCounts(
             completed=counts.get(JobStatus.COMPLETED, 0),
             failed=counts.get(JobStatus.FAILED, 0) + counts.get(JobStatus.TIMED_OUT, 0),

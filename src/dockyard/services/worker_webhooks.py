@@ -67,6 +67,7 @@ from dockyard.core.status import JobStatus, WorkerStatus
 from dockyard.db.base import guarded_update, utcnow
 from dockyard.db.models import JobModel, JobStreamModel, WorkerModel
 from dockyard.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
+from dockyard.job_queue.metrics import job_metrics
 from dockyard.json_depth import too_deep, too_deep_message
 from dockyard.schemas.worker_webhooks import TakenJob
 from dockyard.secrets import hash_api_key
@@ -276,7 +277,8 @@ async def done(context: ServerContext, worker: WorkerModel, job_id: str, post: W
             async with context.db.write() as session:
                 job = await _job(session, worker, job_id)
                 webhook = bool(job.webhook)
-                if _holds(job, worker):
+                ended = _holds(job, worker)
+                if ended:
                     await jobs.finish(session, job, status, output_json=output_json, error=error, now=now)
                     refused = ""
                     if post.stop_pod:
@@ -297,6 +299,8 @@ async def done(context: ServerContext, worker: WorkerModel, job_id: str, post: W
             continue
         if refused:
             raise Conflict(f"result not recorded: {refused}")
+        if ended:
+            job_metrics(context.registry).ended(worker.endpoint_id, status)
         context.job_signals.notify_changed(job_id)
         if webhook:
             context.wake(LoopName.JOB_WEBHOOKS)
@@ -422,6 +426,7 @@ async def ping(
         if status == JobStatus.IN_QUEUE:
             signals.notify_queued(worker.endpoint_id)
         else:
+            job_metrics(context.registry).ended(worker.endpoint_id, status)
             signals.notify_changed(job_id)
             if webhook:
                 context.wake(LoopName.JOB_WEBHOOKS)
