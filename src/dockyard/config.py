@@ -162,7 +162,8 @@ class Settings(BaseSettings):
     health_startup_failures: int = Field(default=12, ge=1)
     worker_startup_timeout: float = Field(default=600.0, gt=0)  # created -> ready, image pull included
     # An async worker whose container runs but that has made no webhook call (job-take or ping) this long is
-    # failed and replaced, with the URL it was given: the SDKs call at once, so a silent one cannot reach it.
+    # failed and replaced, with the URL it was given: the SDKs call at once, so a silent one cannot reach it. Half
+    # this long, its endpoint's queued jobs already name it as why they wait (services/waits.py).
     worker_call_in_timeout: float = Field(default=60.0, gt=0)
     # Workers' output kept after their containers are removed (reconcilers/endpoint_logs.py): each worker's last
     # `worker_log_bytes`, at most `endpoint_log_bytes` per endpoint (its oldest dropped first), for
@@ -171,9 +172,6 @@ class Settings(BaseSettings):
     endpoint_log_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
     worker_log_retention_seconds: float = Field(default=86400.0, gt=0)
     worker_drain_timeout: float = Field(default=300.0, ge=0)  # a draining worker is removed after this, busy or not
-    # An async worker started this long ago that has never called its webhooks is shown as the reason its
-    # endpoint's jobs wait (services/waits.py), with the URL it was given.
-    worker_call_in_seconds: float = Field(default=30.0, gt=0)
     # Async jobs. A worker's lease on a job lasts `job_lease_seconds` from its last ping (the SDKs ping every
     # 10 s), so a dead worker's job is back in the queue within that; after `job_max_attempts` takes it fails.
     job_lease_seconds: float = Field(default=30.0, gt=0)

@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from dockyard.config import Settings
 from dockyard.core.status import EndpointStatus, EndpointType, WorkerStatus
+from dockyard.reconcilers.endpoints_workers import never_called_in
 from dockyard.schemas.waits import WaitCode
 from dockyard.services import waits
 from dockyard.services.waits import QueueFacts, Snapshot, WorkerFacts, blocking, estimated_start
@@ -89,6 +91,18 @@ def test_an_async_worker_that_never_called_in_names_the_url_it_was_given() -> No
     # Within the bound it is only starting; a sync worker is never judged by its webhooks.
     assert code_of(facts(replace(silent, since=NOW - timedelta(seconds=29)))) == WaitCode.WORKER_STARTING
     assert code_of(facts(silent, type=EndpointType.SYNC)) == WaitCode.WORKER_STARTING
+
+
+def test_workers_failed_for_never_calling_in_keep_that_code_with_the_reconcilers_reason() -> None:
+    """The reconciler fails and replaces a silent worker at the bound; its jobs keep saying why, not just that
+    workers fail."""
+    reason = never_called_in(Settings(host="127.0.0.1", port=8080, worker_call_in_timeout=60), "ep1")
+    failed = worker(WorkerStatus.FAILED, reason, ago=5)
+    found = blocking(facts(failed, worker(WorkerStatus.STARTING, ago=1)), NOW)
+    assert found is not None
+    assert found.code == WaitCode.WORKERS_NOT_CALLING_IN
+    assert "1 worker(s) failed for never calling the webhooks" in found.message
+    assert "dockyard server --host 0.0.0.0" in found.message
 
 
 def test_workers_failing_before_ready_give_the_last_error() -> None:

@@ -109,7 +109,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, engine_url: str) -> Iterato
         patch.setattr(endpoints_workers, "BACKOFF_FIRST", 0.3)
         # Failed at the second failure in a row, not the third: a pull of a missing image takes the engine seconds.
         patch.setattr(endpoints, "CRASH_LOOP_FAILURES", 2)
-        with engine_server(data, engine_url, worker_call_in_seconds=2, **gpus) as running:
+        with engine_server(data, engine_url, worker_call_in_timeout=4, **gpus) as running:
             yield running
 
 

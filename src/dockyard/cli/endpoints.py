@@ -4,17 +4,24 @@ and invoking them."""
 from __future__ import annotations
 
 import json
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Group
 from rich.markup import escape
-from rich.table import Table
 
 from dockyard.cli.config import target
+from dockyard.cli.endpoint_views import (
+    EndpointProgress,
+    health_rows,
+    message_of,
+    replicas,
+    status_of,
+    url_row,
+    utc_time,
+    wait_until_up,
+    worker_rows,
+)
 from dockyard.cli.jobs import reason_rows
 from dockyard.cli.options import (
     EnvOption,
@@ -27,7 +34,6 @@ from dockyard.cli.options import (
     read_json_body,
 )
 from dockyard.cli.output import (
-    as_commands,
     fail,
     handle_errors,
     live_wait,
@@ -39,7 +45,7 @@ from dockyard.cli.output import (
     stderr,
 )
 from dockyard.cli.resolve import ENDPOINT, REGISTRY_AUTH, resolve, resolve_all
-from dockyard.client import ApiError, Client, EndpointFailed, Json, WaitTimeout, ready_workers
+from dockyard.client import ApiError, Client, WaitTimeout
 from dockyard.core.status import EndpointType
 
 app = typer.Typer(
@@ -119,100 +125,6 @@ def _health_check(body: dict[str, Any], current: dict[str, Any], path: str | Non
     body["health_check"] = check
 
 
-def _seconds(value: Any) -> str:
-    return datetime.fromtimestamp(int(value), UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else ""
-
-
-def _status(thing: Json) -> str:
-    return str((thing.get("status") or {}).get("status", ""))
-
-
-def _message(thing: Json) -> str:
-    status = thing.get("status") or {}
-    return as_commands(str(status.get("error") or status.get("message") or ""))
-
-
-def _replicas(endpoint: Json) -> str:
-    config = endpoint.get("worker_config") or {}
-    workers = endpoint.get("workers") or []
-    ready = ready_workers(endpoint)
-    return f"{ready}/{len(workers)} ready (min {config.get('min_replicas', 0)}, max {config.get('max_replicas', 0)})"
-
-
-def _worker_rows(workers: list[Json], detail: bool) -> list[list[str]]:
-    rows = []
-    for worker in workers:
-        row = [escape(str(worker["id"])), status_text(_status(worker)), "yes" if worker.get("health") else "no"]
-        if detail:
-            row += [
-                "yes" if worker.get("drain") else "no",
-                str(worker.get("generation", "")),
-                escape(str(worker.get("node_id", ""))),
-            ]
-        row.append(escape(_message(worker)))
-        if detail:
-            row += [escape(_probe(worker)), _seconds(worker.get("created_at"))]
-        rows.append(row)
-    return rows
-
-
-def _probe(worker: Json) -> str:
-    """What the last health probe saw and when ("status 404 at 12:00:03"); an async worker's last webhook call."""
-    probe = worker.get("last_probe")
-    if isinstance(probe, dict) and probe.get("result"):
-        return f"{probe['result']} at {_seconds(probe.get('at'))}"
-    if worker.get("last_call_at"):
-        return f"called in at {_seconds(worker.get('last_call_at'))}"
-    return ""
-
-
-class EndpointProgress:
-    """The live view of a wait: the endpoint's status and reason, then its workers; rich re-renders it several
-    times a second, so the elapsed time moves while nothing changes."""
-
-    def __init__(self, endpoint_id: str) -> None:
-        self.started = time.monotonic()
-        self.endpoint: Json = {"id": endpoint_id}
-
-    def update(self, endpoint: Json) -> None:
-        self.endpoint = endpoint
-
-    def __rich__(self) -> Group:
-        head = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("ENDPOINT", "STATUS", "WORKERS", "ELAPSED", "MESSAGE"):
-            head.add_column(column, no_wrap=column != "MESSAGE")
-        head.add_row(
-            escape(str(self.endpoint.get("name") or self.endpoint["id"])),
-            status_text(_status(self.endpoint) or "…"),
-            _replicas(self.endpoint),
-            f"{time.monotonic() - self.started:.0f}s",
-            escape(_message(self.endpoint)),
-        )
-        workers = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("WORKER", "STATUS", "HEALTH", "MESSAGE"):
-            workers.add_column(column)
-        for row in _worker_rows(self.endpoint.get("workers") or [], detail=False):
-            workers.add_row(*row)
-        return Group(head, workers)
-
-
-def _wait(client: Client, endpoint_id: str, timeout: float) -> Json:
-    """Wait for the endpoint to be up; exits 1 with its reason and where to look further when it fails or the wait
-    runs out."""
-    progress = EndpointProgress(endpoint_id)
-    try:
-        return live_wait(
-            progress,
-            lambda: client.wait_for_endpoint(endpoint_id, timeout=timeout, on_change=progress.update),
-            f"dockyard endpoints get {endpoint_id}",
-        )
-    except EndpointFailed as exc:
-        fail(
-            f"{exc.message}; `dockyard endpoints events {endpoint_id}` and "
-            f"`dockyard endpoints workers {endpoint_id}` say more"
-        )
-
-
 def _registry_auth(client: Client, body: dict[str, Any]) -> None:
     """`registry_auth_id` given by name or id prefix, as its id."""
     if body.get("registry_auth_id"):
@@ -275,7 +187,7 @@ def create(
         _registry_auth(client, body)
         created = client.create_endpoint(body)
         if wait:
-            endpoint = _wait(client, str(created["id"]), timeout)
+            endpoint = wait_until_up(client, str(created["id"]), timeout)
             if as_json:
                 print_json(endpoint)
                 return
@@ -336,11 +248,11 @@ def update(
         if not body:
             fail("nothing to change; give an option such as --max-replicas, or the body with --file spec.json")
         answer = client.update_endpoint(endpoint_id, body)
-        endpoint = _wait(client, endpoint_id, timeout) if wait else None
+        endpoint = wait_until_up(client, endpoint_id, timeout) if wait else None
     if as_json:
         print_json(endpoint if endpoint is not None else answer)
     else:
-        typer.echo(f"{endpoint_id}: {_status(endpoint) if endpoint is not None else 'updated'}")
+        typer.echo(f"{endpoint_id}: {status_of(endpoint) if endpoint is not None else 'updated'}")
 
 
 COLUMNS = ("ID", "NAME", "TYPE", "STATUS", "WORKERS", "URL", "CREATED")
@@ -364,32 +276,14 @@ def list_(
             escape(str(e["id"])),
             escape(str(e.get("name", ""))),
             escape(str(e.get("type", ""))),
-            status_text(_status(e)),
-            _replicas(e),
+            status_text(status_of(e)),
+            replicas(e),
             escape(str(e.get("url", ""))),
-            _seconds(e.get("created_at")),
+            utc_time(e.get("created_at")),
         ]
         for e in endpoints
     ]
     print_table(COLUMNS, rows, empty="No endpoints. Create one with `dockyard endpoints create`.")
-
-
-def _is_async(endpoint: Json) -> bool:
-    return endpoint.get("type") == EndpointType.ASYNC.value
-
-
-def _url_row(endpoint: Json) -> list[str]:
-    """An async endpoint is called at its job API (`{url}/run`, `{url}/status/JOB`), a sync one at its URL."""
-    url = escape(str(endpoint.get("url", "")))
-    return ["job api", f"{url} (run, status/JOB, ...)"] if _is_async(endpoint) else ["url", url]
-
-
-def _health_rows(endpoint: Json, check: Json) -> list[list[str]]:
-    """The health check, which only a sync endpoint's workers are probed with (an async worker is ready once it
-    takes jobs)."""
-    if _is_async(endpoint):
-        return []
-    return [["health check", escape(f"GET {check.get('path', '')} on port {check.get('port', '')}")]]
 
 
 @app.command("get")
@@ -408,24 +302,24 @@ def get(ctx: typer.Context, endpoint_id: IdArgument, as_json: JsonOption = False
         ["id", escape(str(endpoint["id"]))],
         ["name", escape(str(endpoint.get("name", "")))],
         ["type", escape(str(endpoint.get("type", "")))],
-        ["status", status_text(_status(endpoint))],
-        ["message", escape(_message(endpoint))],
+        ["status", status_text(status_of(endpoint))],
+        ["message", escape(message_of(endpoint))],
         *reason_rows(endpoint.get("blocking")),
-        _url_row(endpoint),
+        url_row(endpoint),
         ["image", escape(str(endpoint.get("image", "")))],
         ["product / region", escape(f"{endpoint.get('product_id', '')} / {endpoint.get('region_id', '')}")],
-        ["workers", _replicas(endpoint)],
+        ["workers", replicas(endpoint)],
         ["policy", escape(f"{policy.get('type', '')}:{policy.get('value', '')}")],
         ["per worker", escape(f"{config.get('max_concurrent_per_worker')} requests, {config.get('gpu_num')} GPU(s)")],
         ["ports", escape(", ".join(str(p) for p in endpoint.get("ports") or []))],
-        *_health_rows(endpoint, check),
+        *health_rows(endpoint, check),
         ["envs", escape(", ".join(f"{e['key']}={e.get('value', '')}" for e in endpoint.get("envs") or []))],
-        ["created", _seconds(endpoint.get("created_at"))],
+        ["created", utc_time(endpoint.get("created_at"))],
     ]
     print_table(("FIELD", "VALUE"), rows, empty="")
     if endpoint.get("workers"):
         stderr().print()
-        print_table(("WORKER", "STATUS", "HEALTH", "MESSAGE"), _worker_rows(endpoint["workers"], False), empty="")
+        print_table(("WORKER", "STATUS", "HEALTH", "MESSAGE"), worker_rows(endpoint["workers"], False), empty="")
 
 
 def _wait_gone(client: Client, endpoint_id: str, timeout: float) -> None:
@@ -470,7 +364,7 @@ def workers(ctx: typer.Context, endpoint_id: IdArgument, as_json: JsonOption = F
         return
     print_table(
         ("ID", "STATUS", "HEALTH", "DRAIN", "GEN", "NODE", "MESSAGE", "LAST PROBE", "CREATED"),
-        _worker_rows(found, detail=True),
+        worker_rows(found, detail=True),
         empty=f"No workers. `dockyard endpoints events {endpoint_id}` says what was decided and why.",
     )
 
@@ -523,7 +417,7 @@ def events(
         print_json({"data": found})
         return
     rows = [
-        [_seconds(e.get("created_at")), escape(str(e.get("type", ""))), escape(str(e.get("message", "")))]
+        [utc_time(e.get("created_at")), escape(str(e.get("type", ""))), escape(str(e.get("message", "")))]
         for e in found
     ]
     print_table(

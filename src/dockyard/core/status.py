@@ -122,3 +122,10 @@ class WebhookState(StrEnum):
     PENDING = "pending"  # to be delivered (again) at `webhook_next_at`
     DELIVERED = "delivered"
     FAILED = "failed"  # every attempt failed; `webhook_error` says how
+
+
+# How a worker that no node has room for is worded (its placement's reason follows): the reconciler writes it and
+# the queue's explanation (services/waits.py) recognises it, so both take it from here.
+UNPLACED_PREFIX = "waiting to be placed: "
+# How an async worker failed for never calling its webhooks is worded, for the same two readers.
+NEVER_CALLED_IN_PREFIX = "never called in: "

@@ -33,7 +33,7 @@ from prometheus_client import Histogram
 from dockyard.config import LOOPBACK_HOSTS, Settings
 from dockyard.control.prober import HealthProber
 from dockyard.control.route_sync import publish_worker
-from dockyard.core.status import DesiredState, EndpointType, WorkerStatus
+from dockyard.core.status import NEVER_CALLED_IN_PREFIX, UNPLACED_PREFIX, DesiredState, EndpointType, WorkerStatus
 from dockyard.core.workload import WorkloadSpec
 from dockyard.db.base import utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
@@ -399,7 +399,7 @@ class WorkerTask:
         )
         placed = await place(self.writer, demand, allocator, self.state.gpu_lock, "WorkerScheduled")
         if isinstance(placed, Unschedulable):
-            await self.writer.apply(Update({"reason": f"waiting to be placed: {placed.reason}"}))
+            await self.writer.apply(Update({"reason": UNPLACED_PREFIX + placed.reason}))
             return None
         return placed
 
@@ -421,7 +421,7 @@ def never_called_in(settings: Settings, endpoint_id: str) -> str:
             f"workers (DOCKYARD_WORKER_WEBHOOK_URL); its output says more: `dockyard endpoints logs {endpoint_id}`"
         )
     return (
-        f"never called in: no job-take or ping webhook call within {settings.worker_call_in_timeout:g} s of its "
+        f"{NEVER_CALLED_IN_PREFIX}no job-take or ping webhook call within {settings.worker_call_in_timeout:g} s of its "
         f"container starting; it was given {url}; {cause}"
     )
 

@@ -11,8 +11,9 @@ The reasons, first that applies wins (docs/troubleshooting.md says what each mea
 1. `ENDPOINT_FAILED`: Dockyard marked the endpoint failed (a crash loop, a spec it refuses).
 2. `WORKERS_FAILING`: no worker ready and some of the current template failed before becoming ready within
    `FAILURES_WINDOW` (the last one's error: a worker failed for never calling in says so there).
-3. `WORKERS_NOT_CALLING_IN`: an async worker started longer than `call_in_seconds` ago and has never called its
-   webhooks (with the URL it was given: a server on loopback is the usual cause).
+3. `WORKERS_NOT_CALLING_IN`: an async worker started longer than `call_in_seconds` ago (half the bound after which
+   it is failed) and has never called its webhooks, or the last worker failed for that (with the URL it was given:
+   a server on loopback is the usual cause).
 4. `NO_FREE_GPU` / `NO_ROOM`: a worker waits to be placed (the placement's own sentence).
 5. `QUOTA_REACHED`: the autoscaler's scale-up is held by the organization's quota and no worker is coming.
 6. `WORKER_STARTING`: a worker is being placed or started (since when).
@@ -34,10 +35,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.config import Settings
 from dockyard.context import ServerContext
-from dockyard.core.status import EndpointStatus, EndpointType, JobStatus, WorkerStatus
+from dockyard.core.status import (
+    NEVER_CALLED_IN_PREFIX,
+    UNPLACED_PREFIX,
+    EndpointStatus,
+    EndpointType,
+    JobStatus,
+    WorkerStatus,
+)
 from dockyard.db.base import utcnow
 from dockyard.db.models import EndpointModel, EventModel, JobModel, ProductModel, WorkerModel
 from dockyard.db.session import Database
+from dockyard.outbound import redact_url
 from dockyard.schemas.waits import Blocking, WaitCode
 from dockyard.services.worker_runspec import webhook_base_url
 
@@ -48,7 +57,6 @@ FAILURES_WINDOW = timedelta(minutes=10)  # a failed worker older than this no lo
 _EVENTS = ("EndpointFailed", "ScaleUpHeld", "ScaledUp")
 _WAITING = (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS)
 _GONE = (WorkerStatus.FAILED, WorkerStatus.EXITED, WorkerStatus.STOPPING, WorkerStatus.DRAINING)
-_PLACING = "waiting to be placed"  # how the endpoint reconciler words a worker no node has room for
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,12 @@ def blocking(facts: QueueFacts, now: datetime) -> Blocking | None:
     failed = [w for w in facts.workers if w.status == WorkerStatus.FAILED and w.current and w.since >= recent]
     if failed and not ready:
         last = max(failed, key=lambda w: w.since)
+        if last.reason.startswith(NEVER_CALLED_IN_PREFIX):  # the reason names the URL and the likely cause
+            return Blocking(
+                code=WaitCode.WORKERS_NOT_CALLING_IN,
+                message=f"{len(failed)} worker(s) failed for never calling the webhooks; the last: {last.reason}",
+                since=_unix(min(w.since for w in failed)),
+            )
         return Blocking(
             code=WaitCode.WORKERS_FAILING,
             message=f"{len(failed)} worker(s) failed before becoming ready; the last: {last.reason}. "
@@ -143,7 +157,7 @@ def blocking(facts: QueueFacts, now: datetime) -> Blocking | None:
             f"set DOCKYARD_WORKER_WEBHOOK_URL). `dockyard endpoints logs {endpoint} {worker.id}` shows its output",
             since=_unix(worker.since),
         )
-    placing = [w for w in live if w.status == WorkerStatus.PENDING and w.reason.startswith(_PLACING)]
+    placing = [w for w in live if w.status == WorkerStatus.PENDING and w.reason.startswith(UNPLACED_PREFIX)]
     if placing and not ready:
         worker = min(placing, key=lambda w: w.created_at)
         code = WaitCode.NO_FREE_GPU if facts.gpus_per_worker else WaitCode.NO_ROOM
@@ -244,8 +258,9 @@ async def facts(session: AsyncSession, endpoint: EndpointModel, *, settings: Set
             for worker in workers
         ),
         held=held,
-        webhook_url=webhook_base_url(settings),
-        call_in_seconds=settings.worker_call_in_seconds,
+        webhook_url=redact_url(webhook_base_url(settings)),  # shown to the tenant: the operator's credentials never
+        # A silent worker is reported at half the bound after which the reconciler fails and replaces it.
+        call_in_seconds=settings.worker_call_in_timeout / 2,
     )
 
 
