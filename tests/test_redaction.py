@@ -25,7 +25,8 @@ WORKER_KEY = new_worker_key()
         ("postgresql+asyncpg://dockyard:hunter2@db:5432/dy", "postgresql+asyncpg://******@db:5432/dy"),
         ("https://token@github.com/org/repo", "https://******@github.com/org/repo"),
         (f"key {API_KEY} refused", "key dy_****** refused"),
-        (f"PPIO_AI_API_KEY={WORKER_KEY}", "PPIO_AI_API_KEY=dyw_******"),
+        # A fresh key each run: a fixed id keeps the test ids one collection to the next (parallel runs compare them).
+        pytest.param(f"PPIO_AI_API_KEY={WORKER_KEY}", "PPIO_AI_API_KEY=dyw_******", id="worker-key-in-env"),
         ("the planted-admin-token-0123 leaked", "the ****** leaked"),
     ],
 )
