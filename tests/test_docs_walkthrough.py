@@ -1,25 +1,32 @@
-"""The tutorial, walked as a reader would: every fenced `bash` block of docs/tutorial.md, in order, in one shell,
-against a real server on Podman with the CLI configured through its environment (`DOCKYARD_URL`,
-`DOCKYARD_API_KEY`). Each block must exit 0, and the answers the tutorial promises must be the ones printed.
-And every page's relative links lead to a file that exists."""
+"""The README and the tutorial, walked as a reader would. The README's first command, `scripts/quickstart`, runs as
+written on the tests' engine (its own port, data dir and CLI config); its second, `scripts/test`, is what CI runs.
+Every fenced `bash` block of docs/tutorial.md runs in order, in one shell, against a real server on Podman with the
+CLI configured through its environment (`DOCKYARD_URL`, `DOCKYARD_API_KEY`). Each must exit 0, and the answers
+they promise must be the ones printed. And every page's relative links lead to a file that exists."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.engine import ROOT
-from tests.servers import EngineServer, engine_server
+from tests.live import free_port
+from tests.servers import EngineServer, engine_server, remove_installation
 
 TUTORIAL = ROOT / "docs" / "tutorial.md"
 WALK_SECONDS = 300
 """The most the whole tutorial may take; it takes well under a minute (the SDK's `pip install` is most of it)."""
+QUICKSTART_SECONDS = 300
+"""The most the quickstart may take with its dependencies in place (it takes about half a minute)."""
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 BLOCK = re.compile(r"^```bash\n(.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -114,3 +121,56 @@ def block_outputs(stdout: str) -> dict[str, str]:
         elif current:
             outputs[current] += line + "\n"
     return outputs
+
+
+@pytest.mark.engine
+def test_the_readmes_quickstart_runs_as_written(engine_url: str, busybox_image: str, tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert bash_blocks(readme)[0].splitlines()[0].startswith("scripts/quickstart")
+    data = tmp_path / "data"
+    env = {
+        **os.environ,
+        "DOCKYARD_PORT": str(free_port()),
+        "DOCKYARD_DATA_DIR": str(data),
+        "DOCKER_HOST": engine_url,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    try:
+        walked = subprocess.run(
+            [str(ROOT / "scripts" / "quickstart")], env=env, capture_output=True, text=True, timeout=QUICKSTART_SECONDS
+        )
+        assert walked.returncode == 0, f"{walked.stdout[-3000:]}\n{walked.stderr[-3000:]}"
+        assert "hello from dockyard" in walked.stdout  # the container's page
+        assert '"body": "hello from the demo endpoint"' in walked.stdout  # the endpoint's echo, from zero workers
+        assert "Dockyard is running." in walked.stdout
+        # Run again, it reuses what is there.
+        again = subprocess.run(
+            [str(ROOT / "scripts" / "quickstart")], env=env, capture_output=True, text=True, timeout=QUICKSTART_SECONDS
+        )
+        assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
+        assert "a Dockyard server already answers" in again.stdout
+        assert "reusing endpoint" in again.stdout
+    finally:
+        _stop_quickstart(data, engine_url)
+
+
+def _stop_quickstart(data: Path, engine_url: str) -> None:
+    """Stop the server the quickstart left running, then remove what it made on the engine."""
+    pid_file = data / "server.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text())
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(200):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    database = data / "dockyard.db"
+    if database.exists():
+        with sqlite3.connect(database) as connection:
+            found = connection.execute("SELECT value FROM settings WHERE key = 'installation_id'").fetchone()
+        if found is not None:
+            remove_installation(engine_url, str(found[0]))
