@@ -16,6 +16,7 @@ from dockyard.config import Settings
 from dockyard.core.status import EndpointType
 from dockyard.core.workload import EnvVar, HealthCheck, PortSpec, WorkloadSpec
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
+from dockyard.runtimes.base import RunSpec
 from dockyard.secrets import SecretBox
 from dockyard.services.worker_runspec import (
     WebhookAccess,
@@ -51,9 +52,9 @@ def rows(kind: EndpointType, envs: list[EnvVar] | None = None) -> tuple[Endpoint
     return endpoint, worker, product
 
 
-def build(kind: EndpointType, envs: list[EnvVar] | None = None, gpus: int = 0) -> dict[str, str]:
+def run_spec(kind: EndpointType, envs: list[EnvVar] | None = None) -> RunSpec:
     endpoint, worker, product = rows(kind, envs)
-    spec = build_worker_run_spec(
+    return build_worker_run_spec(
         endpoint,
         worker,
         product=product,
@@ -63,7 +64,10 @@ def build(kind: EndpointType, envs: list[EnvVar] | None = None, gpus: int = 0) -
         registry_auth=None,
         webhook=WebhookAccess(BASE, KEY, 10000) if kind == EndpointType.ASYNC else None,
     )
-    return spec.env
+
+
+def build(kind: EndpointType, envs: list[EnvVar] | None = None, gpus: int = 0) -> dict[str, str]:
+    return run_spec(kind, envs).env
 
 
 def served(url: str, method: str) -> bool:
@@ -164,15 +168,5 @@ def test_a_spec_stored_without_a_health_check_is_probed_on_its_first_port() -> N
 
 
 def test_an_async_worker_publishes_no_health_check_port() -> None:
-    endpoint, worker, product = rows(EndpointType.ASYNC)
-    spec = build_worker_run_spec(
-        endpoint,
-        worker,
-        product=product,
-        box=SecretBox(Fernet.generate_key().decode()),
-        gpus=[],
-        node_id="",
-        registry_auth=None,
-        webhook=WebhookAccess(BASE, KEY, 10000),
-    )
+    spec = run_spec(EndpointType.ASYNC)
     assert [port.container_port for port in spec.ports] == [9000]  # its own port only, not the check's 8000
