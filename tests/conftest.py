@@ -27,6 +27,7 @@ from tests.pg import PostgresServer, postgres_available
 pytest_plugins = ["tests.engine"]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups into the test ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run every test that uses the container engine on one parallel worker, one after another (the suite runs
     under pytest-xdist's `--dist loadgroup`): Podman 4's netavark lifts every network's isolation for the moment
