@@ -158,10 +158,14 @@ async def open_endpoint_logs(
     if runtime is None and workers:
         raise _unavailable(endpoint.idc_id)
     lines = [line for row in kept for line in parse_lines(row.output, row.worker_id)]
+    read_up_to: dict[str, datetime] = {}  # each live worker's last line read: following goes on after it
     for worker in workers:
         assert runtime is not None
         stream = runtime.logs(worker.runtime_id, tail=limit, since=since, timestamps=True)
-        lines += parse_lines(await _read(stream, endpoint.idc_id), worker.id)
+        read = parse_lines(await _read(stream, endpoint.idc_id), worker.id)
+        if read:
+            read_up_to[worker.id] = max(line.at for line in read)
+        lines += read
     window = [line for line in lines if (since is None or line.at >= since) and (until is None or line.at < until)]
     window.sort(key=lambda line: line.at)
     head = b"".join(line.wire() for line in window[-limit:])
@@ -171,7 +175,7 @@ async def open_endpoint_logs(
         if head:
             yield head
         if followed and runtime is not None:
-            async for chunk in _follow(runtime, followed):
+            async for chunk in _follow(runtime, followed, read_up_to):
                 yield chunk
 
     return chunks()
@@ -191,18 +195,25 @@ async def _read(stream: AsyncIterator[bytes], idc_id: str) -> bytes:
         return b""
 
 
-async def _follow(runtime: Runtime, workers: Sequence[WorkerModel]) -> AsyncIterator[bytes]:
-    """The new lines of every worker as they come, tagged, until every worker stops or the reader hangs up."""
+async def _follow(
+    runtime: Runtime, workers: Sequence[WorkerModel], read_up_to: dict[str, datetime]
+) -> AsyncIterator[bytes]:
+    """The lines of every worker written after the last one already read (`read_up_to`; all of a worker's lines
+    when none was), as they come, tagged, until every worker stops or the reader hangs up. Following from the last
+    line read, rather than from the log's end, loses no line written between the read and the follow, and the
+    lines at or before it are dropped, so none is shown twice (an engine's `since` counts in whole seconds)."""
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     async def one(worker: WorkerModel) -> None:
+        after = read_up_to.get(worker.id)
         pending = b""
         try:
-            async for chunk in runtime.logs(worker.runtime_id, tail=0, follow=True, timestamps=True):
+            async for chunk in runtime.logs(worker.runtime_id, follow=True, since=after, timestamps=True):
                 pending += chunk
                 *complete, pending = pending.split(b"\n")
                 for line in parse_lines(b"\n".join(complete), worker.id):
-                    queue.put_nowait(line.wire())
+                    if after is None or line.at > after:
+                        queue.put_nowait(line.wire())
         except (RuntimeFailure, RuntimeUnavailable):
             pass  # its container went or the runtime is down: the others go on
         finally:
