@@ -14,7 +14,7 @@ from dockyard.core.status import ContainerStatus
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.runtimes.engine import EngineRuntime
 from tests.conftest import Harness
-from tests.engine import Registry
+from tests.engine import Registry, remove_networks
 from tests.engine_harness import database_url  # noqa: F401
 from tests.reconcilers.conftest import make_containers, make_template, must_row
 from tests.reconcilers.test_containers_engine import objects_of, status_is, until
@@ -42,6 +42,7 @@ async def fake_runtime(
         label = f"dockyard.installation={runtime.installation_id}"
         for container in registry_client.containers.list(all=True, filters={"label": label}):
             container.remove(force=True)
+        remove_networks(runtime.installation_id)  # and their keepers: the organizations' networks outlive a test
 
 
 @pytest.fixture
