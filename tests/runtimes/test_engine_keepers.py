@@ -35,6 +35,18 @@ def keepers(installation_id: str) -> dict[str, str]:
     return {str(pod["Name"]): str(pod["Status"]) for pod in json.loads(listed.stdout or "[]")}
 
 
+async def two_organizations(runtime: EngineRuntime, image: str, engine: docker.DockerClient) -> tuple[Any, str]:
+    """Organization A's server (answering its neighbour on A's network) and organization B's container on its own
+    network: the intruder, and the address of the server it must not reach."""
+    net_a, net_b = f"{runtime.installation_id}-a", f"{runtime.installation_id}-b"
+    server = await started(runtime, image, "a1", HTTPD, network=net_a, org="org-a")
+    friend = engine.containers.get(await started(runtime, image, "a2", SLEEP, network=net_a, org="org-a"))
+    intruder = engine.containers.get(await started(runtime, image, "b1", SLEEP, network=net_b, org="org-b"))
+    address = network_of(engine.containers.get(server))[1]["IPAddress"]
+    await probe_until_answered(friend, address, 8080)
+    return intruder, address
+
+
 async def isolated(intruder: Any, host: str) -> bool:
     code, output = await asyncio.to_thread(http_probe, intruder, host, 8080)
     return code != 0 and not answered((code, output))
@@ -87,12 +99,7 @@ async def test_another_installations_last_network_going_lifts_no_isolation(
 ) -> None:
     """The rule is the engine's: when another installation removes its only network, whose keeper was the last
     container there, a keeper of this installation's is restarted to put the rule back."""
-    net_a, net_b = f"{runtime.installation_id}-a", f"{runtime.installation_id}-b"
-    server = await started(runtime, busybox_image, "a1", HTTPD, network=net_a, org="org-a")
-    friend = engine.containers.get(await started(runtime, busybox_image, "a2", SLEEP, network=net_a, org="org-a"))
-    intruder = engine.containers.get(await started(runtime, busybox_image, "b1", SLEEP, network=net_b, org="org-b"))
-    address = network_of(engine.containers.get(server))[1]["IPAddress"]
-    await probe_until_answered(friend, address, 8080)
+    intruder, address = await two_organizations(runtime, busybox_image, engine)
     neighbour = EngineRuntime(engine_url, installation_id=f"{runtime.installation_id}-other")
     theirs = f"{neighbour.installation_id}-c"
     try:
@@ -111,12 +118,7 @@ async def test_a_keeper_that_will_not_restart_is_passed_over_for_another(
 ) -> None:
     """A keeper stuck where the engine will not restart it (paused here; a server killed while the engine stopped a
     keeper leaves one `Error`) keeps no other keeper from putting the rule back when a network goes."""
-    net_a, net_b = f"{runtime.installation_id}-a", f"{runtime.installation_id}-b"
-    server = await started(runtime, busybox_image, "a1", HTTPD, network=net_a, org="org-a")
-    friend = engine.containers.get(await started(runtime, busybox_image, "a2", SLEEP, network=net_a, org="org-a"))
-    intruder = engine.containers.get(await started(runtime, busybox_image, "b1", SLEEP, network=net_b, org="org-b"))
-    address = network_of(engine.containers.get(server))[1]["IPAddress"]
-    await probe_until_answered(friend, address, 8080)
+    intruder, address = await two_organizations(runtime, busybox_image, engine)
     # Its keeper's name sorts before every other: the one a removal would pick first.
     stuck = EngineRuntime(engine_url, installation_id=f"0000{runtime.installation_id}")
     neighbour = EngineRuntime(engine_url, installation_id=f"{runtime.installation_id}-other")
