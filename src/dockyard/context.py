@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from dockyard.config import Settings
+from dockyard.core.bus import Bus, LocalBus
 from dockyard.core.callers import Principal
 from dockyard.core.loops import LoopName
 from dockyard.core.planes import PlaneChannel
@@ -60,6 +61,9 @@ class ServerContext:
     # What crosses between the control plane and the data plane (core/planes.py): the services announce an
     # endpoint's change on it, and the composition root subscribes the gateway it runs.
     planes: PlaneChannel = field(default_factory=PlaneChannel)
+    # What crosses between processes sharing the database (core/bus.py): in-process on SQLite, LISTEN/NOTIFY on
+    # PostgreSQL, chosen by the composition root.
+    bus: Bus = field(default_factory=LocalBus)
     # Held while a node, its GPUs and its share of CPU and memory are chosen and recorded on a row: containers and
     # endpoint workers draw from one pool.
     gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
