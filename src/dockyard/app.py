@@ -4,6 +4,7 @@ channel that joins them, and the lifespan that migrates the database, connects t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -40,6 +41,8 @@ from dockyard.api.jobs_lean import LeanJobs
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
 from dockyard.control.autoscaler import Autoscaler
+from dockyard.core.drain import Drain
+from dockyard.core.status import ProcessKind
 from dockyard.db.migrate import migrate
 from dockyard.db.models import IdcModel
 from dockyard.db.session import Database
@@ -61,6 +64,7 @@ from dockyard.runtimes.factory import build_runtime
 from dockyard.secrets import SecretBox
 from dockyard.services import keys
 from dockyard.services.bootstrap import bootstrap
+from dockyard.services.processes import ProcessRecord
 from dockyard.serving.front import Front, server_front
 
 log = logging.getLogger(__name__)
@@ -132,7 +136,9 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     add_secrets(settings.resolved_secret_key, *settings.log_secrets())
     db = Database(settings.resolved_database_url)
     registry = CollectorRegistry()
-    supervisor = Supervisor(db, registry)
+    process = ProcessRecord(db, ProcessKind.SERVER, f"{settings.host}:{settings.port}", settings.lease_seconds)
+    supervisor = Supervisor(db, registry, lease_seconds=settings.lease_seconds, process=process)
+    drain = Drain(process.drain, supervisor.stop)
     context = ServerContext(
         settings=settings,
         db=db,
@@ -140,6 +146,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         registry=registry,
         waker=supervisor.wake,
         runtime_factory=runtime_factory or (lambda idc, ctx: build_runtime(idc, ctx.settings, ctx.installation_id)),
+        drain=drain,
     )
     routes = RouteTable(on_demand=context.planes.demand)
     context.planes.subscribe(endpoint_changed=routes.upsert)
@@ -157,13 +164,22 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         async with db.read() as session:
             for idc in await session.scalars(select(IdcModel)):
                 context.attach_runtime(idc)
+        await process.register()
         if settings.run_reconcilers:
             await supervisor.start(build_loops(context, routes))
+        else:
+            process.start()
+        drain.install()
         log.info("dockyard %s serving on %s (installation %s)", __version__, settings.masked_database_url, install_id)
         try:
             yield
         finally:
+            drain.uninstall()
+            await drain.wait()
             await supervisor.stop()
+            await process.stop()
+            with contextlib.suppress(Exception):
+                await process.remove()
             for runtime in context.runtimes.values():
                 await runtime.close()
             await db.dispose()

@@ -144,6 +144,13 @@ class Settings(BaseSettings):
     simulated_driver_version: str = "550.54.15"
     simulated_cuda_version: str = "12.4"
     run_reconcilers: bool = True
+    # The control lease (reconcilers/supervisor.py): its holder renews it every lease/5 s and a candidate tries as
+    # often, so a dead holder's lease is taken within lease + lease/5 s; a holder that could not renew for a
+    # whole lease stops its loops first. Live processes whose heartbeat is older than one lease show as lost.
+    lease_seconds: float = Field(default=10.0, ge=1)
+    # On SIGTERM a server or gateway stops accepting, answers 503 on /healthz, and gives the requests in flight
+    # this long to finish before it closes them, releases its lease and deletes its process row.
+    drain_seconds: int = Field(default=30, ge=0)
     # Serverless endpoints. The queue bound is per endpoint and per gateway process: beyond it a request is
     # refused with 429 at once rather than held, so a burst cannot exhaust the gateway's memory.
     gateway_queue_limit: int = Field(default=1000, ge=0)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from dockyard.config import Settings
 from dockyard.core.bus import Bus, LocalBus
 from dockyard.core.callers import Principal
+from dockyard.core.drain import Drain
 from dockyard.core.loops import LoopName
 from dockyard.core.planes import PlaneChannel
 from dockyard.db.models import IdcModel
@@ -64,6 +65,8 @@ class ServerContext:
     # What crosses between processes sharing the database (core/bus.py): in-process on SQLite, LISTEN/NOTIFY on
     # PostgreSQL, chosen by the composition root.
     bus: Bus = field(default_factory=LocalBus)
+    # Set on SIGTERM (core/drain.py): /healthz then answers 503 so that a load balancer takes this process out.
+    drain: Drain = field(default_factory=Drain)
     # Held while a node, its GPUs and its share of CPU and memory are chosen and recorded on a row: containers and
     # endpoint workers draw from one pool.
     gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

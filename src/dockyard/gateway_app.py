@@ -10,7 +10,8 @@ from the database in the background, never on a request:
   pushing a starting worker ready the moment its health check answers;
 - API keys, through the same short-lived cache the server uses.
 Its load figures go the other way, to `gateway_reports` (`Reporter`), where the server's autoscaler and
-reconciler read them: a request reaching an endpoint at zero workers is reported at once.
+reconciler read them: a request reaching an endpoint at zero workers is reported at once. It keeps its row in
+`processes` (services/processes.py) and drains on SIGTERM as the server does (core/drain.py).
 
 Point `DOCKYARD_GATEWAY_URL` at the gateways' address (a load balancer in front of several) so that the
 endpoint URLs the API hands out lead there.
@@ -18,9 +19,8 @@ endpoint URLs the API hands out lead there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -38,7 +38,8 @@ from dockyard.context import ServerContext
 from dockyard.control.prober import HealthProber
 from dockyard.control.reports import Reporter
 from dockyard.control.route_sync import RouteSync
-from dockyard.db.base import new_id
+from dockyard.core.drain import Drain
+from dockyard.core.status import ProcessKind
 from dockyard.db.session import Database
 from dockyard.errors import ApiError, error_body
 from dockyard.gateway import metrics as gateway_metrics
@@ -47,6 +48,7 @@ from dockyard.gateway.routes import RouteTable
 from dockyard.logs import configure_logging
 from dockyard.secrets import SecretBox
 from dockyard.services import keys
+from dockyard.services.processes import ProcessRecord
 from dockyard.serving.front import Front
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,9 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
     context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key))
     planes = context.planes
     routes = RouteTable(on_demand=planes.demand)
-    gateway_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+    process = ProcessRecord(db, ProcessKind.GATEWAY, f"{settings.host}:{settings.port}", settings.lease_seconds)
+    drain = Drain(process.drain)
+    gateway_id = process.id
     reporter = Reporter(db, routes, gateway_id, settings.gateway_report_interval)
     prober = HealthProber(routes, settings, on_ready=_recorded_elsewhere, on_unhealthy=_recorded_elsewhere)
     planes.subscribe(demand=reporter.demand, worker_unreachable=prober.recheck)
@@ -73,6 +77,8 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
     gateway_metrics.register(context.registry, routes)
 
     async def healthz(request: Request) -> JSONResponse:
+        if drain.draining:
+            return JSONResponse({"status": "draining", "version": __version__, "gateway": gateway_id}, 503)
         return JSONResponse({"status": "ok", "version": __version__, "gateway": gateway_id, "endpoints": len(routes)})
 
     async def metrics(request: Request) -> Response:
@@ -92,10 +98,18 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
         await sync.sync_once()
         sync.start()
         reporter.start()
+        await process.register()
+        process.start()
+        drain.install()
         log.info("dockyard gateway %s serving %d endpoint(s)", gateway_id, len(routes))
         try:
             yield
         finally:
+            drain.uninstall()
+            await drain.wait()
+            await process.stop()
+            with contextlib.suppress(Exception):
+                await process.remove()
             await sync.stop()
             await reporter.stop()
             await prober.close()

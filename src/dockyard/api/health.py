@@ -22,13 +22,16 @@ router = APIRouter(tags=["health"])
 @router.get(
     "/healthz",
     summary="Liveness: 200 while the server and its database answer (`degraded` with reasons when an IDC's runtime "
-    "cannot be reached), 503 when the database cannot be",
+    "cannot be reached), 503 when the database cannot be or the server is draining",
 )
 async def healthz(context: ContextDep) -> JSONResponse:
     """An unreachable container runtime leaves this 200: restarting the server (a Kubernetes liveness probe) or
     taking it out of a load balancer would not bring the engine back, and the API, the gateway and the job queues
     still serve; `degraded` and the reasons are for monitoring. Without its database the server can serve nothing,
-    so that is 503."""
+    so that is 503; so is a server draining after SIGTERM (`draining`), so that a load balancer takes it out."""
+    if context.drain.draining:
+        body = {"status": "draining", "version": __version__, "reasons": ["the server is shutting down"]}
+        return JSONResponse(body, status_code=503)
     try:
         async with context.db.read_session() as session:
             problems = await idcs.health_problems(session)

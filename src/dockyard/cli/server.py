@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+from types import FrameType
 from typing import Annotated
 
 import typer
 
 HostOption = Annotated[str | None, typer.Option(help="address to listen on (env DOCKYARD_HOST)")]
 ConfigOption = Annotated[str | None, typer.Option(help="a YAML config file (env DOCKYARD_CONFIG)")]
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _run(factory: str, host: str | None, port: int | None, config: str | None, workers: int = 1) -> None:
@@ -34,6 +40,9 @@ def _run(factory: str, host: str | None, port: int | None, config: str | None, w
     logging.getLogger(__name__).info(
         "open files limit %d (raised from %d); at most %d connections per process", fd_limit, before, max_connections
     )
+    # After its graceful shutdown uvicorn raises the signal again under the handler it found: this one makes a
+    # drained process exit 0 rather than die of the signal.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         factory,
         factory=True,
@@ -49,7 +58,8 @@ def _run(factory: str, host: str | None, port: int | None, config: str | None, w
         # The gateway builds X-Forwarded-For from the peer and the header as it came; uvicorn's rewrite of the
         # peer from that same header would name the client twice, and the API uses no client address.
         proxy_headers=False,
-        timeout_graceful_shutdown=15,
+        # SIGTERM: uvicorn stops accepting and gives the requests in flight this long (core/drain.py).
+        timeout_graceful_shutdown=settings.drain_seconds,
         workers=workers,
     )
 

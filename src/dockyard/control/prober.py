@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httpx
@@ -82,6 +83,9 @@ class _Watched:
     failed: bool = False
     rechecking: bool = False
     task: asyncio.Task[None] | None = None
+    # The context `watch` was called in: a recheck runs its callbacks there too, so that they write under the
+    # control loop's fence (db/fence.py) as the scheduled probes' do, wherever the recheck was asked for.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class HealthProber:
@@ -166,7 +170,7 @@ class HealthProber:
             finally:
                 watched.rechecking = False
 
-        self._spawn(recheck())
+        self._spawn(recheck(), watched.context.copy())
 
     async def check_now(self, endpoint_id: str, worker_id: str) -> bool:
         """Probe the worker at once (the proxy calls it after a connection error to it); the result counts like
@@ -258,13 +262,13 @@ class HealthProber:
         )
         self._spawn(self.on_unhealthy(watched.endpoint_id, watched.worker_id, reason))
 
-    def _spawn(self, callback: Awaitable[None]) -> None:
+    def _spawn(self, callback: Awaitable[None], context: contextvars.Context | None = None) -> None:
         async def run() -> None:
             try:
                 await callback
             except Exception:
                 log.exception("a health prober callback failed; the reconciler's next pass recovers")
 
-        task = asyncio.get_running_loop().create_task(run())
+        task = asyncio.get_running_loop().create_task(run(), context=context)
         self._callbacks.add(task)
         task.add_done_callback(self._callbacks.discard)

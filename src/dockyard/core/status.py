@@ -124,6 +124,21 @@ class WebhookState(StrEnum):
     FAILED = "failed"  # every attempt failed; `webhook_error` says how
 
 
+class ProcessKind(StrEnum):
+    """What a live Dockyard process serves."""
+
+    SERVER = "server"  # `dockyard server`: the API, the gateway, and the loops while it holds the lease
+    GATEWAY = "gateway"  # `dockyard gateway`: the sync gateway alone
+
+
+class ProcessState(StrEnum):
+    """Where a live process stands. `lost` is never stored: it is how a row whose heartbeat stopped is shown."""
+
+    SERVING = "serving"
+    DRAINING = "draining"  # it had SIGTERM: it takes no new connection and finishes the requests it holds
+    LOST = "lost"  # no heartbeat for a lease period: killed, or cut off from the database
+
+
 # How a worker that no node has room for is worded (its placement's reason follows): the reconciler writes it and
 # the queue's explanation (services/waits.py) recognises it, so both take it from here.
 UNPLACED_PREFIX = "waiting to be placed: "

@@ -33,6 +33,8 @@ from dockyard.core.status import (
     IdcStatus,
     JobStatus,
     NetworkStorageStatus,
+    ProcessKind,
+    ProcessState,
     ProductCategory,
     RuntimeKind,
     WebhookState,
@@ -368,13 +370,38 @@ class SettingModel(Base):
 
 
 class LeaseModel(Base):
-    """A named lease; the server holding `reconcilers` runs the reconcile loops (one leader per database)."""
+    """A named lease; the server holding `reconcilers` runs the reconcile loops (one leader per database).
+    `token` is raised at every change of holder and fences the loops' writes (db/fence.py). Its times are the
+    database's clock on PostgreSQL, where holders on several hosts share the row."""
 
     __tablename__ = "leases"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    holder: Mapped[str] = mapped_column(String(128))
+    holder: Mapped[str] = mapped_column(String(128))  # empty once released
     expires_at: Mapped[datetime] = mapped_column()
+    token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    acquired_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    renewed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # When every loop had begun its first pass under this holder; null until then.
+    first_pass_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class ProcessModel(Base):
+    """A live `dockyard server` or `dockyard gateway` process: inserted at its start, heartbeaten every few
+    seconds (database clock on PostgreSQL), marked draining on SIGTERM, deleted on a clean stop. A row whose
+    heartbeat is older than a lease period is shown as lost; the lease holder deletes rows lost for long."""
+
+    __tablename__ = "processes"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid:random, the lease holder's name
+    kind: Mapped[ProcessKind] = mapped_column(_enum(ProcessKind))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column()
+    heartbeat_at: Mapped[datetime] = mapped_column(index=True)
+    state: Mapped[ProcessState] = mapped_column(_enum(ProcessState))
 
 
 class GatewayReportModel(Base):

@@ -29,6 +29,9 @@ thread measured worse while `run` submissions kept the loop busy: the hop costs 
 cannot stall the loop on a lock; its connection's busy timeout is zero, and the rare SQLITE_BUSY a reader can
 still meet (another process recovering the WAL) sends that read through the async session, which may wait.
 PostgreSQL, and SQLite in memory (which lives in one connection), read through the async engine.
+
+Fencing: a write transaction opened by a control loop while it runs under a lease checks that lease first and
+raises `LeaseLost` when its process no longer holds it (db/fence.py).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from sqlalchemy import Engine, Executable, Row, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from dockyard.db.fence import CURRENT_FENCE
 
 _IMMEDIATE = "dockyard_begin_immediate"
 # A write session waits this long for the write connection, as long as the busy timeout lets it wait for the lock.
@@ -113,8 +118,12 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
-        """A session whose transaction takes the write lock at once; commits on success, rolls back on error."""
+        """A session whose transaction takes the write lock at once; commits on success, rolls back on error.
+        Opened under a control loop's fence, it first checks the fence and raises `LeaseLost` (db/fence.py)."""
+        fence = CURRENT_FENCE.get()
         async with self._write() as session, session.begin():
+            if fence is not None:
+                await fence.check(session, postgres=not is_sqlite(self.url))
             yield session
 
     def write_session(self) -> AsyncSession:

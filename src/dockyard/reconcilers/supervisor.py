@@ -1,12 +1,25 @@
-"""Runs the reconcile loops, one task each, while this server holds the `reconcilers` lease.
+"""Runs the reconcile loops, one task each, while this process holds the `reconcilers` lease.
 
 Each loop is an object with a `name` (a `core.loops.LoopName`), an `interval` and an `async reconcile_once()`;
 the supervisor calls it every `interval` seconds (sooner when `wake(name)` is called), logs and counts a pass that
 raises, backs off, and carries on: one bad pass must never kill a loop (kopf's and controller-runtime's rule).
 
-Only one server per database reconciles at a time. The lease is a row (`leases.reconcilers`) whose holder
-renews it every few seconds; a server that dies loses it after `LEASE_SECONDS` and another takes over. The
-guarded writes in every reconciler make a brief overlap of two holders harmless anyway.
+Only one process per database reconciles at a time, however many servers share it. The lease is a row
+(`leases.reconcilers`) with a holder, an expiry and a fencing token, its times from the database's clock on
+PostgreSQL (db/clock.py):
+
+- Its holder renews it every lease/5 s (`DOCKYARD_LEASE_SECONDS`, default 10); a candidate tries as often and
+  takes it once it has expired, raising the token. A dead holder's lease is therefore taken within
+  lease + lease/5 s of its last renewal; a clean stop releases it at once, so another takes it at its next try.
+- The holder fences itself: once it has not renewed for a whole lease period, counted on its own monotonic clock
+  from the start of its last successful renewal (so no later than the expiry the database will see), it cancels
+  the passes in flight and stops its loops, before anyone else can take over.
+- Every write of a pass is fenced (db/fence.py): it runs with the lease's name, holder and token in a context
+  variable, which the tasks the pass starts (the prober's probes and callbacks, webhook deliveries) inherit, and
+  is refused with `LeaseLost` once the lease has another token. A refused pass is counted (`lease_lost`) and
+  logged once, the process stops leading, and its loops wait to lead again.
+
+The guarded writes in every reconciler make even a brief overlap harmless; fencing makes it impossible to write.
 """
 
 from __future__ import annotations
@@ -14,24 +27,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
-from datetime import timedelta
+import time
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dockyard.core.loops import LoopName
-from dockyard.db.base import new_id, utcnow
+from dockyard.db.clock import now_sql
+from dockyard.db.fence import CURRENT_FENCE, Fence, LeaseLost
 from dockyard.db.models import LeaseModel
-from dockyard.db.session import Database
+from dockyard.db.session import Database, is_sqlite
+from dockyard.services.processes import ProcessRecord, new_process_id
 
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "reconcilers"
-LEASE_SECONDS = 15.0
 
 
 class Loop(Protocol):
@@ -42,21 +54,43 @@ class Loop(Protocol):
 
 
 class Supervisor:
-    """Made before the loops it runs (whose server context takes its `wake`); `start(loops)` runs them."""
+    """Made before the loops it runs (whose server context takes its `wake`); `start(loops)` runs them.
+    `process`, when given, is this server's row in `processes`: heartbeaten by the lease task, and its id is the
+    lease's holder name."""
 
-    def __init__(self, db: Database, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        db: Database,
+        registry: CollectorRegistry,
+        *,
+        lease_seconds: float = 10.0,
+        process: ProcessRecord | None = None,
+    ) -> None:
         self.db = db
+        self.lease_seconds = lease_seconds
+        self.process = process
         self.loops: dict[LoopName, Loop] = {}
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        self.holder = process.id if process is not None else new_process_id()
+        self.fence: Fence | None = None
+        self._postgres = not is_sqlite(db.url)
+        self._deadline = 0.0  # monotonic: when this holder stops leading unless it renews first
         self._wakeups: dict[LoopName, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._passes: dict[LoopName, asyncio.Task[None]] = {}
+        self._first_passes: set[LoopName] = set()
         self._leader = asyncio.Event()
+        self._renew_now = asyncio.Event()
         self.passes = Counter("dockyard_reconcile_passes", "Reconcile passes", ["loop", "result"], registry=registry)
         self.duration = Histogram("dockyard_reconcile_seconds", "Reconcile pass duration", ["loop"], registry=registry)
 
     @property
     def is_leader(self) -> bool:
         return self._leader.is_set()
+
+    @property
+    def retry_seconds(self) -> float:
+        """How often the holder renews and a candidate tries."""
+        return self.lease_seconds / 5
 
     def wake(self, name: LoopName) -> None:
         """Run loop `name` now instead of at its next tick (after an API write, say). A name that is no
@@ -66,7 +100,7 @@ class Supervisor:
             event.set()
 
     async def start(self, loops: list[Loop]) -> None:
-        """Run `loops` (one task each) while this server holds the lease, until `stop()`."""
+        """Run `loops` (one task each) while this process holds the lease, until `stop()`."""
         self.loops = {loop.name: loop for loop in loops}
         self._wakeups = {name: asyncio.Event() for name in self.loops}
         self._tasks.append(asyncio.create_task(self._hold_lease(), name="lease"))
@@ -74,67 +108,154 @@ class Supervisor:
             self._tasks.append(asyncio.create_task(self._run(name), name=f"loop:{name}"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        """Stop the loops and release the lease at once, so that another process takes it at its next try."""
+        tasks = [*self._tasks, *self._passes.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self._passes.clear()
         for loop in self.loops.values():
             # A loop that owns tasks or connections of its own (the endpoint reconciler's prober) has `close()`.
             if (close := getattr(loop, "close", None)) is not None:
                 with contextlib.suppress(Exception):
                     await close()
-        if self._leader.is_set():
+        if (fence := self.fence) is not None:
+            self._step_down()
             with contextlib.suppress(Exception):
                 async with self.db.write() as session:
                     await session.execute(
                         update(LeaseModel)
-                        .where(LeaseModel.name == LEASE_NAME, LeaseModel.holder == self.holder)
-                        .values(expires_at=utcnow())
+                        .where(*self._held_by(fence))
+                        .values(holder="", expires_at=now_sql(self._postgres))
                     )
+            log.info("%s lease released by %s", LEASE_NAME, self.holder)
 
-    async def try_acquire(self) -> bool:
-        """Take or renew the lease; True while this server holds it."""
-        now = utcnow()
-        expires = now + timedelta(seconds=LEASE_SECONDS)
+    async def acquire(self) -> int | None:
+        """Take the lease if it is free or expired, raising its token; the new token, or None when another
+        process holds it."""
+        postgres = self._postgres
         async with self.db.write() as session:
-            result = await session.execute(
+            token: int | None = await session.scalar(
                 update(LeaseModel)
                 .where(
                     LeaseModel.name == LEASE_NAME,
-                    or_(LeaseModel.holder == self.holder, LeaseModel.expires_at < now),
+                    or_(LeaseModel.holder == self.holder, LeaseModel.expires_at < now_sql(postgres)),
                 )
-                .values(holder=self.holder, expires_at=expires)
+                .values(
+                    holder=self.holder,
+                    token=LeaseModel.token + 1,
+                    acquired_at=now_sql(postgres),
+                    renewed_at=now_sql(postgres),
+                    expires_at=now_sql(postgres, self.lease_seconds),
+                    first_pass_at=None,
+                )
+                .returning(LeaseModel.token)
+                .execution_options(synchronize_session=False)
             )
-            if getattr(result, "rowcount", 0) == 1:
-                return True
-            exists = await session.scalar(select(LeaseModel.name).where(LeaseModel.name == LEASE_NAME))
-            if exists:
-                return False
+            if token is not None:
+                return token
+            if await session.scalar(select(LeaseModel.name).where(LeaseModel.name == LEASE_NAME)):
+                return None
         try:
             async with self.db.write() as session:
-                session.add(LeaseModel(name=LEASE_NAME, holder=self.holder, expires_at=expires))
+                await session.execute(
+                    insert(LeaseModel).values(
+                        name=LEASE_NAME,
+                        holder=self.holder,
+                        token=1,
+                        acquired_at=now_sql(postgres),
+                        renewed_at=now_sql(postgres),
+                        expires_at=now_sql(postgres, self.lease_seconds),
+                    )
+                )
         except IntegrityError:
-            return False  # another server inserted it first
-        return True
+            return None  # another process inserted it first
+        return 1
+
+    async def renew(self, fence: Fence) -> bool:
+        """Extend the lease held under `fence`; False when it has another holder or token now."""
+        async with self.db.write() as session:
+            result = await session.execute(
+                update(LeaseModel)
+                .where(*self._held_by(fence))
+                .values(renewed_at=now_sql(self._postgres), expires_at=now_sql(self._postgres, self.lease_seconds))
+            )
+            return getattr(result, "rowcount", 0) == 1
+
+    @staticmethod
+    def _held_by(fence: Fence) -> tuple[ColumnElement[bool], ...]:
+        return (LeaseModel.name == fence.lease, LeaseModel.holder == fence.holder, LeaseModel.token == fence.token)
 
     async def _hold_lease(self) -> None:
         while True:
-            try:
-                held = await self.try_acquire()
-            except Exception:
-                log.exception("lease renewal failed")
-                held = False
-            if held and not self._leader.is_set():
-                log.info("reconcilers lease taken by %s", self.holder)
-                self._leader.set()
-                for event in self._wakeups.values():
-                    event.set()
-            elif not held and self._leader.is_set():
-                log.warning("reconcilers lease lost by %s", self.holder)
-                self._leader.clear()
-            await asyncio.sleep(LEASE_SECONDS / 3)
+            started = time.monotonic()
+            if (fence := self.fence) is not None and started >= self._deadline:
+                log.warning(
+                    "%s lease not renewed by %s for %g s: its loops stop before another process may take it",
+                    LEASE_NAME,
+                    self.holder,
+                    self.lease_seconds,
+                )
+                self._step_down()
+            elif fence is not None:
+                await self._try_renew(fence, started)
+            else:
+                await self._try_acquire(started)
+            await self._keep_process_row()
+            pause = self.retry_seconds - (time.monotonic() - started)
+            if self.fence is not None:
+                pause = min(pause, self._deadline - time.monotonic())
+            self._renew_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), max(pause, 0.0))
+
+    async def _try_renew(self, fence: Fence, started: float) -> None:
+        try:
+            renewed = await asyncio.wait_for(self.renew(fence), max(self._deadline - started, 0.0))
+        except Exception:
+            log.warning("%s lease renewal by %s failed", LEASE_NAME, self.holder, exc_info=True)
+            return  # retried; the deadline stops the loops if it keeps failing
+        if renewed:
+            self._deadline = started + self.lease_seconds
+        elif self.fence == fence:
+            log.warning("%s lease lost by %s: another process holds it", LEASE_NAME, self.holder)
+            self._step_down()
+
+    async def _try_acquire(self, started: float) -> None:
+        try:
+            token = await asyncio.wait_for(self.acquire(), self.lease_seconds)
+        except Exception:
+            log.warning("taking the %s lease failed", LEASE_NAME, exc_info=True)
+            return
+        if token is None:
+            return
+        self._deadline = started + self.lease_seconds
+        self.fence = Fence(LEASE_NAME, self.holder, token)
+        self._first_passes.clear()
+        log.info("%s lease taken by %s with token %d", LEASE_NAME, self.holder, token)
+        self._leader.set()
+        for event in self._wakeups.values():
+            event.set()
+
+    async def _keep_process_row(self) -> None:
+        if self.process is None:
+            return
+        try:
+            await asyncio.wait_for(self.process.heartbeat(), self.retry_seconds)
+            if self.fence is not None:
+                await asyncio.wait_for(self.process.forget_lost(), self.retry_seconds)
+        except Exception:
+            log.warning("the heartbeat of process %s failed", self.holder, exc_info=True)
+
+    def _step_down(self) -> None:
+        """Stop leading: no pass starts, and the passes in flight are cancelled."""
+        self.fence = None
+        self._leader.clear()
+        for task in self._passes.values():
+            task.cancel()
 
     async def _run(self, name: LoopName) -> None:
         loop = self.loops[name]
@@ -142,19 +263,45 @@ class Supervisor:
         failures = 0
         while True:
             await self._leader.wait()
+            fence = self.fence
+            if fence is None:
+                continue
             wakeup.clear()
-            with self.duration.labels(name).time():
-                try:
-                    await loop.reconcile_once()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    failures += 1
-                    self.passes.labels(name, "error").inc()
-                    log.exception("reconcile pass of %s failed (%d in a row)", name, failures)
-                else:
-                    failures = 0
-                    self.passes.labels(name, "ok").inc()
+            CURRENT_FENCE.set(fence)  # this task's own context, copied into the pass's task and what it starts
+            task = self._passes[name] = asyncio.create_task(self._pass(loop, fence), name=f"pass:{name}")
+            try:
+                with self.duration.labels(name).time():
+                    await asyncio.wait({task})
+            finally:
+                self._passes.pop(name, None)
+                task.cancel()
+            if task.cancelled():
+                self.passes.labels(name, "lease_lost").inc()
+                continue
+            if isinstance(error := task.exception(), LeaseLost):
+                self.passes.labels(name, "lease_lost").inc()
+                if self.fence == fence:
+                    log.warning("a write of the %s loop was refused: %s; its loops stop", name, error)
+                    self._step_down()
+                    self._renew_now.set()
+                continue
+            if error is not None:
+                failures += 1
+                self.passes.labels(name, "error").inc()
+                log.error("reconcile pass of %s failed (%d in a row)", name, failures, exc_info=error)
+            else:
+                failures = 0
+                self.passes.labels(name, "ok").inc()
             delay = loop.interval * min(2**failures, 16)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=delay)
+
+    async def _pass(self, loop: Loop, fence: Fence) -> None:
+        if loop.name not in self._first_passes:
+            self._first_passes.add(loop.name)
+            if self._first_passes == set(self.loops):
+                async with self.db.write() as session:
+                    await session.execute(
+                        update(LeaseModel).where(*self._held_by(fence)).values(first_pass_at=now_sql(self._postgres))
+                    )
+        await loop.reconcile_once()
