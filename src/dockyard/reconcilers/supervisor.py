@@ -28,7 +28,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import ColumnElement, insert, or_, select, update
@@ -45,12 +46,43 @@ log = logging.getLogger(__name__)
 
 LEASE_NAME = "reconcilers"
 
+T = TypeVar("T")
+
 
 class Loop(Protocol):
     name: LoopName
     interval: float
 
     async def reconcile_once(self) -> None: ...
+
+
+class _Bounded:
+    """Runs one write at a time for at most a given time. `asyncio.wait_for` would wait, after its timeout, for
+    the cancelled write to unwind, and a write stuck on a lock (SQLite's busy wait, a cut connection) can take
+    far longer than the lease; here a write past its time is cancelled and left to end in the background."""
+
+    def __init__(self) -> None:
+        self._stray: asyncio.Task[object] | None = None
+
+    async def run(self, write: Coroutine[object, object, T], timeout: float) -> T:
+        """`write`'s result; `TimeoutError` when it has not ended within `timeout` s, or when an earlier write
+        that ran out of time has not ended yet (then `write` is not run)."""
+        if self._stray is not None and not self._stray.done():
+            write.close()
+            raise TimeoutError
+        task = asyncio.ensure_future(write)
+        done, _ = await asyncio.wait({task}, timeout=max(timeout, 0.0))
+        if not done:
+            task.cancel()
+            task.add_done_callback(_consume)
+            self._stray = cast("asyncio.Task[object]", task)
+            raise TimeoutError
+        return task.result()
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class Supervisor:
@@ -80,6 +112,8 @@ class Supervisor:
         self._first_passes: set[LoopName] = set()
         self._leader = asyncio.Event()
         self._renew_now = asyncio.Event()
+        self._lease_writes = _Bounded()
+        self._row_writes = _Bounded()
         self.passes = Counter("dockyard_reconcile_passes", "Reconcile passes", ["loop", "result"], registry=registry)
         self.duration = Histogram("dockyard_reconcile_seconds", "Reconcile pass duration", ["loop"], registry=registry)
 
@@ -214,7 +248,7 @@ class Supervisor:
 
     async def _try_renew(self, fence: Fence, started: float) -> None:
         try:
-            renewed = await asyncio.wait_for(self.renew(fence), max(self._deadline - started, 0.0))
+            renewed = await self._lease_writes.run(self.renew(fence), self._deadline - started)
         except Exception:
             log.warning("%s lease renewal by %s failed", LEASE_NAME, self.holder, exc_info=True)
             return  # retried; the deadline stops the loops if it keeps failing
@@ -226,7 +260,7 @@ class Supervisor:
 
     async def _try_acquire(self, started: float) -> None:
         try:
-            token = await asyncio.wait_for(self.acquire(), self.lease_seconds)
+            token = await self._lease_writes.run(self.acquire(), self.lease_seconds)
         except Exception:
             log.warning("taking the %s lease failed", LEASE_NAME, exc_info=True)
             return
@@ -244,9 +278,9 @@ class Supervisor:
         if self.process is None:
             return
         try:
-            await asyncio.wait_for(self.process.heartbeat(), self.retry_seconds)
+            await self._row_writes.run(self.process.heartbeat(), self.retry_seconds)
             if self.fence is not None:
-                await asyncio.wait_for(self.process.forget_lost(), self.retry_seconds)
+                await self._row_writes.run(self.process.forget_lost(), self.retry_seconds)
         except Exception:
             log.warning("the heartbeat of process %s failed", self.holder, exc_info=True)
 
