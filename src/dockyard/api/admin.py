@@ -1,4 +1,5 @@
-"""The operator's API, `/admin/v1` (ours): organizations, their keys and quotas, IDCs, products, nodes and GPUs."""
+"""The operator's API, `/admin/v1` (ours): organizations, their keys and quotas, IDCs, products, nodes and GPUs,
+and the live processes with the leases they hold."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from dockyard.schemas.admin import (
     UpdateProductRequest,
 )
 from dockyard.schemas.common import ERROR_RESPONSES
+from dockyard.schemas.processes import Process
 from dockyard.schemas.quotas import Quotas
-from dockyard.services import catalog, inventory, keys, quotas
+from dockyard.services import catalog, inventory, keys, processes, quotas
 from dockyard.services import organizations as service
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"], responses=ERROR_RESPONSES)
@@ -170,3 +172,12 @@ async def set_simulated_gpus(
     """For tests and demos: the node reports `count` GPUs of `model`, marked `(simulated)`; placement counts them
     like real ones, and none is ever attached to a container."""
     return await inventory.set_simulated_gpus(session, node_id, body)
+
+
+@router.get("/processes", response_model=list[Process], summary="List the live servers and gateways")
+async def list_processes(context: ContextDep, _: AdminDep, session: ReadSessionDep) -> list[Process]:
+    """Every `dockyard server` and `dockyard gateway` sharing this database, oldest first: where it runs, the
+    address it serves on, its last heartbeat and state (`serving`, `draining` after SIGTERM, `lost` once its
+    heartbeat is a lease period old), and the leases it holds with their fencing token and the time its loops
+    first ran under it (docs/operations.md)."""
+    return await processes.list_processes(session, context.settings.lease_seconds)

@@ -18,6 +18,7 @@ from dockyard.cli.admin_db import CreateOption, DataDirOption, admin_settings, o
 if TYPE_CHECKING:
     from dockyard.db.session import Database
     from dockyard.schemas.admin import ApiKey, Node, Organization, Product
+    from dockyard.schemas.processes import Process
 
 app = typer.Typer(
     help="The operator's commands, on the server's host and its database (--data-dir; docs/operations.md).",
@@ -284,6 +285,43 @@ def inventory_command(as_json: JsonOption = False, data_dir: DataDirOption = Non
         ],
         empty="no products",
     )
+
+
+@app.command("processes")
+def processes_command(as_json: JsonOption = False, data_dir: DataDirOption = None) -> None:
+    """List the live servers and gateways on this database, their last heartbeat and the leases they hold."""
+    from dockyard.cli.output import print_json, print_table
+    from dockyard.services import processes
+
+    settings = admin_settings(data_dir)
+
+    async def work(db: Database) -> list[Process]:
+        async with db.read() as session:
+            return await processes.list_processes(session, settings.lease_seconds)
+
+    found = on_database(settings, False, data_dir is not None, work)
+    if as_json:
+        print_json([process.model_dump(mode="json") for process in found])
+        return
+    rows = [
+        [
+            process.id,
+            process.kind,
+            process.state,
+            process.address,
+            process.version,
+            _time(process.started_at),
+            _time(process.heartbeat_at),
+            ", ".join(
+                f"{lease.name} (token {lease.token}, since {_time(lease.acquired_at)}, "
+                f"expires {_time(lease.expires_at)})"
+                for lease in process.leases
+            ),
+        ]
+        for process in found
+    ]
+    columns = ["ID", "KIND", "STATE", "ADDRESS", "VERSION", "STARTED", "HEARTBEAT", "LEASES"]
+    print_table(columns, rows, empty="no server or gateway has a row: none runs on this database")
 
 
 app.command("backup")(admin_backup.backup)
