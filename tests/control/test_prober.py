@@ -15,6 +15,7 @@ from dockyard.config import Settings
 from dockyard.control.prober import HealthProber
 from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import EndpointType
+from dockyard.db.fence import CURRENT_FENCE, Fence
 from dockyard.gateway.routes import RouteTable
 
 ENDPOINT = "ep-1"
@@ -272,5 +273,43 @@ async def test_a_starting_worker_answering_in_time_is_not_failed(tmp_path: Path,
         assert recorder.unhealthy == []
         assert recorder.probes[0] == "connection refused"
         assert recorder.probes[-1] == "ok"
+    finally:
+        await prober.close()
+
+
+async def test_callbacks_run_under_the_fence_of_the_latest_watch_whoever_asked_for_the_probe(
+    tmp_path: Path, server: HealthServer
+) -> None:
+    """The reconciler's callbacks write under the fence its pass ran with (db/fence.py): a recheck asked for by
+    the proxy, outside any pass, and probes begun under a lease since lost both use the latest pass's fence."""
+    routes = table()
+    fences: list[Fence | None] = []
+
+    async def on_probe(endpoint_id: str, worker_id: str, result: str) -> None:
+        fences.append(CURRENT_FENCE.get())
+
+    async def ignored(*_: str) -> None:
+        return None
+
+    settings = Settings(data_dir=tmp_path, health_check_interval=3600.0)
+    prober = HealthProber(routes, settings, on_ready=ignored, on_unhealthy=ignored, on_probe=on_probe)
+    address = f"http://127.0.0.1:{await server.start()}"
+    old, new = Fence("reconcilers", "a", 1), Fence("reconcilers", "a", 2)
+
+    async def watch_under(fence: Fence) -> None:
+        CURRENT_FENCE.set(fence)  # this task's own context, as a pass's
+        prober.watch(ENDPOINT, WORKER, address, f"{address}/health", ready=True)
+
+    try:
+        await asyncio.create_task(watch_under(old))
+        server.status = 500  # a changed result is reported through on_probe
+        prober.recheck(ENDPOINT, WORKER, "connection refused")
+        await until(lambda: len(fences) == 1)
+        await asyncio.create_task(watch_under(new))
+        server.status = 200
+        prober.recheck(ENDPOINT, WORKER, "connection refused")
+        await until(lambda: len(fences) == 2)
+        assert CURRENT_FENCE.get() is None
+        assert fences == [old, new]
     finally:
         await prober.close()

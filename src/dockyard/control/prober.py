@@ -83,8 +83,9 @@ class _Watched:
     failed: bool = False
     rechecking: bool = False
     task: asyncio.Task[None] | None = None
-    # The context `watch` was called in: a recheck runs its callbacks there too, so that they write under the
-    # control loop's fence (db/fence.py) as the scheduled probes' do, wherever the recheck was asked for.
+    # The context of the latest `watch` call for the worker: the callbacks run in a copy of it, so that they write
+    # under the fence (db/fence.py) of the control loop's latest pass, whoever asked for the probe (a recheck
+    # comes from the proxy) and however long ago the probing began (the lease may have changed hands since).
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
@@ -128,9 +129,11 @@ class HealthProber:
         ready: bool,
         check: str = "",
     ) -> None:
-        """Start watching the worker (see the module docstring); call it on the running loop."""
+        """Start watching the worker (see the module docstring); call it on the running loop. Called again for a
+        worker watched at the same address, it only makes the callbacks run in a copy of the caller's context."""
         current = self._watched.get(worker_id)
         if current is not None and current.address == address:
+            current.context = contextvars.copy_context()
             return
         if current is not None:
             self.unwatch(worker_id)
@@ -170,7 +173,7 @@ class HealthProber:
             finally:
                 watched.rechecking = False
 
-        self._spawn(recheck(), watched.context.copy())
+        self._spawn(recheck(), watched)
 
     async def check_now(self, endpoint_id: str, worker_id: str) -> bool:
         """Probe the worker at once (the proxy calls it after a connection error to it); the result counts like
@@ -224,13 +227,13 @@ class HealthProber:
             return
         if detail != watched.reported and self.on_probe is not None:
             watched.reported = detail
-            self._spawn(self.on_probe(watched.endpoint_id, watched.worker_id, detail))
+            self._spawn(self.on_probe(watched.endpoint_id, watched.worker_id, detail), watched)
         if healthy:
             watched.failures = 0
             if not watched.ready:
                 watched.ready = True
                 self.routes.worker_ready(watched.endpoint_id, watched.worker_id, watched.address)
-                self._spawn(self.on_ready(watched.endpoint_id, watched.worker_id))
+                self._spawn(self.on_ready(watched.endpoint_id, watched.worker_id), watched)
             return
         watched.failures += 1
         if watched.failures < self.settings.health_check_failures:
@@ -239,7 +242,7 @@ class HealthProber:
         self.routes.worker_gone(watched.endpoint_id, watched.worker_id)
         times = "once" if watched.failures == 1 else f"{watched.failures} times in a row"
         reason = f"health check {watched.check} failed {times}: {detail}"
-        self._spawn(self.on_unhealthy(watched.endpoint_id, watched.worker_id, reason))
+        self._spawn(self.on_unhealthy(watched.endpoint_id, watched.worker_id, reason), watched)
 
     def _starting_failed(self, watched: _Watched, detail: str) -> None:
         """A failed probe of a starting worker: refusals are normal until it listens, so only one failure per
@@ -250,7 +253,7 @@ class HealthProber:
             return
         watched.failures, watched.reported = counted, detail
         if self.on_probe is not None:
-            self._spawn(self.on_probe(watched.endpoint_id, watched.worker_id, detail))
+            self._spawn(self.on_probe(watched.endpoint_id, watched.worker_id, detail), watched)
         if counted < limit:
             return
         watched.failed = True
@@ -260,15 +263,15 @@ class HealthProber:
             f"{watched.endpoint_id} --health-port PORT --health-path PATH`, or read its output with "
             f"`dockyard endpoints logs {watched.endpoint_id}`"
         )
-        self._spawn(self.on_unhealthy(watched.endpoint_id, watched.worker_id, reason))
+        self._spawn(self.on_unhealthy(watched.endpoint_id, watched.worker_id, reason), watched)
 
-    def _spawn(self, callback: Awaitable[None], context: contextvars.Context | None = None) -> None:
+    def _spawn(self, callback: Awaitable[None], watched: _Watched) -> None:
         async def run() -> None:
             try:
                 await callback
             except Exception:
                 log.exception("a health prober callback failed; the reconciler's next pass recovers")
 
-        task = asyncio.get_running_loop().create_task(run(), context=context)
+        task = asyncio.get_running_loop().create_task(run(), context=watched.context.copy())
         self._callbacks.add(task)
         task.add_done_callback(self._callbacks.discard)
