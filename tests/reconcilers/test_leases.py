@@ -16,10 +16,12 @@ from sqlalchemy import select, text, update
 from sqlalchemy.engine import make_url
 
 from dockyard.core.loops import LoopName
+from dockyard.core.status import ProcessKind
 from dockyard.db.fence import CURRENT_FENCE, Fence, LeaseLost
 from dockyard.db.models import LeaseModel, OrganizationModel
 from dockyard.db.session import Database, is_sqlite
 from dockyard.reconcilers.supervisor import LEASE_NAME, Supervisor
+from dockyard.services.processes import ProcessRecord
 from tests.conftest import Harness
 
 LEASE = 2.0  # renewals and tries every 0.4 s
@@ -53,13 +55,14 @@ class Writing(Counting):
 
 @asynccontextmanager
 async def supervisors(url: str, count: int) -> AsyncIterator[list[tuple[Supervisor, Counting]]]:
-    """`count` supervisors, each on a database connection of its own as separate servers would be, each running
-    one counting loop."""
+    """`count` supervisors, each on a database connection of its own as separate servers would be, with a process
+    row it heartbeats, each running one counting loop."""
     made: list[tuple[Supervisor, Counting, Database]] = []
     try:
         for _ in range(count):
             db = Database(url)
-            supervisor = Supervisor(db, CollectorRegistry(), lease_seconds=LEASE)
+            process = ProcessRecord(db, ProcessKind.SERVER, "127.0.0.1:0", lease_seconds=LEASE)
+            supervisor = Supervisor(db, CollectorRegistry(), lease_seconds=LEASE, process=process)
             loop = Counting()
             await supervisor.start([loop])
             made.append((supervisor, loop, db))
@@ -145,8 +148,9 @@ async def blocked_writes(url: str) -> AsyncIterator[None]:
     """Every write to the lease waits until the block ends: SQLite's write lock, or PostgreSQL's row lock, held
     by a connection of the test's."""
     if is_sqlite(url):
-        connection = sqlite3.connect(make_url(url).database or "", isolation_level=None)
-        connection.execute("BEGIN IMMEDIATE")
+        connection = sqlite3.connect(make_url(url).database or "", isolation_level=None, check_same_thread=False)
+        # In a thread: the write in flight that it waits for needs this event loop to end.
+        await asyncio.to_thread(connection.execute, "BEGIN IMMEDIATE")
         try:
             yield
         finally:

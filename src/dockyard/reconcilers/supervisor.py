@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 LEASE_NAME = "reconcilers"
 
+# How often the holder deletes the rows of processes lost for long (services/processes.py).
+FORGET_EVERY_SECONDS = 60.0
+
 T = TypeVar("T")
 
 
@@ -114,6 +117,7 @@ class Supervisor:
         self._renew_now = asyncio.Event()
         self._lease_writes = _Bounded()
         self._row_writes = _Bounded()
+        self._next_forget = 0.0  # monotonic: when the holder next deletes long-lost process rows
         self.passes = Counter("dockyard_reconcile_passes", "Reconcile passes", ["loop", "result"], registry=registry)
         self.duration = Histogram("dockyard_reconcile_seconds", "Reconcile pass duration", ["loop"], registry=registry)
 
@@ -226,25 +230,29 @@ class Supervisor:
     async def _hold_lease(self) -> None:
         while True:
             started = time.monotonic()
-            if (fence := self.fence) is not None and started >= self._deadline:
-                log.warning(
-                    "%s lease not renewed by %s for %g s: its loops stop before another process may take it",
-                    LEASE_NAME,
-                    self.holder,
-                    self.lease_seconds,
-                )
-                self._step_down()
-            elif fence is not None:
+            if (fence := self.fence) is not None:
                 await self._try_renew(fence, started)
             else:
                 await self._try_acquire(started)
+            self._stop_if_overdue()
             await self._keep_process_row()
+            self._stop_if_overdue()
             pause = self.retry_seconds - (time.monotonic() - started)
             if self.fence is not None:
                 pause = min(pause, self._deadline - time.monotonic())
             self._renew_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._renew_now.wait(), max(pause, 0.0))
+
+    def _stop_if_overdue(self) -> None:
+        if self.fence is not None and time.monotonic() >= self._deadline:
+            log.warning(
+                "%s lease not renewed by %s for %g s: its loops stop before another process may take it",
+                LEASE_NAME,
+                self.holder,
+                self.lease_seconds,
+            )
+            self._step_down()
 
     async def _try_renew(self, fence: Fence, started: float) -> None:
         try:
@@ -277,10 +285,15 @@ class Supervisor:
     async def _keep_process_row(self) -> None:
         if self.process is None:
             return
+        # Bounded by the lease's deadline too: a stuck heartbeat must not hold the lease task past it.
+        timeout = self.retry_seconds
+        if self.fence is not None:
+            timeout = min(timeout, self._deadline - time.monotonic())
         try:
-            await self._row_writes.run(self.process.heartbeat(), self.retry_seconds)
-            if self.fence is not None:
-                await self._row_writes.run(self.process.forget_lost(), self.retry_seconds)
+            await self._row_writes.run(self.process.heartbeat(), timeout)
+            if self.fence is not None and time.monotonic() >= self._next_forget:
+                self._next_forget = time.monotonic() + FORGET_EVERY_SECONDS
+                await self._row_writes.run(self.process.forget_lost(), timeout)
         except Exception:
             log.warning("the heartbeat of process %s failed", self.holder, exc_info=True)
 
