@@ -138,7 +138,13 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     registry = CollectorRegistry()
     process = ProcessRecord(db, ProcessKind.SERVER, f"{settings.host}:{settings.port}", settings.lease_seconds)
     supervisor = Supervisor(db, registry, lease_seconds=settings.lease_seconds, process=process)
-    drain = Drain(process.drain, supervisor.stop)
+
+    async def release() -> None:
+        """On SIGTERM: the lease goes at once, and the row, marked draining, is heartbeaten until the end."""
+        await supervisor.stop()
+        process.start()
+
+    drain = Drain(process.drain, release)
     context = ServerContext(
         settings=settings,
         db=db,

@@ -84,8 +84,10 @@ class ProcessRecord:
             await session.execute(delete(ProcessModel).where(ProcessModel.heartbeat_at < horizon))
 
     def start(self) -> None:
-        """Heartbeat in a task of this process's own (a stand-alone gateway's), until `stop()`."""
-        self._task = asyncio.create_task(self._beat(), name="process-heartbeat")
+        """Heartbeat in a task of this process's own (a stand-alone gateway's, a draining server's), until
+        `stop()`; started already, nothing changes."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._beat(), name="process-heartbeat")
 
     async def stop(self) -> None:
         if self._task is not None:
