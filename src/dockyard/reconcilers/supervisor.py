@@ -117,6 +117,7 @@ class Supervisor:
         self._renew_now = asyncio.Event()
         self._lease_writes = _Bounded()
         self._row_writes = _Bounded()
+        self._stopped = False
         self._next_forget = 0.0  # monotonic: when the holder next deletes long-lost process rows
         self.passes = Counter("dockyard_reconcile_passes", "Reconcile passes", ["loop", "result"], registry=registry)
         self.duration = Histogram("dockyard_reconcile_seconds", "Reconcile pass duration", ["loop"], registry=registry)
@@ -146,7 +147,11 @@ class Supervisor:
             self._tasks.append(asyncio.create_task(self._run(name), name=f"loop:{name}"))
 
     async def stop(self) -> None:
-        """Stop the loops and release the lease at once, so that another process takes it at its next try."""
+        """Stop the loops and release the lease at once, so that another process takes it at its next try. Once
+        stopped (a draining server stops it before its shutdown does), it stays stopped."""
+        if self._stopped:
+            return
+        self._stopped = True
         tasks = [*self._tasks, *self._passes.values()]
         for task in tasks:
             task.cancel()
