@@ -40,8 +40,10 @@ from dockyard.api.jobs_lean import LeanJobs
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
 from dockyard.control.autoscaler import Autoscaler
+from dockyard.control.follower import Follower
 from dockyard.db.migrate import migrate
 from dockyard.db.models import IdcModel
+from dockyard.db.notify import PostgresBus, bus_for
 from dockyard.db.session import Database
 from dockyard.errors import error_response, install_error_handlers
 from dockyard.gateway import metrics as gateway_metrics
@@ -96,6 +98,29 @@ def build_loops(context: ServerContext, routes: RouteTable) -> list[Loop]:
     ]
 
 
+class Role:
+    """What this server runs beside its gateway for its role (`Supervisor`'s `on_role`): as a follower, a
+    `Follower` (control/follower.py) made by `follower`, so its table is fed and its load reaches the leader; as the
+    leader, nothing, since its loops feed the table."""
+
+    def __init__(self, follower: Callable[[], Follower]) -> None:
+        self.follower = follower
+        self._running: Follower | None = None
+
+    async def switch(self, leading: bool) -> None:
+        if leading:
+            await self.stop()
+        elif self._running is None:
+            self._running = self.follower()
+            await self._running.start()
+
+    async def stop(self) -> None:
+        """Stop the follower's parts, if they run."""
+        running, self._running = self._running, None
+        if running is not None:
+            await running.stop()
+
+
 async def _on_stale(_: object, exc: Exception) -> object:
     return error_response(
         409,
@@ -132,7 +157,13 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     add_secrets(settings.resolved_secret_key, *settings.log_secrets())
     db = Database(settings.resolved_database_url)
     registry = CollectorRegistry()
-    supervisor = Supervisor(db, registry)
+    bus = bus_for(db.url)
+
+    def follower() -> Follower:  # called once the server runs, when everything below is built
+        return Follower(context, routes, supervisor.holder)
+
+    role = Role(follower)
+    supervisor = Supervisor(db, registry, on_role=role.switch)
     context = ServerContext(
         settings=settings,
         db=db,
@@ -140,6 +171,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         registry=registry,
         waker=supervisor.wake,
         runtime_factory=runtime_factory or (lambda idc, ctx: build_runtime(idc, ctx.settings, ctx.installation_id)),
+        bus=bus,
     )
     routes = RouteTable(on_demand=context.planes.demand)
     context.planes.subscribe(endpoint_changed=routes.upsert)
@@ -154,6 +186,8 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
 
         await migrate(db.url, after=_bootstrap)
         context.installation_id = install_id
+        if isinstance(bus, PostgresBus):
+            await bus.start()
         async with db.read() as session:
             for idc in await session.scalars(select(IdcModel)):
                 context.attach_runtime(idc)
@@ -164,6 +198,9 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
             yield
         finally:
             await supervisor.stop()
+            await role.stop()
+            if isinstance(bus, PostgresBus):
+                await bus.close()
             for runtime in context.runtimes.values():
                 await runtime.close()
             await db.dispose()

@@ -7,6 +7,11 @@ raises, backs off, and carries on: one bad pass must never kill a loop (kopf's a
 Only one server per database reconciles at a time. The lease is a row (`leases.reconcilers`) whose holder
 renews it every few seconds; a server that dies loses it after `LEASE_SECONDS` and another takes over. The
 guarded writes in every reconciler make a brief overlap of two holders harmless anyway.
+
+A server serves the whole API and the gateway whether it leads or not; what feeds its gateway's table differs
+(the endpoint reconciler while it leads, a route sync otherwise), so the composition root passes `on_role`,
+awaited with True before this server's loops first run after it took the lease, and with False once it knows it
+does not hold it (at start, and when it lost it).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Protocol
 
@@ -44,8 +50,13 @@ class Loop(Protocol):
 class Supervisor:
     """Made before the loops it runs (whose server context takes its `wake`); `start(loops)` runs them."""
 
-    def __init__(self, db: Database, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, db: Database, registry: CollectorRegistry, on_role: Callable[[bool], Awaitable[None]] | None = None
+    ) -> None:
+        """`on_role(leading)` switches what else this server runs with its role (see the module docstring)."""
         self.db = db
+        self._on_role = on_role
+        self._role: bool | None = None
         self.loops: dict[LoopName, Loop] = {}
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
         self._wakeups: dict[LoopName, asyncio.Event] = {}
@@ -126,6 +137,8 @@ class Supervisor:
             except Exception:
                 log.exception("lease renewal failed")
                 held = False
+            if held:
+                await self._switch_role(True)
             if held and not self._leader.is_set():
                 log.info("reconcilers lease taken by %s", self.holder)
                 self._leader.set()
@@ -134,7 +147,20 @@ class Supervisor:
             elif not held and self._leader.is_set():
                 log.warning("reconcilers lease lost by %s", self.holder)
                 self._leader.clear()
+            if not held:
+                await self._switch_role(False)
             await asyncio.sleep(LEASE_SECONDS / 3)
+
+    async def _switch_role(self, leading: bool) -> None:
+        """Tell `on_role` of a new role: before the loops run as leader, once they start no pass as follower."""
+        if leading == self._role:
+            return
+        self._role = leading
+        if self._on_role is not None:
+            try:
+                await self._on_role(leading)
+            except Exception:
+                log.exception("switching this server to %s failed", "leader" if leading else "follower")
 
     async def _run(self, name: LoopName) -> None:
         loop = self.loops[name]
