@@ -18,7 +18,9 @@ from dockyard.app import create_app
 from dockyard.config import Settings
 from dockyard.context import ServerContext
 from dockyard.core.status import ContainerStatus
-from dockyard.db.models import IdcModel
+from dockyard.db.models import EndpointModel, IdcModel
+from dockyard.gateway_app import create_gateway_app
+from dockyard.serving.front import Front
 from tests.api.test_endpoints import create
 from tests.api.test_worker_webhooks import BASE, add_worker
 from tests.conftest import ADMIN_TOKEN, Harness
@@ -188,3 +190,47 @@ async def test_an_endpoint_changed_on_one_server_reaches_a_followers_table_at_on
                     break
             assert answer.status_code == 200, answer.text
             await within(BOUND, lambda: served(3))
+
+
+@asynccontextmanager
+async def standalone_gateway(settings: Settings) -> AsyncIterator[Front]:
+    front = create_gateway_app(settings)
+    assert isinstance(front, Front)
+    async with front.api.router.lifespan_context(front.api):  # type: ignore[attr-defined]
+        yield front
+
+
+async def test_a_standalone_gateway_learns_of_endpoints_at_once_and_its_demand_wakes_the_leaders_autoscaler(
+    url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(url, tmp_path, run_reconcilers=True, reconcile_interval=FAR, autoscale_interval=FAR)
+    async with server(settings) as leader:
+        await within(BOUND * 2, lambda: _passed(leader, "autoscaler"))
+        async with (
+            standalone_gateway(settings.model_copy()) as gateway,
+            await leader.new_client("acme") as on_leader,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=gateway),
+                base_url=BASE,
+                headers={"Authorization": on_leader.headers["Authorization"]},
+            ) as on_gateway,
+        ):
+            endpoint_id = await create(on_leader, worker_config={"min_replicas": 0, "max_replicas": 1})
+
+            async def served() -> bool:
+                return endpoint_id in gateway.routes
+
+            await within(BOUND, served)  # the gateway's periodic sync is hours away
+
+            async def wanted() -> bool:
+                async with leader.context.db.read() as session:
+                    row = await session.get(EndpointModel, endpoint_id)
+                    return row is not None and row.desired_replicas == 1
+
+            assert not await wanted()
+            request = asyncio.create_task(on_gateway.get(f"/{endpoint_id}/hello"))  # waits for a worker
+            try:
+                await within(BOUND, wanted)  # the autoscaler's next tick is FAR away
+            finally:
+                request.cancel()
+                await asyncio.gather(request, return_exceptions=True)
