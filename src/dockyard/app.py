@@ -111,8 +111,13 @@ class Role:
         if leading:
             await self.stop()
         elif self._running is None:
-            self._running = self.follower()
-            await self._running.start()
+            follower = self.follower()
+            try:
+                await follower.start()
+            except BaseException:
+                await follower.stop()
+                raise
+            self._running = follower
 
     async def stop(self) -> None:
         """Stop the follower's parts, if they run."""

@@ -152,15 +152,17 @@ class Supervisor:
             await asyncio.sleep(LEASE_SECONDS / 3)
 
     async def _switch_role(self, leading: bool) -> None:
-        """Tell `on_role` of a new role: before the loops run as leader, once they start no pass as follower."""
+        """Tell `on_role` of a new role: before the loops run as leader, once they start no pass as follower. A
+        switch that raises is logged and tried again at the next renewal."""
         if leading == self._role:
             return
-        self._role = leading
         if self._on_role is not None:
             try:
                 await self._on_role(leading)
             except Exception:
                 log.exception("switching this server to %s failed", "leader" if leading else "follower")
+                return
+        self._role = leading
 
     async def _run(self, name: LoopName) -> None:
         loop = self.loops[name]
