@@ -63,6 +63,8 @@ def test_signals_are_packed_into_payloads_under_the_limit_and_read_back() -> Non
     read = [parse(p) for p in packed]
     assert {origin for origin, _ in read} == {"origin-1"}
     assert [signal for _, part in read for signal in part] == signals
+    # A key too long for any payload is dropped rather than refused by PostgreSQL at every retry.
+    assert payloads("o", [(Topic.ROUTES, "x" * PAYLOAD_LIMIT), (Topic.ROUTES, "e1")]) == ["o\nroutes e1"]
     # A topic this process does not know (a newer one's) is skipped, the rest kept.
     assert parse("o\nnot_a_topic k\nroutes e1") == ("o", [(Topic.ROUTES, "e1")])
 

@@ -54,13 +54,17 @@ def bus_for(url: str) -> LocalBus | PostgresBus:
 
 
 def payloads(origin: str, signals: Iterable[tuple[Topic, str]], limit: int = PAYLOAD_LIMIT) -> list[str]:
-    """`signals` packed into as few payloads of at most `limit` bytes as they fit, each headed by `origin`."""
+    """`signals` packed into as few payloads of at most `limit` bytes as they fit, each headed by `origin`. A signal
+    too long for any payload is dropped with a warning (keys are ids: none is)."""
     head = origin.encode()
     packed: list[str] = []
     lines: list[bytes] = [head]
     size = len(head)
     for topic, key in signals:
         line = f"{topic.value} {key}".encode()
+        if len(head) + 1 + len(line) > limit:
+            log.warning("a %s key of %d bytes is too long to notify; dropped", topic.value, len(key))
+            continue
         if size + 1 + len(line) > limit and len(lines) > 1:
             packed.append(b"\n".join(lines).decode())
             lines, size = [head], len(head)
