@@ -41,10 +41,12 @@ from dockyard.api.jobs_lean import LeanJobs
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
 from dockyard.control.autoscaler import Autoscaler
+from dockyard.control.follower import Follower
 from dockyard.core.drain import Drain
 from dockyard.core.status import ProcessKind
 from dockyard.db.migrate import migrate
 from dockyard.db.models import IdcModel
+from dockyard.db.notify import PostgresBus, bus_for
 from dockyard.db.session import Database
 from dockyard.errors import error_response, install_error_handlers
 from dockyard.gateway import metrics as gateway_metrics
@@ -100,6 +102,34 @@ def build_loops(context: ServerContext, routes: RouteTable) -> list[Loop]:
     ]
 
 
+class Role:
+    """What this server runs beside its gateway for its role (`Supervisor`'s `on_role`): as a follower, a
+    `Follower` (control/follower.py) made by `follower`, so its table is fed and its load reaches the leader; as the
+    leader, nothing, since its loops feed the table."""
+
+    def __init__(self, follower: Callable[[], Follower]) -> None:
+        self.follower = follower
+        self._running: Follower | None = None
+
+    async def switch(self, leading: bool) -> None:
+        if leading:
+            await self.stop()
+        elif self._running is None:
+            follower = self.follower()
+            try:
+                await follower.start()
+            except BaseException:
+                await follower.stop()
+                raise
+            self._running = follower
+
+    async def stop(self) -> None:
+        """Stop the follower's parts, if they run."""
+        running, self._running = self._running, None
+        if running is not None:
+            await running.stop()
+
+
 async def _on_stale(_: object, exc: Exception) -> object:
     return error_response(
         409,
@@ -136,8 +166,14 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
     add_secrets(settings.resolved_secret_key, *settings.log_secrets())
     db = Database(settings.resolved_database_url)
     registry = CollectorRegistry()
+    bus = bus_for(db.url)
     process = ProcessRecord(db, ProcessKind.SERVER, f"{settings.host}:{settings.port}", settings.lease_seconds)
-    supervisor = Supervisor(db, registry, lease_seconds=settings.lease_seconds, process=process)
+
+    def follower() -> Follower:  # called once the server runs, when everything below is built
+        return Follower(context, routes, supervisor.holder)
+
+    role = Role(follower)
+    supervisor = Supervisor(db, registry, lease_seconds=settings.lease_seconds, process=process, on_role=role.switch)
 
     async def release() -> None:
         """On SIGTERM: the lease goes at once, and the row, marked draining, is heartbeaten until the end."""
@@ -153,6 +189,7 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         waker=supervisor.wake,
         runtime_factory=runtime_factory or (lambda idc, ctx: build_runtime(idc, ctx.settings, ctx.installation_id)),
         drain=drain,
+        bus=bus,
     )
     routes = RouteTable(on_demand=context.planes.demand)
     context.planes.subscribe(endpoint_changed=routes.upsert)
@@ -167,6 +204,8 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
 
         await migrate(db.url, after=_bootstrap)
         context.installation_id = install_id
+        if isinstance(bus, PostgresBus):
+            await bus.start()
         async with db.read() as session:
             for idc in await session.scalars(select(IdcModel)):
                 context.attach_runtime(idc)
@@ -183,9 +222,12 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
             drain.uninstall()
             await drain.wait()
             await supervisor.stop()
+            await role.stop()
             await process.stop()
             with contextlib.suppress(Exception):
                 await process.remove()
+            if isinstance(bus, PostgresBus):
+                await bus.close()
             for runtime in context.runtimes.values():
                 await runtime.close()
             await db.dispose()

@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     gateway_queue_limit: int = Field(default=1000, ge=0)
     autoscale_interval: float = Field(default=0.5, gt=0)
     gateway_report_interval: float = Field(default=0.5, gt=0)  # how often a stand-alone gateway reports its load
-    gateway_sync_interval: float = Field(default=1.0, gt=0)  # how often a stand-alone gateway re-reads endpoints
+    gateway_sync_interval: float = Field(default=1.0, gt=0)  # a gateway without the endpoint loop re-reads routes
     # A starting worker is probed this often, so readiness is seen within this much of the worker answering.
     worker_probe_interval: float = Field(default=0.05, gt=0)
     health_check_interval: float = Field(default=5.0, gt=0)  # a ready worker is probed this often

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from dockyard.config import Settings
-from dockyard.core.bus import Bus, LocalBus
+from dockyard.core.bus import EVERYTHING, Bus, LocalBus, Topic
 from dockyard.core.callers import Principal
 from dockyard.core.drain import Drain
 from dockyard.core.loops import LoopName
@@ -70,8 +70,8 @@ class ServerContext:
     # Held while a node, its GPUs and its share of CPU and memory are chosen and recorded on a row: containers and
     # endpoint workers draw from one pool.
     gpu_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # Wake-ups for async jobs (a job queued, finished or streamed), so job-take and runsync need not poll.
-    job_signals: JobSignals = field(default_factory=JobSignals)
+    # Wake-ups for async jobs (a job queued, finished or streamed), so job-take and runsync need not poll; on `bus`.
+    job_signals: JobSignals = field(init=False)
     # The group commit of submitted jobs into `db`.
     job_inserts: JobInserts = field(init=False)
     keys: KeyCache = field(default_factory=KeyCache)
@@ -79,10 +79,22 @@ class ServerContext:
 
     def __post_init__(self) -> None:
         self.job_inserts = JobInserts(self.db)
+        self.job_signals = JobSignals(self.bus)
+        self.bus.subscribe(Topic.LOOP_WAKE, self._woken)
 
     def wake(self, loop: LoopName) -> None:
-        """Ask reconcile loop `loop` to run now rather than at its next tick (after an API write)."""
+        """Ask reconcile loop `loop` to run now rather than at its next tick (after an API write), wherever it runs:
+        published on the bus, whose `LOOP_WAKE` subscriber in each process hands it to that process's `waker` (the
+        supervisor's, which runs it while its server leads). A name that is no `LoopName` raises `ValueError`."""
+        self.bus.publish(Topic.LOOP_WAKE, LoopName(loop))
+
+    def wake_here(self, loop: LoopName) -> None:
+        """Wake loop `loop` in this process only: for a signal that every process received already."""
         self.waker(loop)
+
+    def _woken(self, key: str) -> None:
+        for loop in LoopName if key == EVERYTHING else (LoopName(key),):
+            self.wake_here(loop)
 
     def runtime_for(self, idc_id: str) -> Runtime | None:
         return self.runtimes.get(idc_id)

@@ -6,11 +6,13 @@ keep its routing table (control/) and the planes' channel that joins them (core/
 the server's is, with the metrics token, the admin token or an admin key).
 It never migrates nor writes desired state: the server owns the schema and every row. What it needs comes
 from the database in the background, never on a request:
-- the endpoints and workers to route to, every `gateway_sync_interval` (`RouteSync`), with its own prober
-  pushing a starting worker ready the moment its health check answers;
+- the endpoints and workers to route to (`Follower`, control/follower.py, as a server that does not hold the
+  control lease does): read at once when the bus (PostgreSQL's LISTEN/NOTIFY, db/notify.py) says they changed
+  and every `gateway_sync_interval` anyway, with its own prober pushing a starting worker ready the moment its
+  health check answers;
 - API keys, through the same short-lived cache the server uses.
-Its load figures go the other way, to `gateway_reports` (`Reporter`), where the server's autoscaler and
-reconciler read them: a request reaching an endpoint at zero workers is reported at once. It keeps its row in
+Its load figures go the other way, to `gateway_reports`, where the server's autoscaler and reconciler read them:
+a request reaching an endpoint at zero workers is reported at once and announced on the bus. It keeps its row in
 `processes` (services/processes.py) and drains on SIGTERM as the server does (core/drain.py).
 
 Point `DOCKYARD_GATEWAY_URL` at the gateways' address (a load balancer in front of several) so that the
@@ -35,11 +37,10 @@ from starlette.types import ASGIApp
 from dockyard import __version__
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
-from dockyard.control.prober import HealthProber
-from dockyard.control.reports import Reporter
-from dockyard.control.route_sync import RouteSync
+from dockyard.control.follower import Follower
 from dockyard.core.drain import Drain
 from dockyard.core.status import ProcessKind
+from dockyard.db.notify import PostgresBus, bus_for
 from dockyard.db.session import Database
 from dockyard.errors import ApiError, error_body
 from dockyard.gateway import metrics as gateway_metrics
@@ -54,23 +55,17 @@ from dockyard.serving.front import Front
 log = logging.getLogger(__name__)
 
 
-async def _recorded_elsewhere(*_: str) -> None:
-    """The prober's callbacks: the server's reconciler records worker status; this process only routes."""
-
-
 def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or load_settings()
     db = Database(settings.resolved_database_url)
-    context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key))
+    bus = bus_for(db.url)
+    context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key), bus=bus)
     planes = context.planes
     routes = RouteTable(on_demand=planes.demand)
     process = ProcessRecord(db, ProcessKind.GATEWAY, f"{settings.host}:{settings.port}", settings.lease_seconds)
     drain = Drain(process.drain)
     gateway_id = process.id
-    reporter = Reporter(db, routes, gateway_id, settings.gateway_report_interval)
-    prober = HealthProber(routes, settings, on_ready=_recorded_elsewhere, on_unhealthy=_recorded_elsewhere)
-    planes.subscribe(demand=reporter.demand, worker_unreachable=prober.recheck)
-    sync = RouteSync(db, settings, routes, prober)
+    follower = Follower(context, routes, gateway_id)
     gateway = GatewayApp(
         routes, partial(keys.org_of, context), context.registry, on_worker_error=planes.worker_unreachable
     )
@@ -95,9 +90,9 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await sync.sync_once()
-        sync.start()
-        reporter.start()
+        if isinstance(bus, PostgresBus):
+            await bus.start()
+        await follower.start()
         await process.register()
         process.start()
         drain.install()
@@ -110,9 +105,9 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
             await process.stop()
             with contextlib.suppress(Exception):
                 await process.remove()
-            await sync.stop()
-            await reporter.stop()
-            await prober.close()
+            await follower.stop()
+            if isinstance(bus, PostgresBus):
+                await bus.close()
             await db.dispose()
 
     api = Starlette(

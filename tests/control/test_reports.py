@@ -9,6 +9,7 @@ from sqlalchemy import update
 
 from dockyard.control.load import load_figures
 from dockyard.control.reports import Reporter, merge
+from dockyard.core.bus import LocalBus, Topic
 from dockyard.core.planes import EndpointConfig
 from dockyard.core.status import EndpointType
 from dockyard.db.base import utcnow
@@ -97,6 +98,32 @@ async def test_demand_reports_before_the_interval_ends(harness: Harness) -> None
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the demand was not reported within 5 s although the interval is an hour")
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+    finally:
+        await reporter.stop()
+
+
+async def test_demand_is_announced_on_the_bus_once_its_report_is_written(harness: Harness) -> None:
+    db = harness.context.db
+    remote = RouteTable()
+    remote.configure([_config("e3")])
+    bus = LocalBus()
+    announced: list[str] = []
+    reported = asyncio.Event()
+    bus.subscribe(Topic.DEMAND, lambda key: (announced.append(key), reported.set()))
+    reporter = Reporter(db, remote, "gw-3", interval=3600, bus=bus)
+    reporter.start()
+    try:
+        route = remote.get("e3")
+        assert route is not None
+        waiter = asyncio.create_task(route.dispatcher.acquire(1e9).__aenter__())
+        await asyncio.sleep(0)
+        reporter.demand("e3")
+        await asyncio.wait_for(reported.wait(), 10)  # the interval is an hour
+        assert announced == ["e3"]
+        async with db.read() as session:
+            assert (await load_figures(session, RouteTable(), 3600))["e3"].queued == 1  # committed before
         waiter.cancel()
         await asyncio.gather(waiter, return_exceptions=True)
     finally:

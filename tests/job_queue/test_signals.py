@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dockyard.core.bus import EVERYTHING, LocalBus, Topic
 from dockyard.job_queue.signals import JobSignals
 
 
@@ -31,3 +32,16 @@ async def test_waits_end_on_their_own_key_and_leave_nothing_registered() -> None
     assert not signals._queued
     assert not signals._changed
     assert not signals._workers
+
+
+async def test_signals_go_through_the_bus_and_everything_wakes_every_watch_of_its_topic() -> None:
+    bus = LocalBus()
+    here, there = JobSignals(bus), JobSignals(bus)  # two processes' signals, as a bus between them delivers
+    with there.watch_queued("e1") as queued, there.watch_queued("e2") as other:
+        here.notify_queued("e1")
+        assert await queued.wait(0) is True
+        assert await other.wait(0) is False
+    with there.watch_queued("e1") as first, there.watch_queued("e2") as second, there.watch_worker("w1") as worker:
+        bus.publish(Topic.JOB_QUEUED, EVERYTHING)  # what a bus says after it may have lost signals
+        assert (await first.wait(0), await second.wait(0)) == (True, True)
+        assert await worker.wait(0) is False  # another topic

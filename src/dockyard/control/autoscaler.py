@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.context import ServerContext
 from dockyard.control.load import load_figures
+from dockyard.core.bus import EVERYTHING, Topic
 from dockyard.core.loops import LoopName
 from dockyard.core.status import DesiredState, PolicyType
 from dockyard.db.base import guarded_update
@@ -189,16 +190,24 @@ class Autoscaler:
         # Endpoint id -> monotonic time of the first `on_demand` since the last pass began.
         self._demand_since: dict[str, float] = {}
         self._scale_from_zero = _scale_from_zero_for(context.registry)
-        self._listening = context.planes.subscribe(demand=self.on_demand)
+        # This server's gateway announces demand on the planes' channel; another process's (a stand-alone gateway,
+        # a server that does not lead) on the bus, once its report of the load is committed.
+        self._listening = [
+            context.planes.subscribe(demand=self.on_demand),
+            context.bus.subscribe(Topic.DEMAND, self.on_demand),
+        ]
 
     async def close(self) -> None:
         """Stop listening for demand (the supervisor calls it when the loop stops)."""
-        self._listening()
+        for unsubscribe in self._listening:
+            unsubscribe()
 
     def on_demand(self, endpoint_id: str) -> None:
-        """A request reached an endpoint with no ready worker: decide now instead of at the next tick."""
-        self._demand_since.setdefault(endpoint_id, time.monotonic())
-        self.context.wake(LoopName.AUTOSCALER)
+        """A request reached an endpoint with no ready worker: decide now instead of at the next tick. Each process
+        hears of it, so only this one's autoscaler is woken (it runs where its server leads)."""
+        if endpoint_id != EVERYTHING:
+            self._demand_since.setdefault(endpoint_id, time.monotonic())
+        self.context.wake_here(LoopName.AUTOSCALER)
 
     async def reconcile_once(self) -> None:
         # Taken before the figures are read: a request after this point is seen by the next pass (its wake-up

@@ -3,9 +3,11 @@
 The gateway inside the server process is read directly (`RouteTable.figures()`), as fresh as its last
 request. A stand-alone gateway (`dockyard gateway`, run beside the server to spread the request load) cannot
 be read that way, so it writes its figures to `gateway_reports` every `gateway_report_interval` seconds, and
-at once when a request reaches an endpoint with no ready worker there. `remote_figures()` reads every report
-fresher than `REPORT_MAX_AGE_INTERVALS` intervals; control/load.py sums them with the rest. A gateway that
-stopped stops reporting and its last figures age out; nothing has to clean up after it.
+at once when a request reaches an endpoint with no ready worker there; that report committed, it publishes
+`Topic.DEMAND` for the endpoint on the bus, which wakes the autoscaler of whichever server leads.
+`remote_figures()` reads every report fresher than `REPORT_MAX_AGE_INTERVALS` intervals; control/load.py sums
+them with the rest. A gateway that stopped stops reporting and its last figures age out; nothing has to clean up
+after it.
 
 A report lists the workers its gateway routes to (ready there) or holds requests on, which is what the endpoint
 reconciler needs before it removes a draining worker (`held_elsewhere()`): a gateway learns of a drain at its
@@ -26,6 +28,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dockyard.core.bus import Bus, LocalBus, Topic
 from dockyard.db.base import utcnow
 from dockyard.db.models import GatewayReportModel
 from dockyard.db.session import Database
@@ -103,18 +106,24 @@ def held_elsewhere(parts: Iterable[EndpointFigures]) -> dict[str, int]:
 
 
 class Reporter:
-    """A stand-alone gateway's side: writes its figures every `interval` seconds, and soon after `demand()`."""
+    """A stand-alone gateway's side: writes its figures every `interval` seconds, and soon after `demand()`, when
+    it also announces the demand on `bus` (nowhere beyond this process when none is given)."""
 
-    def __init__(self, db: Database, routes: RouteTable, gateway_id: str, interval: float) -> None:
+    def __init__(
+        self, db: Database, routes: RouteTable, gateway_id: str, interval: float, bus: Bus | None = None
+    ) -> None:
         self.db = db
         self.routes = routes
         self.gateway_id = gateway_id
         self.interval = interval
+        self.bus: Bus = bus if bus is not None else LocalBus()
+        self._demanded: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def demand(self, endpoint_id: str) -> None:
         """A request reached an endpoint with no ready worker here: report now, not at the next interval."""
+        self._demanded.add(endpoint_id)
         self._wake.set()
 
     async def report_once(self) -> None:
@@ -136,13 +145,16 @@ class Reporter:
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()
+            demanded, self._demanded = self._demanded, set()
             try:
                 await self.report_once()
+                for endpoint_id in demanded:
+                    self.bus.publish(Topic.DEMAND, endpoint_id)
             except Exception:
                 log.exception("gateway report failed; retrying at the next interval")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
-            self._wake.clear()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="gateway-reporter")

@@ -6,8 +6,11 @@ prober (which pushes it ready the moment its health check answers); a draining o
 keeps its address for the ones it holds; any other is gone. Every call is idempotent, so callers simply
 repeat it for every row they see.
 
-`RouteSync` is how a stand-alone gateway (`dockyard gateway`) learns what to serve without a database round
-trip on any request: every `gateway_sync_interval` it reads the endpoints and their workers and mirrors them.
+`RouteSync` is how a gateway with no endpoint reconciler in its process (`dockyard gateway`, and a server that
+does not hold the control lease: control/follower.py) learns what to serve without a database round trip on any
+request: it reads the endpoints and their workers and mirrors them at once when the bus says an endpoint or a
+worker's readiness changed (`Topic.ROUTES`, published after the commit), and every `gateway_sync_interval` in
+case a signal was lost. Signals that come while a sync runs cost one more sync after it, however many came.
 Its prober pushes readiness into its own table as soon as it sees it, so a cold start is served here as fast
 as in the server; it writes nothing, since the server's reconciler owns every row.
 """
@@ -17,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import select
 
 from dockyard.config import Settings
 from dockyard.control.prober import HealthProber
+from dockyard.core.bus import Bus, Topic
 from dockyard.core.status import WorkerStatus
 from dockyard.db.models import EndpointModel, WorkerModel
 from dockyard.db.session import Database
@@ -64,14 +68,21 @@ def forget_others(routes: RouteTable, prober: HealthProber, workers: Iterable[Wo
 
 
 class RouteSync:
-    """A stand-alone gateway's loop; see the module docstring."""
+    """A gateway's loop; see the module docstring."""
 
-    def __init__(self, db: Database, settings: Settings, routes: RouteTable, prober: HealthProber) -> None:
+    def __init__(self, db: Database, settings: Settings, routes: RouteTable, prober: HealthProber, bus: Bus) -> None:
         self.db = db
         self.settings = settings
         self.routes = routes
         self.prober = prober
+        self.bus = bus
+        self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def wake(self, _key: str = "") -> None:
+        """Sync now (after the one running, if one is)."""
+        self._wanted.set()
 
     async def sync_once(self) -> None:
         stamp = self.routes.stamp()
@@ -85,16 +96,21 @@ class RouteSync:
 
     async def _run(self) -> None:
         while True:
+            self._wanted.clear()
             try:
                 await self.sync_once()
             except Exception:
                 log.exception("gateway sync failed; serving the last table seen until the next try")
-            await asyncio.sleep(self.settings.gateway_sync_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wanted.wait(), self.settings.gateway_sync_interval)
 
     def start(self) -> None:
+        self._unsubscribe = self.bus.subscribe(Topic.ROUTES, self.wake)
         self._task = asyncio.create_task(self._run(), name="gateway-sync")
 
     async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

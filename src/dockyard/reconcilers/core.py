@@ -221,10 +221,20 @@ async def guarded_write(
 
 class RowWriter(Generic[RowT]):
     """Applies one row's outcomes through a pass. Each write is guarded by the version the pass loaded, bumped by the
-    writer's own earlier writes, and what it wrote is kept on the loaded row, so a later step decides from it."""
+    writer's own earlier writes, and what it wrote is kept on the loaded row, so a later step decides from it.
+    `on_written`, when given, is called after each write that committed, with what it wrote: the `Update` of the
+    columns that changed, or the `Delete`."""
 
-    def __init__(self, db: Database, row: RowT, target: EventTarget, noun: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        row: RowT,
+        target: EventTarget,
+        noun: str,
+        on_written: Callable[[Update | Delete], None] | None = None,
+    ) -> None:
         self.db = db
+        self._on_written = on_written
         self.row: RowT = row
         self.version = row.version
         self.target = target
@@ -237,7 +247,10 @@ class RowWriter(Generic[RowT]):
         if outcome is None:
             return True
         if isinstance(outcome, Delete):
-            return await self._delete(outcome.event)
+            deleted = await self._delete(outcome.event)
+            if deleted and self._on_written is not None:
+                self._on_written(outcome)
+            return deleted
         changed = {key: value for key, value in outcome.values.items() if getattr(self.row, key) != value}
         if not changed:
             return True
@@ -252,6 +265,8 @@ class RowWriter(Generic[RowT]):
             self.version += 1
             for key, value in changed.items():
                 setattr(self.row, key, value)
+            if self._on_written is not None:
+                self._on_written(Update(changed, outcome.event))
         else:
             log.info("%s %s changed during the pass; the next pass redoes it", self._noun, self.row.id)
         return written

@@ -89,6 +89,7 @@ from dockyard.context import ServerContext
 from dockyard.control.prober import OK, HealthProber
 from dockyard.control.reports import held_elsewhere, remote_figures
 from dockyard.control.route_sync import forget_others, publish_worker
+from dockyard.core.bus import Topic
 from dockyard.core.loops import LoopName
 from dockyard.core.status import DesiredState, EndpointStatus, WorkerStatus
 from dockyard.db.base import utcnow
@@ -222,6 +223,7 @@ class EndpointReconciler(RuntimeLoop):
             wake=lambda: self.context.wake(LoopName.ENDPOINTS),
             capacity_freed=lambda: self.context.wake(LoopName.CONTAINERS),
             container_start=self._metrics.container_start,
+            routes_changed=self._routes_changed,
         )
         row_ids = {worker.id for worker in workers}
         orphans = {worker_id: objs for worker_id, objs in listed.items() if worker_id not in row_ids}
@@ -340,9 +342,15 @@ class EndpointReconciler(RuntimeLoop):
             return []
         return added
 
+    def _routes_changed(self, endpoint_id: str) -> None:
+        self.context.bus.publish(Topic.ROUTES, endpoint_id)
+
     def _writer(self, endpoint: EndpointModel) -> RowWriter[EndpointModel]:
+        """An endpoint's writes: its status and reason are part of its route (a `failed` one is answered 503), so each
+        committed write is announced to every gateway."""
+        target = EventTarget(endpoint.org_id, KIND_ENDPOINT, endpoint.id)
         return RowWriter(
-            self.context.db, endpoint, EventTarget(endpoint.org_id, KIND_ENDPOINT, endpoint.id), "endpoint"
+            self.context.db, endpoint, target, "endpoint", on_written=lambda _: self._routes_changed(endpoint.id)
         )
 
     async def _delete_endpoint(self, endpoint: EndpointModel) -> bool:
@@ -431,6 +439,7 @@ class EndpointReconciler(RuntimeLoop):
             event = ("WorkerReady", f"ready after a cold start of {cold:.1f} s")
             written = await guarded_write(session, WorkerModel, worker_id, worker.version, values, _of(worker), event)
         if written:
+            self._routes_changed(endpoint_id)
             self._metrics.cold_start.labels(endpoint_id).observe(cold)
             self.crash_loops.pop(endpoint_id, None)
             self.context.wake(LoopName.ENDPOINTS)
@@ -457,6 +466,7 @@ class EndpointReconciler(RuntimeLoop):
             written = await guarded_write(session, WorkerModel, worker_id, worker.version, values, _of(worker), event)
         if not written:
             return
+        self._routes_changed(endpoint_id)
         if worker.status == WorkerStatus.STARTING:
             loop = self.crash_loops.get(endpoint_id)
             if loop is None or loop.generation != worker.generation:

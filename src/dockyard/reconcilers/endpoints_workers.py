@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST = 2.0  # seconds before the create that follows a worker's failure to become ready
 BACKOFF_MAX = 300.0
 CRASH_LOOP_FAILURES = 3  # failures in a row, none ready, before the endpoint is `failed`
+# The worker columns a gateway routes by (control/route_sync.py `publish_worker`).
+ROUTED_COLUMNS = frozenset({"status", "drain", "published_ports"})
 
 
 @dataclass
@@ -113,6 +115,9 @@ class PassState(Pass):
     # A worker let go of its node's share or its GPUs: the containers loop places what waits for them at once.
     capacity_freed: Callable[[], None]
     container_start: Histogram  # seconds from a worker being wanted to its container running, by endpoint
+    # A worker row's change that a gateway routes by (its status, drain or ports, or its removal) committed: every
+    # gateway's route sync reads the endpoint again (`Topic.ROUTES`); called with the endpoint's id.
+    routes_changed: Callable[[str], None]
 
     def held(self, endpoint_id: str, worker_id: str) -> int:
         """Requests the worker holds in every gateway: this process's table now, the stand-alone ones' reports."""
@@ -135,10 +140,14 @@ class WorkerTask:
         self.endpoint = endpoint
         self.worker = worker
         target = EventTarget(endpoint.org_id, KIND_ENDPOINT, endpoint.id, f"worker {worker.id}: ")
-        self.writer = RowWriter(state.db, worker, target, "worker")
+        self.writer = RowWriter(state.db, worker, target, "worker", on_written=self._written)
         self.runtime = runtime
         self.object = state.objects.get(worker.id)
         self.is_async = endpoint.type == EndpointType.ASYNC
+
+    def _written(self, outcome: Update | Delete) -> None:
+        if isinstance(outcome, Delete) or not ROUTED_COLUMNS.isdisjoint(outcome.values):
+            self.state.routes_changed(self.endpoint.id)
 
     async def delete_row(self, event: tuple[str, str]) -> bool:
         deleted = await self.writer.apply(Delete(event))

@@ -20,6 +20,11 @@ PostgreSQL (db/clock.py):
   logged once, the process stops leading, and its loops wait to lead again.
 
 The guarded writes in every reconciler make even a brief overlap harmless; fencing makes it impossible to write.
+
+A server serves the whole API and the gateway whether it leads or not; what feeds its gateway's table differs
+(the endpoint reconciler while it leads, a route sync otherwise), so the composition root passes `on_role`,
+awaited with True before this server's loops first run after it took the lease, and with False once it knows it
+does not hold it (at start, and when it lost it).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -100,8 +105,12 @@ class Supervisor:
         *,
         lease_seconds: float = 10.0,
         process: ProcessRecord | None = None,
+        on_role: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
+        """`on_role(leading)` switches what else this server runs with its role (see the module docstring)."""
         self.db = db
+        self._on_role = on_role
+        self._role: bool | None = None
         self.lease_seconds = lease_seconds
         self.process = process
         self.loops: dict[LoopName, Loop] = {}
@@ -240,6 +249,8 @@ class Supervisor:
             else:
                 await self._try_acquire(started)
             self._stop_if_overdue()
+            if self.fence is None:
+                await self._switch_role(False)
             await self._keep_process_row()
             self._stop_if_overdue()
             pause = self.retry_seconds - (time.monotonic() - started)
@@ -283,6 +294,7 @@ class Supervisor:
         self.fence = Fence(LEASE_NAME, self.holder, token)
         self._first_passes.clear()
         log.info("%s lease taken by %s with token %d", LEASE_NAME, self.holder, token)
+        await self._switch_role(True)
         self._leader.set()
         for event in self._wakeups.values():
             event.set()
@@ -301,6 +313,19 @@ class Supervisor:
                 await self._row_writes.run(self.process.forget_lost(), timeout)
         except Exception:
             log.warning("the heartbeat of process %s failed", self.holder, exc_info=True)
+
+    async def _switch_role(self, leading: bool) -> None:
+        """Tell `on_role` of a new role: before the loops run as leader, once they start no pass as follower. A
+        switch that raises is logged and tried again at the next renewal."""
+        if leading == self._role:
+            return
+        if self._on_role is not None:
+            try:
+                await self._on_role(leading)
+            except Exception:
+                log.exception("switching this server to %s failed", "leader" if leading else "follower")
+                return
+        self._role = leading
 
     def _step_down(self) -> None:
         """Stop leading: no pass starts, and the passes in flight are cancelled."""

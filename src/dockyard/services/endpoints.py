@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dockyard.config import Settings
 from dockyard.context import ServerContext
+from dockyard.core.bus import Topic
 from dockyard.core.callers import Principal
 from dockyard.core.loops import LoopName
 from dockyard.core.planes import EndpointConfig
@@ -230,6 +231,7 @@ async def create(
     await session.commit()
     if (row := await session.get(EndpointModel, answer.body["id"])) is not None:
         context.planes.endpoint_changed(route_config(row, context.settings))
+        context.bus.publish(Topic.ROUTES, row.id)
     context.wake(LoopName.ENDPOINTS)
     return answer
 
@@ -451,6 +453,7 @@ async def update(
     row.desired_replicas = min(max(row.desired_replicas, worker_config["min_replicas"]), worker_config["max_replicas"])
     await session.commit()
     context.planes.endpoint_changed(route_config(row, context.settings))
+    context.bus.publish(Topic.ROUTES, row.id)
     context.wake(LoopName.ENDPOINTS)
 
 
@@ -481,4 +484,5 @@ async def delete(session: AsyncSession, principal: Principal, endpoint_id: str, 
             await session.commit()
 
     await retry_stale(session, change)
+    context.bus.publish(Topic.ROUTES, endpoint_id)
     context.wake(LoopName.ENDPOINTS)

@@ -11,8 +11,8 @@ then replay its answer); a job-key collision at commit, left over from a key old
 with the job that holds it.
 
 Waits never poll the database in a tight loop: `runsync` sleeps on `job_signals.watch_changed`, registered
-before each read so that a finish between the read and the wait is not missed, and re-reads at least every
-`_WAIT_SLICE` seconds for finishes made by another process.
+before each read so that a finish between the read and the wait is not missed (a finish on another server
+reaches it through the bus), and re-reads at least every `_WAIT_SLICE` seconds in case the bus lost a signal.
 
 `stream/{id}` is RunPod's consuming read: each call answers the parts streamed since the previous call and
 deletes them (`DELETE ... RETURNING`, so two concurrent readers never get the same part), which is what makes
@@ -61,7 +61,7 @@ from dockyard.schemas.waits import WaitCode
 from dockyard.services import endpoints, idempotency, quotas, waits
 from dockyard.services.jobs import VIEW_COLUMNS, finish_values, job_view, retry_values
 
-_WAIT_SLICE = 5.0  # seconds between database reads while waiting, for changes made by another process
+_WAIT_SLICE = 5.0  # seconds between database reads while waiting, for a signal the bus lost
 _MAX_INT_MS = 2**31 - 1  # the job's millisecond columns are 32-bit integers
 _RETRYABLE = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
 _INITIALIZING = (WorkerStatus.PENDING, WorkerStatus.STARTING)
