@@ -105,6 +105,12 @@ class Cluster:
         (self.servers if kind is Kind.SERVER else self.gateways).append(member)
         return member
 
+    def set_env(self, settings: dict[str, str]) -> None:
+        """Add `settings` (`PUBLIC_URL` sets DOCKYARD_PUBLIC_URL) to every member's environment, before they
+        start: addresses chosen after the members' own ports, such as a load balancer's in front of them."""
+        for member in self.members:
+            member.process.env.update({f"DOCKYARD_{name}": value for name, value in settings.items()})
+
     def start(self) -> None:
         for member in self.members:
             member.start()
