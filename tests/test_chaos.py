@@ -41,7 +41,8 @@ from tests.pg import PostgresServer
 from tests.reconcilers.test_crash import installation_of
 from tests.servers import new_key, remove_installation, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.engine]
+# About 5 minutes: a minute to start, the 3 minutes of chaos, the jobs' end and the convergence after.
+pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(900)]
 
 SERVERS = 3
 GATEWAYS = 2
