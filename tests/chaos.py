@@ -43,13 +43,13 @@ class Failure:
     what: str  # the exception's class, or the status code and the answer's start
 
 
-@dataclass(frozen=True)
+@dataclass
 class Kill:
     at: float  # seconds since the chaos began
     member: str
     incarnation: int
     in_flight: dict[int, str]  # the requests it held when it died: number -> kind
-    restart_seconds: float
+    restart_seconds: float = 0.0  # from the kill to the new life answering /healthz
 
 
 @dataclass
@@ -89,18 +89,23 @@ class Ledger:
             else:
                 self.failures.append(Failure(sent, failure))
 
-    def kill(self, member: Member, started: float) -> None:
-        """SIGKILL `member`, its in-flight set taken at that moment, then start it again on its port."""
+    def kill(self, member: Member, started: float) -> Kill:
+        """SIGKILL `member`, its in-flight set taken at that moment; it stays down until `restart`."""
         with self.lock:
             self.down.add(member.name)
-            held = dict(self.in_flight.get(member.name, {}))
-            incarnation = member.incarnation
+            kill = Kill(
+                time.monotonic() - started, member.name, member.incarnation, dict(self.in_flight.get(member.name, {}))
+            )
             member.kill()
-        at = time.monotonic() - started
-        restart = time.monotonic()
+            self.kills.append(kill)
+        return kill
+
+    def restart(self, member: Member, kill: Kill) -> None:
+        """Start `member` again on its port; it is sent requests once it answers."""
+        began = time.monotonic()
         member.start()
         with self.lock:
-            self.kills.append(Kill(at, member.name, incarnation, held, time.monotonic() - restart))
+            kill.restart_seconds = time.monotonic() - began
             self.down.discard(member.name)
 
     def of(self, kind: str) -> list[Failure]:
@@ -222,10 +227,21 @@ def read_job(sdk: str, endpoint_id: str, job_id: str, key: str, url: str) -> dic
 
 
 def killer(ledger: Ledger, members: Sequence[Member], every: float, kills: int, seed: int) -> None:
-    """Every `every` seconds, `kills` times, SIGKILL one process of `members` chosen at random (from `seed`) and
-    start it again."""
+    """Every `every` seconds, `kills` times, SIGKILL one process of `members` that is up, chosen at random (from
+    `seed`), and start it again beside the next kills; returns once every one is back."""
     chooser = random.Random(seed)
     started = time.monotonic()
+    restarts = []
     for index in range(1, kills + 1):
         time.sleep(max(0.0, started + index * every - time.monotonic()))
-        ledger.kill(chooser.choice(list(members)), started)
+        with ledger.lock:
+            up = [member for member in members if member.name not in ledger.down]
+        if not up:
+            continue
+        member = chooser.choice(up)
+        kill = ledger.kill(member, started)
+        restart = threading.Thread(target=ledger.restart, args=(member, kill), name=f"restart {member.name}")
+        restart.start()
+        restarts.append(restart)
+    for restart in restarts:
+        restart.join()

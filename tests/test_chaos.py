@@ -203,7 +203,7 @@ def run_chaos(
         },
     )
     async_ids = {
-        "ppio": create_endpoint(api, async_body("chaos-ppio", sdk_worker_images["ppio"], {})),
+        "ppio": create_endpoint(api, async_body("chaos-ppio", sdk_worker_images["ppio"], {"CONCURRENCY": "8"})),
         "runpod": create_endpoint(api, async_body("chaos-runpod", sdk_worker_images["runpod"], {"CONCURRENCY": "8"})),
     }
     endpoint_ids = [sync_id, *async_ids.values()]

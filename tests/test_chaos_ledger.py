@@ -36,15 +36,17 @@ def test_only_what_the_killed_process_held_is_explained(tmp_path: Path) -> None:
     assert held is not None
     assert answered is not None
     ledger.done(answered[0], None)
-    ledger.kill(a, time.monotonic())
+    kill = ledger.kill(a, time.monotonic())
+    assert ledger.send([a], "sync") is None  # down until started again
+    ledger.restart(a, kill)
     ledger.done(held[0], "RemoteProtocolError")
     after = ledger.send([a], "sync")  # the new life of `a`
     assert after is not None
     assert after[0].incarnation == 2
     ledger.done(after[0], "503 no worker")
     assert [failure.sent for failure in ledger.unexplained("sync")] == [after[0]]
-    ((kill, count, failed),) = ledger.per_kill("sync")
-    assert (kill.member, kill.incarnation, count, failed) == ("a", 1, 1, 1)
+    ((counted, count, failed),) = ledger.per_kill("sync")
+    assert (counted.member, counted.incarnation, count, failed) == ("a", 1, 1, 1)
     assert ledger.per_kill("submit")[0][1:] == (0, 0)
 
 
