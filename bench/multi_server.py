@@ -303,7 +303,7 @@ def _measure(settings: Settings, workdir: Path) -> Results:
     print("bench: two servers on PostgreSQL", flush=True)
     try:
         with podman.engine_service(workdir) as engine_url, ExitStack() as stack:
-            database_url = stack.enter_context(postgres(workdir))
+            database_url = stack.enter_context(postgres())
             token = new_token()
             a_port, b_port = processes.free_port(), processes.free_port()
             shared = {

@@ -1,5 +1,5 @@
-"""A private PostgreSQL server for one benchmark run: initdb into the run's directory, listening on a free loopback
-port, stopped (immediately: its data is the run's and goes with it) on exit."""
+"""A private PostgreSQL server for one benchmark run: initdb into a directory of its own, listening on a free
+loopback port, stopped (immediately: its data is the run's) and removed on exit."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import glob
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +23,10 @@ def _binary(name: str) -> str:
 
 
 @contextmanager
-def postgres(workdir: Path) -> Iterator[str]:
+def postgres() -> Iterator[str]:
     """Start the server; yield the SQLAlchemy URL of its `postgres` database."""
-    directory = workdir / "postgres"
-    directory.mkdir()
+    # Not under the run's directory: as root the server runs as `postgres`, which cannot enter that one.
+    directory = Path(tempfile.mkdtemp(prefix="dockyard-bench-pg-"))
     # initdb refuses to run as root: the server then runs as the `postgres` user, which owns its directory.
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_user:
@@ -45,3 +46,4 @@ def postgres(workdir: Path) -> Iterator[str]:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, cwd="/")
+        shutil.rmtree(directory, ignore_errors=True)
