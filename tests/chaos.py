@@ -50,6 +50,7 @@ class Kill:
     incarnation: int
     in_flight: dict[int, str]  # the requests it held when it died: number -> kind
     restart_seconds: float = 0.0  # from the kill to the new life answering /healthz
+    restart_failed: str = ""  # why the process did not start again
 
 
 @dataclass
@@ -103,7 +104,11 @@ class Ledger:
     def restart(self, member: Member, kill: Kill) -> None:
         """Start `member` again on its port; it is sent requests once it answers."""
         began = time.monotonic()
-        member.start()
+        try:
+            member.start()
+        except AssertionError as failed:  # reported with the kill; the process stays out of the rotation
+            kill.restart_failed = str(failed)[:2000]
+            return
         with self.lock:
             kill.restart_seconds = time.monotonic() - began
             self.down.discard(member.name)

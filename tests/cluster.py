@@ -27,6 +27,9 @@ from tests.conftest import ADMIN_TOKEN
 from tests.live import free_port
 from tests.servers import ServerProcess
 
+# A start waits this long for the process's first answer: on a loaded machine a restart amid the others has taken
+# over a minute (its migrations check included).
+START_SECONDS = 240.0
 GATEWAY_COMMAND = (sys.executable, "-m", "dockyard", "gateway", "--host", "{host}", "--port", "{port}")
 
 
@@ -98,9 +101,9 @@ class Cluster:
         member_env = {**self.env, "DOCKYARD_DATA_DIR": str(data), **env}
         log, port = data / "process.log", port or free_port()
         if kind is Kind.GATEWAY:
-            process = ServerProcess(member_env, log, port=port, command=GATEWAY_COMMAND)
+            process = ServerProcess(member_env, log, port=port, command=GATEWAY_COMMAND, start_seconds=START_SECONDS)
         else:
-            process = ServerProcess(member_env, log, port=port)
+            process = ServerProcess(member_env, log, port=port, start_seconds=START_SECONDS)
         member = Member(name, kind, process)
         (self.servers if kind is Kind.SERVER else self.gateways).append(member)
         return member

@@ -299,6 +299,9 @@ def run_chaos(
         problems.append(f"{len(unexplained_reruns)} jobs ran again without a lost lease or result")
     if convergence:
         problems.append(f"not converged: {convergence}")
+    problems += [
+        f"{kill.member} did not start again: {kill.restart_failed}" for kill in ledger.kills if kill.restart_failed
+    ]
     for kind in ("sync", "submit"):
         if unexplained := ledger.unexplained(kind):
             shown = Counter(f"{f.sent.member}: {f.what}" for f in unexplained).most_common(6)
