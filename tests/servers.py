@@ -115,7 +115,7 @@ SERVER_START_SECONDS = 60.0
 class ServerProcess:
     """`python -m dockyard server` as a child process, killable at any moment, its output in `log_path`.
     `command` replaces the command line (`{host}` and `{port}` in it are filled in); `nofile` sets the child's
-    open-files limits (soft, hard) before it starts."""
+    open-files limits (soft, hard) before it starts; `start_seconds` bounds the wait for its first answer."""
 
     def __init__(
         self,
@@ -126,6 +126,7 @@ class ServerProcess:
         *,
         command: Sequence[str] = (sys.executable, "-m", "dockyard", "server", "--host", "{host}", "--port", "{port}"),
         nofile: tuple[int, int] | None = None,
+        start_seconds: float = SERVER_START_SECONDS,
     ) -> None:
         self.env = env
         self.log_path = log_path
@@ -133,6 +134,7 @@ class ServerProcess:
         self.port = port or free_port()
         self.command = [part.format(host=self.host, port=self.port) for part in command]
         self.nofile = nofile
+        self.start_seconds = start_seconds
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -146,7 +148,7 @@ class ServerProcess:
             self.process = subprocess.Popen(
                 self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit
             )
-        deadline = time.monotonic() + SERVER_START_SECONDS
+        deadline = time.monotonic() + self.start_seconds
         while True:
             assert self.process.poll() is None, f"the server exited at start:\n{self.log_tail()}"
             try:

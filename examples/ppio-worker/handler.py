@@ -1,7 +1,8 @@
 """An async-endpoint worker written with PPIO's official worker SDK (`ppio-gpus`, from PyPI), unchanged: run in an
 async endpoint, it takes jobs over the webhook protocol whose URLs Dockyard injects (`PPIO_WEBHOOK_*`).
 
-One image serves three handlers; the environment variable HANDLER picks one:
+One image serves three handlers; the environment variable HANDLER picks one (and CONCURRENCY how many jobs a
+worker runs at once, default 1):
 - `echo` (the default): answers `{"sdk", "worker", "input"}`. The input may ask it to wait first
   (`{"sleep": SECONDS}`) or to fail (`{"fail": "message"}` raises that message).
 - `generator`: yields `{"part": i, "worker"}` for i in 0..`parts`-1 (default 3), `delay` seconds (default 0.1)
@@ -89,7 +90,16 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     if args.test_input is None:
         sys.argv = [sys.argv[0], *rest]
-        ppio_gpus.start({"handler": HANDLERS[name], "return_aggregate_stream": True})
+        # CONCURRENCY: jobs one worker runs at once (the SDK's `concurrency_modifier`). With the SDK's default of 1
+        # it takes a job, then waits a second before asking for the next: about one job a second.
+        concurrency = int(os.environ.get("CONCURRENCY", "1"))
+        ppio_gpus.start(
+            {
+                "handler": HANDLERS[name],
+                "return_aggregate_stream": True,
+                "concurrency_modifier": lambda _current: concurrency,
+            }
+        )
         return
     job = {"id": "local_test", **json.loads(args.test_input)}
     result = asyncio.run(run_test_job(HANDLERS[name], job))
