@@ -40,6 +40,7 @@ from dockyard.api.jobs_lean import LeanJobs
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
 from dockyard.control.autoscaler import Autoscaler
+from dockyard.control.slots import process_name, slot_broker
 from dockyard.db.migrate import migrate
 from dockyard.db.models import IdcModel
 from dockyard.db.session import Database
@@ -141,8 +142,14 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         waker=supervisor.wake,
         runtime_factory=runtime_factory or (lambda idc, ctx: build_runtime(idc, ctx.settings, ctx.installation_id)),
     )
-    routes = RouteTable(on_demand=context.planes.demand)
+    routes = RouteTable(
+        on_demand=context.planes.demand,
+        leased_slots=settings.global_concurrency,
+        on_slots_wanted=context.planes.slots_wanted,
+        on_slot_freed=context.planes.slot_freed,
+    )
     context.planes.subscribe(endpoint_changed=routes.upsert)
+    broker = slot_broker(context, routes, process_name())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -157,6 +164,8 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         async with db.read() as session:
             for idc in await session.scalars(select(IdcModel)):
                 context.attach_runtime(idc)
+        if broker is not None:
+            broker.start()
         if settings.run_reconcilers:
             await supervisor.start(build_loops(context, routes))
         log.info("dockyard %s serving on %s (installation %s)", __version__, settings.masked_database_url, install_id)
@@ -164,6 +173,8 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
             yield
         finally:
             await supervisor.stop()
+            if broker is not None:
+                await broker.stop()
             for runtime in context.runtimes.values():
                 await runtime.close()
             await db.dispose()

@@ -19,8 +19,6 @@ endpoint URLs the API hands out lead there.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -38,7 +36,7 @@ from dockyard.context import ServerContext
 from dockyard.control.prober import HealthProber
 from dockyard.control.reports import Reporter
 from dockyard.control.route_sync import RouteSync
-from dockyard.db.base import new_id
+from dockyard.control.slots import process_name, slot_broker
 from dockyard.db.session import Database
 from dockyard.errors import ApiError, error_body
 from dockyard.gateway import metrics as gateway_metrics
@@ -61,8 +59,14 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
     db = Database(settings.resolved_database_url)
     context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key))
     planes = context.planes
-    routes = RouteTable(on_demand=planes.demand)
-    gateway_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+    routes = RouteTable(
+        on_demand=planes.demand,
+        leased_slots=settings.global_concurrency,
+        on_slots_wanted=planes.slots_wanted,
+        on_slot_freed=planes.slot_freed,
+    )
+    gateway_id = process_name()
+    broker = slot_broker(context, routes, gateway_id)
     reporter = Reporter(db, routes, gateway_id, settings.gateway_report_interval)
     prober = HealthProber(routes, settings, on_ready=_recorded_elsewhere, on_unhealthy=_recorded_elsewhere)
     planes.subscribe(demand=reporter.demand, worker_unreachable=prober.recheck)
@@ -92,12 +96,16 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
         await sync.sync_once()
         sync.start()
         reporter.start()
+        if broker is not None:
+            broker.start()
         log.info("dockyard gateway %s serving %d endpoint(s)", gateway_id, len(routes))
         try:
             yield
         finally:
             await sync.stop()
             await reporter.stop()
+            if broker is not None:
+                await broker.stop()
             await prober.close()
             await db.dispose()
 
