@@ -291,7 +291,7 @@ class SlotBroker:
         if worker is None or not worker.ready:
             keep = 0
         else:
-            keep = min(len(held.slots), worker.limit)
+            keep = sum(1 for s in held.slots if s < worker.limit)  # a lowered limit's higher slots are not used
             wanted = len(held.wanted & held.slots)
             if wanted:
                 idle = max(keep - in_flight, 0)
@@ -367,33 +367,19 @@ class SlotBroker:
         for worker_id in marked:
             self.bus.publish(Topic.SLOTS, worker_id)
 
-    async def _make_rows(self, worker_id: str, limit: int) -> bool:
-        """Make the worker's slot rows up to `limit`; False when the worker's row is gone."""
+    def _rows(self, worker_id: str, limit: int) -> Any:
+        """The statement that makes the worker's slot rows up to `limit`, or None when they are known to exist."""
         if self._rows_made.get(worker_id, 0) >= limit:
-            return True
+            return None
         dialect: Any = postgresql if self._postgres else sqlite
-        statement = (
-            dialect.insert(Slots)
-            .values(
-                [
-                    {"worker_id": worker_id, "slot": s, "holder": "", "wanted_by": "", "expires_at": _LONG_AGO}
-                    for s in range(limit)
-                ]
-            )
-            .on_conflict_do_nothing()
-        )
-        try:
-            async with self.db.write() as session:
-                await session.execute(statement)
-        except IntegrityError:
-            return False
-        self._rows_made[worker_id] = limit
-        return True
+        rows = [
+            {"worker_id": worker_id, "slot": s, "holder": "", "wanted_by": "", "expires_at": _LONG_AGO}
+            for s in range(limit)
+        ]
+        return dialect.insert(Slots).values(rows).on_conflict_do_nothing()
 
     async def _take(self, worker_id: str, worker: _Worker, count: int) -> int:
         """Take up to `count` free slots of the worker; returns how many were taken."""
-        if not await self._make_rows(worker_id, worker.limit):
-            return 0
         started = self.clock()
         free = (
             select(Slots.slot)
@@ -409,15 +395,22 @@ class SlotBroker:
         held = self.held.get(worker_id)
         if held is not None:
             free = free.where(Slots.slot.not_in(held.slots))
-        async with self.db.write() as session:
-            taken = (
-                await session.scalars(
-                    update(Slots)
-                    .where(and_(Slots.worker_id == worker_id, Slots.slot.in_(free.scalar_subquery())))
-                    .values(holder=self.holder, expires_at=self._expiry(), wanted_by="")
-                    .returning(Slots.slot)
-                )
-            ).all()
+        rows = self._rows(worker_id, worker.limit)
+        try:
+            async with self.db.write() as session:
+                if rows is not None:  # in the take's own transaction: a cold start's hand-off is one write
+                    await session.execute(rows)
+                taken = (
+                    await session.scalars(
+                        update(Slots)
+                        .where(and_(Slots.worker_id == worker_id, Slots.slot.in_(free.scalar_subquery())))
+                        .values(holder=self.holder, expires_at=self._expiry(), wanted_by="")
+                        .returning(Slots.slot)
+                    )
+                ).all()
+        except IntegrityError:
+            return 0  # the worker's row is gone: the table forgets the worker at its next sync
+        self._rows_made[worker_id] = max(self._rows_made.get(worker_id, 0), worker.limit)
         if not taken:
             return 0
         if held is None:

@@ -25,11 +25,12 @@ Contract:
   `idle_for(worker)` (seconds since its last request ended; 0 while it holds one).
 - Leased slots (`leased=True`, when `max_concurrent_per_worker` holds across gateway processes): a worker takes at
   most as many requests from this dispatcher as `set_slots` last gave it (0 until then, and never more than
-  `max_concurrent_per_worker`), the slots this process holds of it. A request that queues, and a worker that
-  turns ready, call `on_slots_wanted()`; a request ending on a worker that holds as many or more than it has slots
-  (a slot to hand back) calls `on_slot_freed(worker)`. Both are cheap and never block, as `on_demand`. A lower
-  count takes no request back: the worker gets no new one until it is below. Without `leased`, every ready worker
-  has `max_concurrent_per_worker` slots and neither hook is called.
+  `max_concurrent_per_worker`), the slots this process holds of it. `on_slots_wanted()` is called when a worker
+  turns ready, and when a request queues while a ready worker holds fewer slots here than the limit;
+  `on_slot_freed(worker)` when a request ends on a worker still holding as many requests as its slots or more
+  (a slot to hand back), or on a worker that takes no new request. Both are cheap and never block, as
+  `on_demand`. A lower count takes no request back: the worker gets no new one until it is below. Without
+  `leased`, every ready worker has `max_concurrent_per_worker` slots and neither hook is called.
 - A cold start's hand-off is timed: when `worker_ready` finds requests waiting, the first of them to resume
   with that worker adds the seconds since the push to `first_dispatch_seconds` and one to `first_dispatches`
   (totals, for `/metrics`), so readiness reaching a waiting request is measured, not assumed.
@@ -127,6 +128,9 @@ class EndpointDispatcher:
         # Ready worker -> the requests it may hold at once from here: `max_concurrent_per_worker`, or leased, its
         # slots under that bound. One lookup in `_pick`, recomputed only when a bound or a slot count changes.
         self._caps: dict[str, int] = {}
+        # Leased: ready workers holding fewer slots here than the limit, so a queued request asks for slots only
+        # when asking can get it one.
+        self._short = 0
         # A dict rather than a set: its insertion order makes ties go to the longest-ready worker, the same way
         # on every run.
         self._ready: dict[str, None] = {}
@@ -153,6 +157,7 @@ class EndpointDispatcher:
         self.max_concurrent_per_worker = max_concurrent_per_worker
         for worker in self._caps:
             self._caps[worker] = self._cap(worker)
+        self._count_short()
         self._dispatch()
 
     def set_slots(self, worker_id: str, slots: int) -> None:
@@ -166,11 +171,17 @@ class EndpointDispatcher:
             self._slots.pop(worker_id, None)
         if worker_id in self._caps:
             self._caps[worker_id] = self._cap(worker_id)
+            self._count_short()
             self._dispatch()
 
     def slots(self, worker_id: str) -> int:
         """The requests `worker_id` may hold at once from here now (0 when it is not ready)."""
         return self._caps.get(worker_id, 0)
+
+    def _count_short(self) -> None:
+        if self.leased:
+            limit = self.max_concurrent_per_worker
+            self._short = sum(1 for cap in self._caps.values() if cap < limit)
 
     def _cap(self, worker: str) -> int:
         if self.leased:
@@ -285,7 +296,7 @@ class EndpointDispatcher:
             raise DispatchTimeout()
         future: asyncio.Future[str] = loop.create_future()
         self._waiters[future] = now
-        if self.on_slots_wanted is not None:
+        if self._short and self.on_slots_wanted is not None:
             self._announce_wanted()
         timer = loop.call_at(deadline, self._expire, future)
         try:
@@ -385,6 +396,7 @@ class EndpointDispatcher:
     def _became_ready(self, worker: str) -> None:
         self._ready[worker] = None
         self._caps[worker] = self._cap(worker)
+        self._count_short()
         if not self._load.setdefault(worker, 0):
             self._idle_since[worker] = asyncio.get_running_loop().time()
         if self.on_slots_wanted is not None:
@@ -395,6 +407,7 @@ class EndpointDispatcher:
         if worker in self._ready:
             del self._ready[worker]
             del self._caps[worker]
+            self._count_short()
             if self.on_slot_freed is not None:
                 self._announce_freed(worker)
             if not self._load[worker]:
