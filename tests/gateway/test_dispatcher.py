@@ -545,3 +545,22 @@ async def test_without_leased_slots_every_ready_worker_takes_its_limit_and_no_ho
     async with dispatcher.acquire(FAR), dispatcher.acquire(FAR):
         assert dispatcher.in_flight_by_worker["a"] == 2
     assert calls == []
+
+
+async def test_leased_a_request_queued_behind_workers_holding_their_whole_limit_asks_for_no_slot() -> None:
+    wanted: list[str] = []
+    dispatcher = EndpointDispatcher(
+        queue_limit=10, max_concurrent_per_worker=1, leased=True, on_slots_wanted=lambda: wanted.append("w")
+    )
+    dispatcher.worker_ready("a")
+    dispatcher.set_slots("a", 1)
+    wanted.clear()
+    release = asyncio.Event()
+    got: list[str] = []
+    tasks = [asyncio.create_task(hold(dispatcher, release, got)) for _ in range(2)]
+    await settle()
+    assert got == ["a"]
+    assert dispatcher.queued == 1
+    assert wanted == []  # this process already holds every slot the worker has: asking would get nothing
+    release.set()
+    await asyncio.gather(*tasks)
