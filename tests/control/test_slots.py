@@ -172,6 +172,29 @@ async def test_a_busy_wanted_slot_gets_no_new_request_after_the_quantum_and_move
     assert await waiting == "w1"
 
 
+async def test_a_process_asked_for_its_slot_asks_for_none_in_return(db: Database) -> None:
+    bus = LocalBus()
+    a, b = process(db, bus, "a"), process(db, bus, "b")
+    await a.broker.pass_once()
+    async with AsyncExitStack() as stack:
+        request(b, stack)
+        await settle()
+        await b.broker.pass_once()
+        await a.broker.pass_once()
+        await b.broker.pass_once()
+        assert (a.slots(), b.slots()) == (1, 1)
+        for p in (a, b, a, b):  # each runs one request and queues another
+            request(p, stack)
+        await settle()
+        await b.broker.pass_once()  # b wants a's slot
+        a.clock.now += 1  # a's take that found nothing may be tried again
+        await a.broker.pass_once()  # a, asked for its slot, does not want b's
+        async with db.read() as session:
+            rows = await session.execute(select(WorkerSlotModel.holder, WorkerSlotModel.wanted_by))
+            wants = {holder: wanted_by for holder, wanted_by in rows}
+        assert wants == {"a": "b", "b": ""}
+
+
 async def test_a_dead_holders_slots_come_free_at_their_expiry(db: Database) -> None:
     a = process(db, LocalBus(), "a")
     await a.broker.pass_once()  # a takes both slots, then dies: it never runs again

@@ -348,7 +348,10 @@ class SlotBroker:
             self._tried.add(worker_id)
             got = await self._take(worker_id, worker, worker.limit - mine)
             need -= got
-            if need > 0 and mine + got < worker.limit:
+            # A process asked to give up slots of this worker asks for no more of it: two processes wanting each
+            # other's slots would only trade them every quantum.
+            asked = worker_id in self.held and bool(self.held[worker_id].wanted)
+            if need > 0 and mine + got < worker.limit and not asked:
                 count = await self._want(worker_id, worker.limit, min(need, worker.limit - mine - got))
                 if count:
                     marked.append(worker_id)
