@@ -77,12 +77,14 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
-def process(db: Database, bus: Bus, name: str, *, quantum: float = 0.1) -> Process:
+def process(db: Database, bus: Bus, name: str, *, quantum: float = 0.1, ready: bool = True) -> Process:
     settings = Settings(slot_lease_seconds=LEASE, slot_quantum_seconds=quantum)
     clock = Clock()
     routes = RouteTable(leased_slots=True)
     routes.configure([EndpointConfig("e1", "o1", EndpointType.SYNC, 60.0, 2, 100)])
-    routes.worker_ready("e1", "w1", "http://127.0.0.1:1")
+    routes.worker_starting("e1", "w1", "http://127.0.0.1:1")
+    if ready:
+        routes.worker_ready("e1", "w1", "http://127.0.0.1:1")
     return Process(routes, SlotBroker(db, settings, routes, bus, name, clock=clock), clock)
 
 
@@ -119,6 +121,24 @@ async def test_a_worker_turning_ready_has_its_free_slots_taken(db: Database) -> 
     await b.broker.pass_once()
     assert (a.slots(), b.slots()) == (2, 0)
     assert await holders(db) == ["a", "a"]
+
+
+async def test_a_starting_workers_slots_are_held_before_it_turns_ready_so_its_hand_off_needs_no_pass(
+    db: Database,
+) -> None:
+    a = process(db, LocalBus(), "a", ready=False)
+    await a.broker.pass_once()
+    assert await holders(db) == ["a", "a"]
+    async with AsyncExitStack() as stack:
+        waiting = request(a, stack)
+        await settle()
+        route = a.routes.get("e1")
+        assert route is not None
+        assert route.dispatcher.queued == 1
+        a.routes.worker_ready("e1", "w1", "http://127.0.0.1:1")
+        assert route.dispatcher.queued == 0  # handed its slot within the push, no broker pass between
+        assert route.dispatcher.in_flight == 1
+    assert await waiting == "w1"
 
 
 async def test_a_waiting_request_is_handed_an_idle_slot_held_elsewhere_at_once(db: Database) -> None:

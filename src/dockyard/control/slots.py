@@ -16,9 +16,11 @@ Rules (one `SlotBroker` per process, one task, woken at once by its data plane a
   `RouteTable.set_slots`) or waits in its endpoint's queue, with today's FIFO and deadline, while the broker takes
   free slots for it (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's single writer serializes the same statement)
   or marks slots that other processes hold as wanted and publishes `Topic.SLOTS` with the worker's id.
-- A worker that turns ready in this process's table has all its free slots taken at once, whether or not a request
-  waits: when the process is alone (one server on SQLite), a cold start is handed to the waiting request after one
-  write and every later request finds its slot held. A process alone keeps what it took.
+- A worker that appears in this process's table (starting, before its health check passes) has all its free slots
+  taken at once, whether or not a request waits, and keeps them while it is in the table (starting, ready or
+  draining) unless another process wants them: when it turns ready, the requests waiting for it are handed its
+  slots in the same call, with no database on the way, so a cold start's hand-off costs what it did before slots
+  were leased. A process alone keeps what it took.
 - A holder whose slot is wanted releases it at once when no request of its own is on it; a busy wanted slot gets
   no new request once the holder has held its worker's slots for `slot_quantum_seconds`, and is released when the
   request on it ends. Each release is published, so the process that wants it takes it at once.
@@ -30,7 +32,7 @@ Rules (one `SlotBroker` per process, one task, woken at once by its data plane a
   renewal; another process takes them at its next pass after that (a bus message, a request waiting, or its
   retry every third of the lease while its requests wait).
 - The rows of a worker go with the worker's row (a foreign key that cascades); the slots of a worker that left
-  this process's table are released once the requests on it end.
+  this process's table are released at the broker's next pass.
 - The holder learns that its slots are wanted from the bus (`Topic.SLOTS`) at once, and from every renewal, whose
   statement returns the wants too: a lost message costs a third of a lease, never a slot held twice.
 """
@@ -111,7 +113,7 @@ class SlotBroker:
         self._valid_until = 0.0  # monotonic: the slots held are used until then
         self._renew_at = 0.0
         self._rows_made: dict[str, int] = {}  # worker -> slot rows known to exist (0 .. n-1)
-        self._tried: set[str] = set()  # ready workers whose free slots were taken once
+        self._tried: set[str] = set()  # workers in the table whose free slots were taken once
         self._blocked: dict[str, float] = {}  # worker -> until when a take that found nothing is not tried again
         self._wanting: set[str] = set()  # workers with slots this process marked wanted
         self._check: set[str] = set()  # held workers whose wants the bus says changed
@@ -288,7 +290,7 @@ class SlotBroker:
         held = self.held[worker_id]
         due = self.renew_every
         in_flight = worker.in_flight if worker is not None else 0
-        if worker is None or not worker.ready:
+        if worker is None:
             keep = 0
         else:
             keep = sum(1 for s in held.slots if s < worker.limit)  # a lowered limit's higher slots are not used
@@ -335,15 +337,15 @@ class SlotBroker:
         """Take the free slots of workers that just turned ready, and as many as the requests waiting need; mark
         wanted what others hold and these requests still need. A worker whose take found nothing is not tried
         again until the bus says its slots changed, or a third of a lease later."""
-        self._tried &= {w for w, v in view.items() if v.ready}
+        self._tried &= set(view)
         needs = {worker.endpoint_id: worker.queued for worker in view.values()}
         marked: list[str] = []
         for worker_id, worker in view.items():
             mine = len(self.held[worker_id].slots) if worker_id in self.held else 0
-            if not worker.ready or mine >= worker.limit:
+            if mine >= worker.limit:
                 continue
             need = needs[worker.endpoint_id]
-            if worker_id in self._tried and (need <= 0 or self._blocked.get(worker_id, 0.0) > now):
+            if worker_id in self._tried and (need <= 0 or not worker.ready or self._blocked.get(worker_id, 0.0) > now):
                 continue
             self._tried.add(worker_id)
             got = await self._take(worker_id, worker, worker.limit - mine)
@@ -351,7 +353,7 @@ class SlotBroker:
             # A process asked to give up slots of this worker asks for no more of it: two processes wanting each
             # other's slots would only trade them every quantum.
             asked = worker_id in self.held and bool(self.held[worker_id].wanted)
-            if need > 0 and mine + got < worker.limit and not asked:
+            if need > 0 and worker.ready and mine + got < worker.limit and not asked:
                 count = await self._want(worker_id, worker.limit, min(need, worker.limit - mine - got))
                 if count:
                     marked.append(worker_id)

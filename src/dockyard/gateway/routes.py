@@ -19,9 +19,10 @@ Contract:
 - `address(endpoint_id, worker_id)` is the base URL (`http://host:port`) requests are proxied to.
 - Leased slots (`leased_slots=True`, the global concurrency limit): a worker takes from this process only as many
   requests at once as `set_slots` gave it, the slots this process holds of it (control/slots.py holds them and
-  calls it); the table tells the holder `on_slots_wanted(endpoint_id)` when a request of the endpoint waits or
-  one of its workers turns ready, and `on_slot_freed(endpoint_id, worker_id)` when a request ends on a worker
-  that holds a slot to hand back or that no longer takes requests (the dispatcher's contract).
+  calls it, for a starting worker too, so that it serves from the moment it turns ready). The table tells the
+  holder `on_slots_wanted(endpoint_id)` when a worker of the endpoint appears or turns ready, or a request waits,
+  and `on_slot_freed(endpoint_id, worker_id)` when a request ends on a worker that holds a slot to hand back or
+  that no longer takes requests (the dispatcher's contract).
 """
 
 from __future__ import annotations
@@ -166,9 +167,13 @@ class RouteTable:
     # Workers, pushed by the reconciler and the prober.
 
     def worker_starting(self, endpoint_id: str, worker_id: str, address: str) -> None:
-        """Record where a worker that is not ready yet listens, so the prober and later calls can find it."""
+        """Record where a worker that is not ready yet listens, so the prober and later calls can find it. With
+        leased slots a new worker is announced, so its slots are held by the time it turns ready."""
         if route := self._routes.get(endpoint_id):
+            new = worker_id not in route.addresses
             route.addresses[worker_id] = address
+            if new and self.leased_slots and self.on_slots_wanted is not None:
+                self.on_slots_wanted(endpoint_id)
 
     def worker_ready(self, endpoint_id: str, worker_id: str, address: str) -> None:
         """The worker answers its health check: requests go to it from now on, queued ones first."""
