@@ -123,15 +123,17 @@ async def test_a_worker_turning_ready_has_its_free_slots_taken(db: Database) -> 
     assert await holders(db) == ["a", "a"]
 
 
-async def test_a_starting_workers_slots_are_held_before_it_turns_ready_so_its_hand_off_needs_no_pass(
+async def test_a_starting_workers_slots_are_taken_where_requests_wait_so_its_hand_off_needs_no_pass(
     db: Database,
 ) -> None:
-    a = process(db, LocalBus(), "a", ready=False)
-    await a.broker.pass_once()
-    assert await holders(db) == ["a", "a"]
+    a, b = process(db, LocalBus(), "a", ready=False), process(db, LocalBus(), "b", ready=False)
+    await b.broker.pass_once()
+    assert await holders(db) == []  # starting, and nothing waits at b: b takes nothing yet
     async with AsyncExitStack() as stack:
         waiting = request(a, stack)
         await settle()
+        await a.broker.pass_once()  # a request waits at a: a takes the starting worker's slots
+        assert await holders(db) == ["a", "a"]
         route = a.routes.get("e1")
         assert route is not None
         assert route.dispatcher.queued == 1

@@ -16,9 +16,10 @@ Rules (one `SlotBroker` per process, one task, woken at once by its data plane a
   `RouteTable.set_slots`) or waits in its endpoint's queue, with today's FIFO and deadline, while the broker takes
   free slots for it (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's single writer serializes the same statement)
   or marks slots that other processes hold as wanted and publishes `Topic.SLOTS` with the worker's id.
-- A worker that appears in this process's table (starting, before its health check passes) has all its free slots
-  taken at once, whether or not a request waits, and keeps them while it is in the table (starting, ready or
-  draining) unless another process wants them: when it turns ready, the requests waiting for it are handed its
+- A worker that turns ready in this process's table has all its free slots taken at once, whether or not a request
+  waits; one still starting (before its health check passes), at once when requests wait here for its endpoint
+  (the cold start they caused). They are kept while the worker is in the table (starting, ready or draining)
+  unless another process wants them: when it turns ready, the requests waiting for it are handed its
   slots in the same call, with no database on the way, so a cold start's hand-off costs what it did before slots
   were leased. A process alone keeps what it took.
 - A holder whose slot is wanted releases it at once when no request of its own is on it; a busy wanted slot gets
@@ -345,7 +346,10 @@ class SlotBroker:
             if mine >= worker.limit:
                 continue
             need = needs[worker.endpoint_id]
-            if worker_id in self._tried and (need <= 0 or not worker.ready or self._blocked.get(worker_id, 0.0) > now):
+            if worker_id not in self._tried:
+                if not worker.ready and need <= 0:
+                    continue  # starting, and nothing waits here: the process whose requests wait takes them first
+            elif need <= 0 or not worker.ready or self._blocked.get(worker_id, 0.0) > now:
                 continue
             self._tried.add(worker_id)
             got = await self._take(worker_id, worker, worker.limit - mine)
