@@ -42,6 +42,7 @@ from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
 from dockyard.control.autoscaler import Autoscaler
 from dockyard.control.follower import Follower
+from dockyard.control.slots import slot_broker
 from dockyard.core.drain import Drain
 from dockyard.core.status import ProcessKind
 from dockyard.db.migrate import migrate
@@ -191,8 +192,14 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         drain=drain,
         bus=bus,
     )
-    routes = RouteTable(on_demand=context.planes.demand)
+    routes = RouteTable(
+        on_demand=context.planes.demand,
+        leased_slots=settings.global_concurrency,
+        on_slots_wanted=context.planes.slots_wanted,
+        on_slot_freed=context.planes.slot_freed,
+    )
     context.planes.subscribe(endpoint_changed=routes.upsert)
+    broker = slot_broker(context, routes, process.id)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -210,6 +217,8 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
             for idc in await session.scalars(select(IdcModel)):
                 context.attach_runtime(idc)
         await process.register()
+        if broker is not None:
+            broker.start()
         if settings.run_reconcilers:
             await supervisor.start(build_loops(context, routes))
         else:
@@ -223,6 +232,8 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
             await drain.wait()
             await supervisor.stop()
             await role.stop()
+            if broker is not None:
+                await broker.stop()
             await process.stop()
             with contextlib.suppress(Exception):
                 await process.remove()

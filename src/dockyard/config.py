@@ -157,6 +157,16 @@ class Settings(BaseSettings):
     autoscale_interval: float = Field(default=0.5, gt=0)
     gateway_report_interval: float = Field(default=0.5, gt=0)  # how often a stand-alone gateway reports its load
     gateway_sync_interval: float = Field(default=1.0, gt=0)  # a gateway without the endpoint loop re-reads routes
+    # An endpoint's `max_concurrent_per_worker` holds across every gateway process on the database: a worker's
+    # request slots are leases in the database that the processes move between them by demand (control/slots.py).
+    # Off: each gateway process enforces the limit on its own, so G gateways may send a worker G times it.
+    global_concurrency: bool = True
+    # A slot a process holds expires this long after its last renewal (renewed every third of it): a process that
+    # dies frees its slots within this, and one that cannot renew stops using them before then.
+    slot_lease_seconds: float = Field(default=6.0, gt=0)
+    # A process that holds a busy slot another process wants gives that slot no new request once it has held it
+    # this long, and hands it over when the request on it ends.
+    slot_quantum_seconds: float = Field(default=0.1, ge=0)
     # A starting worker is probed this often, so readiness is seen within this much of the worker answering.
     worker_probe_interval: float = Field(default=0.05, gt=0)
     health_check_interval: float = Field(default=5.0, gt=0)  # a ready worker is probed this often

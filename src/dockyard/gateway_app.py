@@ -38,6 +38,7 @@ from dockyard import __version__
 from dockyard.config import Settings, load_settings
 from dockyard.context import ServerContext
 from dockyard.control.follower import Follower
+from dockyard.control.slots import slot_broker
 from dockyard.core.drain import Drain
 from dockyard.core.status import ProcessKind
 from dockyard.db.notify import PostgresBus, bus_for
@@ -61,11 +62,17 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
     bus = bus_for(db.url)
     context = ServerContext(settings=settings, db=db, box=SecretBox(settings.resolved_secret_key), bus=bus)
     planes = context.planes
-    routes = RouteTable(on_demand=planes.demand)
+    routes = RouteTable(
+        on_demand=planes.demand,
+        leased_slots=settings.global_concurrency,
+        on_slots_wanted=planes.slots_wanted,
+        on_slot_freed=planes.slot_freed,
+    )
     process = ProcessRecord(db, ProcessKind.GATEWAY, f"{settings.host}:{settings.port}", settings.lease_seconds)
     drain = Drain(process.drain)
     gateway_id = process.id
     follower = Follower(context, routes, gateway_id)
+    broker = slot_broker(context, routes, gateway_id)
     gateway = GatewayApp(
         routes, partial(keys.org_of, context), context.registry, on_worker_error=planes.worker_unreachable
     )
@@ -93,6 +100,8 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
         if isinstance(bus, PostgresBus):
             await bus.start()
         await follower.start()
+        if broker is not None:
+            broker.start()
         await process.register()
         process.start()
         drain.install()
@@ -106,6 +115,8 @@ def create_gateway_app(settings: Settings | None = None) -> ASGIApp:
             with contextlib.suppress(Exception):
                 await process.remove()
             await follower.stop()
+            if broker is not None:
+                await broker.stop()
             if isinstance(bus, PostgresBus):
                 await bus.close()
             await db.dispose()

@@ -491,3 +491,76 @@ async def test_turn_away_refuses_every_waiter_at_once_and_serves_the_next() -> N
     dispatcher.set_workers(["a"])
     async with dispatcher.acquire(FAR) as worker:
         assert worker == "a"
+
+
+async def test_leased_slots_bound_each_worker_to_the_slots_given() -> None:
+    wanted: list[str] = []
+    freed: list[str] = []
+    dispatcher = EndpointDispatcher(
+        queue_limit=10,
+        max_concurrent_per_worker=3,
+        leased=True,
+        on_slots_wanted=lambda: wanted.append("wanted"),
+        on_slot_freed=freed.append,
+    )
+    dispatcher.worker_ready("a")
+    assert wanted == ["wanted"]  # a worker turning ready asks for its slots
+    release = asyncio.Event()
+    got: list[str] = []
+    first = asyncio.create_task(hold(dispatcher, release, got))
+    await settle()
+    assert got == []
+    assert dispatcher.queued == 1
+    assert wanted == ["wanted", "wanted"]  # and says so
+    dispatcher.set_slots("a", 1)
+    await settle()
+    assert got == ["a"]
+    second = asyncio.create_task(hold(dispatcher, release, got))
+    await settle()
+    assert got == ["a"]
+    assert dispatcher.queued == 1
+    dispatcher.set_slots("a", 5)  # more than max_concurrent_per_worker: bounded by it
+    await settle()
+    assert got == ["a", "a"]
+    assert dispatcher.slots("a") == 3
+    dispatcher.set_slots("a", 1)  # lowered below the requests held: none is taken back
+    assert dispatcher.in_flight_by_worker["a"] == 2
+    assert freed == []
+    release.set()
+    await asyncio.gather(first, second)
+    assert freed == ["a"]  # the request that ended above the count hands a slot back, the last one does not
+    assert_idle(dispatcher)
+
+
+async def test_without_leased_slots_every_ready_worker_takes_its_limit_and_no_hook_is_called() -> None:
+    calls: list[str] = []
+    dispatcher = EndpointDispatcher(
+        queue_limit=10,
+        max_concurrent_per_worker=2,
+        on_slots_wanted=lambda: calls.append("w"),
+        on_slot_freed=calls.append,
+    )
+    dispatcher.worker_ready("a")
+    dispatcher.set_slots("a", 0)  # ignored without leasing
+    async with dispatcher.acquire(FAR), dispatcher.acquire(FAR):
+        assert dispatcher.in_flight_by_worker["a"] == 2
+    assert calls == []
+
+
+async def test_leased_a_request_queued_behind_workers_holding_their_whole_limit_asks_for_no_slot() -> None:
+    wanted: list[str] = []
+    dispatcher = EndpointDispatcher(
+        queue_limit=10, max_concurrent_per_worker=1, leased=True, on_slots_wanted=lambda: wanted.append("w")
+    )
+    dispatcher.worker_ready("a")
+    dispatcher.set_slots("a", 1)
+    wanted.clear()
+    release = asyncio.Event()
+    got: list[str] = []
+    tasks = [asyncio.create_task(hold(dispatcher, release, got)) for _ in range(2)]
+    await settle()
+    assert got == ["a"]
+    assert dispatcher.queued == 1
+    assert wanted == []  # this process already holds every slot the worker has: asking would get nothing
+    release.set()
+    await asyncio.gather(*tasks)

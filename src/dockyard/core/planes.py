@@ -12,7 +12,10 @@ an object after it was built:
 - up, `demand(endpoint_id)`: a request found the endpoint without a ready worker (the autoscaler answers it at
   once, or a stand-alone gateway's reporter reports it at once);
 - up, `worker_unreachable(endpoint_id, worker_id, reason)`: the proxy could not reach a worker (the prober checks
-  it again at once).
+  it again at once);
+- up, `slots_wanted(endpoint_id)` and `slot_freed(endpoint_id, worker_id)`, with the global concurrency limit: a
+  request waits for want of a worker's slot, or a worker turned ready; a request ended on a slot to hand back, or
+  on a worker that takes no new request (control/slots.py, the process's slot broker, answers both at once).
 
 Subscribers are called in the announcer's own turn, in the order they subscribed, so when an announcement returns
 every subscriber has seen it; they must be cheap and must not block, and what one raises reaches the announcer.
@@ -31,6 +34,8 @@ from dockyard.core.status import EndpointStatus, EndpointType
 EndpointChanged = Callable[["EndpointConfig"], None]
 Demand = Callable[[str], None]
 WorkerUnreachable = Callable[[str, str, str], None]
+SlotsWanted = Callable[[str], None]
+SlotFreed = Callable[[str, str], None]
 _Subscriber = TypeVar("_Subscriber")
 
 
@@ -57,6 +62,8 @@ class PlaneChannel:
         self._endpoint_changed: list[EndpointChanged] = []
         self._demand: list[Demand] = []
         self._worker_unreachable: list[WorkerUnreachable] = []
+        self._slots_wanted: list[SlotsWanted] = []
+        self._slot_freed: list[SlotFreed] = []
 
     def subscribe(
         self,
@@ -64,12 +71,16 @@ class PlaneChannel:
         endpoint_changed: EndpointChanged | None = None,
         demand: Demand | None = None,
         worker_unreachable: WorkerUnreachable | None = None,
+        slots_wanted: SlotsWanted | None = None,
+        slot_freed: SlotFreed | None = None,
     ) -> Callable[[], None]:
         """Add the given subscribers; returns what removes them again (for a part that stops before the process)."""
         removals = [
             _added(self._endpoint_changed, endpoint_changed),
             _added(self._demand, demand),
             _added(self._worker_unreachable, worker_unreachable),
+            _added(self._slots_wanted, slots_wanted),
+            _added(self._slot_freed, slot_freed),
         ]
 
         def unsubscribe() -> None:
@@ -89,6 +100,14 @@ class PlaneChannel:
     def worker_unreachable(self, endpoint_id: str, worker_id: str, reason: str) -> None:
         for subscriber in self._worker_unreachable:
             subscriber(endpoint_id, worker_id, reason)
+
+    def slots_wanted(self, endpoint_id: str) -> None:
+        for subscriber in self._slots_wanted:
+            subscriber(endpoint_id)
+
+    def slot_freed(self, endpoint_id: str, worker_id: str) -> None:
+        for subscriber in self._slot_freed:
+            subscriber(endpoint_id, worker_id)
 
 
 def _added(subscribers: list[_Subscriber], subscriber: _Subscriber | None) -> Callable[[], None]:

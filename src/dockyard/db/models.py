@@ -319,6 +319,21 @@ class WorkerModel(Versioned, Base):
     last_probe_result: Mapped[str] = mapped_column(String(64), default="")
 
 
+class WorkerSlotModel(Base):
+    """One of a worker's `max_concurrent_per_worker` request slots, leased to one gateway process at a time
+    (control/slots.py): `holder` is that process ("" when free) until `expires_at` (the database's clock on
+    PostgreSQL); `wanted_by` names a process whose requests wait for it, so its holder hands it over. Rows are
+    made when a process first takes a worker's slots and go with the worker's row."""
+
+    __tablename__ = "worker_slots"
+
+    worker_id: Mapped[str] = mapped_column(ForeignKey("workers.id", ondelete="CASCADE"), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128), default="")
+    expires_at: Mapped[datetime] = mapped_column()
+    wanted_by: Mapped[str] = mapped_column(String(128), default="")
+
+
 class WorkerLogModel(Base):
     """A removed worker's output, kept for `worker_log_retention_seconds` after its container went
     (reconcilers/endpoint_logs.py): its last `worker_log_bytes`, each line led by the engine's RFC 3339 time."""

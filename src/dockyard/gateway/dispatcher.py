@@ -23,6 +23,14 @@ Contract:
 - The autoscaler's figures are O(1): `queued`, `in_flight`, `oldest_wait()`, `in_flight_by_worker` (a live
   read-only view holding every ready worker and every other worker with a request still in flight) and
   `idle_for(worker)` (seconds since its last request ended; 0 while it holds one).
+- Leased slots (`leased=True`, when `max_concurrent_per_worker` holds across gateway processes): a worker takes at
+  most as many requests from this dispatcher as `set_slots` last gave it (0 until then, and never more than
+  `max_concurrent_per_worker`), the slots this process holds of it. `on_slots_wanted()` is called when a worker
+  turns ready, and when a request queues while a ready worker holds fewer slots here than the limit;
+  `on_slot_freed(worker)` when a request ends on a worker still holding as many requests as its slots or more
+  (a slot to hand back), or on a worker that takes no new request. Both are cheap and never block, as
+  `on_demand`. A lower count takes no request back: the worker gets no new one until it is below. Without
+  `leased`, every ready worker has `max_concurrent_per_worker` slots and neither hook is called.
 - A cold start's hand-off is timed: when `worker_ready` finds requests waiting, the first of them to resume
   with that worker adds the seconds since the push to `first_dispatch_seconds` and one to `first_dispatches`
   (totals, for `/metrics`), so readiness reaching a waiting request is measured, not assumed.
@@ -100,6 +108,9 @@ class EndpointDispatcher:
         max_concurrent_per_worker: int,
         on_demand: Callable[[], None] | None = None,
         min_retry_after: float = 1.0,
+        leased: bool = False,
+        on_slots_wanted: Callable[[], None] | None = None,
+        on_slot_freed: Callable[[str], None] | None = None,
     ) -> None:
         if queue_limit < 0:
             raise ValueError("queue_limit must be 0 or more")
@@ -109,6 +120,17 @@ class EndpointDispatcher:
         self.max_concurrent_per_worker = max_concurrent_per_worker
         self.on_demand = on_demand
         self.min_retry_after = min_retry_after
+        self.leased = leased
+        self.on_slots_wanted = on_slots_wanted if leased else None
+        self.on_slot_freed = on_slot_freed if leased else None
+        # Leased: worker -> the slots this process holds of it (set_slots), kept while it is not ready too.
+        self._slots: dict[str, int] = {}
+        # Ready worker -> the requests it may hold at once from here: `max_concurrent_per_worker`, or leased, its
+        # slots under that bound. One lookup in `_pick`, recomputed only when a bound or a slot count changes.
+        self._caps: dict[str, int] = {}
+        # Leased: ready workers holding fewer slots here than the limit, so a queued request asks for slots only
+        # when asking can get it one.
+        self._short = 0
         # A dict rather than a set: its insertion order makes ties go to the longest-ready worker, the same way
         # on every run.
         self._ready: dict[str, None] = {}
@@ -133,7 +155,38 @@ class EndpointDispatcher:
             raise ValueError("queue_limit must be 0 or more and max_concurrent_per_worker 1 or more")
         self.queue_limit = queue_limit
         self.max_concurrent_per_worker = max_concurrent_per_worker
+        for worker in self._caps:
+            self._caps[worker] = self._cap(worker)
+        self._count_short()
         self._dispatch()
+
+    def set_slots(self, worker_id: str, slots: int) -> None:
+        """Leased: `worker_id` may hold `slots` requests from here (see the module docstring); more hands the new
+        ones to waiters at once."""
+        if slots < 0:
+            raise ValueError("slots must be 0 or more")
+        if slots:
+            self._slots[worker_id] = slots
+        else:
+            self._slots.pop(worker_id, None)
+        if worker_id in self._caps:
+            self._caps[worker_id] = self._cap(worker_id)
+            self._count_short()
+            self._dispatch()
+
+    def slots(self, worker_id: str) -> int:
+        """The requests `worker_id` may hold at once from here now (0 when it is not ready)."""
+        return self._caps.get(worker_id, 0)
+
+    def _count_short(self) -> None:
+        if self.leased:
+            limit = self.max_concurrent_per_worker
+            self._short = sum(1 for cap in self._caps.values() if cap < limit)
+
+    def _cap(self, worker: str) -> int:
+        if self.leased:
+            return min(self._slots.get(worker, 0), self.max_concurrent_per_worker)
+        return self.max_concurrent_per_worker
 
     # Figures for the autoscaler and /metrics.
 
@@ -243,6 +296,8 @@ class EndpointDispatcher:
             raise DispatchTimeout()
         future: asyncio.Future[str] = loop.create_future()
         self._waiters[future] = now
+        if self._short and self.on_slots_wanted is not None:
+            self._announce_wanted()
         timer = loop.call_at(deadline, self._expire, future)
         try:
             worker = await future
@@ -260,6 +315,13 @@ class EndpointDispatcher:
             self._count_first_dispatch(worker)
         return worker
 
+    def _announce_wanted(self) -> None:
+        assert self.on_slots_wanted is not None
+        try:
+            self.on_slots_wanted()
+        except Exception:
+            log.exception("on_slots_wanted hook failed; the request waits for a slot all the same")
+
     def _count_first_dispatch(self, worker: str) -> None:
         pushed = self._ready_for_waiters.pop(worker, None)
         if pushed is not None:
@@ -276,9 +338,10 @@ class EndpointDispatcher:
         best: str | None = None
         best_load = self.max_concurrent_per_worker
         load = self._load
+        caps = self._caps
         for worker in self._ready:
             current = load[worker]
-            if current < best_load:
+            if current < best_load and current < caps[worker]:
                 if current == 0:
                     return worker
                 best, best_load = worker, current
@@ -313,20 +376,40 @@ class EndpointDispatcher:
                 self._idle_since[worker] = asyncio.get_running_loop().time()
             if self._waiters:
                 self._dispatch()
-        elif remaining:
+            if self.on_slot_freed is not None and remaining >= self._caps[worker]:
+                self._announce_freed(worker)
+            return
+        if remaining:
             self._load[worker] = remaining
         else:
             del self._load[worker]
+        if self.on_slot_freed is not None:
+            self._announce_freed(worker)
+
+    def _announce_freed(self, worker: str) -> None:
+        assert self.on_slot_freed is not None
+        try:
+            self.on_slot_freed(worker)
+        except Exception:
+            log.exception("on_slot_freed hook failed; the slot is handed back at the broker's next pass")
 
     def _became_ready(self, worker: str) -> None:
         self._ready[worker] = None
+        self._caps[worker] = self._cap(worker)
+        self._count_short()
         if not self._load.setdefault(worker, 0):
             self._idle_since[worker] = asyncio.get_running_loop().time()
+        if self.on_slots_wanted is not None:
+            self._announce_wanted()
 
     def _retire(self, worker: str) -> None:
         self._ready_for_waiters.pop(worker, None)
         if worker in self._ready:
             del self._ready[worker]
+            del self._caps[worker]
+            self._count_short()
+            if self.on_slot_freed is not None:
+                self._announce_freed(worker)
             if not self._load[worker]:
                 del self._load[worker]
                 self._idle_since.pop(worker, None)

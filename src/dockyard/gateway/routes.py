@@ -17,6 +17,12 @@ Contract:
   deadline.
 - Worker calls for an endpoint the table does not hold are ignored: the next `configure` decides.
 - `address(endpoint_id, worker_id)` is the base URL (`http://host:port`) requests are proxied to.
+- Leased slots (`leased_slots=True`, the global concurrency limit): a worker takes from this process only as many
+  requests at once as `set_slots` gave it, the slots this process holds of it (control/slots.py holds them and
+  calls it, for a starting worker too, so that it serves from the moment it turns ready). The table tells the
+  holder `on_slots_wanted(endpoint_id)` when a worker of the endpoint appears or turns ready, or a request waits,
+  and `on_slot_freed(endpoint_id, worker_id)` when a request ends on a worker that holds a slot to hand back or
+  that no longer takes requests (the dispatcher's contract).
 """
 
 from __future__ import annotations
@@ -64,13 +70,24 @@ class EndpointFigures:
 class RouteTable:
     """Endpoints by id; see the module docstring for the contract."""
 
-    def __init__(self, *, on_demand: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_demand: Callable[[str], None] | None = None,
+        leased_slots: bool = False,
+        on_slots_wanted: Callable[[str], None] | None = None,
+        on_slot_freed: Callable[[str, str], None] | None = None,
+    ) -> None:
         """`on_demand(endpoint_id)` is called when a request arrives for an endpoint with no ready worker (the
-        dispatcher's contract: cheap, never blocking): how the table tells the control plane what it saw."""
+        dispatcher's contract: cheap, never blocking): how the table tells the control plane what it saw. The
+        slot hooks are called alike, with `leased_slots` only (see the module docstring)."""
         self._routes: dict[str, EndpointRoute] = {}
         self._changes = 0  # counts upserts; see `stamp`
         self._upserted: dict[str, int] = {}  # endpoint id -> the count at its last upsert
         self.on_demand = on_demand
+        self.leased_slots = leased_slots
+        self.on_slots_wanted = on_slots_wanted
+        self.on_slot_freed = on_slot_freed
 
     def get(self, endpoint_id: str) -> EndpointRoute | None:
         return self._routes.get(endpoint_id)
@@ -130,18 +147,33 @@ class RouteTable:
         def on_demand() -> None:
             self.demand(endpoint_id)
 
+        def on_slots_wanted() -> None:
+            if self.on_slots_wanted is not None:
+                self.on_slots_wanted(endpoint_id)
+
+        def on_slot_freed(worker_id: str) -> None:
+            if self.on_slot_freed is not None:
+                self.on_slot_freed(endpoint_id, worker_id)
+
         return EndpointDispatcher(
             queue_limit=config.queue_limit,
             max_concurrent_per_worker=config.max_concurrent_per_worker,
             on_demand=on_demand,
+            leased=self.leased_slots,
+            on_slots_wanted=on_slots_wanted,
+            on_slot_freed=on_slot_freed,
         )
 
     # Workers, pushed by the reconciler and the prober.
 
     def worker_starting(self, endpoint_id: str, worker_id: str, address: str) -> None:
-        """Record where a worker that is not ready yet listens, so the prober and later calls can find it."""
+        """Record where a worker that is not ready yet listens, so the prober and later calls can find it. With
+        leased slots a new worker is announced, so its slots are held by the time it turns ready."""
         if route := self._routes.get(endpoint_id):
+            new = worker_id not in route.addresses
             route.addresses[worker_id] = address
+            if new and self.leased_slots and self.on_slots_wanted is not None:
+                self.on_slots_wanted(endpoint_id)
 
     def worker_ready(self, endpoint_id: str, worker_id: str, address: str) -> None:
         """The worker answers its health check: requests go to it from now on, queued ones first."""
@@ -159,6 +191,11 @@ class RouteTable:
         if route := self._routes.get(endpoint_id):
             route.dispatcher.worker_gone(worker_id)
             route.addresses.pop(worker_id, None)
+
+    def set_slots(self, endpoint_id: str, worker_id: str, slots: int) -> None:
+        """Leased slots: the worker may hold `slots` requests from this process at once (see the module docstring)."""
+        if route := self._routes.get(endpoint_id):
+            route.dispatcher.set_slots(worker_id, slots)
 
     def in_flight(self, endpoint_id: str, worker_id: str) -> int:
         """Requests the worker holds now (0 when unknown): the reconciler removes a draining worker at 0."""
