@@ -50,9 +50,9 @@ from dockyard.reconcilers.supervisor import LEASE_NAME
 from dockyard.services.worker_runspec import CONTAINER_HOST
 
 HANDOFF_JOBS = 20
-# A job-take held on server B is woken by a job submitted on A only through the database; until that exists it
-# ends at this wait and the worker takes again, so the hand-off is bounded by it. Shorter than the default 20 s
-# only so that this group ends in minutes either way.
+# A job-take held on server B is woken by a job committed on A through the bus (LISTEN/NOTIFY); were that signal
+# lost, the take would end at this wait and the worker take again, so a hand-off near this figure says so. Shorter
+# than the default 20 s only so that this group ends in minutes even then.
 TAKE_WAIT_S = 5
 HANDOFF_POLL_S = 0.005
 GATEWAY_CONNECTIONS = 64  # over the two gateways
