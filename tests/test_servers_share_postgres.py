@@ -192,6 +192,19 @@ async def test_an_endpoint_changed_on_one_server_reaches_a_followers_table_at_on
             await within(BOUND, lambda: served(3))
 
 
+async def test_a_server_started_beside_a_leader_routes_every_endpoint_before_it_serves(
+    url: str, tmp_path: Path
+) -> None:
+    # A server restarted while another leads answered 404 for every endpoint until its first try for the lease
+    # switched it to a follower (seen under SIGKILLs in tests/test_chaos.py): its table is read before it serves.
+    settings = settings_for(url, tmp_path, run_reconcilers=True, reconcile_interval=FAR, lease_seconds=FAR)
+    async with server(settings) as leader, await leader.new_client("acme") as on_leader:
+        await within(BOUND * 2, lambda: _passed(leader, "endpoints"))
+        endpoint_id = await create(on_leader, worker_config={"min_replicas": 0, "max_replicas": 1})
+        async with server(settings.model_copy()) as late:
+            assert endpoint_id in late.routes  # no wait: its lifespan, which ends before it serves, read the table
+
+
 @asynccontextmanager
 async def standalone_gateway(settings: Settings) -> AsyncIterator[Front]:
     front = create_gateway_app(settings)

@@ -220,6 +220,10 @@ def create_app(settings: Settings | None = None, *, runtime_factory: RuntimeFact
         if broker is not None:
             broker.start()
         if settings.run_reconcilers:
+            # Every server starts as a follower, its table read from the database before it serves a request: a
+            # server restarted beside a leader would otherwise answer 404 for every endpoint until its first try
+            # for the lease, and one that takes the lease until its endpoint loop's first pass.
+            await role.switch(False)
             await supervisor.start(build_loops(context, routes))
         else:
             process.start()
