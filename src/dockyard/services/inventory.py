@@ -43,6 +43,8 @@ def _node_wire(node: NodeModel, gpus: list[GpuModel], holders: dict[str, str]) -
                 memory_mb=gpu.memory_mb,
                 simulated=gpu.simulated,
                 allocated_to=holders.get(gpu.uuid),
+                health=gpu.health,
+                health_reason=gpu.health_reason,
             )
             for gpu in gpus
         ],
