@@ -67,6 +67,9 @@ async def test_an_xid_takes_a_gpu_out_of_placement_and_availability(harness: Har
     reason = "reported the critical XID error 79"
     assert await health_of(harness) == {A: (GpuHealth.UNHEALTHY, reason), B: (GpuHealth.HEALTHY, "")}
     assert await node_events(harness) == [("GpuUnhealthy", f"GPU {A} {reason}: nothing new is placed on it")]
+    listed = (await harness.admin.get(f"/admin/v1/nodes/{local_node_id()}/events")).json()
+    assert [(e["type"], e["message"]) for e in listed] == await node_events(harness)
+    assert (await harness.admin.get("/admin/v1/nodes/nowhere/events")).status_code == 404
     [node] = (await harness.admin.get("/admin/v1/nodes")).json()
     assert [(g["uuid"], g["health"], g["health_reason"]) for g in node["gpus"]] == [
         (A, "unhealthy", reason),

@@ -5,8 +5,8 @@ is NVML's, not the database's, and an NVML call that hangs on a GPU that fell of
 pass. It runs, as every loop, in the server that leads, and checks the GPUs of that server's node, the host of its
 local engine, when they were discovered through NVML (a simulated inventory has no health to read).
 
-A GPU that turns unhealthy gets its row's `health` and `health_reason`, an event on the node (`object_kind`
-"node", organization ""), and the placing loops woken: placement skips it from now on (gpus/allocation.py), the
+A GPU that turns unhealthy gets its row's `health` and `health_reason`, an event on the node (`GET
+/admin/v1/nodes/{id}/events`), and the placing loops woken: placement skips it from now on (gpus/allocation.py), the
 endpoint loop fails the workers on it so that new ones are placed elsewhere or wait saying why, and product and IDC
 availability count it out. One healthy again gets its row back and an event, and the placing loops are woken too.
 """
@@ -24,12 +24,12 @@ from dockyard.core.status import GpuHealth, GpuSource
 from dockyard.db.models import GpuModel, NodeModel
 from dockyard.gpus.health import NvmlHealth
 from dockyard.services import events
+from dockyard.services.inventory import NODE_EVENTS
 
 log = logging.getLogger(__name__)
 
 # How long one check may take before every GPU it has not answered for counts as not answering.
 NVML_PATIENCE_SECONDS = 10.0
-KIND_NODE = "node"
 
 
 class GpuHealthLoop:
@@ -97,7 +97,9 @@ class GpuHealthLoop:
                 kind, message = "GpuUnhealthy", f"GPU {uuid} {reason}: nothing new is placed on it"
             else:
                 kind, message = "GpuHealthy", f"GPU {uuid} answers again"
-            events.record(session, org_id="", object_kind=KIND_NODE, object_id=self.node_id, type=kind, message=message)
+            events.record(
+                session, org_id="", object_kind=NODE_EVENTS, object_id=self.node_id, type=kind, message=message
+            )
         log.warning("node %s: %s", self.node_id, message)
         return True
 

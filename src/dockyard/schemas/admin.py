@@ -137,6 +137,12 @@ class Node(SnakeModel):
     seen_at: Rfc3339
 
 
+class NodeEvent(SnakeModel):
+    type: str = Field(description="`GpuUnhealthy` or `GpuHealthy`", examples=["GpuUnhealthy"])
+    message: str
+    created_at: Rfc3339
+
+
 class SimulatedGpusRequest(SnakeModel):
     model: str = Field(
         default="NVIDIA H100 80GB HBM3",
