@@ -25,6 +25,12 @@ def test_the_inventory_is_what_nvml_reports() -> None:
     assert nvml.open == 0  # shut down again
 
 
+def test_a_gpu_that_does_not_answer_is_left_out_of_the_inventory() -> None:
+    inventory = discover_nvml(FakeNvml(FakeGpu(A, minor=0), FakeGpu(B, minor=1, lost=True)))
+    assert inventory is not None
+    assert [gpu.uuid for gpu in inventory.gpus] == [A]
+
+
 def test_no_driver_is_no_inventory() -> None:
     assert discover_nvml(FakeNvml(FakeGpu(A), loaded=False)) is None
 

@@ -58,7 +58,8 @@ def load_nvml() -> Any:
 def discover_nvml(nvml: Any = None) -> Inventory | None:
     """The local GPUs through `nvml` (the real bindings when None): each one's model, memory, UUID and minor
     number, and the driver's version and the CUDA version it supports; None where there is no driver (a CPU
-    machine). Memory is NVML's total in MiB, as `nvidia-smi --query-gpu=memory.total` reports it."""
+    machine). A GPU that does not answer is left out. Memory is NVML's total in MiB, as `nvidia-smi
+    --query-gpu=memory.total` reports it."""
     nvml = nvml if nvml is not None else load_nvml()
     try:
         nvml.nvmlInit()
@@ -70,16 +71,20 @@ def discover_nvml(nvml: Any = None) -> Inventory | None:
         cuda = _cuda_version(nvml.nvmlSystemGetCudaDriverVersion_v2())
         gpus = []
         for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            gpus.append(
-                GpuInfo(
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                gpu = GpuInfo(
                     uuid=text(nvml.nvmlDeviceGetUUID(handle)),
                     index=index,
                     model=text(nvml.nvmlDeviceGetName(handle)),
                     memory_mb=int(nvml.nvmlDeviceGetMemoryInfo(handle).total // (1024 * 1024)),
                     minor_number=int(nvml.nvmlDeviceGetMinorNumber(handle)),
                 )
-            )
+            except nvml.NVMLError as exc:
+                # A GPU that fails already cannot be used: the node starts with the others.
+                log.warning("GPU %d does not answer NVML (%s): left out of this node's inventory", index, exc)
+                continue
+            gpus.append(gpu)
         log.info("NVML: driver %s, CUDA %s, %s", driver, cuda, ", ".join(f"{g.model} {g.uuid}" for g in gpus))
         return Inventory(GpuSource.NVML, driver, cuda, gpus)
     finally:
