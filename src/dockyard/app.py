@@ -53,11 +53,13 @@ from dockyard.errors import error_response, install_error_handlers
 from dockyard.gateway import metrics as gateway_metrics
 from dockyard.gateway.proxy import GatewayApp
 from dockyard.gateway.routes import RouteTable
+from dockyard.gpus.health import NvmlHealth
 from dockyard.logs import add_secrets, configure_logging
 from dockyard.middleware import BodyLimitMiddleware, JsonDepthMiddleware, MetricsMiddleware
 from dockyard.openapi import install_docs
 from dockyard.reconcilers.containers import ContainerReconciler
 from dockyard.reconcilers.endpoints import EndpointReconciler
+from dockyard.reconcilers.gpu_health import GpuHealthLoop
 from dockyard.reconcilers.job_webhooks import WebhookDeliveries
 from dockyard.reconcilers.jobs import JobReaper
 from dockyard.reconcilers.network_storages import NetworkStorageReconciler
@@ -66,7 +68,7 @@ from dockyard.runtimes.base import Runtime
 from dockyard.runtimes.factory import build_runtime
 from dockyard.secrets import SecretBox
 from dockyard.services import keys
-from dockyard.services.bootstrap import bootstrap
+from dockyard.services.bootstrap import bootstrap, local_node_id
 from dockyard.services.processes import ProcessRecord
 from dockyard.serving.front import Front, server_front
 
@@ -100,6 +102,7 @@ def build_loops(context: ServerContext, routes: RouteTable) -> list[Loop]:
         Autoscaler(context, routes),
         JobReaper(context),
         WebhookDeliveries(context),
+        GpuHealthLoop(context, local_node_id(), NvmlHealth()),
     ]
 
 

@@ -143,6 +143,13 @@ class Settings(BaseSettings):
     simulated_gpus: str = ""
     simulated_driver_version: str = "550.54.15"
     simulated_cuda_version: str = "12.4"
+    # Where the NVIDIA driver's user-space files are, for GPU containers on an engine that takes no device request
+    # (runtimes/nvidia.py): a filesystem root ("/run/nvidia/driver") or the driver's own directory with lib64 and
+    # bin ("/usr/local/nvidia"). Empty: found through `ldconfig -p`, LD_LIBRARY_PATH and the usual directories.
+    nvidia_driver_root: str = ""
+    # Seconds between two health checks of the local node's GPUs through NVML (gpus/health.py): a GPU that stops
+    # answering or reports a critical XID error is marked unhealthy and its workers are replaced.
+    gpu_health_interval: float = Field(default=5.0, gt=0)
     run_reconcilers: bool = True
     # The control lease (reconcilers/supervisor.py): its holder renews it every lease/5 s and a candidate tries as
     # often, so a dead holder's lease is taken within lease + lease/5 s; a holder that could not renew for a

@@ -137,3 +137,18 @@ def test_a_refusal_says_whether_others_hold_the_room_or_no_node_could_ever_take_
         allocator.allocate("c2", "local", "", 0, cpu=17, memory_mb=1024)
     assert not never.value.held
     assert never.value.reason.endswith("(the largest: 16 vCPUs and 65536 MB); choose a smaller product")
+
+
+def test_an_unhealthy_gpu_is_never_handed_out() -> None:
+    """Packing would pick node b (fewest free GPUs); its one healthy GPU goes first, then a's, then none."""
+    a = node("a", 2)
+    sick = GpuInfo("GPU-b-0", 0, "NVIDIA H100 80GB HBM3", 81559, 0, healthy=False, health_reason="reported XID 79")
+    b = NodeInventory("b", "local", "12.4", (sick, GpuInfo("GPU-b-1", 1, "NVIDIA H100 80GB HBM3", 81559, 1)))
+    allocator = GpuAllocator([a, b])
+    assert allocator.allocate("c1", "local", "H100", 1).uuids == ["GPU-b-1"]
+    assert allocator.allocate("c2", "local", "H100", 2).uuids == ["GPU-a-0", "GPU-a-1"]
+    with pytest.raises(Unschedulable) as refused:
+        allocator.allocate("c3", "local", "H100", 1)
+    assert refused.value.held
+    assert refused.value.reason.startswith("no free GPU: needs 1 \N{MULTIPLICATION SIGN} H100, all 4 on IDC local are")
+    assert "(1 unhealthy: GPU-b-0 reported XID 79)" in refused.value.reason

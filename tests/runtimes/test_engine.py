@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+import stat
 import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +33,9 @@ from dockyard.runtimes.base import (
     RuntimeObject,
     RuntimeUnavailable,
 )
-from dockyard.runtimes.engine import EngineRuntime, gpu_options
+from dockyard.runtimes.engine import EngineRuntime
+from dockyard.runtimes.nvidia import LIBRARY_DIR, NvidiaHost
+from tests.runtimes.test_nvidia import UUID_A, fake_driver
 
 pytestmark = pytest.mark.engine
 
@@ -422,17 +426,46 @@ async def test_simulated_gpu_sets_only_the_visible_devices(
     assert not engine.api.inspect_container(created.id)["HostConfig"].get("Devices")
 
 
-def test_gpus_attach_by_device_request_on_docker_and_by_device_node_on_podman() -> None:
-    gpus = [GpuDevice("GPU-aaa", minor=0), GpuDevice("GPU-bbb", minor=3)]
-    [request] = gpu_options(gpus, "docker")["device_requests"]
-    assert request["Driver"] == "nvidia"
-    assert request["DeviceIDs"] == ["GPU-aaa", "GPU-bbb"]
-    assert request["Capabilities"] == [["gpu"]]
-    devices = gpu_options(gpus, "podman")["devices"]
-    assert devices[:2] == ["/dev/nvidia0:/dev/nvidia0:rwm", "/dev/nvidia3:/dev/nvidia3:rwm"]
-    assert gpu_options([GpuDevice("GPU-sim", simulated=True)], "podman") == {}
-    with pytest.raises(RuntimeFailure, match="minor number"):
-        gpu_options([GpuDevice("GPU-ccc")], "podman")
+async def test_a_real_gpu_gets_its_device_node_and_the_drivers_files_read_only(
+    runtime: EngineRuntime, busybox_image: str, tmp_path: Path
+) -> None:
+    """Podman takes no device request, so a GPU is attached as the toolkit would: its device node (here a
+    character device made as /dev/null's, standing for /dev/nvidia0), the driver's files mounted read-only where
+    `LD_LIBRARY_PATH` and PATH find them, and the variables naming it."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    os.mknod(dev / "nvidia0", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(dev / "nvidiactl", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    nvidia = NvidiaHost(str(fake_driver(tmp_path / "driver")), dev=dev)
+    gpu_runtime = EngineRuntime(runtime.url, installation_id=runtime.installation_id, nvidia=nvidia)
+    try:
+        spec = spec_for(
+            gpu_runtime,
+            busybox_image,
+            "real-gpu",
+            ["sleep", "30"],
+            gpus=[GpuDevice(UUID_A, minor=0)],
+            env={"LD_LIBRARY_PATH": "/opt/mine"},
+        )
+        created = await gpu_runtime.create(spec)
+        await gpu_runtime.start(created.id)
+        script = (
+            "[ -c /dev/nvidia0 ] && [ -c /dev/nvidiactl ] && ! [ -e /dev/nvidia1 ] && echo nodes; "
+            f"head -c 4 {LIBRARY_DIR}/libcuda.so.1 | tail -c 3; echo; "
+            f"touch {LIBRARY_DIR}/libcuda.so.1 2>/dev/null || echo read-only; "
+            "[ -x /usr/bin/nvidia-smi ] && echo smi; "
+            "echo $NVIDIA_VISIBLE_DEVICES $CUDA_VISIBLE_DEVICES $LD_LIBRARY_PATH"
+        )
+        result = await gpu_runtime.exec(created.id, ["sh", "-c", script])
+        assert result.output.splitlines() == [
+            "nodes",
+            "ELF",
+            "read-only",
+            "smi",
+            f"{UUID_A} {UUID_A} {LIBRARY_DIR}:/opt/mine",
+        ]
+    finally:
+        await gpu_runtime.close()
 
 
 async def test_unreachable_engine_is_unavailable(tmp_path: Path) -> None:

@@ -147,6 +147,15 @@ def test_engine_kind_comes_from_the_version_components() -> None:
     assert (podman.description, podman.cpus) == ("podman 4.3.1", 2)
     docker = engine_facts({"Version": "26.1.0", "Components": [{"Name": "Engine", "Version": "26.1.0"}]}, {"NCPU": 8})
     assert (docker.description, docker.cpus) == ("docker 26.1.0", 8)
+    assert not podman.nvidia_runtime
+    assert not docker.nvidia_runtime
+
+
+def test_docker_with_the_nvidia_runtime_takes_device_requests() -> None:
+    """Docker lists the NVIDIA Container Toolkit's runtime in `info` once the toolkit has configured it."""
+    version = {"Version": "26.1.0", "Components": [{"Name": "Engine", "Version": "26.1.0"}]}
+    info = {"NCPU": 8, "Runtimes": {"runc": {"path": "runc"}, "nvidia": {"path": "nvidia-container-runtime"}}}
+    assert engine_facts(version, info).nvidia_runtime
 
 
 async def test_a_container_removed_mid_inspect_is_missing_not_an_unreachable_engine(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
 from dockyard.api.deps import AdminDep, ContextDep, ReadSessionDep, WriteSessionDep
 from dockyard.schemas.admin import (
@@ -17,6 +17,7 @@ from dockyard.schemas.admin import (
     CreateProductRequest,
     Idc,
     Node,
+    NodeEvent,
     Organization,
     Product,
     SetQuotasRequest,
@@ -159,6 +160,15 @@ async def list_nodes(_: AdminDep, session: ReadSessionDep) -> list[Node]:
     """Every node of every IDC: its GPUs (model, memory, UUID, and `allocated_to`, the container holding each),
     driver and CUDA versions, and the CPUs and memory it offers placement."""
     return await inventory.list_nodes(session)
+
+
+@router.get("/nodes/{node_id}/events", response_model=list[NodeEvent], summary="A node's events")
+async def list_node_events(
+    node_id: NodeId, _: AdminDep, session: ReadSessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> list[NodeEvent]:
+    """What the GPU health loop saw of the node's GPUs (one turned unhealthy, and why; one answers again), oldest
+    first; 404 when there is no such node."""
+    return await inventory.node_events(session, node_id, limit)
 
 
 @router.put(

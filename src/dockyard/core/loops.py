@@ -16,3 +16,4 @@ class LoopName(StrEnum):
     AUTOSCALER = "autoscaler"
     JOBS = "jobs"  # the reaper of jobs that ran out of time or lost their worker
     JOB_WEBHOOKS = "job_webhooks"
+    GPU_HEALTH = "gpu_health"  # the local node's GPUs checked through NVML

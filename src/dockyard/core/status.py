@@ -79,6 +79,13 @@ class GpuSource(StrEnum):
     NONE = "none"
 
 
+class GpuHealth(StrEnum):
+    """A GPU's health as NVML last showed it (gpus/health.py); `health_reason` says why one is unhealthy."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"  # stopped answering, or reported a critical XID error: nothing new is placed on it
+
+
 class NetworkStorageStatus(StrEnum):
     AVAILABLE = "available"
     DELETING = "deleting"  # deletion asked for; the volume is removed, then the row

@@ -29,6 +29,7 @@ from dockyard.core.status import (
     DesiredState,
     EndpointStatus,
     EndpointType,
+    GpuHealth,
     GpuSource,
     IdcStatus,
     JobStatus,
@@ -158,6 +159,9 @@ class GpuModel(Base):
     memory_mb: Mapped[int] = mapped_column(Integer, default=0)
     minor_number: Mapped[int] = mapped_column(Integer, default=-1)
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # As the GPU health loop last saw it (reconcilers/gpu_health.py); an unhealthy GPU takes no new placement.
+    health: Mapped[GpuHealth] = mapped_column(_enum(GpuHealth), default=GpuHealth.HEALTHY)
+    health_reason: Mapped[str] = mapped_column(Text, default="")
 
 
 class TemplateModel(Versioned, Base):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dockyard.core.status import WorkerStatus
+from dockyard.core.status import GpuHealth, WorkerStatus
 from dockyard.db.models import ContainerModel, EndpointModel, GpuModel, NodeModel, ProductModel, WorkerModel
 from dockyard.db.session import Database
 from dockyard.gpus.inventory import GpuInfo
@@ -109,8 +109,18 @@ async def load_inventory(
     nodes = list(await session.scalars(select(NodeModel).order_by(NodeModel.id)))
     by_node: dict[str, list[GpuInfo]] = defaultdict(list)
     for gpu in await session.scalars(select(GpuModel).order_by(GpuModel.node_id, GpuModel.index)):
+        healthy = gpu.health == GpuHealth.HEALTHY
         by_node[gpu.node_id].append(
-            GpuInfo(gpu.uuid, gpu.index, gpu.model, gpu.memory_mb, gpu.minor_number, gpu.simulated)
+            GpuInfo(
+                gpu.uuid,
+                gpu.index,
+                gpu.model,
+                gpu.memory_mb,
+                gpu.minor_number,
+                gpu.simulated,
+                healthy=healthy,
+                health_reason=gpu.health_reason,
+            )
         )
     return [
         NodeInventory(
@@ -253,7 +263,8 @@ class GpuAllocator:
         return sum(1 for uuid in self._by_uuid if self._holders.get(uuid))
 
     def _free_for(self, holder: str, gpu: GpuInfo) -> bool:
-        return not (self._holders.get(gpu.uuid, set()) - {holder})
+        """Whether `gpu` may go to `holder`: healthy, and held by no one else."""
+        return gpu.healthy and not (self._holders.get(gpu.uuid, set()) - {holder})
 
     def allocate(
         self,
@@ -313,10 +324,14 @@ class GpuAllocator:
         if best is None:
             total = sum(len(gpus) for _, gpus in capable)
             free_now = max(sum(1 for g in gpus if self._free_for(holder, g)) for _, gpus in capable)
+            unhealthy = [g for _, gpus in capable for g in gpus if not g.healthy]
+            taken = " or unhealthy" if unhealthy else ""
             if free_now == 0:
-                detail = f"all {total} on IDC {idc_id} are in use"
+                detail = f"all {total} on IDC {idc_id} are in use{taken}"
             else:
                 detail = f"at most {free_now} of {total} on IDC {idc_id} are free on one node"
+            if unhealthy:
+                detail += f" ({len(unhealthy)} unhealthy: {unhealthy[0].uuid} {unhealthy[0].health_reason})"
             raise Unschedulable(
                 f"no free GPU: needs {count} \N{MULTIPLICATION SIGN} {gpu_model}, {detail}",
                 "delete a container or try again later",

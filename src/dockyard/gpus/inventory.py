@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from dockyard.core.status import GpuSource
 
@@ -25,6 +26,8 @@ class GpuInfo:
     memory_mb: int
     minor_number: int = -1
     simulated: bool = False
+    healthy: bool = True  # False: NVML showed it failing (gpus/health.py); nothing new is placed on it
+    health_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -40,35 +43,52 @@ def _cuda_version(value: int) -> str:
     return f"{value // 1000}.{(value % 1000) // 10}"
 
 
-def discover_nvml() -> Inventory | None:
-    """The local GPUs through NVML, or None where there is no driver (a CPU machine)."""
+def text(value: str | bytes) -> str:
+    """An NVML string: `str` from nvidia-ml-py 11.515 on, `bytes` before."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def load_nvml() -> Any:
+    """The NVML bindings (nvidia-ml-py's `pynvml`); a test passes a fake module of the same functions instead."""
+    import pynvml
+
+    return pynvml
+
+
+def discover_nvml(nvml: Any = None) -> Inventory | None:
+    """The local GPUs through `nvml` (the real bindings when None): each one's model, memory, UUID and minor
+    number, and the driver's version and the CUDA version it supports; None where there is no driver (a CPU
+    machine). A GPU that does not answer is left out. Memory is NVML's total in MiB, as `nvidia-smi
+    --query-gpu=memory.total` reports it."""
+    nvml = nvml if nvml is not None else load_nvml()
     try:
-        import pynvml
-    except ImportError:  # pragma: no cover - nvidia-ml-py is a dependency
-        return None
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
+        nvml.nvmlInit()
+    except nvml.NVMLError as exc:
         log.info("no NVIDIA driver found (%s): this node has no GPUs", exc)
         return None
     try:
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        cuda = _cuda_version(pynvml.nvmlSystemGetCudaDriverVersion_v2())
+        driver = text(nvml.nvmlSystemGetDriverVersion())
+        cuda = _cuda_version(nvml.nvmlSystemGetCudaDriverVersion_v2())
         gpus = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            gpus.append(
-                GpuInfo(
-                    uuid=str(pynvml.nvmlDeviceGetUUID(handle)),
+        for index in range(nvml.nvmlDeviceGetCount()):
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                gpu = GpuInfo(
+                    uuid=text(nvml.nvmlDeviceGetUUID(handle)),
                     index=index,
-                    model=str(pynvml.nvmlDeviceGetName(handle)),
-                    memory_mb=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total // (1024 * 1024)),
-                    minor_number=int(pynvml.nvmlDeviceGetMinorNumber(handle)),
+                    model=text(nvml.nvmlDeviceGetName(handle)),
+                    memory_mb=int(nvml.nvmlDeviceGetMemoryInfo(handle).total // (1024 * 1024)),
+                    minor_number=int(nvml.nvmlDeviceGetMinorNumber(handle)),
                 )
-            )
-        return Inventory(GpuSource.NVML, str(driver), cuda, gpus)
+            except nvml.NVMLError as exc:
+                # A GPU that fails already cannot be used: the node starts with the others.
+                log.warning("GPU %d does not answer NVML (%s): left out of this node's inventory", index, exc)
+                continue
+            gpus.append(gpu)
+        log.info("NVML: driver %s, CUDA %s, %s", driver, cuda, ", ".join(f"{g.model} {g.uuid}" for g in gpus))
+        return Inventory(GpuSource.NVML, driver, cuda, gpus)
     finally:
-        pynvml.nvmlShutdown()
+        nvml.nvmlShutdown()
 
 
 def parse_simulated(declaration: str) -> list[tuple[str, int, int]]:

@@ -309,15 +309,15 @@ async def place(
     event_type: str,
     no_room: dict[Demand, Unschedulable] | None = None,
 ) -> Placed | Unschedulable | None:
-    """The row's node, GPUs, CPU and memory: the placement its row records when every GPU of it is still known,
-    else one chosen under `lock`, the one lock of every loop that places, and written to the row (with an
+    """The row's node, GPUs, CPU and memory: the placement its row records when every GPU of it is still known and
+    healthy, else one chosen under `lock`, the one lock of every loop that places, and written to the row (with an
     `event_type` event) before anything is created, so a crash never hands out one GPU or one share of a node twice.
     The `Unschedulable` (with its reason) when nothing fits; None when the write lost its race (the next pass tries
     again). `no_room`, where given, holds the demands that found no room this pass: a younger row of the same demand
     gets the same answer without asking, so what frees meanwhile never goes to it ahead of the older one."""
     row = writer.row
     known = [gpu for uuid in row.gpu_uuids or [] if (gpu := allocator.gpu(uuid)) is not None]
-    if row.node_id and len(known) == demand.gpu_count == len(row.gpu_uuids):
+    if row.node_id and len(known) == demand.gpu_count == len(row.gpu_uuids) and all(gpu.healthy for gpu in known):
         return Placed(row.node_id, known)
     if no_room is not None and (earlier := no_room.get(demand)) is not None:
         return earlier

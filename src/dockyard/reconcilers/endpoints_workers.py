@@ -39,6 +39,7 @@ from dockyard.db.base import utcnow
 from dockyard.db.models import EndpointModel, ProductModel, WorkerModel
 from dockyard.gateway.routes import RouteTable
 from dockyard.gpus.allocation import GpuAllocator, NodeInventory, Unschedulable
+from dockyard.gpus.inventory import GpuInfo
 from dockyard.outbound import redact_url
 from dockyard.reconcilers.core import (
     Delete,
@@ -158,9 +159,10 @@ class WorkerTask:
     # -- steps --------------------------------------------------------------------------------------------
 
     async def observe(self) -> None:
-        """Starting and ready workers: an exited, vanished (debounced) or never-ready (past the startup timeout)
-        container fails the worker. Failed workers: their container is stopped, kept for its logs, and their
-        GPUs are released."""
+        """Starting and ready workers: one on a GPU marked unhealthy, or whose container exited, vanished (debounced)
+        or never became ready (past the startup timeout), fails; fewer live workers than wanted remain, so a new one
+        is placed on a healthy GPU, or waits saying why. Failed workers: their container is stopped, kept for its
+        logs, and their GPUs are released."""
         worker, obj, settings = self.worker, self.object, self.state.settings
         if worker.status == WorkerStatus.FAILED:
             if obj is not None and obj.state == ObjectState.RUNNING:
@@ -169,6 +171,9 @@ class WorkerTask:
                 self.state.capacity_freed()
             return
         if worker.status not in (WorkerStatus.STARTING, WorkerStatus.READY):
+            return
+        if (unhealthy := self._unhealthy_gpu()) is not None:
+            await self.fail(f"its GPU {unhealthy.uuid} {unhealthy.health_reason}; a new worker replaces it")
             return
         if obj is None:
             first = self.state.missing_since.setdefault(worker.id, self.state.now)
@@ -190,6 +195,15 @@ class WorkerTask:
             await self.fail(
                 f"{check} did not answer 200 within {settings.worker_startup_timeout:g} s of the container starting"
             )
+
+    def _unhealthy_gpu(self) -> GpuInfo | None:
+        """The first of the worker's GPUs that the GPU health loop marked unhealthy, if any."""
+        held = set(self.worker.gpu_uuids or [])
+        for node in self.state.inventory:
+            for gpu in node.gpus:
+                if gpu.uuid in held and not gpu.healthy:
+                    return gpu
+        return None
 
     async def _async_started(self) -> None:
         """A starting async worker is ready once it has called a webhook (`last_seen_at`), failed when none came

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -20,7 +19,6 @@ from typing import Any, TypeVar
 import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.types import DeviceRequest
 from docker.types import Mount as DockerMount
 
 from dockyard.runtimes.base import (
@@ -28,7 +26,6 @@ from dockyard.runtimes.base import (
     LABEL_MANAGED,
     LABEL_ORG,
     ExecResult,
-    GpuDevice,
     HostCapacity,
     PortTaken,
     PullPolicy,
@@ -48,17 +45,12 @@ from dockyard.runtimes.engine_objects import (
     start_failure_reason,
 )
 from dockyard.runtimes.images import ImageReference, names_image, parse_reference
-from dockyard.runtimes.spec_check import check_run_spec
+from dockyard.runtimes.nvidia import ContainerEdits, NvidiaHost, gpu_options, library_path
+from dockyard.runtimes.spec_check import check_gpu_edits, check_run_spec
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Device nodes every CUDA process needs besides its GPUs' /dev/nvidiaN; attached where the host has them.
-NVIDIA_CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
-# The NVIDIA Container Toolkit's value for "no GPU": without it, an image's own `ENV NVIDIA_VISIBLE_DEVICES=all`
-# (every CUDA base image has one) hands a container every GPU of a host whose engine runs the toolkit's hook.
-NO_GPUS = "void"
 
 
 @dataclass(frozen=True)
@@ -69,6 +61,7 @@ class EngineFacts:
     version: str
     cpus: int
     memory_mb: int = 0
+    nvidia_runtime: bool = False  # Docker with the NVIDIA Container Toolkit's runtime, which takes device requests
 
     @property
     def description(self) -> str:
@@ -82,38 +75,27 @@ def engine_facts(version: dict[str, Any], info: dict[str, Any]) -> EngineFacts:
         name = str(component.get("Name") or "")
         if name.lower().startswith("podman"):
             return EngineFacts("podman", str(component.get("Version") or ""), cpus, memory_mb)
-    return EngineFacts("docker", str(version.get("Version") or ""), cpus, memory_mb)
-
-
-def gpu_options(gpus: list[GpuDevice], engine_kind: str) -> dict[str, Any]:
-    """`containers.create` arguments attaching `gpus`. Docker takes a device request by UUID. Podman 4's
-    compatible API drops device requests silently, so it gets the device nodes themselves. Simulated GPUs
-    attach nothing (the caller sets `NVIDIA_VISIBLE_DEVICES` for every GPU)."""
-    real = [gpu for gpu in gpus if not gpu.simulated]
-    if not real:
-        return {}
-    if engine_kind == "docker":
-        request = DeviceRequest(driver="nvidia", device_ids=[gpu.uuid for gpu in real], capabilities=[["gpu"]])
-        return {"device_requests": [request]}
-    missing = [gpu.uuid for gpu in real if gpu.minor < 0]
-    if missing:
-        raise RuntimeFailure(
-            f"GPU {', '.join(missing)} has no device minor number: rediscover the node's GPUs so each has one"
-        )
-    nodes = [f"/dev/nvidia{gpu.minor}" for gpu in real]
-    nodes += [node for node in NVIDIA_CONTROL_DEVICES if os.path.exists(node)]
-    return {"devices": [f"{node}:{node}:rwm" for node in nodes]}
+    nvidia = "nvidia" in (info.get("Runtimes") or {})
+    return EngineFacts("docker", str(version.get("Version") or ""), cpus, memory_mb, nvidia)
 
 
 class EngineRuntime:
     """`Runtime` over Docker or Podman. `network_mode` is handed to every container when set ("slirp4netns"
     where the host has no iptables), in place of `RunSpec.network`; it may never be "host", since containers
     run unprivileged. `host_path_root` is the only directory whose files may be bind-mounted (the server's data
-    dir, for SSH keys); None mounts no host path. Every `RunSpec` is checked (runtimes/spec_check.py) before
+    dir, for SSH keys); None mounts no host path. `nvidia` attaches real GPUs where the engine takes no device
+    request (runtimes/nvidia.py; one that finds the driver through `ldconfig` when not given). Every `RunSpec`,
+    and every device node and driver file attached for its GPUs, is checked (runtimes/spec_check.py) before
     `create` builds an engine option from it."""
 
     def __init__(
-        self, url: str, *, installation_id: str, network_mode: str = "", host_path_root: Path | None = None
+        self,
+        url: str,
+        *,
+        installation_id: str,
+        network_mode: str = "",
+        host_path_root: Path | None = None,
+        nvidia: NvidiaHost | None = None,
     ) -> None:
         if network_mode == "host":
             raise ValueError(
@@ -124,6 +106,7 @@ class EngineRuntime:
         self.installation_id = installation_id
         self.network_mode = network_mode
         self.host_path_root = host_path_root
+        self.nvidia = nvidia if nvidia is not None else NvidiaHost()
         self._client: docker.DockerClient | None = None
         self._facts: EngineFacts | None = None
         self._probe_lock = asyncio.Lock()
@@ -211,8 +194,13 @@ class EngineRuntime:
         for mount in spec.mounts:
             if mount.volume:
                 await self.ensure_volume(mount.volume, self._own_labels(), mount.size_gb)
+        edits, image_env = None, {}
+        if any(not gpu.simulated for gpu in spec.gpus) and not facts.nvidia_runtime:
+            edits = await self._call(self.nvidia.edits, [gpu for gpu in spec.gpus if not gpu.simulated])
+            check_gpu_edits(spec.name, edits, dev=self.nvidia.dev)
+            image_env = await self._image_env(client, image_id)
         # By id: the object runs the image `_ensure_image` checked, even if its name is re-tagged meanwhile.
-        options = self._create_options(replace(spec, image=image_id), facts)
+        options = self._create_options(replace(spec, image=image_id), facts, edits, image_env)
         try:
             async with self._joining(client, spec, facts):
                 container_id = await self._create_container(client, options)
@@ -253,8 +241,22 @@ class EngineRuntime:
             labels[LABEL_ORG] = org
         return self._networks.joining(client, spec.network, labels, podman=facts.kind == "podman")
 
-    def _create_options(self, spec: RunSpec, facts: EngineFacts) -> dict[str, Any]:
-        """Keyword arguments for `containers.create`: unprivileged, limited, labelled."""
+    async def _image_env(self, client: docker.DockerClient, image_id: str) -> dict[str, str]:
+        """The variables the image sets (`ENV`), which a variable set at create replaces rather than extends."""
+        image = await self._call(client.images.get, image_id)
+        pairs = (entry.partition("=") for entry in (image.attrs.get("Config") or {}).get("Env") or [])
+        return {name: value for name, _, value in pairs}
+
+    def _create_options(
+        self,
+        spec: RunSpec,
+        facts: EngineFacts,
+        edits: ContainerEdits | None = None,
+        image_env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Keyword arguments for `containers.create`: unprivileged, limited, labelled. `edits` attach the real
+        GPUs where the engine takes no device request; the driver's directory then leads `LD_LIBRARY_PATH`, before
+        what the request or else the image (`image_env`) sets."""
         environment = dict(spec.env)
         options: dict[str, Any] = {
             "image": spec.image,
@@ -298,11 +300,13 @@ class EngineRuntime:
                 options["storage_opt"] = {"size": f"{spec.rootfs_size_gb}G"}
             else:
                 log.debug("root filesystem size of %s not limited: the engine's storage cannot", spec.name)
-        if spec.gpus:
-            environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu.uuid for gpu in spec.gpus)
-            options.update(gpu_options(spec.gpus, facts.kind))
-        else:
-            environment["NVIDIA_VISIBLE_DEVICES"] = NO_GPUS
+        gpus = gpu_options(spec.gpus, facts.nvidia_runtime, edits)
+        environment.update(gpus.pop("environment"))
+        options["mounts"] += gpus.pop("mounts", [])
+        options.update(gpus)
+        if edits is not None:
+            current = environment.get("LD_LIBRARY_PATH", (image_env or {}).get("LD_LIBRARY_PATH", ""))
+            environment["LD_LIBRARY_PATH"] = library_path(current)
         options["environment"] = environment
         return options
 

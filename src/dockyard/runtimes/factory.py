@@ -14,11 +14,13 @@ IMPLEMENTED_KINDS: tuple[RuntimeKind, ...] = (RuntimeKind.ENGINE,)
 def build_runtime(idc: IdcModel, settings: Settings, installation_id: str) -> Runtime:
     if idc.runtime_kind == RuntimeKind.ENGINE:
         from dockyard.runtimes.engine import EngineRuntime
+        from dockyard.runtimes.nvidia import NvidiaHost
 
         return EngineRuntime(
             idc.runtime_url or settings.engine_url,
             installation_id=installation_id,
             network_mode=settings.engine_network_mode,
             host_path_root=settings.data_dir,
+            nvidia=NvidiaHost(settings.nvidia_driver_root),
         )
     raise ValueError(f"IDC {idc.id}: runtime kind {idc.runtime_kind} is not available in this build")

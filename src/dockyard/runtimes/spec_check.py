@@ -26,6 +26,7 @@ from dockyard.core.inputs import (
     text_problem,
 )
 from dockyard.runtimes.base import Mount, RunSpec, RuntimeFailure
+from dockyard.runtimes.nvidia import BINARIES, BINARY_DIR, LIBRARY_DIR, ContainerEdits
 
 # Docker's container and network name grammar.
 _OBJECT_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
@@ -40,6 +41,9 @@ _GPU_UUID = re.compile(r"(?:GPU|MIG)-[A-Za-z0-9][A-Za-z0-9_./:-]{0,123}")
 _PROTOCOLS = frozenset({"tcp", "udp"})
 # Names the engines read as a network mode rather than a network: `host` would share the host's network.
 _NETWORK_MODES = frozenset({"bridge", "container", "default", "host", "none", "ns", "pasta", "private", "slirp4netns"})
+# The device nodes a GPU container may be given (runtimes/nvidia.py), and the names of the driver's libraries.
+_NVIDIA_DEVICE = re.compile(r"nvidia(?:[0-9]{1,3}|ctl|-uvm|-uvm-tools|-modeset)")
+_DRIVER_LIBRARY = re.compile(r"lib[A-Za-z0-9_+-]+\.so(?:\.[0-9.]+)?")
 # The GPU variables the runtime sets itself from `RunSpec.gpus` (NVIDIA_VISIBLE_DEVICES, `void` without GPUs).
 GPU_ENV_PREFIX = "NVIDIA_"
 GPU_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES"})
@@ -141,3 +145,45 @@ def check_run_spec(spec: RunSpec, *, host_root: Path | None) -> None:
     """Raise `RuntimeFailure` naming the first unsafe value of `spec` (see `spec_problem`)."""
     if (why := spec_problem(spec, host_root=host_root)) is not None:
         raise RuntimeFailure(f"refused to create {spec.name}: {why}; nothing was created")
+
+
+def _plain_host_path(path: str) -> bool:
+    """Absolute, normal, and free of what would end an engine option (a comma, a colon) or a line."""
+    return (
+        os.path.isabs(path)
+        and os.path.normpath(path) == path
+        and "," not in path
+        and ":" not in path
+        and text_problem(path) is None
+    )
+
+
+def gpu_edits_problem(edits: ContainerEdits, *, dev: Path) -> str | None:
+    """The first device node, driver file or variable of `edits` the engine must not be handed, as a sentence;
+    None when all are safe. Nodes are NVIDIA's only, each from `dev`, the host's /dev, at the same name inside;
+    driver files are mounted read-only at a library's name in the driver's directory or a binary's in /usr/bin."""
+    for node in edits.device_nodes:
+        name = os.path.basename(node.path)
+        if node.path != f"/dev/{name}" or not _NVIDIA_DEVICE.fullmatch(name):
+            return f"device node {_shown(node.path)} is not an NVIDIA device node"
+        if not _plain_host_path(node.host_path) or node.host_path != os.path.join(os.path.normpath(dev), name):
+            return f"device node {_shown(node.host_path)} is not {name} of the host's {dev}"
+    for mount in edits.mounts:
+        if not _plain_host_path(mount.host_path):
+            return f"driver file {_shown(mount.host_path)} must be an absolute path without a comma, a colon or . or .."
+        directory, name = os.path.split(mount.container_path)
+        library = directory == LIBRARY_DIR and _DRIVER_LIBRARY.fullmatch(name)
+        if not library and not (directory == BINARY_DIR and name in BINARIES):
+            return f"driver file target {_shown(mount.container_path)} is neither a driver library nor a driver binary"
+    for name, value in edits.env.items():
+        if name not in ("NVIDIA_VISIBLE_DEVICES", *GPU_ENV_NAMES):
+            return f"GPU variable {_shown(name)} is not one the runtime sets"
+        if not all(_GPU_UUID.fullmatch(uuid) for uuid in value.split(",")):
+            return f"GPU variable {name}={_shown(value)} names something other than GPU UUIDs"
+    return None
+
+
+def check_gpu_edits(name: str, edits: ContainerEdits, *, dev: Path) -> None:
+    """Raise `RuntimeFailure` naming the first unsafe part of `edits` (see `gpu_edits_problem`)."""
+    if (why := gpu_edits_problem(edits, dev=dev)) is not None:
+        raise RuntimeFailure(f"refused to create {name}: {why}; nothing was created")

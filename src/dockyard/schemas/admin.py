@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from dockyard.core.status import GpuSource, IdcStatus, ProductCategory, RuntimeKind
+from dockyard.core.status import GpuHealth, GpuSource, IdcStatus, ProductCategory, RuntimeKind
 from dockyard.schemas.common import EngineUrl, Rfc3339, SnakeModel
 
 
@@ -116,6 +116,12 @@ class NodeGpu(SnakeModel):
     memory_mb: int
     simulated: bool = Field(description="declared by the operator, not discovered: never attached to a container")
     allocated_to: str | None = Field(description="the id of the container holding it, or null when free")
+    health: GpuHealth = Field(
+        default=GpuHealth.HEALTHY,
+        description="as NVML last showed it: an unhealthy GPU (it stopped answering, or reported a critical XID "
+        "error) takes no new container or worker, and its workers are replaced",
+    )
+    health_reason: str = Field(default="", description="why it is unhealthy; empty while healthy")
 
 
 class Node(SnakeModel):
@@ -129,6 +135,12 @@ class Node(SnakeModel):
     memory_mb: int = Field(description="the host's memory for placement; both are counted times the overcommit")
     gpus: list[NodeGpu]
     seen_at: Rfc3339
+
+
+class NodeEvent(SnakeModel):
+    type: str = Field(description="`GpuUnhealthy` or `GpuHealthy`", examples=["GpuUnhealthy"])
+    message: str
+    created_at: Rfc3339
 
 
 class SimulatedGpusRequest(SnakeModel):

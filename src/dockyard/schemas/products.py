@@ -16,7 +16,7 @@ class ProductInfo(CamelModel):
     price: float = Field(description="price per hour", examples=[2.49])
     valid: bool = Field(
         description="whether it can be ordered here now: false when no longer sold, or when the IDC has no node with"
-        " enough of its GPUs (existing containers keep running)"
+        " enough of its GPUs that are healthy (existing containers keep running)"
     )
     spec: str = Field(
         description="GPUs, CPU and memory in words; `(simulated)` when the IDC's GPUs are a declared simulation",
@@ -40,7 +40,7 @@ class PpioProduct(SnakeModel):
     price_per_hour: float = Field(examples=[2.99])
     available: bool = Field(
         description="whether it can be ordered here now: false when no longer sold, or when the region has no node"
-        " with enough of its GPUs (GMI's `valid`)"
+        " with enough of its GPUs that are healthy (GMI's `valid`)"
     )
     spec: str = Field(
         description="GPUs, CPU and memory in words; `(simulated)` when the region's GPUs are a declared simulation",

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dockyard.core.status import IdcStatus
+from dockyard.core.status import GpuHealth, IdcStatus
 from dockyard.db.base import utcnow
 from dockyard.db.models import GpuModel, IdcModel, NodeModel
 from dockyard.db.session import Database
@@ -101,12 +101,17 @@ async def get_usable(session: AsyncSession, idc_id: str, field: str = "idc") -> 
     return row
 
 
+def healthy(gpus: Iterable[GpuModel]) -> list[GpuModel]:
+    """The GPUs of `gpus` that can take a new container or worker: those the GPU health loop has not marked."""
+    return [gpu for gpu in gpus if gpu.health == GpuHealth.HEALTHY]
+
+
 def computed_status(row: IdcModel, gpus: list[GpuModel], held: set[str]) -> IdcStatus:
     """`maintenance` as the operator set it or while its runtime cannot be reached; `full` when the IDC has GPUs and
-    every one is held; else available."""
+    every one is held or unhealthy; else available."""
     if row.status == IdcStatus.MAINTENANCE or row.runtime_error:
         return IdcStatus.MAINTENANCE
-    if gpus and all(gpu.uuid in held for gpu in gpus):
+    if gpus and all(gpu.uuid in held for gpu in healthy(gpus)):
         return IdcStatus.FULL
     return IdcStatus.AVAILABLE
 

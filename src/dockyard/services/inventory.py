@@ -15,8 +15,12 @@ from dockyard.db.models import GpuModel, NodeModel
 from dockyard.errors import Conflict, NotFound
 from dockyard.gpus.allocation import load_holdings
 from dockyard.gpus.inventory import Inventory, simulated_inventory
-from dockyard.schemas.admin import Node, NodeGpu, SimulatedGpusRequest
+from dockyard.schemas.admin import Node, NodeEvent, NodeGpu, SimulatedGpusRequest
+from dockyard.services import events
 from dockyard.services.bootstrap import record_inventory
+
+# How a node's events are filed (`object_kind`); they belong to no organization.
+NODE_EVENTS = "node"
 
 
 async def gpu_holders(session: AsyncSession) -> dict[str, str]:
@@ -43,6 +47,8 @@ def _node_wire(node: NodeModel, gpus: list[GpuModel], holders: dict[str, str]) -
                 memory_mb=gpu.memory_mb,
                 simulated=gpu.simulated,
                 allocated_to=holders.get(gpu.uuid),
+                health=gpu.health,
+                health_reason=gpu.health_reason,
             )
             for gpu in gpus
         ],
@@ -57,6 +63,14 @@ async def list_nodes(session: AsyncSession) -> list[Node]:
         gpus.setdefault(gpu.node_id, []).append(gpu)
     holders = await gpu_holders(session)
     return [_node_wire(node, gpus[node.id], holders) for node in nodes]
+
+
+async def node_events(session: AsyncSession, node_id: str, limit: int) -> list[NodeEvent]:
+    """The node's latest `limit` events (its GPUs' health, recorded by reconcilers/gpu_health.py), oldest first."""
+    if await session.get(NodeModel, node_id) is None:
+        raise NotFound(f"node {node_id} not found; GET /admin/v1/nodes lists them")
+    rows = await events.list_events(session, "", NODE_EVENTS, node_id, limit)
+    return [NodeEvent(type=row.type, message=row.message, created_at=row.created_at) for row in rows]
 
 
 async def set_simulated_gpus(session: AsyncSession, node_id: str, request: SimulatedGpusRequest) -> Node:

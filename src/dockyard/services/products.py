@@ -15,13 +15,13 @@ from dockyard.db.models import GpuModel, IdcModel, ProductModel
 from dockyard.errors import InvalidField
 from dockyard.gpus.allocation import model_matches
 from dockyard.schemas.products import PpioProduct, ProductInfo
-from dockyard.services.idcs import gpus_by_idc
+from dockyard.services.idcs import gpus_by_idc, healthy
 
 
 def matching_gpus(product: ProductModel, gpus: Iterable[GpuModel]) -> list[GpuModel]:
-    """The GPUs a product can use: its `gpu_model` is a case-insensitive substring of the GPU's model name
-    ("H100" matches "NVIDIA H100 80GB HBM3")."""
-    return [gpu for gpu in gpus if model_matches(product.gpu_model, gpu.model)]
+    """The GPUs a product can use: healthy ones (services/idcs.py `healthy`) whose model name holds its `gpu_model`,
+    in any case ("H100" matches "NVIDIA H100 80GB HBM3")."""
+    return [gpu for gpu in healthy(gpus) if model_matches(product.gpu_model, gpu.model)]
 
 
 def _number(value: float) -> str:
