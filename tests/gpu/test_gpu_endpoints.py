@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.engine]
 
 WORKER_PORT = 8080
 # A cold start here imports PyTorch and initialises CUDA in a fresh container: far longer than a CPU worker's.
-COLD_START_TIMEOUT_S = 240.0
+COLD_START_TIMEOUT_S = 120.0
 REQUEST = {"seed": 7, "batch": 4}
 ASYNC_COMMAND = "/opt/torch/.venv/bin/python3 /app/handler.py"
 
@@ -84,15 +84,20 @@ def expected(reference_model: ModuleType, request: dict[str, Any]) -> list[list[
     return rows
 
 
-def assert_answer_is_the_models(answer: dict[str, Any], reference_model: ModuleType, server: GpuServer) -> None:
-    """The answer is the model's on the request, computed on the one GPU Dockyard allocated, which the worker saw
-    alone."""
+def assert_answer_is_the_models(
+    answer: dict[str, Any], reference_model: ModuleType, server: GpuServer, endpoint_id: str
+) -> None:
+    """The answer is the model's on the request, computed on the one GPU Dockyard allocated to the endpoint's one
+    worker, which saw that GPU alone."""
     assert answer["outputs"] == pytest.approx(expected(reference_model, REQUEST), rel=1e-3, abs=1e-4)
     assert answer["device"].startswith("cuda")
     assert answer["visible_gpus"] == 1
     assert answer["gpu"] == server.gpu_model
-    allocated = [gpu["uuid"] for gpu in server.gpus() if gpu["allocated_to"]]
-    assert allocated == [answer["gpu_uuid"]]
+    with server.server.api() as api:
+        workers = api.get(f"/gpus/v2/endpoints/{endpoint_id}").json()["workers"]
+    allocated = {gpu["uuid"]: gpu["allocated_to"] for gpu in server.gpus() if gpu["allocated_to"]}
+    assert allocated == {answer["gpu_uuid"]: workers[0]["id"]}
+    assert len(workers) == 1
 
 
 def print_cold_start(kind: str, sent: float, answered: float, phases: dict[str, float]) -> None:
@@ -120,7 +125,7 @@ def test_the_sync_gpu_endpoint_scaled_from_zero_answers_through_the_gateway(
         answered = time.time()
         assert first.status_code == 200, first.text
         answer = first.json()
-        assert_answer_is_the_models(answer, reference_model, gpu_server)
+        assert_answer_is_the_models(answer, reference_model, gpu_server, sync_endpoint["id"])
         print_cold_start("sync", sent, answered, answer["phases"])
 
         warm = http.post(url, json=REQUEST)
@@ -140,5 +145,5 @@ def test_the_async_gpu_endpoint_completes_a_job_of_the_ppio_client(
     output = job.output(timeout=COLD_START_TIMEOUT_S)
     answered = time.time()
     assert job.status() == "COMPLETED"
-    assert_answer_is_the_models(output, reference_model, gpu_server)
+    assert_answer_is_the_models(output, reference_model, gpu_server, async_endpoint["id"])
     print_cold_start("async", sent, answered, output["phases"])
