@@ -73,6 +73,19 @@ def gpu_worker_image(nvidia_gpu: None, engine_url: str) -> str:
     return GPU_WORKER_IMAGE
 
 
+@pytest.fixture(scope="session")
+def gpu_worker_interpreter(gpu_worker_image: str) -> str:
+    """The Python the image runs server.py with (build-image keeps the environment's own path): the async
+    endpoint's command runs handler.py with it."""
+    cmd = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{index .Config.Cmd 0}}", gpu_worker_image],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return cmd.stdout.strip()
+
+
 @dataclass
 class GpuServer:
     server: EngineServer

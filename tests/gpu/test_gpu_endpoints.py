@@ -25,10 +25,9 @@ WORKER_PORT = 8080
 # A cold start here imports PyTorch and initialises CUDA in a fresh container: far longer than a CPU worker's.
 COLD_START_TIMEOUT_S = 120.0
 REQUEST = {"seed": 7, "batch": 4}
-ASYNC_COMMAND = "/opt/torch/.venv/bin/python3 /app/handler.py"
 
 
-def endpoint_request(server: GpuServer, image: str, kind: str) -> dict[str, Any]:
+def endpoint_request(server: GpuServer, image: str, kind: str, interpreter: str = "") -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": kind,
         "name": f"gpu-{kind}",
@@ -44,7 +43,7 @@ def endpoint_request(server: GpuServer, image: str, kind: str) -> dict[str, Any]
     if kind == "sync":
         body |= {"ports": [WORKER_PORT], "health_check": {"path": "/health", "port": WORKER_PORT}}
     else:
-        body |= {"command": ASYNC_COMMAND, "policy": {"type": "queue", "value": 1}}
+        body |= {"command": f"{interpreter} /app/handler.py", "policy": {"type": "queue", "value": 1}}
     return body
 
 
@@ -72,8 +71,10 @@ def sync_endpoint(gpu_server: GpuServer, gpu_worker_image: str) -> Iterator[dict
 
 
 @pytest.fixture
-def async_endpoint(gpu_server: GpuServer, gpu_worker_image: str) -> Iterator[dict[str, Any]]:
-    yield from endpoint(gpu_server, endpoint_request(gpu_server, gpu_worker_image, "async"))
+def async_endpoint(
+    gpu_server: GpuServer, gpu_worker_image: str, gpu_worker_interpreter: str
+) -> Iterator[dict[str, Any]]:
+    yield from endpoint(gpu_server, endpoint_request(gpu_server, gpu_worker_image, "async", gpu_worker_interpreter))
 
 
 def expected(reference_model: ModuleType, request: dict[str, Any]) -> list[list[float]]:
