@@ -169,7 +169,8 @@ def _measure(settings: Settings, workdir: Path, runs: dict[str, list[Run]]) -> N
     admin_token = new_token()
     with (
         podman.engine_service(workdir) as engine_url,
-        dockyard_server(workdir, engine_url, admin_token=admin_token) as server,
+        # Health checks 5 s apart (the default): 36 failed ones give the worker's cold start 3 minutes.
+        dockyard_server(workdir, engine_url, admin_token=admin_token, health_startup_failures="36") as server,
         Client(server.url, server.key) as client,
     ):
         _create_product(server, admin_token)

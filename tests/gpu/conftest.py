@@ -105,7 +105,10 @@ class GpuServer:
 
 @pytest.fixture(scope="module")
 def gpu_server(tmp_path_factory: pytest.TempPathFactory, engine_url: str, gpu_worker_image: str) -> Iterator[GpuServer]:
-    with engine_server(tmp_path_factory.mktemp("gpu"), engine_url, host="0.0.0.0") as server:
+    # A GPU worker's start imports PyTorch and initialises CUDA before its health check passes or it calls in: far
+    # longer than the few seconds the fast loops of engine_server allow a CPU worker.
+    slow_start = {"health_startup_failures": 300, "worker_call_in_timeout": 180.0}
+    with engine_server(tmp_path_factory.mktemp("gpu"), engine_url, host="0.0.0.0", **slow_start) as server:
         running = GpuServer(server, PRODUCT_ID, "")
         gpus = running.gpus()
         assert gpus, "Dockyard found no GPU on a machine where NVML lists one"
