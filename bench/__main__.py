@@ -22,7 +22,7 @@ from bench.group import Section, Settings
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 # Each names a module of this package with `run(settings, workdir) -> Section`, in the order RESULTS.md shows them.
-GROUPS = ("gateway", "coldstart", "autoscale", "async_jobs", "control_plane", "multi_server")
+GROUPS = ("gateway", "coldstart", "autoscale", "async_jobs", "control_plane", "multi_server", "gpu")
 
 
 def main(argv: list[str]) -> int:
