@@ -9,7 +9,7 @@ import pytest
 
 from dockyard.gpus.health import NvmlHealth
 from dockyard.gpus.inventory import Inventory
-from tests.gpu import nvidia_smi, nvml_inventory  # noqa: F401
+from tests.gpu_devices import nvidia_smi, nvml_inventory  # noqa: F401
 
 pytestmark = pytest.mark.gpu
 

@@ -3,7 +3,7 @@
 waits, saying there is no free GPU.
 
 Real GPUs only (`gpu`): elsewhere NVML cannot be loaded and the test is skipped saying so. The containers run
-`cuda_image` (tests/gpu.py) under the user-mode network stack, which needs no iptables on the host."""
+`cuda_image` (tests/gpu_devices.py) under the user-mode network stack, which needs no iptables on the host."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dockyard.services.bootstrap import LOCAL_IDC
 from tests.conftest import Harness
 from tests.engine import remove_networks
 from tests.engine_harness import database_url  # noqa: F401
-from tests.gpu import CudaImage, cuda_image, nvml_inventory  # noqa: F401
+from tests.gpu_devices import CudaImage, cuda_image, nvml_inventory  # noqa: F401
 from tests.reconcilers.conftest import make_containers, make_template, must_row
 
 pytestmark = [pytest.mark.gpu, pytest.mark.engine]

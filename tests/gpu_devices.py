@@ -1,7 +1,7 @@
 """Fixtures of the tests that need a real NVIDIA GPU (marked `gpu`). Elsewhere they skip, saying what is missing.
 A test module takes them by importing them:
 
-    from tests.gpu import cuda_image, nvml_inventory  # noqa: F401
+    from tests.gpu_devices import cuda_image, nvml_inventory  # noqa: F401
 
 - `nvml_inventory`: the host's GPUs as NVML discovers them; skips where NVML cannot be loaded (no driver).
 - `cuda_image`: an image on the engine under test with a Python that has PyTorch, named by
